@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when it is missing.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+WORKDIR ?= runs/demo
+export TF_CPP_MIN_LOG_LEVEL := 2
+export CUDA_VISIBLE_DEVICES :=
+
+.PHONY: setup demo test test-fast test-multidevice lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m oyster_jax.demo --workdir $(WORKDIR)
+
+# The whole suite: single-device tests (two workers), then the 8-fake-device tests in their own process.
+test: $(STAMP)
+	$(PY) -m ruff check oyster_jax tests configs
+	$(PY) -m pytest -q -n 2 --durations=15 -m "not multidevice"
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q --durations=10 -m multidevice
+
+lint: $(STAMP)
+	$(PY) -m ruff check oyster_jax tests configs
+	$(PY) -m ruff format --check oyster_jax tests configs
+
+clean:
+	rm -rf .venv runs .pytest_cache

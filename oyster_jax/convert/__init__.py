@@ -1,0 +1,12 @@
+"""Checkpoint conversion: Hugging Face safetensors <-> params, and Orbax model checkpoints.
+
+from oyster_jax import convert
+cfg, params = convert.from_hf(hf_dir)
+convert.to_hf(cfg, params, out_dir, dtype="bfloat16")
+convert.save_model(ckpt_dir, cfg, params); cfg, params = convert.load_model(ckpt_dir)
+"""
+
+from oyster_jax.convert.hf import from_hf, hf_tensor_names, read_hf_config, to_hf
+from oyster_jax.convert.safetensors_io import CheckpointFormatError
+
+__all__ = ["CheckpointFormatError", "from_hf", "hf_tensor_names", "read_hf_config", "to_hf"]

@@ -1,0 +1,127 @@
+"""Attention: the pure-XLA path and the dispatch over `attention_impl` ("auto" | "xla" | "pallas" | "cudnn").
+
+`auto` picks the Pallas flash kernel on GPU and TPU and XLA on CPU, and falls back to XLA with a one-line
+warning if the kernel cannot be used there. A forced backend that cannot run raises `AttentionBackendError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+
+log = logging.getLogger(__name__)
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+class AttentionBackendError(RuntimeError):
+    """A forced attention backend cannot run on this platform."""
+
+
+def attention_mask(
+    segment_ids_q: jax.Array | None,  # [B, T]
+    segment_ids_k: jax.Array | None,  # [B, S]
+    T: int,
+    S: int,
+    causal: bool,
+) -> jax.Array | None:
+    """Boolean [B|1, T, S] mask: causal by index, same non-zero segment id (0 = padding)."""
+    mask = None
+    if causal:
+        # Right-aligned so that decoding (T < S) lets the last query see every key.
+        mask = (jnp.arange(T)[:, None] + (S - T)) >= jnp.arange(S)[None, :]
+        mask = mask[None]
+    if segment_ids_q is not None:
+        seg = (segment_ids_q[:, :, None] == segment_ids_k[:, None, :]) & (segment_ids_q[:, :, None] != 0)
+        mask = seg if mask is None else mask & seg
+    return mask
+
+
+def xla_attention(
+    q: jax.Array,  # [B, T, N, H]
+    k: jax.Array,  # [B, S, K, H]
+    v: jax.Array,  # [B, S, K, H]
+    *,
+    causal: bool = True,
+    segment_ids: jax.Array | None = None,  # [B, T], T == S
+    sm_scale: float | None = None,
+) -> jax.Array:  # [B, T, N, H]
+    """Reference attention that materializes the [T, S] scores; grouped heads share K/V without copies."""
+    B, T, N, H = q.shape
+    S, K = k.shape[1], k.shape[2]
+    G = N // K
+    sm_scale = H**-0.5 if sm_scale is None else sm_scale
+    qg = q.reshape(B, T, K, G, H)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k, preferred_element_type=jnp.float32) * sm_scale
+    mask = attention_mask(segment_ids, segment_ids, T, S, causal)
+    if mask is not None:
+        scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if mask is not None:  # a fully masked row (padding) gives zeros, not a uniform average
+        probs = jnp.where(mask[:, None, None].any(-1, keepdims=True), probs, 0.0)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.reshape(B, T, N, H).astype(q.dtype)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
+def resolve_impl(impl: str, platform: str | None = None) -> str:
+    """The backend `impl` will actually use on `platform` (default: JAX's default backend)."""
+    platform = platform or jax.default_backend()
+    if impl == "auto":
+        if platform in ("gpu", "cuda", "rocm", "tpu"):
+            try:
+                from oyster_jax.kernels import flash_attention  # noqa: F401
+            except ImportError as e:  # pragma: no cover - depends on the installation
+                _warn_once(f"attention_impl=auto: Pallas kernel unavailable ({e}); falling back to xla")
+                return "xla"
+            return "pallas"
+        return "xla"
+    if impl == "cudnn" and platform not in ("gpu", "cuda"):
+        raise AttentionBackendError(
+            f"attention_impl='cudnn' needs an NVIDIA GPU; this platform is {platform!r}"
+        )
+    if impl not in ("xla", "pallas", "cudnn"):
+        raise AttentionBackendError(f"unknown attention_impl={impl!r}")
+    return impl
+
+
+def attention(
+    q: jax.Array,  # [B, T, N, H]
+    k: jax.Array,  # [B, S, K, H]
+    v: jax.Array,  # [B, S, K, H]
+    *,
+    impl: str = "auto",
+    causal: bool = True,
+    segment_ids: jax.Array | None = None,  # [B, T]
+    sm_scale: float | None = None,
+) -> jax.Array:  # [B, T, N, H]
+    backend = resolve_impl(impl)
+    if backend == "xla":
+        return xla_attention(q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale)
+    if backend == "pallas":
+        from oyster_jax.kernels import flash_attention
+
+        interpret = jax.default_backend() == "cpu"  # CPU has no Pallas lowering: run the kernel interpreted
+        return flash_attention(
+            q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale, interpret=interpret
+        )
+    # cuDNN: padding tokens (segment 0) must not match each other, so give each a distinct negative id
+    # (it then sees only itself) and zero those rows afterwards.
+    mask = None
+    if segment_ids is not None:
+        pad_ids = -1 - jnp.arange(segment_ids.shape[1], dtype=segment_ids.dtype)[None]
+        seg = jnp.where(segment_ids == 0, pad_ids, segment_ids)
+        mask = seg[:, None, :, None] == seg[:, None, None, :]  # [B, 1, T, S]
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=mask, scale=sm_scale, is_causal=causal, implementation="cudnn"
+    )
+    if segment_ids is not None:
+        out = jnp.where((segment_ids != 0)[:, :, None, None], out, 0).astype(out.dtype)
+    return out

@@ -1,0 +1,263 @@
+"""ModelConfig: one dataclass for Qwen3, Qwen2 / DeepSeek-R1-Distill-Qwen and Llama 3 decoders.
+
+The config owns the translation to and from Hugging Face `config.json` and the FLOPs-per-token count
+used for MFU, so that no other module needs to know the HF field names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+# HF `architectures[0]` -> our architecture family. Everything else is refused with a clear error.
+HF_ARCHITECTURES = {
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen2ForCausalLM": "qwen2",
+    "LlamaForCausalLM": "llama",
+}
+_HF_NAME = {v: k for k, v in HF_ARCHITECTURES.items()}
+_HF_MODEL_TYPE = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama"}
+
+ATTENTION_IMPLS = ("auto", "xla", "pallas", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A model config that we cannot honour; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "qwen3"  # qwen3 | qwen2 | llama
+    vocab_size: int = 4096
+    hidden_size: int = 256  # D
+    intermediate_size: int = 768  # F
+    num_layers: int = 4  # L
+    num_heads: int = 4  # N
+    num_kv_heads: int = 2  # K
+    head_dim: int = 64  # H
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    # None, or {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}; stored as a sorted tuple of items to keep the config hashable.
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = True
+    qkv_bias: bool = False  # Qwen2 family: True
+    qk_norm: bool = True  # Qwen3: RMSNorm on each head of q and k before RoPE
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype
+    attention_impl: str = "auto"
+    remat_policy: str = "none"
+    scan_layers: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.arch not in _HF_NAME:
+            raise ConfigError(f"arch={self.arch!r}: expected one of {sorted(_HF_NAME)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        for field, allowed in (
+            ("attention_impl", ATTENTION_IMPLS),
+            ("remat_policy", REMAT_POLICIES),
+            ("param_dtype", DTYPES),
+            ("dtype", DTYPES),
+        ):
+            if getattr(self, field) not in allowed:
+                raise ConfigError(f"{field}={getattr(self, field)!r}: expected one of {allowed}")
+        if isinstance(self.rope_scaling, dict):  # accept a dict, store it hashable
+            object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling_dict.get("rope_type", self.rope_scaling_dict.get("type"))
+            if kind not in ("llama3", "default"):
+                raise ConfigError(f"rope_scaling.rope_type={kind!r}: only 'llama3' is supported")
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def rope_scaling_dict(self) -> dict[str, Any]:
+        return dict(self.rope_scaling or ())
+
+    @property
+    def group_size(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["rope_scaling"] = self.rope_scaling_dict or None
+        if isinstance(self.eos_token_id, tuple):
+            d["eos_token_id"] = list(self.eos_token_id)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig fields {unknown}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_dict(json.loads(text))
+
+    # ----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_hf_config(cls, d: dict[str, Any], **overrides) -> ModelConfig:
+        """Hugging Face `config.json` (as a dict) -> ModelConfig. Unsupported architectures are refused."""
+        archs = d.get("architectures") or []
+        arch_name = archs[0] if archs else None
+        if arch_name is None:  # fall back on model_type
+            arch_name = {v: k for k, v in HF_ARCHITECTURES.items()}.get(d.get("model_type"))
+        if arch_name not in HF_ARCHITECTURES:
+            raise ConfigError(
+                f"config.json: architectures={archs} (model_type={d.get('model_type')!r}) is not supported; "
+                f"supported: {sorted(HF_ARCHITECTURES)}"
+            )
+        arch = HF_ARCHITECTURES[arch_name]
+        if d.get("use_sliding_window"):
+            raise ConfigError("config.json: use_sliding_window=true is not supported")
+        if d.get("mlp_bias"):
+            raise ConfigError("config.json: mlp_bias=true is not supported")
+        num_heads = d["num_attention_heads"]
+        head_dim = d.get("head_dim") or d["hidden_size"] // num_heads
+        rope_scaling = d.get("rope_scaling")
+        rope_theta = d.get("rope_theta")
+        rope_params = d.get("rope_parameters")  # transformers >= 5 nests theta and scaling here
+        if isinstance(rope_params, dict):
+            rope_theta = rope_params.get("rope_theta", rope_theta)
+            if rope_params.get("rope_type", "default") != "default":
+                rope_scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+        if rope_scaling is not None and rope_scaling.get("rope_type", rope_scaling.get("type")) == "default":
+            rope_scaling = None
+        if rope_scaling is not None:
+            rope_scaling = {
+                k: rope_scaling[k]
+                for k in (
+                    "rope_type",
+                    "factor",
+                    "low_freq_factor",
+                    "high_freq_factor",
+                    "original_max_position_embeddings",
+                )
+                if k in rope_scaling
+            } | ({"rope_type": rope_scaling["type"]} if "type" in rope_scaling else {})
+        kwargs = dict(
+            arch=arch,
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_layers=d["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=d.get("num_key_value_heads") or num_heads,
+            head_dim=head_dim,
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope_theta if rope_theta is not None else 10000.0),
+            rope_scaling=rope_scaling,
+            max_position_embeddings=d.get("max_position_embeddings", 32768),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            qkv_bias=True if arch == "qwen2" else bool(d.get("attention_bias", False)),
+            qk_norm=arch == "qwen3",
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_id=d.get("eos_token_id"),
+            pad_token_id=d.get("pad_token_id"),
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """ModelConfig -> a Hugging Face `config.json` dict that `transformers` loads."""
+        d: dict[str, Any] = {
+            "architectures": [_HF_NAME[self.arch]],
+            "model_type": _HF_MODEL_TYPE[self.arch],
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": self.rope_scaling_dict or None,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_dropout": 0.0,
+            "initializer_range": 0.02,
+            "use_cache": True,
+            "torch_dtype": self.param_dtype,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": list(self.eos_token_id)
+            if isinstance(self.eos_token_id, tuple)
+            else self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+        }
+        if self.arch == "qwen2":
+            d.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers)
+        else:
+            d["attention_bias"] = self.qkv_bias
+        if self.arch == "qwen3":
+            d.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers)
+        if self.arch == "llama":
+            d.update(mlp_bias=False, pretraining_tp=1)
+        return d
+
+    # ----------------------------------------------------------------------------------------------
+    def num_params(self) -> int:
+        D, F, N, K, H, V, L = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.vocab_size,
+            self.num_layers,
+        )
+        attn = D * N * H * 2 + D * K * H * 2 + (N * H + 2 * K * H if self.qkv_bias else 0)
+        attn += 2 * H if self.qk_norm else 0
+        per_layer = attn + 3 * D * F + 2 * D
+        embed = V * D * (1 if self.tie_word_embeddings else 2)
+        return L * per_layer + embed + D
+
+    def flops_per_token(self, seq_len: int, causal: bool = True) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward), attention counted causal-aware."""
+        D, F, N, K, H, V, L = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.vocab_size,
+            self.num_layers,
+        )
+        matmul_params = L * (D * N * H * 2 + D * K * H * 2 + 3 * D * F) + V * D
+        dense = 2 * matmul_params
+        # QK^T and PV: 2 matmuls x 2 FLOPs x N*H per key; a causal token sees (T+1)/2 keys on average.
+        keys = (seq_len + 1) / 2 if causal else seq_len
+        attn = L * 4 * N * H * keys
+        return 3.0 * (dense + attn)
+
+
+def dtype_of(name: str):
+    import jax.numpy as jnp
+
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+
+
+def is_power_of_two(n: int) -> bool:
+    return n > 0 and math.log2(n).is_integer()

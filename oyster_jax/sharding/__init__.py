@@ -1,0 +1,30 @@
+"""Device mesh and logical-axis sharding.
+
+mesh = make_mesh({"data": 1, "fsdp": -1, "tensor": 2})      # -1 fills the remaining devices
+shardings = param_shardings(cfg, mesh, rules)               # NamedSharding per parameter
+with use_rules(mesh, rules): ...                            # activation constraints inside jit
+"""
+
+from oyster_jax.sharding.mesh import (
+    MESH_AXES,
+    batch_sharding,
+    logical_to_sharding,
+    make_mesh,
+    param_shardings,
+    parse_mesh_spec,
+    replicated,
+    resolve_rules,
+    use_rules,
+)
+
+__all__ = [
+    "MESH_AXES",
+    "batch_sharding",
+    "logical_to_sharding",
+    "make_mesh",
+    "param_shardings",
+    "parse_mesh_spec",
+    "replicated",
+    "resolve_rules",
+    "use_rules",
+]

@@ -1,0 +1,50 @@
+"""oyster_jax: Constructive Safety Alignment (Oyster-I) in JAX, for TPU pods and GPUs."""
+
+from setuptools import find_packages, setup
+
+# Pinned together: these versions are installed and tested as one set (see README "Environment").
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    # tensorflow, tensorflow-text and seqio only work as a matched set.
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "seqio==0.0.20",
+    "tensorflow-datasets==4.9.10",
+    "ml-collections==1.1.0",
+    "einops==0.8.2",
+    "safetensors==0.8.0",
+    "tokenizers==0.23.3",
+    "tqdm==4.70.1",
+    "matplotlib==3.11.2",
+    "tensorboardX==2.6.5",
+]
+
+EXTRAS = {
+    "tpu": ["jax[tpu]==0.10.2"],
+    "gpu": ["jax[cuda12]==0.10.2"],
+    "test": [
+        "pytest==9.2.0",
+        "pytest-xdist==3.8.0",
+        "torch==2.13.0",  # the CPU wheel; an unpinned torch pulls a multi-GB CUDA build
+        "transformers==5.24.0",
+        "ruff==0.17.6",
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
+    ],
+}
+
+setup(
+    name="oyster_jax",
+    version="0.1.0",
+    description="Constructive Safety Alignment (Oyster-I) in JAX/Flax with Pallas kernels",
+    packages=find_packages(include=["oyster_jax", "oyster_jax.*"]),
+    package_data={"oyster_jax": ["data/seed/*", "data/seed/**/*", "csa/prompts/*/*"]},
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)

@@ -1,0 +1,92 @@
+"""Tiny random Hugging Face models built locally (no downloads), shared by the parity tests."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+# name -> (HF class, config kwargs). Covers MHA / GQA / MQA, tied / untied, qkv bias, llama3 RoPE scaling.
+TINY_HF = {
+    "qwen3_gqa_tied": ("Qwen3", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
+    "qwen3_mha_untied": (
+        "Qwen3",
+        dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False),
+    ),
+    "qwen2_mqa_tied": ("Qwen2", dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True)),
+    "qwen2_gqa_untied": (
+        "Qwen2",
+        dict(num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=False),
+    ),
+    "llama3_gqa_untied": (
+        "Llama",
+        dict(
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        ),
+    ),
+    "llama3_mqa_tied": (
+        "Llama",
+        dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True),
+    ),
+}
+
+
+def make_hf_model(kind: str, seed: int = 0, **overrides):
+    """A randomly initialised tiny transformers model; weights perturbed so that every tensor matters."""
+    import torch
+    import transformers
+
+    family, kwargs = TINY_HF[kind]
+    base = dict(
+        vocab_size=101,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        attention_dropout=0.0,
+    )
+    if family == "Llama":
+        base["attention_bias"] = False
+    cfg_cls = getattr(transformers, f"{family}Config")
+    model_cls = getattr(transformers, f"{family}ForCausalLM")
+    config = cfg_cls(**(base | kwargs | overrides))
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * noise)
+            else:
+                p.copy_(0.15 * noise)
+    model.config._attn_implementation = "eager"
+    return model
+
+
+def save_hf_model(model, path: pathlib.Path) -> pathlib.Path:
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def hf_logits(model, tokens: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor(tokens, dtype=torch.long),
+            attention_mask=None if mask is None else torch.tensor(mask, dtype=torch.long),
+        )
+    return out.logits.float().numpy()
