@@ -265,11 +265,7 @@ def to_hf(
         )
         hf_config = cfg.replace(param_dtype=dtype).to_hf_config()
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
-        gen = {
-            k: hf_config[k]
-            for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-            if hf_config[k] is not None
-        }
+        gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_config[k] is not None}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")

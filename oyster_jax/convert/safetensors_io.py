@@ -70,9 +70,7 @@ class SafetensorsFile:
         dtype = DTYPES[info["dtype"]]
         count = (end - start) // dtype.itemsize
         if count != int(np.prod(info["shape"], dtype=np.int64)):
-            raise CheckpointFormatError(
-                f"{self.path}: tensor {name!r} byte range does not match shape {info['shape']}"
-            )
+            raise CheckpointFormatError(f"{self.path}: tensor {name!r} byte range does not match shape {info['shape']}")
         arr = np.frombuffer(self._mm, dtype=dtype, count=count, offset=self._data_start + start)
         return arr.reshape(info["shape"])
 

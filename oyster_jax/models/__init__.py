@@ -7,7 +7,7 @@ logits = models.forward(cfg, params, tokens)         # int32 [B, T] -> float32 [
 """
 
 from oyster_jax.models.attention import AttentionBackendError, attention, resolve_impl, xla_attention
-from oyster_jax.models.config import ConfigError, ModelConfig
+from oyster_jax.models.config import ConfigError, ModelConfig, model_config_from_file
 from oyster_jax.models.model import (
     abstract_params,
     default_positions,
@@ -30,6 +30,7 @@ __all__ = [
     "init_params",
     "logical_axes",
     "logits_from_hidden",
+    "model_config_from_file",
     "resolve_impl",
     "xla_attention",
 ]

@@ -84,9 +84,7 @@ def resolve_impl(impl: str, platform: str | None = None) -> str:
             return "pallas"
         return "xla"
     if impl == "cudnn" and platform not in ("gpu", "cuda"):
-        raise AttentionBackendError(
-            f"attention_impl='cudnn' needs an NVIDIA GPU; this platform is {platform!r}"
-        )
+        raise AttentionBackendError(f"attention_impl='cudnn' needs an NVIDIA GPU; this platform is {platform!r}")
     if impl not in ("xla", "pallas", "cudnn"):
         raise AttentionBackendError(f"unknown attention_impl={impl!r}")
     return impl
@@ -109,9 +107,7 @@ def attention(
         from oyster_jax.kernels import flash_attention
 
         interpret = jax.default_backend() == "cpu"  # CPU has no Pallas lowering: run the kernel interpreted
-        return flash_attention(
-            q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale, interpret=interpret
-        )
+        return flash_attention(q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale, interpret=interpret)
     # cuDNN: padding tokens (segment 0) must not match each other, so give each a distinct negative id
     # (it then sees only itself) and zero those rows afterwards.
     mask = None
@@ -119,9 +115,7 @@ def attention(
         pad_ids = -1 - jnp.arange(segment_ids.shape[1], dtype=segment_ids.dtype)[None]
         seg = jnp.where(segment_ids == 0, pad_ids, segment_ids)
         mask = seg[:, None, :, None] == seg[:, None, None, :]  # [B, 1, T, S]
-    out = jax.nn.dot_product_attention(
-        q, k, v, mask=mask, scale=sm_scale, is_causal=causal, implementation="cudnn"
-    )
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=sm_scale, is_causal=causal, implementation="cudnn")
     if segment_ids is not None:
         out = jnp.where((segment_ids != 0)[:, :, None, None], out, 0).astype(out.dtype)
     return out

@@ -7,8 +7,10 @@ used for MFU, so that no other module needs to know the HF field names.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
-import math
+import os
+import pathlib
 from typing import Any
 
 # HF `architectures[0]` -> our architecture family. Everything else is refused with a clear error.
@@ -61,9 +63,7 @@ class ModelConfig:
         if self.arch not in _HF_NAME:
             raise ConfigError(f"arch={self.arch!r}: expected one of {sorted(_HF_NAME)}")
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(
-                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
-            )
+            raise ConfigError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         for field, allowed in (
             ("attention_impl", ATTENTION_IMPLS),
             ("remat_policy", REMAT_POLICIES),
@@ -202,9 +202,7 @@ class ModelConfig:
             "use_cache": True,
             "torch_dtype": self.param_dtype,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": list(self.eos_token_id)
-            if isinstance(self.eos_token_id, tuple)
-            else self.eos_token_id,
+            "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
             "pad_token_id": self.pad_token_id,
         }
         if self.arch == "qwen2":
@@ -259,5 +257,27 @@ def dtype_of(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
 
 
-def is_power_of_two(n: int) -> bool:
-    return n > 0 and math.log2(n).is_integer()
+def load_config_module(path: str | os.PathLike):
+    """Import an ml_collections config file (`configs/.../x.py`) and return its `get_config()`."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: config file not found")
+    spec = importlib.util.spec_from_file_location(f"_oyster_cfg_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: has no get_config()")
+    return module.get_config()
+
+
+def model_config_from_file(path: str | os.PathLike, **overrides) -> ModelConfig:
+    """configs/models/<name>.py (or a bare name such as `qwen3_14b`) -> ModelConfig."""
+    path = pathlib.Path(path)
+    if path.suffix != ".py":
+        path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "models" / f"{path.name}.py"
+    cd = load_config_module(path)
+    d = cd.to_dict() if hasattr(cd, "to_dict") else dict(cd)
+    try:
+        return ModelConfig.from_dict(d | overrides)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"{path}: {e}") from e

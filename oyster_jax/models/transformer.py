@@ -177,9 +177,7 @@ class Transformer(nn.Module):
             )
         layer_cls = _ScannedLayer if cfg.scan_layers else DecoderLayer
         if cfg.remat_policy != "none":
-            layer_cls = nn.remat(
-                layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers
-            )
+            layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
             self.layers = nn.scan(
                 layer_cls,
@@ -206,9 +204,7 @@ class Transformer(nn.Module):
     def logits(self, h):  # [B, T, D] -> float32 [B, T, V]
         dt = dtype_of(self.cfg.dtype)
         if self.cfg.tie_word_embeddings:
-            out = jnp.einsum(
-                "BTD,VD->BTV", h, self.embed_tokens.astype(dt), preferred_element_type=jnp.float32
-            )
+            out = jnp.einsum("BTD,VD->BTV", h, self.embed_tokens.astype(dt), preferred_element_type=jnp.float32)
         else:
             out = jnp.einsum("BTD,DV->BTV", h, self.lm_head.astype(dt), preferred_element_type=jnp.float32)
         return nn.with_logical_constraint(out, (BATCH, LENGTH, ACT_VOCAB))
