@@ -53,7 +53,7 @@ def test_failed_export_keeps_previous_output(hf_dir, tmp_path):
     out = convert.to_hf(cfg, params, tmp_path / "export")
     before = sorted(p.name for p in out.iterdir())
     broken = dict(params, norm={"scale": np.zeros(3, np.float32)})  # wrong shape: the write must fail
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match=r"model.norm.weight.*\[3\].*\[48\]"):
         convert.to_hf(cfg, broken, tmp_path / "export")
     assert sorted(p.name for p in out.iterdir()) == before
     convert.from_hf(out)  # still loads

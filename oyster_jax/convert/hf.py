@@ -252,7 +252,8 @@ def to_hf(
             arrays = []
             for name, shape, fetch in shard:
                 arr = np.asarray(fetch()).astype(np_dtype)
-                assert arr.shape == tuple(shape), (name, arr.shape, shape)
+                if arr.shape != tuple(shape):
+                    raise ValueError(f"to_hf: tensor {name!r} has shape {list(arr.shape)}, expected {list(shape)}")
                 arrays.append((name, arr))
                 weight_map[name] = fname
                 total += arr.nbytes
