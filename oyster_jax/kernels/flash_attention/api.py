@@ -1,0 +1,226 @@
+"""`flash_attention`: argument checks, layout and padding, backend choice, and the custom VJP that runs
+the forward kernel and the dq and dk/dv kernels of the chosen backend."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from oyster_jax.kernels.flash_attention import gpu, tpu
+from oyster_jax.kernels.flash_attention.common import (
+    GPU_BLOCKS,
+    GPU_MIN_BLOCK,
+    TPU_BLOCKS,
+    TPU_MIN_BLOCK,
+    BlockSizes,
+    Problem,
+    fit_block,
+    next_power_of_2,
+    round_up,
+)
+
+_KERNELS = {"gpu": gpu, "tpu": tpu}
+
+
+def default_style(platform: str | None = None) -> str:
+    """Which kernel family runs on `platform` (default: JAX's default backend). CPU interprets the GPU
+    family, which the generic Pallas interpreter runs much faster than the TPU simulator."""
+    platform = platform or jax.default_backend()
+    return "tpu" if platform == "tpu" else "gpu"
+
+
+def _check(q, k, v, segment_ids) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(f"flash_attention: {name} must be [B, T|S, heads, head_dim]; got shape {x.shape}")
+    if k.shape != v.shape:
+        raise ValueError(f"flash_attention: k {k.shape} and v {v.shape} must have the same shape")
+    (B, T, N, H), (Bk, S, K, Hk) = q.shape, k.shape
+    if (B, H) != (Bk, Hk):
+        raise ValueError(f"flash_attention: q {q.shape} and k {k.shape} disagree on batch or head_dim")
+    if N % K:
+        raise ValueError(f"flash_attention: q heads ({N}) must be a multiple of k/v heads ({K})")
+    if T == 0 or S == 0:
+        raise ValueError(f"flash_attention: empty sequence (q {q.shape}, k {k.shape})")
+    if not (q.dtype == k.dtype == v.dtype) or not jnp.issubdtype(q.dtype, jnp.floating):
+        raise ValueError(f"flash_attention: q, k, v must share one float dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if segment_ids is not None:
+        if T != S:
+            raise ValueError(f"flash_attention: segment_ids need T == S; got T={T}, S={S}")
+        if segment_ids.shape != (B, T):
+            raise ValueError(f"flash_attention: segment_ids must be [B, T] = {(B, T)}; got {segment_ids.shape}")
+        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+            raise ValueError(f"flash_attention: segment_ids must be integer; got {segment_ids.dtype}")
+
+
+def _problem(q, k, segment_ids, *, causal, sm_scale, block_q, block_k, interpret, style) -> Problem:
+    (B, T, N, H), (S, K) = q.shape, k.shape[1:3]
+    defaults, minimum = (GPU_BLOCKS, GPU_MIN_BLOCK) if style == "gpu" else (TPU_BLOCKS, TPU_MIN_BLOCK)
+    requested = defaults
+    if block_q is not None or block_k is not None:  # an explicit choice applies to all three kernels
+        requested = BlockSizes(
+            block_q or defaults.fwd_q,
+            block_k or defaults.fwd_k,
+            block_q or defaults.dq_q,
+            block_k or defaults.dq_k,
+            block_q or defaults.dkv_q,
+            block_k or defaults.dkv_k,
+        )
+    fq = lambda b: fit_block(b, T, minimum, style)
+    fk = lambda b: fit_block(b, S, minimum, style)
+    blocks = BlockSizes(
+        fq(requested.fwd_q), fk(requested.fwd_k), fq(requested.dq_q), fk(requested.dq_k),
+        fq(requested.dkv_q), fk(requested.dkv_k),
+    )  # fmt: skip
+    if style == "gpu":  # blocks are powers of two: the largest is a multiple of all
+        q_mult, k_mult = blocks.max_q(), blocks.max_k()
+        head_dim = max(GPU_MIN_BLOCK, next_power_of_2(H))
+    else:
+        q_mult = functools.reduce(_lcm, (blocks.fwd_q, blocks.dq_q, blocks.dkv_q))
+        k_mult = functools.reduce(_lcm, (blocks.fwd_k, blocks.dq_k, blocks.dkv_k))
+        head_dim = H
+    return Problem(
+        batch=B, q_len=T, kv_len=S, q_heads=N, kv_heads=K, head_dim=H, padded_head_dim=head_dim,
+        dtype=jnp.dtype(q.dtype).name, causal=bool(causal), has_segments=segment_ids is not None,
+        sm_scale=float(H**-0.5 if sm_scale is None else sm_scale), blocks=blocks,
+        q_len_padded=round_up(T, q_mult), kv_len_padded=round_up(S, k_mult), style=style,
+        interpret=bool(interpret),
+    )  # fmt: skip
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+def _to_kernel_layout(x, length_padded: int, head_dim_padded: int):
+    """[B, L, heads, H] -> [B, heads, Lp, Hp], zero-padded."""
+    x = jnp.swapaxes(x, 1, 2)
+    pad = ((0, 0), (0, 0), (0, length_padded - x.shape[2]), (0, head_dim_padded - x.shape[3]))
+    return jnp.pad(x, pad) if any(p[1] for p in pad) else x
+
+
+def _from_kernel_layout(x, length: int, head_dim: int):
+    return jnp.swapaxes(x[:, :, :length, :head_dim], 1, 2)
+
+
+def _segments(p: Problem, segment_ids):
+    if segment_ids is None:
+        return None, None
+    seg = segment_ids.astype(jnp.int32)
+    q_seg = jnp.pad(seg, ((0, 0), (0, p.q_len_padded - p.q_len)))  # padded rows and keys get id 0
+    k_seg = jnp.pad(seg, ((0, 0), (0, p.kv_len_padded - p.kv_len)))
+    return q_seg, k_seg
+
+
+def _forward(p: Problem, q, k, v, segment_ids):
+    kernels = _KERNELS[p.style]
+    qk = _to_kernel_layout(q, p.q_len_padded, p.padded_head_dim)
+    kk = _to_kernel_layout(k, p.kv_len_padded, p.padded_head_dim)
+    vk = _to_kernel_layout(v, p.kv_len_padded, p.padded_head_dim)
+    o, lse = kernels.forward(p, qk, kk, vk, *_segments(p, segment_ids))
+    return o, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(p: Problem, q, k, v, segment_ids):
+    o, _ = _forward(p, q, k, v, segment_ids)
+    return _from_kernel_layout(o, p.q_len, p.head_dim)
+
+
+def _attention_fwd(p: Problem, q, k, v, segment_ids):
+    o, lse = _forward(p, q, k, v, segment_ids)
+    # Residuals are O(T): the inputs as given, the padded output and the log-sum-exp.
+    return _from_kernel_layout(o, p.q_len, p.head_dim), (q, k, v, segment_ids, o, lse)
+
+
+def _attention_bwd(p: Problem, residuals, d_out):
+    q, k, v, segment_ids, o, lse = residuals
+    kernels = _KERNELS[p.style]
+    qk = _to_kernel_layout(q, p.q_len_padded, p.padded_head_dim)
+    kk = _to_kernel_layout(k, p.kv_len_padded, p.padded_head_dim)
+    vk = _to_kernel_layout(v, p.kv_len_padded, p.padded_head_dim)
+    do = _to_kernel_layout(d_out.astype(q.dtype), p.q_len_padded, p.padded_head_dim)
+    # delta_t = sum_h dO_th O_th = sum_s P_ts dP_ts: the softmax-gradient correction, one float per row.
+    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [B, N, Tp]
+    q_seg, k_seg = _segments(p, segment_ids)
+    dq = kernels.backward_dq(p, qk, kk, vk, do, lse, delta, q_seg, k_seg)
+    dk, dv = kernels.backward_dkv(p, qk, kk, vk, do, lse, delta, q_seg, k_seg)
+    d_segments = None if segment_ids is None else _integer_zero_cotangent(segment_ids)
+    return (
+        _from_kernel_layout(dq, p.q_len, p.head_dim),
+        _from_kernel_layout(dk, p.kv_len, p.head_dim),
+        _from_kernel_layout(dv, p.kv_len, p.head_dim),
+        d_segments,
+    )
+
+
+def _integer_zero_cotangent(x):
+    return np.zeros(x.shape, dtype=jax.dtypes.float0)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def flash_attention_with_style(
+    q: jax.Array,  # [B, T, N, H]
+    k: jax.Array,  # [B, S, K, H]
+    v: jax.Array,  # [B, S, K, H]
+    *,
+    style: str,
+    causal: bool = True,
+    segment_ids: jax.Array | None = None,  # [B, T]
+    sm_scale: float | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+    interpret: bool = False,
+) -> jax.Array:  # [B, T, N, H]
+    """`flash_attention` with the kernel family chosen explicitly ("gpu" = Triton, "tpu" = Mosaic).
+
+    Tests use it to run the TPU kernels under Pallas' TPU interpreter on a CPU host, and to lower the
+    real (non-interpreted) kernels for a platform this host does not have. `interpret` is taken as is.
+    """
+    if style not in _KERNELS:
+        raise ValueError(f"flash_attention: style must be 'gpu' or 'tpu'; got {style!r}")
+    _check(q, k, v, segment_ids)
+    p = _problem(
+        q, k, segment_ids, causal=causal, sm_scale=sm_scale, block_q=block_q, block_k=block_k,
+        interpret=interpret, style=style,
+    )  # fmt: skip
+    return _attention(p, q, k, v, segment_ids)
+
+
+def flash_attention(
+    q: jax.Array,  # [B, T, N, H]
+    k: jax.Array,  # [B, S, K, H]
+    v: jax.Array,  # [B, S, K, H]
+    *,
+    causal: bool = True,
+    segment_ids: jax.Array | None = None,  # [B, T], T == S; 0 = padding
+    sm_scale: float | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+    interpret: bool = False,
+) -> jax.Array:  # [B, T, N, H] in q.dtype
+    """Memory-efficient exact attention with our own Pallas kernels (forward and backward).
+
+    q [B, T, N, H]; k, v [B, S, K, H] with N % K == 0: query head n uses K/V head n // (N // K), and
+    K/V are never repeated. Causal masking is right-aligned (query t sees key s iff s <= t + S - T).
+    segment_ids int32 [B, T] (needs T == S): a query sees only keys with the same non-zero id; id 0 is
+    padding. Queries that see no key return zeros (and zero gradients), never NaN. sm_scale defaults
+    to 1/sqrt(H). Softmax statistics and accumulators are float32 whatever the input dtype. T and S
+    need not be multiples of the blocks: inputs are padded internally. block_q/block_k override the
+    per-backend defaults for all three kernels (forward, dq, dk/dv).
+
+    The kernel family follows `jax.default_backend()`: Mosaic on TPU, Triton on GPU; on CPU the Triton
+    kernels run in Pallas interpret mode (whatever `interpret` says, since nothing else can run there).
+    """
+    if jax.default_backend() == "cpu":
+        interpret = True  # Pallas has no CPU lowering: the kernels can only be interpreted there
+    return flash_attention_with_style(
+        q, k, v, style=default_style(), causal=causal, segment_ids=segment_ids, sm_scale=sm_scale,
+        block_q=block_q, block_k=block_k, interpret=interpret,
+    )  # fmt: skip

@@ -1,0 +1,147 @@
+"""What the GPU (Triton) and TPU (Mosaic) kernels share: the static problem description and the
+block-range arithmetic that decides which key blocks a query block must visit.
+
+Internally the kernels work in a head-major layout, q [B, N, Tp, H] and k, v [B, K, Sp, H], where Tp and
+Sp are T and S padded up to a multiple of every block size in use. Logits are base-2 inside the GPU
+kernels (exp2 is the native instruction) and natural-log inside the TPU kernels; the log-sum-exp saved
+for the backward pass is always natural-log, [B, N, Tp] float32, +inf for a row that sees no key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Tile sizes (query rows x key rows) for the forward, dq and dk/dv kernels."""
+
+    fwd_q: int
+    fwd_k: int
+    dq_q: int
+    dq_k: int
+    dkv_q: int
+    dkv_k: int
+
+    @classmethod
+    def uniform(cls, block_q: int, block_k: int) -> BlockSizes:
+        return cls(block_q, block_k, block_q, block_k, block_q, block_k)
+
+    def max_q(self) -> int:
+        return max(self.fwd_q, self.dq_q, self.dkv_q)
+
+    def max_k(self) -> int:
+        return max(self.fwd_k, self.dq_k, self.dkv_k)
+
+
+# Per-backend defaults. GPU: FlashAttention-2-style Triton tiles (wide query tile for the forward and dq,
+# wide key tile for dk/dv, whose inner loop walks query tiles). TPU: large tiles keep the MXU busy and
+# amortize the per-grid-step overhead; all are multiples of 128 (lane width).
+GPU_BLOCKS = BlockSizes(fwd_q=128, fwd_k=64, dq_q=128, dq_k=64, dkv_q=64, dkv_k=128)
+TPU_BLOCKS = BlockSizes(fwd_q=512, fwd_k=512, dq_q=512, dq_k=512, dkv_q=512, dkv_k=512)
+
+GPU_MIN_BLOCK = 16  # tl.dot needs every dimension >= 16, and Triton tiles are powers of two
+TPU_MIN_BLOCK = 128  # a key tile is the lane dimension of the score tile
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Static description of one attention call (hashable: it is a custom_vjp nondiff argument)."""
+
+    batch: int  # B
+    q_len: int  # T
+    kv_len: int  # S
+    q_heads: int  # N
+    kv_heads: int  # K
+    head_dim: int  # H as given
+    padded_head_dim: int  # H the kernel sees (GPU: next power of two)
+    dtype: str
+    causal: bool
+    has_segments: bool
+    sm_scale: float
+    blocks: BlockSizes
+    q_len_padded: int  # Tp
+    kv_len_padded: int  # Sp
+    style: str  # "gpu" | "tpu"
+    interpret: bool
+
+    @property
+    def group(self) -> int:  # G = N // K
+        return self.q_heads // self.kv_heads
+
+    @property
+    def causal_offset(self) -> int:
+        """Query t sees key s iff s <= t + causal_offset (right-aligned causal mask)."""
+        return self.kv_len - self.q_len
+
+    @property
+    def mask_padded_keys(self) -> bool:
+        """Whether keys >= S must be masked explicitly.
+
+        With segment ids, padded keys carry id 0 and are masked as padding; with a causal mask no real
+        query can see past key S - 1. Only non-causal attention without segment ids needs the check.
+        """
+        return not self.causal and not self.has_segments and self.kv_len_padded != self.kv_len
+
+
+def round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def next_power_of_2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def fit_block(requested: int, length: int, minimum: int, style: str) -> int:
+    """The block actually used: no larger than the (rounded-up) sequence, no smaller than `minimum`."""
+    if style == "gpu":
+        requested = next_power_of_2(requested)
+        return max(minimum, min(requested, next_power_of_2(length)))
+    requested = round_up(requested, minimum)
+    return max(minimum, min(requested, round_up(length, minimum)))
+
+
+# -- Block ranges. All arguments may be traced int32 scalars (program ids, loop counters). -------------
+# A query tile i holds rows [i*bq, (i+1)*bq); a key tile j holds keys [j*bk, (j+1)*bk).
+
+
+def _cdiv_nonneg(x, d: int):
+    return jax.lax.div(jnp.maximum(x, 0) + (d - 1), d)
+
+
+def _floordiv_nonneg(x, d: int):
+    return jax.lax.div(jnp.maximum(x, 0), d)
+
+
+def kv_blocks_for_q_block(p: Problem, i, bq: int, bk: int):
+    """(full_end, end): key tiles [0, full_end) need no causal mask, [full_end, end) do; the rest are
+    invisible to every row of query tile i and are skipped."""
+    nk = p.kv_len_padded // bk
+    if not p.causal:
+        if p.mask_padded_keys:  # the last key tile holds padding keys
+            return nk - 1, nk
+        return nk, nk
+    off = p.causal_offset
+    end = jnp.minimum(_cdiv_nonneg(i * bq + bq + off, bk), nk)
+    full_end = jnp.minimum(_floordiv_nonneg(i * bq + off + 1, bk), end)
+    return full_end, end
+
+
+def q_blocks_for_kv_block(p: Problem, j, bq: int, bk: int):
+    """(start, full_start): query tiles [start, full_start) need the mask, [full_start, nq) do not, and
+    tiles before `start` cannot see key tile j."""
+    nq = p.q_len_padded // bq
+    if not p.causal:
+        if p.mask_padded_keys:
+            # Only the last key tile holds padding keys: full_start = nq there, 0 elsewhere. Integer
+            # arithmetic rather than a select, which the Triton lowering mistypes for loop bounds.
+            nk = p.kv_len_padded // bk
+            return 0, (nq if nk == 1 else jax.lax.div(j, nk - 1) * nq)
+        return 0, 0
+    off = p.causal_offset
+    start = jnp.minimum(_floordiv_nonneg(j * bk - off, bq), nq)
+    full_start = jnp.maximum(jnp.minimum(_cdiv_nonneg(j * bk + bk - 1 - off, bq), nq), start)
+    return start, full_start

@@ -1,0 +1,297 @@
+"""GPU (Triton) flash-attention kernels: forward, dq, and dk/dv.
+
+Each program owns one output tile and walks the tiles it needs with a `fori_loop` whose bounds come
+from the causal structure, so key tiles that a query tile cannot see are never loaded. The loop is split
+in two: tiles entirely below the diagonal run without building a position mask, only the diagonal band
+pays for it. Whole K/V (forward, dq) or Q/dO (dk/dv) rows of one head stay in global memory and are
+sliced inside the loop; grouped query heads index their K/V head in the BlockSpec, so K/V are never
+repeated. Logits are kept in base 2 (exp2 is the native instruction); the saved log-sum-exp is natural.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from oyster_jax.kernels.flash_attention.common import Problem, kv_blocks_for_q_block, q_blocks_for_kv_block
+
+LOG2_E = math.log2(math.e)
+LN_2 = math.log(2.0)
+
+
+def _precision(dtype):
+    # float32 inputs must not silently drop to TF32 on Ampere/Hopper: the tests hold them to 1e-5.
+    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+
+
+def _dot(a, b, *, trans_a=False, trans_b=False):
+    return plgpu.dot(a, b, trans_a=trans_a, trans_b=trans_b, precision=_precision(a.dtype))
+
+
+def _visible(p: Problem, q_pos, k_pos, q_seg, k_seg, *, position_mask: bool):
+    """bool [bq, bk] (or None when everything is visible). q_pos/k_pos are [bq]/[bk] absolute indices."""
+    mask = None
+    if position_mask:
+        if p.causal:
+            mask = k_pos[None, :] <= q_pos[:, None] + p.causal_offset
+        elif p.mask_padded_keys:
+            mask = k_pos[None, :] < p.kv_len  # [1, bk], broadcast by the select
+    if p.has_segments:
+        same = (q_seg[:, None] == k_seg[None, :]) & (q_seg[:, None] != 0)
+        mask = same if mask is None else mask & same
+    return mask
+
+
+def _compiler_params(p: Problem, kernel: str):
+    if p.interpret:
+        return None
+    big_head = p.padded_head_dim > 64
+    warps = {"fwd": 8 if big_head else 4, "dq": 8 if big_head else 4, "dkv": 8 if big_head else 4}[kernel]
+    stages = {"fwd": 3, "dq": 2, "dkv": 2}[kernel]
+    return plgpu.CompilerParams(num_warps=warps, num_stages=stages)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------------
+
+
+def _fwd_kernel(q_ref, k_ref, v_ref, *refs, p: Problem, bq: int, bk: int):
+    if p.has_segments:
+        q_seg_ref, k_seg_ref, o_ref, lse_ref = refs
+    else:
+        o_ref, lse_ref = refs
+    nq = p.q_len_padded // bq
+    i = nq - 1 - pl.program_id(0)  # causal: the longest rows are scheduled first
+    q = q_ref[...]  # [bq, H]
+    q_pos = i * bq + jnp.arange(bq)
+    q_seg = q_seg_ref[...] if p.has_segments else None
+    qk_scale = p.sm_scale * LOG2_E
+
+    def tile(j, carry, position_mask):
+        acc, m, l = carry  # [bq, H] f32, [bq], [bq]
+        keys = pl.ds(pl.multiple_of(j * bk, bk), bk)
+        k = k_ref[keys, :]
+        s = _dot(q, k, trans_b=True) * qk_scale  # [bq, bk], log2 units
+        k_seg = k_seg_ref[keys] if p.has_segments else None
+        mask = _visible(p, q_pos, j * bk + jnp.arange(bk), q_seg, k_seg, position_mask=position_mask)
+        if mask is not None:
+            s = jnp.where(mask, s, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(s, axis=1))
+        m_ref_pt = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # a row with nothing visible yet stays at 0
+        probs = jnp.exp2(s - m_ref_pt[:, None])
+        rescale = jnp.exp2(m - m_ref_pt)
+        l = l * rescale + jnp.sum(probs, axis=1)
+        v = v_ref[keys, :]
+        acc = acc * rescale[:, None] + _dot(probs.astype(v.dtype), v)
+        return acc, m_new, l
+
+    carry = (
+        jnp.zeros((bq, p.padded_head_dim), jnp.float32),
+        jnp.full((bq,), -jnp.inf, jnp.float32),
+        jnp.zeros((bq,), jnp.float32),
+    )
+    full_end, end = kv_blocks_for_q_block(p, i, bq, bk)
+    carry = jax.lax.fori_loop(0, full_end, functools.partial(tile, position_mask=False), carry)
+    acc, m, l = jax.lax.fori_loop(full_end, end, functools.partial(tile, position_mask=True), carry)
+    empty = l == 0.0
+    o_ref[...] = (acc / jnp.where(empty, 1.0, l)[:, None]).astype(o_ref.dtype)
+    lse_ref[...] = jnp.where(empty, jnp.inf, (m + jnp.log2(jnp.where(empty, 1.0, l))) * LN_2)
+
+
+def forward(p: Problem, q, k, v, q_seg, k_seg):
+    """q [B, N, Tp, H], k/v [B, K, Sp, H], segs [B, Tp]/[B, Sp] -> (o [B, N, Tp, H], lse [B, N, Tp])."""
+    bq, bk = p.blocks.fwd_q, p.blocks.fwd_k
+    B, N, Tp, H = q.shape
+    Sp, G = p.kv_len_padded, p.group
+    nq = Tp // bq
+    grid = (nq, N, B)  # consecutive programs share one head's K/V in L2
+    q_block = lambda i, n, b: (b, n, nq - 1 - i, 0)
+    in_specs = [
+        pl.BlockSpec((None, None, bq, H), q_block),
+        pl.BlockSpec((None, None, Sp, H), lambda i, n, b: (b, jax.lax.div(n, G), 0, 0)),
+        pl.BlockSpec((None, None, Sp, H), lambda i, n, b: (b, jax.lax.div(n, G), 0, 0)),
+    ]
+    args = [q, k, v]
+    if p.has_segments:
+        in_specs += [
+            pl.BlockSpec((None, bq), lambda i, n, b: (b, nq - 1 - i)),
+            pl.BlockSpec((None, Sp), lambda i, n, b: (b, 0)),
+        ]
+        args += [q_seg, k_seg]
+    return pl.pallas_call(
+        functools.partial(_fwd_kernel, p=p, bq=bq, bk=bk),
+        grid=grid,
+        in_specs=in_specs,
+        out_specs=[
+            pl.BlockSpec((None, None, bq, H), q_block),
+            pl.BlockSpec((None, None, bq), lambda i, n, b: (b, n, nq - 1 - i)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((B, N, Tp, H), q.dtype),
+            jax.ShapeDtypeStruct((B, N, Tp), jnp.float32),
+        ],
+        interpret=p.interpret,
+        compiler_params=_compiler_params(p, "fwd"),
+        name="oyster_flash_fwd",
+    )(*args)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backward: dq (one program per query tile, loop over key tiles)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Problem, bq: int, bk: int):
+    if p.has_segments:
+        q_seg_ref, k_seg_ref, dq_ref = refs
+    else:
+        (dq_ref,) = refs
+    nq = p.q_len_padded // bq
+    i = nq - 1 - pl.program_id(0)
+    q = q_ref[...]
+    do = do_ref[...]
+    lse2 = lse_ref[...] * LOG2_E  # [bq], base 2
+    delta = delta_ref[...]  # [bq] = rowsum(dO * O)
+    q_pos = i * bq + jnp.arange(bq)
+    q_seg = q_seg_ref[...] if p.has_segments else None
+    qk_scale = p.sm_scale * LOG2_E
+
+    def tile(j, dq, position_mask):
+        keys = pl.ds(pl.multiple_of(j * bk, bk), bk)
+        k = k_ref[keys, :]
+        v = v_ref[keys, :]
+        probs = jnp.exp2(_dot(q, k, trans_b=True) * qk_scale - lse2[:, None])  # [bq, bk]
+        k_seg = k_seg_ref[keys] if p.has_segments else None
+        mask = _visible(p, q_pos, j * bk + jnp.arange(bk), q_seg, k_seg, position_mask=position_mask)
+        if mask is not None:
+            probs = jnp.where(mask, probs, 0.0)
+        dp = _dot(do, v, trans_b=True)
+        ds = probs * (dp - delta[:, None])
+        return dq + _dot(ds.astype(k.dtype), k)
+
+    dq = jnp.zeros((bq, p.padded_head_dim), jnp.float32)
+    full_end, end = kv_blocks_for_q_block(p, i, bq, bk)
+    dq = jax.lax.fori_loop(0, full_end, functools.partial(tile, position_mask=False), dq)
+    dq = jax.lax.fori_loop(full_end, end, functools.partial(tile, position_mask=True), dq)
+    dq_ref[...] = (dq * p.sm_scale).astype(dq_ref.dtype)
+
+
+def backward_dq(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
+    bq, bk = p.blocks.dq_q, p.blocks.dq_k
+    B, N, Tp, H = q.shape
+    Sp, G = p.kv_len_padded, p.group
+    nq = Tp // bq
+    q_block = lambda i, n, b: (b, n, nq - 1 - i, 0)
+    row_block = lambda i, n, b: (b, n, nq - 1 - i)
+    in_specs = [
+        pl.BlockSpec((None, None, bq, H), q_block),
+        pl.BlockSpec((None, None, Sp, H), lambda i, n, b: (b, jax.lax.div(n, G), 0, 0)),
+        pl.BlockSpec((None, None, Sp, H), lambda i, n, b: (b, jax.lax.div(n, G), 0, 0)),
+        pl.BlockSpec((None, None, bq, H), q_block),
+        pl.BlockSpec((None, None, bq), row_block),
+        pl.BlockSpec((None, None, bq), row_block),
+    ]
+    args = [q, k, v, do, lse, delta]
+    if p.has_segments:
+        in_specs += [
+            pl.BlockSpec((None, bq), lambda i, n, b: (b, nq - 1 - i)),
+            pl.BlockSpec((None, Sp), lambda i, n, b: (b, 0)),
+        ]
+        args += [q_seg, k_seg]
+    return pl.pallas_call(
+        functools.partial(_dq_kernel, p=p, bq=bq, bk=bk),
+        grid=(nq, N, B),
+        in_specs=in_specs,
+        out_specs=pl.BlockSpec((None, None, bq, H), q_block),
+        out_shape=jax.ShapeDtypeStruct((B, N, Tp, H), q.dtype),
+        interpret=p.interpret,
+        compiler_params=_compiler_params(p, "dq"),
+        name="oyster_flash_dq",
+    )(*args)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backward: dk, dv (one program per key tile of a K/V head; loop over its G query heads and query tiles)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Problem, bq: int, bk: int):
+    if p.has_segments:
+        q_seg_ref, k_seg_ref, dk_ref, dv_ref = refs
+    else:
+        dk_ref, dv_ref = refs
+    j = pl.program_id(0)  # causal: low key tiles see the most query tiles and come first anyway
+    k = k_ref[...]  # [bk, H]
+    v = v_ref[...]
+    k_pos = j * bk + jnp.arange(bk)
+    k_seg = k_seg_ref[...] if p.has_segments else None
+    qk_scale = p.sm_scale * LOG2_E
+    start, full_start = q_blocks_for_kv_block(p, j, bq, bk)
+    nq = p.q_len_padded // bq
+
+    def tile(i, carry, g, position_mask):
+        dk, dv = carry
+        rows = pl.ds(pl.multiple_of(i * bq, bq), bq)
+        q = q_ref[g, rows, :]  # [bq, H]
+        do = do_ref[g, rows, :]
+        lse2 = lse_ref[g, rows] * LOG2_E
+        delta = delta_ref[g, rows]
+        probs = jnp.exp2(_dot(q, k, trans_b=True) * qk_scale - lse2[:, None])  # [bq, bk]
+        q_seg = q_seg_ref[rows] if p.has_segments else None
+        mask = _visible(p, i * bq + jnp.arange(bq), k_pos, q_seg, k_seg, position_mask=position_mask)
+        if mask is not None:
+            probs = jnp.where(mask, probs, 0.0)
+        dv = dv + _dot(probs.astype(do.dtype), do, trans_a=True)  # [bk, H]
+        dp = _dot(do, v, trans_b=True)  # [bq, bk]
+        ds = probs * (dp - delta[:, None])
+        dk = dk + _dot(ds.astype(q.dtype), q, trans_a=True)
+        return dk, dv
+
+    def head(g, carry):
+        carry = jax.lax.fori_loop(start, full_start, functools.partial(tile, g=g, position_mask=True), carry)
+        return jax.lax.fori_loop(full_start, nq, functools.partial(tile, g=g, position_mask=False), carry)
+
+    zeros = jnp.zeros((bk, p.padded_head_dim), jnp.float32)
+    dk, dv = jax.lax.fori_loop(0, p.group, head, (zeros, zeros))
+    dk_ref[...] = (dk * p.sm_scale).astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def backward_dkv(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
+    bq, bk = p.blocks.dkv_q, p.blocks.dkv_k
+    B, N, Tp, H = q.shape
+    K, Sp, G = p.kv_heads, p.kv_len_padded, p.group
+    nk = Sp // bk
+    kv_block = lambda j, h, b: (b, h, j, 0)
+    group_rows = lambda j, h, b: (b, h, 0, 0)  # block h of size G along N = query heads h*G .. h*G+G-1
+    in_specs = [
+        pl.BlockSpec((None, G, Tp, H), group_rows),
+        pl.BlockSpec((None, None, bk, H), kv_block),
+        pl.BlockSpec((None, None, bk, H), kv_block),
+        pl.BlockSpec((None, G, Tp, H), group_rows),
+        pl.BlockSpec((None, G, Tp), lambda j, h, b: (b, h, 0)),
+        pl.BlockSpec((None, G, Tp), lambda j, h, b: (b, h, 0)),
+    ]
+    args = [q, k, v, do, lse, delta]
+    if p.has_segments:
+        in_specs += [
+            pl.BlockSpec((None, Tp), lambda j, h, b: (b, 0)),
+            pl.BlockSpec((None, bk), lambda j, h, b: (b, j)),
+        ]
+        args += [q_seg, k_seg]
+    return pl.pallas_call(
+        functools.partial(_dkv_kernel, p=p, bq=bq, bk=bk),
+        grid=(nk, K, B),
+        in_specs=in_specs,
+        out_specs=[pl.BlockSpec((None, None, bk, H), kv_block), pl.BlockSpec((None, None, bk, H), kv_block)],
+        out_shape=[jax.ShapeDtypeStruct((B, K, Sp, H), k.dtype), jax.ShapeDtypeStruct((B, K, Sp, H), v.dtype)],
+        interpret=p.interpret,
+        compiler_params=_compiler_params(p, "dkv"),
+        name="oyster_flash_dkv",
+    )(*args)

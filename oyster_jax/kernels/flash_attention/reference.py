@@ -1,0 +1,63 @@
+"""Pure-JAX attention that the Pallas kernels are tested against.
+
+Deliberately simple: it materializes the [T, S] scores in float32 at full matmul precision, repeats
+nothing (grouped heads are a reshape), and differentiates with plain `jax.grad`. Semantics it defines,
+and the kernels must match:
+
+- causal masking is right-aligned: query t sees key s iff s <= t + (S - T), so with T < S (decoding)
+  the last query sees every key; with T == S this is the usual lower triangle;
+- segment ids (T == S): a query sees a key only when both carry the same non-zero id; id 0 is padding;
+- a query that sees no key at all (padding, or t + (S - T) < 0) outputs zeros and gets zero gradients.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def attention_mask(
+    T: int,
+    S: int,
+    *,
+    causal: bool,
+    segment_ids: jax.Array | None,  # [B, T], T == S
+) -> jax.Array | None:  # bool [B|1, T, S]
+    mask = None
+    if causal:
+        mask = (jnp.arange(S)[None, :] <= jnp.arange(T)[:, None] + (S - T))[None]
+    if segment_ids is not None:
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]
+        same = same & (segment_ids[:, :, None] != 0)
+        mask = same if mask is None else mask & same
+    return mask
+
+
+def attention_reference(
+    q: jax.Array,  # [B, T, N, H]
+    k: jax.Array,  # [B, S, K, H]
+    v: jax.Array,  # [B, S, K, H]
+    *,
+    causal: bool = True,
+    segment_ids: jax.Array | None = None,  # [B, T]
+    sm_scale: float | None = None,
+) -> jax.Array:  # [B, T, N, H] in q.dtype
+    B, T, N, H = q.shape
+    S, K = k.shape[1], k.shape[2]
+    G = N // K
+    sm_scale = H**-0.5 if sm_scale is None else sm_scale
+    hi = jax.lax.Precision.HIGHEST
+    qg = q.astype(jnp.float32).reshape(B, T, K, G, H)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k.astype(jnp.float32), precision=hi) * sm_scale
+    mask = attention_mask(T, S, causal=causal, segment_ids=segment_ids)
+    if mask is not None:
+        # -inf (not a large finite value) so that masked keys contribute exactly 0, and a row with no
+        # visible key has max -inf, which is replaced by 0 below instead of producing NaN.
+        scores = jnp.where(mask[:, None, None], scores, -jnp.inf)
+    row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    weights = jnp.exp(scores - row_max)
+    denom = jnp.sum(weights, axis=-1, keepdims=True)
+    probs = weights / jnp.where(denom == 0.0, 1.0, denom)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(jnp.float32), precision=hi)
+    return out.reshape(B, T, N, H).astype(q.dtype)
