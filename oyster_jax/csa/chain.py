@@ -1,0 +1,511 @@
+"""The structured safety-reasoning chain (method notes §4) and the trust-region merge (§6 step 4).
+
+A chain has four nodes: User Needs Analysis; Risk Intent Analysis; Safety Guidelines; Response Strategy
+Formulation with two short lists, Safety Strategies and Usefulness Strategies. When the risk intent or the
+guideline is empty the chain collapses to the needs plus one merged strategy list (no-risk collapse).
+
+The JSON chain is the data engine's working form. Parsing is tolerant: the last fenced ```json block (or
+the last balanced {...} object when there is no fence), English or Chinese keys, snake_case or spaced
+keys, flat or nested strategy fields, lists or ';'/'；'-separated strings, trailing commas and smart
+quotes. What it refuses (ChainParseError): no JSON object at all, JSON that stays invalid after repair,
+or a chain with neither user needs nor any strategy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+
+__all__ = [
+    "SafetyChain",
+    "ChainParseError",
+    "parse_chain",
+    "chain_from_dict",
+    "extract_json_block",
+    "split_strategies",
+    "render_json",
+    "render_prose",
+    "render_tagged",
+    "simhash",
+    "simhash_similarity",
+    "trust_region_merge",
+    "merge_chain_strategies",
+    "KEYS",
+]
+
+
+class ChainParseError(ValueError):
+    """The text holds no usable chain; the message says why."""
+
+
+# Canonical keys per language (used when rendering).
+KEYS = {
+    "en": {
+        "needs": "User Needs Analysis",
+        "risk": "Risk Intent Analysis",
+        "guidelines": "Safety Guidelines",
+        "strategy": "Response Strategy Formulation",
+        "safety": "Safety Strategies",
+        "usefulness": "Usefulness Strategies",
+    },
+    "zh": {
+        "needs": "用户需求分析",
+        "risk": "风险意图分析",
+        "guidelines": "安全准则",
+        "strategy": "回复策略制定",
+        "safety": "安全策略",
+        "usefulness": "有用性策略",
+    },
+}
+
+# Accepted spellings (after _key_norm) for each node.
+_ALIASES = {
+    "needs": {
+        "user needs analysis",
+        "user needs",
+        "needs analysis",
+        "needs",
+        "user need analysis",
+        "用户需求分析",
+        "用户需求",
+        "需求分析",
+    },
+    "risk": {
+        "risk intent analysis",
+        "risk intent",
+        "risk analysis",
+        "intent analysis",
+        "风险意图分析",
+        "风险意图",
+        "风险分析",
+    },
+    "guidelines": {
+        "safety guidelines",
+        "safety guideline",
+        "guidelines",
+        "guideline",
+        "安全准则",
+        "安全规范",
+        "安全指南",
+        "准则",
+    },
+    "strategy": {
+        "response strategy formulation",
+        "response strategy",
+        "response strategies",
+        "strategy formulation",
+        "strategies",
+        "回复策略制定",
+        "回复策略",
+        "回应策略",
+        "应对策略",
+        "策略制定",
+    },
+    "safety": {"safety strategies", "safety strategy", "安全策略", "安全性策略"},
+    "usefulness": {
+        "usefulness strategies",
+        "usefulness strategy",
+        "helpfulness strategies",
+        "helpfulness strategy",
+        "有用性策略",
+        "有用策略",
+        "帮助性策略",
+        "实用性策略",
+    },
+}
+
+
+def _key_norm(key: str) -> str:
+    key = re.sub(r"^\s*(\d+|[一二三四五六七八九十]+)\s*[.、:：)]\s*", "", str(key))  # "1. User Needs"
+    return re.sub(r"[\s_\-]+", " ", key.strip().lower())
+
+
+_KEY_TO_NODE = {alias: node for node, aliases in _ALIASES.items() for alias in aliases}
+
+
+@dataclasses.dataclass
+class SafetyChain:
+    user_needs: str = ""
+    risk_intent: str = ""
+    safety_guidelines: str = ""
+    safety_strategies: list[str] = dataclasses.field(default_factory=list)
+    usefulness_strategies: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def has_risk(self) -> bool:
+        """False triggers the no-risk collapse: risk intent or guideline empty."""
+        return bool(self.risk_intent.strip()) and bool(self.safety_guidelines.strip())
+
+    @property
+    def strategies(self) -> list[str]:
+        """All strategies, safety first, without duplicates (the merged list of a collapsed chain)."""
+        return _dedup(self.safety_strategies + self.usefulness_strategies)
+
+    def collapsed(self) -> SafetyChain:
+        """The no-risk form: needs plus one merged strategy list (kept in usefulness_strategies)."""
+        if self.has_risk:
+            return dataclasses.replace(
+                self,
+                safety_strategies=list(self.safety_strategies),
+                usefulness_strategies=list(self.usefulness_strategies),
+            )
+        return SafetyChain(user_needs=self.user_needs, usefulness_strategies=self.strategies)
+
+    def to_dict(self, language: str = "en") -> dict:
+        """Canonical JSON form with the keys of `language` ('en' or 'zh'); collapsed when there is no risk."""
+        k = KEYS["zh" if language in ("zh", "cn") else "en"]
+        if not self.has_risk:
+            return {k["needs"]: self.user_needs, k["strategy"]: "; ".join(self.strategies)}
+        return {
+            k["needs"]: self.user_needs,
+            k["risk"]: self.risk_intent,
+            k["guidelines"]: self.safety_guidelines,
+            k["strategy"]: {
+                k["safety"]: "; ".join(self.safety_strategies),
+                k["usefulness"]: "; ".join(self.usefulness_strategies),
+            },
+        }
+
+
+def _dedup(items: list[str]) -> list[str]:
+    seen, out = set(), []
+    for item in items:
+        key = _item_norm(item)
+        if key and key not in seen:
+            seen.add(key)
+            out.append(item.strip())
+    return out
+
+
+def split_strategies(value) -> list[str]:
+    """A strategy list from a JSON list or a string separated by ';', '；' or new lines."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        items = []
+        for v in value:
+            items.extend(split_strategies(v))
+        return items
+    if isinstance(value, dict):  # {"1": "...", "2": "..."}
+        return split_strategies(list(value.values()))
+    parts = re.split(r"[;；\n]+", str(value))
+    items = []
+    for part in parts:
+        part = re.sub(r"^\s*(?:[-*•]|\d+[.)、]|[（(]\d+[)）])\s*", "", part).strip()
+        if part:
+            items.append(part)
+    return _dedup(items)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\r?\n(.*?)```", re.DOTALL)
+
+
+def _balanced_objects(text: str) -> list[str]:
+    """Top-level {...} spans, aware of JSON strings (so braces inside strings do not count)."""
+    spans, depth, start, in_str, escape = [], 0, None, False, False
+    for i, ch in enumerate(text):
+        if in_str:
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == '"':
+                in_str = False
+            continue
+        if ch == '"' and depth > 0:
+            in_str = True
+        elif ch == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == "}" and depth > 0:
+            depth -= 1
+            if depth == 0:
+                spans.append(text[start : i + 1])
+    return spans
+
+
+def _repair_json(text: str) -> str:
+    text = text.strip().lstrip("\ufeff")
+    text = text.replace("\u201c", '"').replace("\u201d", '"')  # smart double quotes used as delimiters
+    text = re.sub(r",\s*([}\]])", r"\1", text)  # trailing commas
+    return text
+
+
+def _loads_tolerant(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    repaired = _repair_json(text)
+    try:
+        return json.loads(repaired)
+    except json.JSONDecodeError:
+        pass
+    # Unescaped raw newlines inside strings are a common model slip.
+    try:
+        return json.loads(repaired, strict=False)
+    except json.JSONDecodeError as e:
+        raise ChainParseError(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+def extract_json_block(text: str):
+    """The last JSON object in `text`: the last fenced block that parses as an object, else the last
+    balanced {...}. Raises ChainParseError when there is none."""
+    if not isinstance(text, str) or not text.strip():
+        raise ChainParseError("empty text: no JSON block")
+    errors = []
+    fences = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "json", "json5", "jsonc")]
+    for body in reversed(fences):
+        try:
+            obj = _loads_tolerant(body)
+        except ChainParseError as e:
+            errors.append(str(e))
+            continue
+        if isinstance(obj, dict):
+            return obj
+        errors.append("fenced block is not a JSON object")
+    if fences:
+        raise ChainParseError(f"no fenced block holds a valid JSON object ({errors[0]})")
+    for span in reversed(_balanced_objects(text)):
+        try:
+            obj = _loads_tolerant(span)
+        except ChainParseError as e:
+            errors.append(str(e))
+            continue
+        if isinstance(obj, dict):
+            return obj
+    if errors:
+        raise ChainParseError(f"no valid JSON object ({errors[0]})")
+    raise ChainParseError("no JSON object found in the text")
+
+
+def _as_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "; ".join(_as_text(v) for v in value if _as_text(v))
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_as_text(v)}" for k, v in value.items() if _as_text(v))
+    s = str(value).strip()
+    return "" if s.lower() in ("none", "null", "n/a", "无", "空") else s
+
+
+def chain_from_dict(obj: dict) -> SafetyChain:
+    """Build a chain from a parsed JSON object with English or Chinese keys (the object may also wrap the
+    chain under one extra key, e.g. {"chain": {...}})."""
+    if not isinstance(obj, dict):
+        raise ChainParseError(f"expected a JSON object, got {type(obj).__name__}")
+    nodes: dict[str, object] = {}
+    for key, value in obj.items():
+        node = _KEY_TO_NODE.get(_key_norm(key))
+        if node is not None and node not in nodes:
+            nodes[node] = value
+    if not nodes:
+        inner = [v for v in obj.values() if isinstance(v, dict)]
+        if len(inner) == 1:
+            return chain_from_dict(inner[0])
+        raise ChainParseError(f"no chain keys found (keys: {', '.join(map(str, obj)) or 'none'})")
+    safety, usefulness = nodes.get("safety"), nodes.get("usefulness")
+    strategy = nodes.get("strategy")
+    merged: list[str] = []
+    if isinstance(strategy, dict):
+        for key, value in strategy.items():
+            node = _KEY_TO_NODE.get(_key_norm(key))
+            if node == "safety" and safety is None:
+                safety = value
+            elif node == "usefulness" and usefulness is None:
+                usefulness = value
+            elif node is None:
+                merged.extend(split_strategies(value))
+    elif strategy is not None:
+        merged = split_strategies(strategy)
+    chain = SafetyChain(
+        user_needs=_as_text(nodes.get("needs")),
+        risk_intent=_as_text(nodes.get("risk")),
+        safety_guidelines=_as_text(nodes.get("guidelines")),
+        safety_strategies=split_strategies(safety),
+        usefulness_strategies=_dedup(split_strategies(usefulness) + merged),
+    )
+    if not chain.user_needs and not chain.strategies:
+        raise ChainParseError("chain has neither 'User Needs Analysis' nor any response strategy")
+    if not chain.strategies:
+        raise ChainParseError("chain has no response strategy ('Response Strategy Formulation' missing or empty)")
+    return chain
+
+
+def parse_chain(text: str) -> SafetyChain:
+    """Parse the last JSON chain in a model's output (see module docstring for what is tolerated)."""
+    return chain_from_dict(extract_json_block(text))
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------------
+
+
+def render_json(chain: SafetyChain, language: str = "en") -> str:
+    """A fenced JSON block (the form prompts show and models answer in)."""
+    return "```json\n" + json.dumps(chain.to_dict(language), ensure_ascii=False, indent=2) + "\n```"
+
+
+def _join(items: list[str], language: str) -> str:
+    if language == "zh":
+        return "；".join(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _sentence(text: str, language: str) -> str:
+    text = text.strip()
+    if not text:
+        return ""
+    end = "。" if language == "zh" else "."
+    return text if text[-1] in ".!?。！？" else text + end
+
+
+def render_prose(chain: SafetyChain, language: str = "en") -> str:
+    """Natural-prose thinking shaped by the chain; it never names the framework or its nodes."""
+    lang = "zh" if language in ("zh", "cn") else "en"
+    out = []
+    if lang == "en":
+        if chain.user_needs:
+            out.append(_sentence(f"What the user needs: {chain.user_needs}", lang))
+        if chain.has_risk:
+            out.append(_sentence(f"The concern here: {chain.risk_intent}", lang))
+            out.append(_sentence(f"What I must keep to: {chain.safety_guidelines}", lang))
+            if chain.safety_strategies:
+                out.append(_sentence(f"To keep it safe I will {_join(chain.safety_strategies, lang)}", lang))
+            if chain.usefulness_strategies:
+                out.append(_sentence(f"To really help I will {_join(chain.usefulness_strategies, lang)}", lang))
+        elif chain.strategies:
+            out.append(_sentence(f"So I will {_join(chain.strategies, lang)}", lang))
+    else:
+        if chain.user_needs:
+            out.append(_sentence(f"用户真正需要的是：{chain.user_needs}", lang))
+        if chain.has_risk:
+            out.append(_sentence(f"需要注意的风险：{chain.risk_intent}", lang))
+            out.append(_sentence(f"我需要遵守的原则：{chain.safety_guidelines}", lang))
+            if chain.safety_strategies:
+                out.append(_sentence(f"为了安全，我会{_join(chain.safety_strategies, lang)}", lang))
+            if chain.usefulness_strategies:
+                out.append(_sentence(f"为了真正帮到用户，我会{_join(chain.usefulness_strategies, lang)}", lang))
+        elif chain.strategies:
+            out.append(_sentence(f"所以我会{_join(chain.strategies, lang)}", lang))
+    return ("\n" if lang == "en" else "\n").join(out)
+
+
+_TAGS = ("user_needs", "risk_intent", "safety_guidelines", "safety_strategies", "usefulness_strategies")
+
+
+def render_tagged(chain: SafetyChain) -> str:
+    """Tagged nodes, e.g. <user_needs>…</user_needs>; a collapsed chain has needs and <strategies>."""
+    if not chain.has_risk:
+        return f"<user_needs>{chain.user_needs}</user_needs>\n<strategies>{'; '.join(chain.strategies)}</strategies>"
+    values = (
+        chain.user_needs,
+        chain.risk_intent,
+        chain.safety_guidelines,
+        "; ".join(chain.safety_strategies),
+        "; ".join(chain.usefulness_strategies),
+    )
+    return "\n".join(f"<{tag}>{value}</{tag}>" for tag, value in zip(_TAGS, values))
+
+
+# --------------------------------------------------------------------------------------------------
+# Trust-region merge
+# --------------------------------------------------------------------------------------------------
+
+
+def _item_norm(item: str) -> str:
+    """Identity of a strategy item: case, whitespace and end punctuation do not make a new item."""
+    s = re.sub(r"\s+", " ", str(item).strip().lower())
+    return s.strip(" .;；。,，!！")
+
+
+def _features(text: str) -> dict[str, int]:
+    """Word tokens plus character 3-grams (the latter make it work for Chinese, which has no spaces)."""
+    s = _item_norm(text)
+    feats: dict[str, int] = {}
+    for w in re.findall(r"\w+", s):
+        feats["w:" + w] = feats.get("w:" + w, 0) + 1
+    compact = re.sub(r"\s+", "", s)
+    for i in range(max(len(compact) - 2, 0) or (1 if compact else 0)):
+        g = "c:" + compact[i : i + 3]
+        feats[g] = feats.get(g, 0) + 1
+    return feats
+
+
+def simhash(text: str, bits: int = 64) -> int:
+    """Charikar SimHash over word and character-3-gram features, stable across processes (blake2b)."""
+    acc = [0] * bits
+    for feat, weight in _features(text).items():
+        h = int.from_bytes(hashlib.blake2b(feat.encode("utf-8"), digest_size=bits // 8).digest(), "big")
+        for b in range(bits):
+            acc[b] += weight if (h >> b) & 1 else -weight
+    return sum(1 << b for b in range(bits) if acc[b] > 0)
+
+
+def simhash_similarity(a: str, b: str, bits: int = 64) -> float:
+    """1 − hamming(simhash(a), simhash(b)) / bits, in [0, 1]."""
+    return 1.0 - bin(simhash(a, bits) ^ simhash(b, bits)).count("1") / bits
+
+
+def trust_region_merge(old: list[str], new: list[str], *, max_changes: int = 2, similarity=simhash_similarity):
+    """Accept the new strategy list when it differs from the old one by at most `max_changes` items
+    (symmetric difference of normalized items); otherwise keep the common items and add only the single
+    most novel new item (lowest mean similarity to the old items; the first new item when `old` is empty).
+
+    Returns (merged list, info dict with 'accepted', 'symmetric_difference', 'added').
+    """
+    old_keys = {_item_norm(x) for x in old if _item_norm(x)}
+    new = _dedup(new)
+    new_keys = {_item_norm(x) for x in new}
+    sym = len(old_keys ^ new_keys)
+    if sym <= max_changes:
+        return list(new), {"accepted": True, "symmetric_difference": sym, "added": None}
+    common = [x for x in new if _item_norm(x) in old_keys]
+    fresh = [x for x in new if _item_norm(x) not in old_keys]
+    added = None
+    if fresh:
+        if old:
+            scores = [sum(similarity(f, o) for o in old) / len(old) for f in fresh]
+            added = fresh[min(range(len(fresh)), key=lambda i: scores[i])]  # first minimum on ties
+        else:
+            added = fresh[0]
+    merged = common + ([added] if added is not None else [])
+    return merged, {"accepted": False, "symmetric_difference": sym, "added": added}
+
+
+def merge_chain_strategies(old: SafetyChain, new: SafetyChain, *, max_changes: int = 2, similarity=simhash_similarity):
+    """Apply the trust region to both strategy lists; the text nodes come from `new`.
+
+    When either chain has no risk (collapsed), the merged single list is compared instead and the result
+    is collapsed only if `new` is. Returns (chain, info).
+    """
+    if old.has_risk and new.has_risk:
+        safety, info_s = trust_region_merge(
+            old.safety_strategies, new.safety_strategies, max_changes=max_changes, similarity=similarity
+        )
+        useful, info_u = trust_region_merge(
+            old.usefulness_strategies, new.usefulness_strategies, max_changes=max_changes, similarity=similarity
+        )
+        merged = dataclasses.replace(new, safety_strategies=safety, usefulness_strategies=useful)
+        return merged, {"safety": info_s, "usefulness": info_u}
+    merged_list, info = trust_region_merge(
+        old.strategies, new.strategies, max_changes=max_changes, similarity=similarity
+    )
+    if new.has_risk:
+        # Old chain was collapsed: keep the new split for items it still holds.
+        keep = {_item_norm(x) for x in merged_list}
+        safety = [x for x in new.safety_strategies if _item_norm(x) in keep]
+        useful = [x for x in merged_list if _item_norm(x) not in {_item_norm(s) for s in safety}]
+        return dataclasses.replace(new, safety_strategies=safety, usefulness_strategies=useful), {"merged": info}
+    return SafetyChain(user_needs=new.user_needs, usefulness_strategies=merged_list), {"merged": info}

@@ -1,0 +1,992 @@
+"""Lingo-BP, the linguistic back-propagation data engine (method notes §6): queries in, pearl-point SFT
+records and preference pairs out.
+
+    python -m oyster_jax.csa.lingo_bp --input queries.jsonl \
+        --policy openai:http://127.0.0.1:8000/v1#policy-model --judge openai:http://127.0.0.1:8001/v1#judge \
+        [--optimizer SPEC] --out runs/lingo [--rounds 3] [--concurrency 16] [--language en|zh]
+
+SPEC = openai:BASE_URL#MODEL (API key from $OYSTER_API_KEY or $OPENAI_API_KEY, never written anywhere) or
+local:CKPT_DIR (our own JAX model). The optimizer (chain extraction and backward step) defaults to the judge.
+
+Input: JSONL, one query per line: {id, query, language?, category?, risk_level?, persona?}. language is
+'en' or 'zh' ('cn' accepted), defaulting to --language; category is one of the 32 second-level (or 9
+first-level) names in English or Chinese, or "no risk"; risk_level is R0/R1/R2.
+
+Per query: risk assessment (judge) -> game prior p(θ|x) and recommended strategy -> adaptive guideline ->
+initial pass (policy) -> chain extraction (optimizer) -> user-simulator and safety judges -> up to
+--rounds times: backward step (optimizer) -> trust-region merge -> recombine (policy) -> re-judge; stop
+early at full marks (Sat = 1 and Safe). The pearl point is the safe iterate with the highest Sat (earliest
+on ties). Π = α·Sat − β·Risk (−γ·Cost) ranks iterates.
+
+Outputs in --out:
+  trajectories.jsonl  one line per finished query: every iterate with its chain, judgments and scores
+  sft.jsonl           one SFT record for each finished query that has a safe iterate (the pearl point)
+  pairs.jsonl         preference pairs: pearl vs the initial response and vs the worst iterate by Π
+                      (--pairs initial,worst|all), only where the rejected one has a strictly lower Π
+  summary.json        total, improved, unchanged, failed, sft_written, pairs_written, judge_parse_failures,
+                      sat_before, sat_after, risk_before, risk_after
+  pearl_point.png     Sat vs Risk of each query before (initial) and after (pearl point)
+"improved": the output iterate (pearl point, or best by Π when no iterate is safe) has a higher Π than the
+initial one; "unchanged": finished otherwise; "failed": no trajectory (a call kept failing: HTTP errors
+or timeouts after the backend's retries, or an answer that never parsed in 1 + --judge-retries calls).
+A failed query produces no record and nothing is scored by default; sat_*/risk_* are means over finished
+queries (null when none). Rerunning with the same --out resumes: finished ids are skipped, failed ones are
+retried, no line is ever duplicated, and a line cut off by a crash is dropped. A trajectory line is
+written last, after the query's SFT and pair lines, so it marks the query as finished.
+
+Exit status: 0 when the run completed, even if some or all queries failed (see summary.json "failed");
+2 for bad input (arguments, input file, SPEC, rules file: the message names file, line and field);
+130 when interrupted (finished queries are kept; rerun to resume); 1 for an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+import traceback
+
+from oyster_jax.csa import chain as chain_lib
+from oyster_jax.csa import game as game_lib
+from oyster_jax.csa import taxonomy as tx
+from oyster_jax.csa.judges import (
+    JudgeFailed,
+    JudgeParseError,
+    call_parsed,
+    content_parser,
+    names_framework,
+    parse_assessment,
+    parse_recombined,
+    parse_safety_judgment,
+    parse_user_judgment,
+    render_prompt,
+    user_feedback_text,
+)
+from oyster_jax.llm.base import BackendError
+
+__all__ = [
+    "Query",
+    "InputError",
+    "QueryFailed",
+    "EngineConfig",
+    "Engine",
+    "OutputStore",
+    "read_queries",
+    "build_records",
+    "compute_summary",
+    "plot_pearl_point",
+    "run",
+    "main",
+    "SUMMARY_KEYS",
+    "EXIT_OK",
+    "EXIT_INTERNAL",
+    "EXIT_BAD_INPUT",
+    "EXIT_INTERRUPTED",
+]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+SUMMARY_KEYS = (
+    "total",
+    "improved",
+    "unchanged",
+    "failed",
+    "sft_written",
+    "pairs_written",
+    "judge_parse_failures",
+    "sat_before",
+    "sat_after",
+    "risk_before",
+    "risk_after",
+)
+JUDGE_TASKS = ("assess", "user_judge", "safety_judge")
+
+
+class InputError(ValueError):
+    """Bad input; the message names the file, line and field."""
+
+
+class QueryFailed(RuntimeError):
+    def __init__(self, reason: str, stats: dict):
+        super().__init__(reason)
+        self.stats = stats
+
+
+# --------------------------------------------------------------------------------------------------
+# Input
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    id: str
+    query: str
+    language: str  # 'en' | 'zh'
+    category: str | None = None  # resolved English name; None = not given or "no risk"
+    category_given: bool = False
+    risk_level: str | None = None
+    persona: str | dict | None = None
+
+
+def read_queries(path, default_language: str = "en") -> list[Query]:
+    """Validate and read the input JSONL. Raises InputError naming file, line and field."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: input file not found")
+    queries, seen = [], {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise InputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            qid = rec.get("id")
+            if isinstance(qid, bool) or not isinstance(qid, (str, int)) or str(qid).strip() == "":
+                raise InputError(f"{where}: field 'id' missing or not a non-empty string/integer")
+            qid = str(qid)
+            if qid in seen:
+                raise InputError(f"{where}: field 'id': duplicate id {qid!r} (first on line {seen[qid]})")
+            seen[qid] = lineno
+            text = rec.get("query")
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"{where}: field 'query' missing or not a non-empty string")
+            try:
+                language = tx.normalize_language(rec.get("language") or default_language)
+            except tx.TaxonomyError as e:
+                raise InputError(f"{where}: field 'language': {e}") from None
+            category, category_given = None, "category" in rec and rec["category"] is not None
+            if category_given:
+                if not isinstance(rec["category"], str):
+                    raise InputError(f"{where}: field 'category' must be a string")
+                try:
+                    cat = tx.find_category(rec["category"])
+                except tx.TaxonomyError as e:
+                    raise InputError(f"{where}: field 'category': {e}") from None
+                category = cat.name_en if cat else None
+            level = rec.get("risk_level")
+            if level is not None:
+                try:
+                    level = tx.parse_level(level).value
+                except tx.TaxonomyError as e:
+                    raise InputError(f"{where}: field 'risk_level': {e}") from None
+            persona = rec.get("persona")
+            if persona is not None and not isinstance(persona, (str, dict)):
+                raise InputError(f"{where}: field 'persona' must be a string or an object")
+            queries.append(Query(qid, text, language, category, category_given, level, persona))
+    if not queries:
+        raise InputError(f"{path}: no queries in the file")
+    return queries
+
+
+# --------------------------------------------------------------------------------------------------
+# Engine
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EngineConfig:
+    rounds: int = 3  # backward steps at most
+    judge_retries: int = 3  # extra calls when a structured answer does not parse
+    alpha: float = 1.0
+    beta: float = 2.0  # the report's Constructive-score table uses β = 2
+    gamma: float = 0.0
+    cost_per_1k_chars: float = 0.0  # Cost(y) = len(response) / 1000 · this, weighted by γ
+    follower: str = "best"  # game follower model: 'best' or 'quantal'
+    rationality: float = 5.0  # quantal-response λ
+    hint_weight: float = 0.5  # weight of the assessed user type in p(θ|x)
+    max_changes: int = 2  # trust region: accepted symmetric difference of a strategy list
+    pairs: tuple[str, ...] = ("initial", "worst")  # or ("all",)
+    policy_sampling: dict = dataclasses.field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 2048})
+    judge_sampling: dict = dataclasses.field(default_factory=lambda: {"temperature": 0.0, "max_tokens": 1024})
+    retry_sampling: dict = dataclasses.field(default_factory=lambda: {"temperature": 0.7})
+    system_prompt: str | None = None  # sent to the policy with the query (and kept in the records)
+
+    def __post_init__(self):
+        if self.rounds < 0 or self.judge_retries < 0:
+            raise ValueError("rounds and judge_retries must be >= 0")
+        bad = set(self.pairs) - {"initial", "worst", "all"}
+        if bad or not self.pairs:
+            raise ValueError(f"pairs must be a subset of initial, worst, all; got {self.pairs}")
+
+
+def _category_list(language: str) -> str:
+    lines = []
+    for c in tx.LEVEL2:
+        l1 = tx.level1(c.name_en)
+        lines.append(f"  - {c.name_en} ({l1.name_en})" if language == "en" else f"  - {c.name_cn}（{l1.name_cn}）")
+    return "\n".join(lines)
+
+
+_DIRECTIONS = {
+    "both_low": {
+        "en": "The reply is unsafe and the user is not satisfied: first strengthen the safety strategies, then "
+        "adjust the usefulness strategies.",
+        "zh": "回复不安全且用户不满意：先加强安全策略，再调整有用性策略。",
+    },
+    "unsafe": {
+        "en": "The reply is unsafe although the user is satisfied: strengthen the safety strategies and keep what "
+        "helps the user where it is safe.",
+        "zh": "回复不安全（虽然用户满意）：加强安全策略，在安全的前提下保留对用户有帮助的部分。",
+    },
+    "useful_low": {
+        "en": "The reply is safe but the user is not satisfied: improve the usefulness strategies and drop "
+        "restrictions that are not needed.",
+        "zh": "回复安全但用户不满意：改进有用性策略，去掉不必要的限制。",
+    },
+}
+
+
+class Engine:
+    """Runs the Lingo-BP loop for one query at a time (call `process` concurrently for throughput).
+
+    `policy`, `judge` and `optimizer` are Backends (may be the same object). `guidelines` overrides the
+    project's category guidelines (e.g. `taxonomy.load_official_guidelines()`).
+    """
+
+    def __init__(self, policy, judge, optimizer=None, config: EngineConfig | None = None, guidelines=None, game=None):
+        self.policy, self.judge, self.optimizer = policy, judge, optimizer or judge
+        self.config = config or EngineConfig()
+        self.guidelines = guidelines
+        self.game = game or game_lib.default_game()
+
+    # --- helpers ---
+    def _payoff(self, sat: float, risk: float, response: str) -> float:
+        c = self.config
+        cost = len(response) / 1000.0 * c.cost_per_1k_chars
+        return float(game_lib.payoff(sat, risk, c.alpha, c.beta, c.gamma, cost))
+
+    async def _structured(self, backend, prompt: str, parser, task: str, stats: dict, sampling: dict):
+        return await call_parsed(
+            backend,
+            [{"role": "user", "content": prompt}],
+            parser,
+            task=task,
+            retries=self.config.judge_retries,
+            sampling=sampling,
+            retry_sampling=self.config.retry_sampling,
+            stats=stats,
+        )
+
+    def _prompt_messages(self, q: Query) -> list[dict]:
+        msgs = [{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else []
+        return msgs + [{"role": "user", "content": q.query}]
+
+    async def _judge(self, q: Query, ctx: dict, response: str, stats: dict) -> dict:
+        lang = q.language
+        persona = q.persona
+        if persona is None:
+            persona_text = (
+                "Infer who most likely sent this message and what they want, and judge as that person."
+                if lang == "en"
+                else "请推断最可能发送这条消息的人及其诉求，并以此人的身份评判。"
+            )
+        else:
+            persona_json = persona if isinstance(persona, str) else json.dumps(persona, ensure_ascii=False)
+            persona_text = ("Who you are: " if lang == "en" else "你的身份：") + persona_json
+        user_prompt = render_prompt("user_judge", lang, persona=persona_text, query=q.query, response=response)
+        safety_prompt = render_prompt(
+            "safety_judge",
+            lang,
+            query=q.query,
+            category=ctx["category_text"],
+            guideline=ctx["guideline"]
+            or ("(none: judge by general safety)" if lang == "en" else "（无：按一般安全常识判断）"),
+            response=response,
+        )
+        js = self.config.judge_sampling
+        results = await asyncio.gather(
+            self._structured(self.judge, user_prompt, content_parser(parse_user_judgment), "user_judge", stats, js),
+            self._structured(
+                self.judge, safety_prompt, content_parser(parse_safety_judgment), "safety_judge", stats, js
+            ),
+            return_exceptions=True,
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        user_j, safety_j = results
+        sat, risk = user_j["sat"], float(safety_j["risk"])
+        return {
+            "user_judgment": user_j,
+            "safety_judgment": safety_j,
+            "sat": sat,
+            "risk": risk,
+            "payoff": self._payoff(sat, risk, response),
+        }
+
+    # --- the loop ---
+    async def process(self, q: Query) -> dict:
+        """The full trajectory of one query. Raises QueryFailed (with call statistics) when a call keeps failing."""
+        stats: dict = {"calls": 0, "parse_failures": {}}
+        t0 = time.monotonic()
+        try:
+            traj = await self._process(q, stats)
+        except (BackendError, JudgeFailed) as e:
+            raise QueryFailed(f"{type(e).__name__}: {e}", stats) from None
+        except Exception as e:  # a bug or an unexpected answer: fail this query, keep the run going
+            raise QueryFailed(f"internal error {type(e).__name__}: {e}\n{traceback.format_exc()}", stats) from None
+        traj["calls"] = stats["calls"]
+        traj["parse_failures"] = stats["parse_failures"]
+        traj["judge_parse_failures"] = sum(stats["parse_failures"].get(t, 0) for t in JUDGE_TASKS)
+        traj["elapsed_s"] = round(time.monotonic() - t0, 3)
+        return traj
+
+    async def _process(self, q: Query, stats: dict) -> dict:
+        c, lang = self.config, q.language
+        js = c.judge_sampling
+
+        # Risk assessment: fills what the input does not say.
+        known = []
+        if q.category_given:
+            known.append(f"category: {q.category or 'no risk'}")
+        if q.risk_level:
+            known.append(f"risk_level: {q.risk_level}")
+        prompt = render_prompt(
+            "assess", lang, query=q.query, known="; ".join(known) or "-", categories=_category_list(lang)
+        )
+        assessment = await self._structured(self.judge, prompt, content_parser(parse_assessment), "assess", stats, js)
+        category = q.category if q.category_given else assessment["category"]
+        level = (q.risk_level or assessment["risk_level"] or "R0") if category else None
+        intent, user_type = assessment["intent"], assessment["user_type"]
+        cat = tx.find_category(category)
+        category_l1 = None if cat is None else (cat.level1 if isinstance(cat, tx.Level2Category) else cat.name_en)
+        category_l2 = cat.name_en if isinstance(cat, tx.Level2Category) else None
+
+        # The game: prior over user types, recommended leader strategy.
+        prior = game_lib.type_prior(level, category=category_l2, user_type_hint=user_type, hint_weight=c.hint_weight)
+        choice = game_lib.best_strategy(
+            prior,
+            game=self.game,
+            alpha=c.alpha,
+            beta=c.beta,
+            gamma=c.gamma,
+            follower=c.follower,
+            rationality=c.rationality,
+        )
+        game_info = {
+            "prior": dict(zip(self.game.type_names, map(float, prior))),
+            "recommended": choice.strategy,
+            "expected_payoffs": choice.payoffs,
+        }
+        game_hint = (
+            f"p(user type) = {', '.join(f'{k} {v:.2f}' for k, v in game_info['prior'].items())}; "
+            f"recommended reply strategy: {choice.strategy.replace('_', ' ')}"
+        )
+        guideline = tx.adaptive_guideline(category, intent, level, user_type, language=lang, guidelines=self.guidelines)
+        if cat is None:
+            category_text = "no risk" if lang == "en" else "无风险"
+        else:
+            category_text = cat.name_en if lang == "en" else cat.name_cn
+        ctx = {"category_text": category_text, "guideline": guideline}
+
+        # Round 0: the policy as it is.
+        def initial_parser(reasoning, content):
+            if not content.strip():
+                raise JudgeParseError("policy returned an empty reply")
+            return reasoning.strip(), content.strip()
+
+        thinking, response = await call_parsed(
+            self.policy,
+            self._prompt_messages(q),
+            initial_parser,
+            task="policy",
+            retries=c.judge_retries,
+            sampling=c.policy_sampling,
+            retry_sampling={},
+            stats=stats,
+        )
+        prompt = render_prompt(
+            "extract_chain",
+            lang,
+            query=q.query,
+            thinking=thinking or "-",
+            response=response,
+            guideline=guideline or "-",
+        )
+        chain = await self._structured(
+            self.optimizer, prompt, content_parser(chain_lib.parse_chain), "extract_chain", stats, js
+        )
+        iterates = [
+            {
+                "round": 0,
+                "thinking": thinking,
+                "thinking_source": "reasoning" if thinking else "",
+                "response": response,
+                "chain": chain.to_dict("en"),
+                **await self._judge(q, ctx, response, stats),
+            }
+        ]
+
+        stopped = "max_rounds"
+        for rnd in range(1, c.rounds + 1):
+            last = iterates[-1]
+            if last["sat"] >= 1.0 and last["risk"] == 0:
+                stopped = "full_marks"
+                break
+            if last["risk"] > 0:
+                direction = _DIRECTIONS["both_low" if last["sat"] < 1.0 else "unsafe"][lang]
+            else:
+                direction = _DIRECTIONS["useful_low"][lang]
+            sj = last["safety_judgment"]
+            prompt = render_prompt(
+                "backward",
+                lang,
+                query=q.query,
+                chain=chain_lib.render_json(chain, lang),
+                response=last["response"],
+                sat=f"{last['sat']:+.1f}",
+                user_feedback=user_feedback_text(last["user_judgment"]),
+                verdict=sj["verdict"],
+                adapted_guideline=sj["adapted_guideline"] or "-",
+                safety_suggestion=sj["suggestion"] or "-",
+                next_turn=sj["next_turn"] or "-",
+                game_hint=game_hint,
+                direction=direction,
+            )
+            proposed = await self._structured(
+                self.optimizer, prompt, content_parser(chain_lib.parse_chain), "backward", stats, js
+            )
+            merged, merge_info = chain_lib.merge_chain_strategies(chain, proposed, max_changes=c.max_changes)
+            prompt = render_prompt("recombine", lang, query=q.query, plan=chain_lib.render_prose(merged, lang))
+            thinking, response, source = await self._structured(
+                self.policy, prompt, parse_recombined, "recombine", stats, c.policy_sampling
+            )
+            if not thinking:  # the policy gave no reasoning at all: the chain's prose stands in
+                thinking, source = chain_lib.render_prose(merged, lang), "chain_prose"
+            chain = merged
+            iterates.append(
+                {
+                    "round": rnd,
+                    "thinking": thinking,
+                    "thinking_source": source,
+                    "names_framework": names_framework(thinking),
+                    "response": response,
+                    "chain": merged.to_dict("en"),
+                    "proposed_chain": proposed.to_dict("en"),
+                    "merge": merge_info,
+                    **await self._judge(q, ctx, response, stats),
+                }
+            )
+        else:
+            if iterates[-1]["sat"] >= 1.0 and iterates[-1]["risk"] == 0:
+                stopped = "full_marks"
+
+        return {
+            "id": q.id,
+            "language": lang,
+            "query": q.query,
+            "persona": q.persona,
+            "prompt_messages": self._prompt_messages(q),
+            "assessment": assessment,
+            "risk": {"level": level, "category_l1": category_l1, "category_l2": category_l2, "intent": intent},
+            "user_type": user_type,
+            "game": game_info,
+            "guideline": guideline,
+            "iterates": iterates,
+            "stopped": stopped,
+            "config": {"alpha": c.alpha, "beta": c.beta, "gamma": c.gamma, "rounds": c.rounds},
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------------
+
+
+def _scores(it: dict) -> dict:
+    return {"round": it["round"], "sat": it["sat"], "risk": it["risk"], "payoff": it["payoff"]}
+
+
+def build_records(traj: dict, pairs: tuple[str, ...] = ("initial", "worst")) -> tuple[list[dict], list[dict]]:
+    """Fill in the trajectory's pearl/after/outcome fields and return (sft_records, pair_records)."""
+    its = traj["iterates"]
+    safe = [i for i, it in enumerate(its) if it["risk"] == 0]
+    pearl = max(safe, key=lambda i: (its[i]["sat"], its[i]["payoff"], -i)) if safe else None
+    best = max(range(len(its)), key=lambda i: (its[i]["payoff"], -i))
+    worst = min(range(len(its)), key=lambda i: (its[i]["payoff"], i))
+    after = pearl if pearl is not None else best
+    traj["pearl_index"] = pearl
+    traj["before"] = _scores(its[0])
+    traj["after"] = _scores(its[after])
+    traj["outcome"] = "improved" if after != 0 and its[after]["payoff"] > its[0]["payoff"] else "unchanged"
+    sft, prefs = [], []
+    if pearl is not None:
+        p = its[pearl]
+        rec = {
+            "id": traj["id"],
+            "language": traj["language"],
+            "messages": traj["prompt_messages"] + [{"role": "assistant", "content": p["response"]}],
+            "thinking": p["thinking"],
+            "chain": p["chain"],
+        }
+        if traj["risk"]["category_l1"] is not None:
+            rec["risk"] = dict(traj["risk"])
+        if traj.get("persona") is not None:
+            rec["persona"] = traj["persona"]
+        rec["scores"] = _scores(p)
+        sft.append(rec)
+        if "all" in pairs:
+            rejected = list(range(len(its)))
+        else:
+            rejected = ([0] if "initial" in pairs else []) + ([worst] if "worst" in pairs else [])
+        done = set()
+        for r in rejected:
+            if r == pearl or r in done or not its[r]["payoff"] < p["payoff"]:
+                continue
+            done.add(r)
+            prefs.append(
+                {
+                    "id": f"{traj['id']}#pair-r{pearl}-r{r}",
+                    "language": traj["language"],
+                    "prompt_messages": traj["prompt_messages"],
+                    "chosen": {"thinking": p["thinking"], "response": p["response"]},
+                    "rejected": {"thinking": its[r]["thinking"], "response": its[r]["response"]},
+                    "scores": {"chosen": _scores(p), "rejected": _scores(its[r])},
+                }
+            )
+    traj["outputs"] = {"sft": [r["id"] for r in sft], "pairs": [r["id"] for r in prefs]}
+    return sft, prefs
+
+
+# --------------------------------------------------------------------------------------------------
+# Output files (append-only JSONL, crash-safe, resumable)
+# --------------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_jsonl_tolerant(path: pathlib.Path) -> tuple[list[dict], bool]:
+    """Complete, valid JSON-object lines; `changed` is True when anything had to be dropped."""
+    if not path.exists():
+        return [], False
+    records, changed = [], False
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                changed = True  # cut off mid-write
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                changed = True
+                continue
+            if not isinstance(rec, dict) or "id" not in rec:
+                changed = True
+                continue
+            records.append(rec)
+    return records, changed
+
+
+def _compact(traj: dict) -> dict:
+    return {
+        "before": traj["before"],
+        "after": traj["after"],
+        "outcome": traj["outcome"],
+        "judge_parse_failures": traj.get("judge_parse_failures", 0),
+    }
+
+
+class OutputStore:
+    """trajectories.jsonl (the commit log), sft.jsonl and pairs.jsonl in `out_dir`.
+
+    On open, lines cut off by a crash, duplicate ids, and SFT/pair lines whose trajectory line never got
+    written are removed (each file rewritten atomically). `commit` appends a query's SFT and pair lines,
+    then its trajectory line, each flushed (and fsynced unless fsync=False).
+    """
+
+    NAMES = {"traj": "trajectories.jsonl", "sft": "sft.jsonl", "pairs": "pairs.jsonl"}
+
+    def __init__(self, out_dir, *, fsync: bool = True):
+        self.dir = pathlib.Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self.finished: dict[str, dict] = {}
+        self.counts = {"sft": 0, "pairs": 0}
+        self._recover()
+        self._files = {k: open(self.dir / n, "a", encoding="utf-8") for k, n in self.NAMES.items()}
+
+    def path(self, kind: str) -> pathlib.Path:
+        return self.dir / self.NAMES[kind]
+
+    def _recover(self) -> None:
+        trajs, changed = _read_jsonl_tolerant(self.path("traj"))
+        kept, allowed = [], {"sft": set(), "pairs": set()}
+        for t in trajs:
+            if t["id"] in self.finished or not all(k in t for k in ("outputs", "before", "after", "outcome")):
+                changed = True
+                continue
+            self.finished[t["id"]] = _compact(t)
+            allowed["sft"].update(t["outputs"].get("sft", []))
+            allowed["pairs"].update(t["outputs"].get("pairs", []))
+            kept.append(t)
+        if changed:
+            _atomic_write(self.path("traj"), "".join(_dumps(t) for t in kept).encode("utf-8"))
+        for kind in ("sft", "pairs"):
+            recs, changed = _read_jsonl_tolerant(self.path(kind))
+            seen, keep = set(), []
+            for r in recs:
+                if r["id"] in allowed[kind] and r["id"] not in seen:
+                    seen.add(r["id"])
+                    keep.append(r)
+                else:
+                    changed = True
+            if changed:
+                _atomic_write(self.path(kind), "".join(_dumps(r) for r in keep).encode("utf-8"))
+            self.counts[kind] = len(keep)
+
+    def _append(self, kind: str, records: list[dict]) -> None:
+        if not records:
+            return
+        f = self._files[kind]
+        f.write("".join(_dumps(r) for r in records))  # one write per query and file
+        f.flush()
+        if self.fsync:
+            os.fsync(f.fileno())
+
+    def commit(self, traj: dict, sft: list[dict], pairs: list[dict]) -> None:
+        if traj["id"] in self.finished:
+            raise ValueError(f"query {traj['id']!r} is already finished in {self.dir}")
+        self._append("sft", sft)
+        self._append("pairs", pairs)
+        self._append("traj", [traj])
+        self.counts["sft"] += len(sft)
+        self.counts["pairs"] += len(pairs)
+        self.finished[traj["id"]] = _compact(traj)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _dumps(rec: dict) -> str:
+    return json.dumps(rec, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary and plot
+# --------------------------------------------------------------------------------------------------
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
+def compute_summary(queries: list[Query], store: OutputStore, failures: dict[str, QueryFailed]) -> dict:
+    done = [store.finished[q.id] for q in queries if q.id in store.finished]
+    failed_parse = sum(sum(f.stats.get("parse_failures", {}).get(t, 0) for t in JUDGE_TASKS) for f in failures.values())
+    summary = {
+        "total": len(queries),
+        "improved": sum(d["outcome"] == "improved" for d in done),
+        "unchanged": sum(d["outcome"] == "unchanged" for d in done),
+        "failed": len(queries) - len(done),
+        "sft_written": store.counts["sft"],
+        "pairs_written": store.counts["pairs"],
+        "judge_parse_failures": sum(d["judge_parse_failures"] for d in done) + failed_parse,
+        "sat_before": _mean([d["before"]["sat"] for d in done]),
+        "sat_after": _mean([d["after"]["sat"] for d in done]),
+        "risk_before": _mean([d["before"]["risk"] for d in done]),
+        "risk_after": _mean([d["after"]["risk"] for d in done]),
+    }
+    assert tuple(summary) == SUMMARY_KEYS
+    return summary
+
+
+def plot_pearl_point(done: list[dict], path, title: str = "Lingo-BP: Sat vs Risk, before and after") -> None:
+    """Scatter of (Sat, Risk) per query, initial response -> output iterate, with the means."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    n = len(done)
+    if n:
+        # Deterministic jitter so overlapping 0/1 risks and fifth-step Sat values stay visible.
+        jit = [((i * 0.618) % 1 - 0.5) * 0.06 for i in range(n)]
+        bx = [d["before"]["sat"] + j for d, j in zip(done, jit)]
+        by = [d["before"]["risk"] + j for d, j in zip(done, jit)]
+        ax_ = [d["after"]["sat"] + j for d, j in zip(done, jit)]
+        ay = [d["after"]["risk"] + j for d, j in zip(done, jit)]
+        for x0, y0, x1, y1 in zip(bx, by, ax_, ay):
+            if (x0, y0) != (x1, y1):
+                ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "color": "0.75", "lw": 0.6})
+        ax.scatter(bx, by, s=18, c="tab:red", alpha=0.6, label="before (initial)")
+        ax.scatter(ax_, ay, s=18, c="tab:green", alpha=0.6, label="after (pearl point)")
+        mb = (_mean([d["before"]["sat"] for d in done]), _mean([d["before"]["risk"] for d in done]))
+        ma = (_mean([d["after"]["sat"] for d in done]), _mean([d["after"]["risk"] for d in done]))
+        ax.scatter(
+            *mb, s=160, marker="X", c="darkred", edgecolors="k", label=f"mean before ({mb[0]:+.2f}, {mb[1]:.2f})"
+        )
+        ax.scatter(
+            *ma, s=160, marker="*", c="darkgreen", edgecolors="k", label=f"mean after ({ma[0]:+.2f}, {ma[1]:.2f})"
+        )
+        ax.legend(loc="upper left", fontsize=8)
+    else:
+        ax.text(0, 0.5, "no finished queries", ha="center", va="center")
+    ax.set_xlim(-1.15, 1.15)
+    ax.set_ylim(-0.15, 1.15)
+    ax.set_xlabel("Sat (user simulator, -1..1)")
+    ax.set_ylabel("Risk (safety judge, 0 = Safe, 1 = Unsafe)")
+    ax.axhspan(-0.15, 0.5, color="tab:green", alpha=0.05)
+    ax.set_title(f"{title} (n={n})", fontsize=10)
+    fig.tight_layout()
+    tmp = pathlib.Path(path).with_name(f".{pathlib.Path(path).name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Runner
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunResult:
+    summary: dict
+    processed: int  # queries attempted in this run
+    failures: dict  # id -> QueryFailed, this run
+    elapsed_s: float
+    interrupted: bool = False
+
+    @property
+    def queries_per_minute(self) -> float:
+        return 60.0 * self.processed / self.elapsed_s if self.elapsed_s > 0 else math.nan
+
+
+async def _run_async(engine: Engine, queries: list[Query], store: OutputStore, concurrency: int, progress: bool):
+    pending = [q for q in queries if q.id not in store.finished]
+    queue: asyncio.Queue = asyncio.Queue()
+    for q in pending:
+        queue.put_nowait(q)
+    failures: dict[str, QueryFailed] = {}
+    processed = [0]
+    reported_internal = [False]
+    bar = None
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=len(pending), desc="lingo-bp", unit="q", file=sys.stderr, dynamic_ncols=True)
+
+    async def worker():
+        while True:
+            try:
+                q = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                traj = await engine.process(q)
+            except QueryFailed as e:
+                failures[q.id] = e
+                if str(e).startswith("internal error") and not reported_internal[0]:
+                    reported_internal[0] = True
+                    print(
+                        f"\n[lingo-bp] query {q.id!r} hit an internal error (counted as failed):\n{e}", file=sys.stderr
+                    )
+            else:
+                sft, pairs = build_records(traj, engine.config.pairs)
+                store.commit(traj, sft, pairs)
+            processed[0] += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(failed=len(failures), refresh=False)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(pending))))))
+    finally:
+        if bar is not None:
+            bar.close()
+    return failures, processed[0]
+
+
+def run(
+    queries: list[Query],
+    engine: Engine,
+    out_dir,
+    *,
+    concurrency: int = 16,
+    progress: bool = True,
+    plot: bool = True,
+    fsync: bool = True,
+) -> RunResult:
+    """Process every unfinished query, then write summary.json and the PNG. Safe to call again (resume)."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    t0 = time.monotonic()
+    failures: dict = {}
+    processed = 0
+    interrupted = False
+    with OutputStore(out_dir, fsync=fsync) as store:
+        try:
+            failures, processed = asyncio.run(_run_async(engine, queries, store, concurrency, progress))
+        except KeyboardInterrupt:
+            interrupted = True
+        elapsed = time.monotonic() - t0
+        summary = compute_summary(queries, store, failures)
+        _atomic_write(store.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+        if plot:
+            ids = {q.id for q in queries}
+            plot_pearl_point([d for i, d in store.finished.items() if i in ids], store.dir / "pearl_point.png")
+    return RunResult(summary, processed, failures, elapsed, interrupted)
+
+
+def _sampling_arg(text: str) -> dict:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise argparse.ArgumentTypeError(f"expected key=value, got {part!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = json.loads(v) if v.strip() not in ("",) else None
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    doc = __doc__.split("\n\n")
+    p = argparse.ArgumentParser(
+        prog="python -m oyster_jax.csa.lingo_bp",
+        description=doc[0],
+        epilog="\n\n".join(doc[-2:]),  # outputs and exit status
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--input", required=True, help="queries JSONL: {id, query, language?, category?, risk_level?, persona?}"
+    )
+    p.add_argument("--policy", required=True, help="SPEC of the model being improved")
+    p.add_argument("--judge", required=True, help="SPEC of the judges (and risk assessment)")
+    p.add_argument("--optimizer", help="SPEC for chain extraction and the backward step (default: --judge)")
+    p.add_argument("--out", required=True, help="output directory (rerun with the same one to resume)")
+    p.add_argument("--rounds", type=int, default=3, help="backward steps at most (default 3)")
+    p.add_argument("--concurrency", type=int, default=16, help="queries (and requests per backend) in flight")
+    p.add_argument("--language", default="en", choices=["en", "zh", "cn"], help="language of lines without one")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--beta", type=float, default=2.0, help="risk weight in Π = α·Sat − β·Risk (default 2)")
+    p.add_argument("--gamma", type=float, default=0.0)
+    p.add_argument("--pairs", default="initial,worst", help="rejected side of pairs: initial,worst | all")
+    p.add_argument("--guidelines", default="project", help="project | official ($OYSTER_DATA_DIR/risk_taxonomy) | PATH")
+    p.add_argument("--judge-retries", type=int, default=3, help="extra calls when an answer does not parse")
+    p.add_argument("--timeout", type=float, default=120.0, help="HTTP seconds per attempt")
+    p.add_argument("--max-retries", type=int, default=4, help="HTTP retries on 429/5xx/timeouts")
+    p.add_argument("--backoff", type=float, default=1.0, help="first HTTP backoff delay in seconds")
+    p.add_argument("--policy-sampling", type=_sampling_arg, default={}, help="e.g. temperature=0.7,max_tokens=2048")
+    p.add_argument("--judge-sampling", type=_sampling_arg, default={}, help="e.g. temperature=0,max_tokens=1024")
+    p.add_argument("--system-prompt", default=None, help="system message sent to the policy with each query")
+    p.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _make_backends(args):
+    from oyster_jax.llm.spec import backend_from_spec  # noqa: PLC0415
+
+    options = {
+        "max_concurrency": args.concurrency,
+        "timeout": args.timeout,
+        "max_retries": args.max_retries,
+        "backoff_base": args.backoff,
+    }
+    built: dict[str, object] = {}
+
+    def get(spec):
+        if spec not in built:  # the same SPEC shares one backend, so one concurrency limit per endpoint
+            built[spec] = backend_from_spec(spec, **options)
+        return built[spec]
+
+    return get(args.policy), get(args.judge), get(args.optimizer or args.judge), list(built.values())
+
+
+def main(argv=None) -> int:
+    from oyster_jax.llm.spec import SpecError, parse_spec  # noqa: PLC0415
+
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage errors exit 2 (argparse)
+    try:
+        if args.rounds < 0 or args.concurrency < 1 or args.judge_retries < 0:
+            raise InputError("--rounds and --judge-retries must be >= 0 and --concurrency >= 1")
+        specs = [args.policy, args.judge] + ([args.optimizer] if args.optimizer else [])
+        kinds = [parse_spec(s)[0] for s in specs]
+        queries = read_queries(args.input, args.language)
+        if args.limit is not None:
+            queries = queries[: args.limit]
+        guidelines = None
+        if args.guidelines == "official":
+            guidelines = tx.load_official_guidelines()
+        elif args.guidelines != "project":
+            guidelines = tx.load_official_guidelines(args.guidelines)
+        defaults = EngineConfig()
+        config = EngineConfig(
+            rounds=args.rounds,
+            judge_retries=args.judge_retries,
+            alpha=args.alpha,
+            beta=args.beta,
+            gamma=args.gamma,
+            pairs=tuple(p.strip() for p in args.pairs.split(",") if p.strip()),
+            policy_sampling={**defaults.policy_sampling, **args.policy_sampling},
+            judge_sampling={**defaults.judge_sampling, **args.judge_sampling},
+            system_prompt=args.system_prompt,
+        )
+    except (InputError, SpecError, tx.TaxonomyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if "local" not in kinds and "JAX_PLATFORMS" not in os.environ:
+        import jax  # noqa: PLC0415
+
+        jax.config.update("jax_platforms", "cpu")  # the game solver must not take accelerator memory
+    try:
+        policy, judge, optimizer, backends = _make_backends(args)
+    except (SpecError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        engine = Engine(policy, judge, optimizer, config, guidelines)
+        result = run(queries, engine, args.out, concurrency=args.concurrency, progress=not args.no_progress)
+    except Exception:
+        traceback.print_exc()
+        return EXIT_INTERNAL
+    finally:
+        for b in backends:
+            b.close()
+    s = result.summary
+    fmt = lambda v: "n/a" if v is None else f"{v:+.3f}"
+    print(
+        f"lingo-bp: {s['total']} queries: {s['improved']} improved, {s['unchanged']} unchanged, "
+        f"{s['failed']} failed; {s['sft_written']} SFT records, {s['pairs_written']} pairs; "
+        f"judge parse failures {s['judge_parse_failures']}\n"
+        f"  Sat {fmt(s['sat_before'])} -> {fmt(s['sat_after'])}   "
+        f"Risk {fmt(s['risk_before'])} -> {fmt(s['risk_after'])}\n"
+        f"  this run: {result.processed} queries in {result.elapsed_s:.1f}s ({result.queries_per_minute:.1f}/min)"
+        f"{', INTERRUPTED' if result.interrupted else ''}; outputs in {args.out}"
+    )
+    reasons: dict[str, int] = {}
+    for f in result.failures.values():
+        key = str(f).split("\n", 1)[0][:160]
+        reasons[key] = reasons.get(key, 0) + 1
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]:
+        print(f"  failed x{n}: {reason}")
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
