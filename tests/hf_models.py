@@ -37,6 +37,11 @@ TINY_HF = {
         "Llama",
         dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True),
     ),
+    # attention_bias=True biases q, k, v and o; an odd head_dim that is not hidden/heads
+    "qwen3_bias_untied": (
+        "Qwen3",
+        dict(num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False, attention_bias=True, head_dim=24),
+    ),
 }
 
 

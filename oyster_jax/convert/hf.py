@@ -76,6 +76,8 @@ def _layer_table(cfg: ModelConfig) -> list[_Tensor]:
             (p + "self_attn.k_proj.bias", ("self_attn", "k_bias"), bias(K)),
             (p + "self_attn.v_proj.bias", ("self_attn", "v_bias"), bias(K)),
         ]
+    if cfg.o_bias:
+        rows.append((p + "self_attn.o_proj.bias", ("self_attn", "o_bias"), (_identity, _identity, (D,))))
     if cfg.qk_norm:
         rows += [
             (p + "self_attn.q_norm.weight", ("self_attn", "q_norm", "scale"), (_identity, _identity, (H,))),

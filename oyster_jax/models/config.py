@@ -49,6 +49,7 @@ class ModelConfig:
     max_position_embeddings: int = 32768
     tie_word_embeddings: bool = True
     qkv_bias: bool = False  # Qwen2 family: True
+    o_bias: bool = False  # Llama / Qwen3 with attention_bias=true also bias the output projection
     qk_norm: bool = True  # Qwen3: RMSNorm on each head of q and k before RoPE
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype
@@ -171,6 +172,7 @@ class ModelConfig:
             max_position_embeddings=d.get("max_position_embeddings", 32768),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             qkv_bias=True if arch == "qwen2" else bool(d.get("attention_bias", False)),
+            o_bias=arch != "qwen2" and bool(d.get("attention_bias", False)),
             qk_norm=arch == "qwen3",
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=d.get("eos_token_id"),
@@ -208,6 +210,8 @@ class ModelConfig:
         if self.arch == "qwen2":
             d.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers)
         else:
+            if self.qkv_bias != self.o_bias:
+                raise ConfigError(f"{self.arch}: Hugging Face ties qkv_bias and o_bias (attention_bias); got both")
             d["attention_bias"] = self.qkv_bias
         if self.arch == "qwen3":
             d.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers)
@@ -228,6 +232,7 @@ class ModelConfig:
         )
         attn = D * N * H * 2 + D * K * H * 2 + (N * H + 2 * K * H if self.qkv_bias else 0)
         attn += 2 * H if self.qk_norm else 0
+        attn += D if self.o_bias else 0
         per_layer = attn + 3 * D * F + 2 * D
         embed = V * D * (1 if self.tie_word_embeddings else 2)
         return L * per_layer + embed + D

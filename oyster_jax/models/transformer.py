@@ -113,7 +113,10 @@ class Attention(nn.Module):
         v = nn.with_logical_constraint(v, (BATCH, LENGTH, ACT_KV_HEADS, None))
         out = attention(q, k, v, impl=cfg.attention_impl, causal=True, segment_ids=segment_ids)
         out = nn.with_logical_constraint(out, (BATCH, LENGTH, ACT_HEADS, None))
-        return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt))
+        out = jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt))
+        if cfg.o_bias:
+            out = out + _param(self, "o_bias", (D,), ("embed",), nn.initializers.zeros, pdt).astype(dt)
+        return out
 
 
 class MLP(nn.Module):
