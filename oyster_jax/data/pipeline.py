@@ -1,0 +1,575 @@
+"""Fast numpy iterators over SeqIO tasks/mixtures: packed SFT rows and [chosen; rejected] preference rows.
+
+    it = make_sft_iterator("oyster_csa_sft_mix", batch_size=8, seq_len=512, seed=0)
+    batch = next(it)            # dict of int32 numpy [B, T]: tokens, loss_weights, segment_ids, positions
+    state = it.get_state()      # small JSON-able dict; save it beside the checkpoint
+    it2 = make_sft_iterator("oyster_csa_sft_mix", batch_size=8, seq_len=512, seed=0)
+    it2.set_state(state)        # it2 now yields exactly the batches `it` would have yielded
+
+How it works: the records of each task are read once (validated), rendered with the chat format,
+tokenized in one batched call and kept in memory as flat int32 arrays; batches are cut from them with
+numpy. Everything is a pure function of ``(seed, shard_index, position)``, which is why the state is a
+few integers and a restored iterator continues exactly.
+
+Sources: a registered task or mixture name, a ``seqio.Task``/``seqio.Mixture``, a list of those, or a
+path to a JSONL file (the iterator's kind). Tasks registered through ``oyster_jax.data.tasks`` bring
+their chat format and chain style (override with ``chat_format=`` / ``chain_style=``); other seqio
+tasks must already output the features of the kind (``tokens``/``loss_weights`` for SFT;
+``prompt_tokens``/``chosen_tokens``/``rejected_tokens`` for preference). ``vocab`` defaults to the
+task's vocabulary.
+
+Order: each task's examples (this shard's share) are shuffled per epoch with a permutation seeded by
+``(seed, shard_index, task index, epoch)``; with several tasks, the task of the d-th draw is sampled
+with probability proportional to its rate (``rates={name: rate}`` overrides the mixture's rates).
+``repeat=False`` walks every example once (tasks one after another) and then stops; the last batch is
+padded with empty rows (``segment_ids == 0`` everywhere).
+
+Sharding: process ``shard_index`` of ``shard_count`` (default ``jax.process_index()`` /
+``jax.process_count()``) owns examples ``shard_index::shard_count`` of every task, so processes never
+overlap and together cover each task once per epoch.
+
+SFT rows (``make_sft_iterator``): examples are packed greedily in draw order; an example that does not
+fit in the rest of a row starts the next row; an example longer than ``seq_len`` keeps its first
+``seq_len`` tokens.
+- ``tokens``: ids, ``vocab.pad_id`` in padding.
+- ``loss_weights``: 1 where ``tokens[b, t]`` is an assistant token (thinking, answer, end-of-turn
+  marker) — the token to be predicted from position t-1 (shift inside the loss).
+- ``segment_ids``: 1, 2, ... per packed example in the row; 0 = padding. Attend only within equal ids.
+- ``positions``: 0, 1, ... restarting at every segment (for RoPE); 0 in padding.
+
+Preference rows (``make_pref_iterator``): ``2B`` rows for ``B`` pairs, rows ``[0, B)`` chosen and rows
+``[B, 2B)`` rejected (pair i = rows i and B + i, same prompt tokens). ``tokens`` = prompt + completion;
+``loss_weights`` = the completion mask (1 on completion tokens, 0 on the prompt and padding);
+``segment_ids`` = 1 on real tokens; ``positions`` = 0, 1, ... . Truncation policy when
+``prompt + longest completion > seq_len``: cut the prompt from the left (keep the latest turns) down
+to ``max(seq_len - longest_completion, min(len(prompt), max_prompt_len))`` tokens
+(``max_prompt_len`` defaults to ``seq_len // 2``), then cut each completion from the right to fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import seqio
+
+from oyster_jax.data import features, schemas
+from oyster_jax.data import tasks as tasks_lib
+
+__all__ = [
+    "make_sft_iterator",
+    "make_pref_iterator",
+    "SftIterator",
+    "PrefIterator",
+    "holdout_split",
+    "StateMismatchError",
+]
+
+holdout_split = tasks_lib.holdout_split
+_STATE_VERSION = 1
+_MIX_BLOCK = 4096  # draws sampled per RNG block (the task choice of draw d depends only on seed, shard, d)
+
+
+class StateMismatchError(ValueError):
+    """``set_state`` got a state saved by an iterator over different data or shards."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokenized examples, cached per process
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Examples:
+    """Flat int32 arrays per field, with per-example starts/lengths (same for fields of one example)."""
+
+    name: str
+    fingerprint: str
+    fields: dict[str, np.ndarray]
+    starts: dict[str, np.ndarray]
+    lengths: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.lengths.values())))
+
+
+def _flatten(name: str, fingerprint: str, columns: dict[str, list[np.ndarray]]) -> _Examples:
+    fields, starts, lengths = {}, {}, {}
+    for key, arrays in columns.items():
+        lens = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        lengths[key] = lens
+        starts[key] = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if len(lens) else lens
+        fields[key] = np.concatenate(arrays).astype(np.int32) if arrays else np.zeros([0], np.int32)
+    return _Examples(name, fingerprint, fields, starts, lengths)
+
+
+_CACHE: dict[tuple, _Examples] = {}
+_CACHE_LIMIT = 16
+
+
+def _vocab_fingerprint(vocab) -> str:
+    from oyster_jax.data.vocab import vocabulary_fingerprint  # noqa: PLC0415
+
+    return vocabulary_fingerprint(vocab)
+
+
+def _file_fingerprint(path: pathlib.Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(repr((str(path.resolve()), stat.st_mtime_ns, stat.st_size)).encode()).hexdigest()[:16]
+
+
+def _tokenize_records(
+    kind: str, records: list[dict], vocab, chat_format: str, chain_style
+) -> dict[str, list[np.ndarray]]:
+    if kind == "sft":
+        pairs = features.tokenize_segments(vocab, [features.sft_segments(r, chat_format, chain_style) for r in records])
+        return {"tokens": [p[0] for p in pairs], "loss_weights": [p[1] for p in pairs]}
+    texts = [features.pref_texts(r, chat_format, chain_style) for r in records]
+    flat = features.tokenize_texts(vocab, [t for triple in texts for t in triple])
+    return {"prompt": flat[0::3], "chosen": flat[1::3], "rejected": flat[2::3]}
+
+
+def _load(kind, name, task, path, split, vocab, chat_format, chain_style, shard_index, shard_count) -> _Examples:
+    """This shard's tokenized examples of one task (or JSONL path), cached per process."""
+    if path is not None:
+        content_fp = _file_fingerprint(path)
+    elif isinstance(task.source, tasks_lib.JsonlSource):
+        content_fp = task.source.fingerprint(split)
+    else:
+        content_fp = f"seqio:{task.name}"
+    key = (kind, name, content_fp, split, _vocab_fingerprint(vocab), chat_format, chain_style, shard_index, shard_count)
+    if key in _CACHE:
+        return _CACHE[key]
+    if path is not None or isinstance(task.source, tasks_lib.JsonlSource):
+        records = schemas.read_records(path, kind) if path is not None else task.source.records(split)
+        if task is not None and task.source.kind != kind:
+            raise ValueError(f"task {name!r} holds {task.source.kind!r} records, not {kind!r}")
+        records = records[shard_index::shard_count]
+        columns = _tokenize_records(kind, records, vocab, chat_format, chain_style)
+    else:
+        columns = _from_seqio(kind, task, split, shard_index, shard_count)
+    examples = _flatten(name, content_fp, columns)
+    if len(examples) == 0:
+        raise ValueError(f"{name}: split {split!r} has no examples in shard {shard_index} of {shard_count}")
+    if len(_CACHE) >= _CACHE_LIMIT:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = examples
+    return examples
+
+
+def _from_seqio(
+    kind: str, task: seqio.Task, split: str, shard_index: int, shard_count: int
+) -> dict[str, list[np.ndarray]]:
+    wanted = {
+        "sft": {"tokens": "tokens", "loss_weights": "loss_weights"},
+        "pref": {"prompt": "prompt_tokens", "chosen": "chosen_tokens", "rejected": "rejected_tokens"},
+    }[kind]
+    ds = task.get_dataset(
+        sequence_length=None,
+        split=split,
+        shuffle=False,
+        shard_info=seqio.ShardInfo(shard_index, shard_count),
+        num_epochs=1,
+    )
+    missing = [f for f in wanted.values() if f not in ds.element_spec]
+    if missing:
+        raise ValueError(f"task {task.name!r} does not output {missing} needed for {kind} batches")
+    columns = {k: [] for k in wanted}
+    for ex in ds.as_numpy_iterator():
+        for k, f in wanted.items():
+            columns[k].append(np.asarray(ex[f], dtype=np.int32))
+    return columns
+
+
+def _resolve(
+    source, rates: Mapping[str, float] | None
+) -> list[tuple[str, seqio.Task | None, pathlib.Path | None, float]]:
+    """[(name, task, path, rate)] for a name/Task/Mixture/path or a list of them."""
+    items: list = []
+
+    def add(obj, rate):
+        if isinstance(obj, seqio.Mixture):
+            for t in obj.tasks:
+                items.append((t.name, t, None, float(obj.get_rate(t)) * rate))
+        elif isinstance(obj, seqio.Task):
+            items.append((obj.name, obj, None, rate))
+        elif isinstance(obj, str | os.PathLike):
+            name = str(obj)
+            if name in seqio.MixtureRegistry.names():
+                add(seqio.get_mixture_or_task(name), rate)
+            elif name in seqio.TaskRegistry.names():
+                add(seqio.TaskRegistry.get(name), rate)
+            elif pathlib.Path(name).is_file():
+                items.append((pathlib.Path(name).name, None, pathlib.Path(name), rate))
+            else:
+                raise ValueError(f"{name!r} is neither a registered seqio task/mixture nor an existing JSONL file")
+        else:
+            raise TypeError(f"unsupported data source {obj!r}")
+
+    if isinstance(source, list | tuple):
+        for obj in source:
+            add(obj, 1.0)
+    else:
+        add(source, 1.0)
+    if rates:
+        names = {name for name, *_ in items}
+        unknown = set(rates) - names
+        if unknown:
+            raise ValueError(f"rates name unknown tasks {sorted(unknown)}; tasks are {sorted(names)}")
+        items = [(n, t, p, float(rates.get(n, r))) for n, t, p, r in items]
+    if any(r < 0 for *_, r in items) or sum(r for *_, r in items) <= 0:
+        raise ValueError(f"mixing rates must be >= 0 with a positive sum, got {[(n, r) for n, _, _, r in items]}")
+    return items
+
+
+def _default_shard(shard_index, shard_count) -> tuple[int, int]:
+    if shard_index is None or shard_count is None:
+        import jax  # noqa: PLC0415  (only when the caller does not say)
+
+        shard_index = jax.process_index() if shard_index is None else shard_index
+        shard_count = jax.process_count() if shard_count is None else shard_count
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, shard_count), got {shard_index} of {shard_count}")
+    return int(shard_index), int(shard_count)
+
+
+# ------------------------------------------------------------------------------------------------
+# The example stream: which example comes next, as a pure function of a few counters
+# ------------------------------------------------------------------------------------------------
+
+
+class _Stream:
+    def __init__(
+        self, sizes: Sequence[int], rates: Sequence[float], seed: int, shard_index: int, shuffle: bool, repeat: bool
+    ):
+        self.sizes = [int(n) for n in sizes]
+        total = float(sum(rates))
+        self.probs = np.asarray([r / total for r in rates], dtype=np.float64)
+        self.seed, self.shard_index, self.shuffle, self.repeat = int(seed), int(shard_index), shuffle, repeat
+        self.draws = 0
+        self.consumed = [0] * len(self.sizes)
+        self._block = (-1, None)
+        self._perms: dict[int, tuple[int, np.ndarray]] = {}
+
+    def _choice(self, draw: int) -> int:
+        if len(self.sizes) == 1:
+            return 0
+        block, offset = divmod(draw, _MIX_BLOCK)
+        if self._block[0] != block:
+            rng = np.random.default_rng([self.seed, self.shard_index, 0x5EED, block])
+            self._block = (block, rng.choice(len(self.sizes), size=_MIX_BLOCK, p=self.probs))
+        return int(self._block[1][offset])
+
+    def _perm(self, k: int, epoch: int) -> np.ndarray:
+        cached = self._perms.get(k)
+        if cached is None or cached[0] != epoch:
+            rng = np.random.default_rng([self.seed, self.shard_index, k, epoch])
+            cached = (epoch, rng.permutation(self.sizes[k]))
+            self._perms[k] = cached
+        return cached[1]
+
+    def peek(self) -> tuple[int, int] | None:
+        """(task index, example index) of the next example, or None when a single pass is over."""
+        if self.repeat:
+            k = self._choice(self.draws)
+        else:
+            k = next((i for i, n in enumerate(self.sizes) if self.consumed[i] < n), None)
+            if k is None:
+                return None
+        epoch, i = divmod(self.consumed[k], self.sizes[k])
+        return k, int(self._perm(k, epoch)[i]) if self.shuffle else i
+
+    def advance(self, k: int):
+        self.draws += 1
+        self.consumed[k] += 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Iterators
+# ------------------------------------------------------------------------------------------------
+
+
+class _BaseIterator:
+    kind = ""
+
+    def __init__(self, sources, vocab, batch_size, seq_len, seed, shard_index, shard_count, shuffle, repeat, config):
+        if batch_size < 1 or seq_len < 2:
+            raise ValueError(f"batch_size must be >= 1 and seq_len >= 2, got {batch_size}, {seq_len}")
+        self.sources: list[_Examples] = [s for s, _ in sources]
+        self.batch_size, self.seq_len = int(batch_size), int(seq_len)
+        self.pad_id = int(vocab.pad_id)
+        self.vocab = vocab
+        self._stream = _Stream(
+            [len(s) for s in self.sources], [r for _, r in sources], seed, shard_index, shuffle, repeat
+        )
+        self._config = config
+        self._arange = np.arange(self.seq_len, dtype=np.int32)
+
+    def __iter__(self):
+        return self
+
+    @property
+    def num_examples(self) -> int:
+        """Examples of this shard (all tasks), i.e. one epoch."""
+        return sum(len(s) for s in self.sources)
+
+    @property
+    def examples_consumed(self) -> int:
+        return self._stream.draws
+
+    def get_state(self) -> dict:
+        """Position as a small JSON-able dict (``json.dumps`` works on it)."""
+        return {
+            "version": _STATE_VERSION,
+            "kind": self.kind,
+            "draws": self._stream.draws,
+            "consumed": list(self._stream.consumed),
+            "config": self._config,
+        }
+
+    def set_state(self, state: Mapping) -> None:
+        """Continue from ``state`` (from ``get_state`` of an iterator over the same data and shard)."""
+        if isinstance(state, str | bytes):
+            state = json.loads(state)
+        if state.get("version") != _STATE_VERSION or state.get("kind") != self.kind:
+            raise StateMismatchError(
+                f"state is version {state.get('version')} of kind {state.get('kind')!r}; "
+                f"this iterator needs version {_STATE_VERSION} of kind {self.kind!r}"
+            )
+        saved = state.get("config", {})
+        diffs = [k for k in sorted(set(saved) | set(self._config)) if saved.get(k) != self._config.get(k)]
+        if diffs:
+            detail = "; ".join(f"{k}: saved {saved.get(k)!r} vs now {self._config.get(k)!r}" for k in diffs)
+            raise StateMismatchError(f"iterator state does not match this iterator ({detail})")
+        consumed = [int(c) for c in state["consumed"]]
+        if len(consumed) != len(self.sources):
+            raise StateMismatchError(f"state has {len(consumed)} task counters, iterator has {len(self.sources)} tasks")
+        self._stream.draws = int(state["draws"])
+        self._stream.consumed = consumed
+
+    # Orbax / PyTorch-style aliases.
+    state_dict = get_state
+    load_state_dict = set_state
+
+
+class SftIterator(_BaseIterator):
+    """Packed SFT batches; see the module docstring for the layout."""
+
+    kind = "sft"
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        B, T = self.batch_size, self.seq_len
+        tokens = np.full((B, T), self.pad_id, dtype=np.int32)
+        loss_weights = np.zeros((B, T), dtype=np.int32)
+        segment_ids = np.zeros((B, T), dtype=np.int32)
+        positions = np.zeros((B, T), dtype=np.int32)
+        stream, placed = self._stream, 0
+        for b in range(B):
+            fill, segment = 0, 0
+            while fill < T:
+                nxt = stream.peek()
+                if nxt is None:
+                    break
+                k, i = nxt
+                ex = self.sources[k]
+                length = min(int(ex.lengths["tokens"][i]), T)
+                if fill + length > T:
+                    break
+                start = int(ex.starts["tokens"][i])
+                end = fill + length
+                tokens[b, fill:end] = ex.fields["tokens"][start : start + length]
+                loss_weights[b, fill:end] = ex.fields["loss_weights"][start : start + length]
+                segment += 1
+                segment_ids[b, fill:end] = segment
+                positions[b, fill:end] = self._arange[:length]
+                fill = end
+                stream.advance(k)
+                placed += 1
+            if stream.peek() is None:
+                break
+        if placed == 0:
+            raise StopIteration
+        return {"tokens": tokens, "loss_weights": loss_weights, "segment_ids": segment_ids, "positions": positions}
+
+
+class PrefIterator(_BaseIterator):
+    """``[chosen; rejected]`` preference batches; see the module docstring for layout and truncation."""
+
+    kind = "pref"
+
+    def __init__(self, *args, max_prompt_len: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_prompt_len = max_prompt_len
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        B, T = self.batch_size, self.seq_len
+        tokens = np.full((2 * B, T), self.pad_id, dtype=np.int32)
+        loss_weights = np.zeros((2 * B, T), dtype=np.int32)
+        segment_ids = np.zeros((2 * B, T), dtype=np.int32)
+        positions = np.zeros((2 * B, T), dtype=np.int32)
+        stream, placed = self._stream, 0
+        for b in range(B):
+            nxt = stream.peek()
+            if nxt is None:
+                break
+            k, i = nxt
+            ex = self.sources[k]
+            parts = {
+                f: ex.fields[f][ex.starts[f][i] : ex.starts[f][i] + ex.lengths[f][i]]
+                for f in ("prompt", "chosen", "rejected")
+            }
+            prompt, chosen, rejected = features.truncate_pref(
+                parts["prompt"], parts["chosen"], parts["rejected"], T, self.max_prompt_len
+            )
+            for row, completion in ((b, chosen), (B + b, rejected)):
+                p, n = len(prompt), len(prompt) + len(completion)
+                tokens[row, :p] = prompt
+                tokens[row, p:n] = completion
+                loss_weights[row, p:n] = 1
+                segment_ids[row, :n] = 1
+                positions[row, :n] = self._arange[:n]
+            stream.advance(k)
+            placed += 1
+        if placed == 0:
+            raise StopIteration
+        return {"tokens": tokens, "loss_weights": loss_weights, "segment_ids": segment_ids, "positions": positions}
+
+
+def _task_vocab(resolved, kind: str):
+    feature = "tokens" if kind == "sft" else "prompt_tokens"
+    for _, task, _, _ in resolved:
+        if task is not None and feature in task.output_features:
+            return task.output_features[feature].vocabulary
+    from oyster_jax.data.vocab import default_vocabulary  # noqa: PLC0415
+
+    return default_vocabulary()
+
+
+def _make(
+    cls,
+    kind,
+    source,
+    vocab,
+    batch_size,
+    seq_len,
+    seed,
+    split,
+    shard_index,
+    shard_count,
+    rates,
+    chat_format,
+    chain_style,
+    shuffle,
+    repeat,
+    **extra,
+):
+    shard_index, shard_count = _default_shard(shard_index, shard_count)
+    resolved = _resolve(source, rates)
+    # One vocabulary for all tasks: the caller's, else the first task's, else the bundled tiny one.
+    vocab = vocab if vocab is not None else _task_vocab(resolved, kind)
+    loaded, names = [], []
+    for name, task, path, rate in resolved:
+        options = {"chat_format": "chatml", "chain_style": "prose"}
+        if task is not None:
+            try:
+                options.update({k: v for k, v in tasks_lib.task_options(task.name).items() if k != "kind"})
+            except KeyError:
+                pass
+        fmt = chat_format or options["chat_format"]
+        style = options["chain_style"] if chain_style == "task" else chain_style
+        examples = _load(kind, name, task, path, split, vocab, fmt, style, shard_index, shard_count)
+        loaded.append((examples, rate))
+        names.append([name, examples.fingerprint, fmt, style, rate])
+    config = {
+        "seed": int(seed),
+        "split": split,
+        "shard_index": shard_index,
+        "shard_count": shard_count,
+        "shuffle": bool(shuffle),
+        "repeat": bool(repeat),
+        "vocab": _vocab_fingerprint(vocab),
+        "tasks": names,
+    }
+    return cls(loaded, vocab, batch_size, seq_len, seed, shard_index, shard_count, shuffle, repeat, config, **extra)
+
+
+def make_sft_iterator(
+    source,
+    vocab=None,
+    *,
+    batch_size: int,
+    seq_len: int,
+    seed: int = 0,
+    split: str = "train",
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    rates: Mapping[str, float] | None = None,
+    chat_format: str | None = None,
+    chain_style: str | None = "task",
+    shuffle: bool = True,
+    repeat: bool = True,
+) -> SftIterator:
+    """Packed SFT batches (int32 numpy [B, T]); see the module docstring.
+
+    ``chat_format=None`` and ``chain_style="task"`` take the values the task was registered with.
+    """
+    return _make(
+        SftIterator,
+        "sft",
+        source,
+        vocab,
+        batch_size,
+        seq_len,
+        seed,
+        split,
+        shard_index,
+        shard_count,
+        rates,
+        chat_format,
+        chain_style,
+        shuffle,
+        repeat,
+    )
+
+
+def make_pref_iterator(
+    source,
+    vocab=None,
+    *,
+    batch_size: int,
+    seq_len: int,
+    seed: int = 0,
+    split: str = "train",
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    rates: Mapping[str, float] | None = None,
+    chat_format: str | None = None,
+    chain_style: str | None = "task",
+    shuffle: bool = True,
+    repeat: bool = True,
+    max_prompt_len: int | None = None,
+) -> PrefIterator:
+    """``[chosen; rejected]`` batches (int32 numpy [2B, T]) for ``batch_size`` pairs; see the module docstring."""
+    return _make(
+        PrefIterator,
+        "pref",
+        source,
+        vocab,
+        batch_size,
+        seq_len,
+        seed,
+        split,
+        shard_index,
+        shard_count,
+        rates,
+        chat_format,
+        chain_style,
+        shuffle,
+        repeat,
+        max_prompt_len=max_prompt_len,
+    )

@@ -1,0 +1,226 @@
+"""JSONL record schemas, validated at read time with errors that name file, line and field.
+
+One JSON object per line (UTF-8; blank lines are skipped). Unknown top-level fields are kept and
+ignored; ``id`` may be a string or an integer and is returned as a string; ids must be unique per file.
+
+- ``sft``: ``{id, language, messages: [{role, content}], thinking?, chain?, risk?, persona?}``
+  ``messages`` is non-empty, roles in system/user/assistant, and the last message is the assistant
+  turn to learn. ``thinking`` (str) is that last turn's reasoning; ``chain`` is the structured safety
+  chain (``oyster_jax.data.chat`` documents its keys); ``risk`` is
+  ``{level: R0|R1|R2, category_l1, category_l2, intent}`` (strings); ``persona`` is a string or object.
+- ``pref``: ``{id, language, prompt_messages, chosen: {thinking, response}, rejected: {thinking,
+  response}, scores?}``; ``prompt_messages`` ends with a user turn; ``scores`` maps names to numbers.
+- ``eval``: ``{id, language: en|cn, level: 1|2|3, attack_method, prompt}`` (the Strata-Sword layout).
+- ``constructive``: ``{id, profile, task, category, risk_level: R0|R1|R2, query}``.
+
+``read_records(path, kind)`` returns the validated dicts; ``validate_record(record, kind)`` checks one
+(for records built in memory). Both raise ``RecordError`` (a ``ValueError``) whose message starts with
+``path:line: field 'name':`` and whose attributes are ``path``, ``line``, ``field``, ``reason``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+from collections.abc import Iterator
+
+from oyster_jax.data.chat import ROLES, ChatFormatError, validate_chain
+
+__all__ = ["KINDS", "RecordError", "read_records", "iter_records", "validate_record", "write_records"]
+
+KINDS = ("sft", "pref", "eval", "constructive")
+RISK_LEVELS = ("R0", "R1", "R2")
+
+
+class RecordError(ValueError):
+    """A malformed record: ``str(e)`` is ``"<path>:<line>: field '<field>': <reason>"``."""
+
+    def __init__(self, path: str, line: int, field: str, reason: str):
+        self.path, self.line, self.field, self.reason = str(path), line, field, reason
+        super().__init__(f"{path}:{line}: field '{field}': {reason}")
+
+
+class _Checker:
+    """Field checks for one record; ``fail`` raises with the record's location."""
+
+    def __init__(self, path: str, line: int):
+        self.path, self.line = path, line
+
+    def fail(self, field: str, reason: str):
+        raise RecordError(self.path, self.line, field, reason)
+
+    def get(self, obj: dict, key: str, prefix: str = "", required: bool = True):
+        name = f"{prefix}{key}"
+        if key not in obj or obj[key] is None:
+            if required:
+                self.fail(name, "missing")
+            return None
+        return obj[key]
+
+    def string(self, obj: dict, key: str, prefix: str = "", required: bool = True, nonempty: bool = True):
+        value = self.get(obj, key, prefix, required)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.fail(f"{prefix}{key}", f"expected a string, got {type(value).__name__}")
+        if nonempty and not value.strip():
+            self.fail(f"{prefix}{key}", "must be a non-empty string")
+        return value
+
+    def obj(self, obj: dict, key: str, prefix: str = "", required: bool = True):
+        value = self.get(obj, key, prefix, required)
+        if value is not None and not isinstance(value, dict):
+            self.fail(f"{prefix}{key}", f"expected an object, got {type(value).__name__}")
+        return value
+
+    def identifier(self, record: dict) -> str:
+        value = self.get(record, "id")
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            self.fail("id", f"expected a string or integer, got {type(value).__name__}")
+        if isinstance(value, str) and not value.strip():
+            self.fail("id", "must be non-empty")
+        return str(value)
+
+    def choice(self, obj: dict, key: str, choices: tuple, prefix: str = "", required: bool = True):
+        value = self.get(obj, key, prefix, required)
+        if value is not None and (isinstance(value, bool) or value not in choices):
+            self.fail(f"{prefix}{key}", f"expected one of {list(choices)}, got {value!r}")
+        return value
+
+    def messages(self, record: dict, key: str) -> list:
+        value = self.get(record, key)
+        if not isinstance(value, list) or not value:
+            self.fail(key, "expected a non-empty list of {role, content} objects")
+        for i, m in enumerate(value):
+            prefix = f"{key}[{i}]."
+            if not isinstance(m, dict):
+                self.fail(f"{key}[{i}]", f"expected an object, got {type(m).__name__}")
+            self.choice(m, "role", ROLES, prefix)
+            self.string(m, "content", prefix, nonempty=False)
+            if "thinking" in m and m["thinking"] is not None:
+                if m["role"] != "assistant":
+                    self.fail(f"{prefix}thinking", "only assistant messages carry thinking")
+                self.string(m, "thinking", prefix, nonempty=False)
+        return value
+
+
+def _check_sft(c: _Checker, r: dict):
+    c.string(r, "language")
+    messages = c.messages(r, "messages")
+    if messages[-1]["role"] != "assistant":
+        c.fail(f"messages[{len(messages) - 1}].role", "the last message must be the assistant turn to learn")
+    if not any(m["role"] == "user" for m in messages):
+        c.fail("messages", "needs at least one user message")
+    c.string(r, "thinking", required=False, nonempty=False)
+    chain = c.obj(r, "chain", required=False)
+    if chain is not None:
+        try:
+            validate_chain(chain)
+        except ChatFormatError as e:
+            field, _, reason = str(e).partition(": ")
+            c.fail(field, reason)
+    risk = c.obj(r, "risk", required=False)
+    if risk is not None:
+        c.choice(risk, "level", RISK_LEVELS, "risk.")
+        for key in ("category_l1", "category_l2", "intent"):
+            c.string(risk, key, "risk.")
+    persona = c.get(r, "persona", required=False)
+    if persona is not None and not isinstance(persona, str | dict):
+        c.fail("persona", f"expected a string or object, got {type(persona).__name__}")
+
+
+def _check_completion(c: _Checker, r: dict, key: str):
+    completion = c.obj(r, key)
+    c.string(completion, "thinking", f"{key}.", nonempty=False)
+    c.string(completion, "response", f"{key}.")
+
+
+def _check_pref(c: _Checker, r: dict):
+    c.string(r, "language")
+    messages = c.messages(r, "prompt_messages")
+    if messages[-1]["role"] != "user":
+        c.fail(f"prompt_messages[{len(messages) - 1}].role", "the prompt must end with a user message")
+    _check_completion(c, r, "chosen")
+    _check_completion(c, r, "rejected")
+    scores = c.obj(r, "scores", required=False)
+    if scores is not None:
+        for name, value in scores.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                c.fail(f"scores.{name}", f"expected a finite number, got {value!r}")
+
+
+def _check_eval(c: _Checker, r: dict):
+    c.choice(r, "language", ("en", "cn"))
+    c.choice(r, "level", (1, 2, 3))
+    c.string(r, "attack_method")
+    c.string(r, "prompt")
+
+
+def _check_constructive(c: _Checker, r: dict):
+    for key in ("profile", "task", "category", "query"):
+        c.string(r, key)
+    c.choice(r, "risk_level", RISK_LEVELS)
+
+
+_CHECKS = {"sft": _check_sft, "pref": _check_pref, "eval": _check_eval, "constructive": _check_constructive}
+
+
+def validate_record(record, kind: str, path: str = "<memory>", line: int = 0) -> dict:
+    """Check one record of ``kind``; returns it with ``id`` as a string. Raises RecordError."""
+    if kind not in _CHECKS:
+        raise ValueError(f"unknown record kind {kind!r}: expected one of {KINDS}")
+    c = _Checker(str(path), line)
+    if not isinstance(record, dict):
+        c.fail("<record>", f"expected a JSON object, got {type(record).__name__}")
+    record_id = c.identifier(record)
+    _CHECKS[kind](c, record)
+    if record["id"] != record_id:
+        record = {**record, "id": record_id}
+    return record
+
+
+def iter_records(path: str | os.PathLike, kind: str) -> Iterator[dict]:
+    """Validated records of one JSONL file, in file order (duplicate ids are an error)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {kind} JSONL file")
+    seen: dict[str, int] = {}
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(
+                    str(path), lineno, "<json>", f"not valid JSON ({e.msg} at column {e.colno})"
+                ) from None
+            record = validate_record(record, kind, str(path), lineno)
+            if record["id"] in seen:
+                raise RecordError(
+                    str(path), lineno, "id", f"duplicate id {record['id']!r} (first on line {seen[record['id']]})"
+                )
+            seen[record["id"]] = lineno
+            yield record
+
+
+def read_records(path: str | os.PathLike, kind: str) -> list[dict]:
+    """All validated records of one JSONL file. Raises RecordError on the first bad line."""
+    return list(iter_records(path, kind))
+
+
+def write_records(path: str | os.PathLike, records, kind: str | None = None) -> int:
+    """Write records as JSONL (UTF-8, one per line), validating first when ``kind`` is given. Returns count."""
+    path = pathlib.Path(path)
+    records = list(records)
+    if kind is not None:
+        for i, r in enumerate(records, 1):
+            validate_record(r, kind, str(path), i)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)  # a failed write never leaves a half-written file in place
+    return len(records)

@@ -1,0 +1,439 @@
+"""SeqIO tasks and mixtures, registered on ``import oyster_jax.data.tasks``.
+
+Built-in tasks (vocabulary: the bundled tiny tokenizer; chat format ChatML; chain style prose):
+
+| name | kind | splits | source |
+|---|---|---|---|
+| ``oyster_csa_seed_sft`` | sft | train, test | ``oyster_jax/data/seed/sft_{split}.jsonl`` |
+| ``oyster_csa_seed_pref`` | pref | train, test | ``oyster_jax/data/seed/pref_{split}.jsonl`` |
+| ``oyster_general_seed_sft`` | sft | train, test | benign general chat, ``seed/general_{split}.jsonl`` |
+| ``oyster_constructive_seed`` | constructive | test | ``seed/constructive_items.jsonl`` (40 items) |
+| ``strata_sword_{en,cn}_l{1,2,3}`` | eval | test | ``$OYSTER_DATA_DIR/strata_sword/{lang}_level_{n}.jsonl`` |
+
+Mixture ``oyster_csa_sft_mix`` = constructive SFT (rate 0.85) + general chat (0.15); build another with
+``register_sft_mixture(name, constructive_rate=..., general_rate=...)`` or pass ``rates=`` to
+``pipeline.make_sft_iterator``. The Strata-Sword tasks are always registered; their files are looked
+up when read, and a missing ``OYSTER_DATA_DIR`` gives an error that says so.
+
+Users register their own JSONL files with
+``register_jsonl_task(name, path, kind, vocabulary=None, chat_format="chatml", chain_style="prose",
+holdout_fraction=0.0)``: ``path`` is one file (split "train"; plus "validation" when
+``holdout_fraction > 0``, chosen by a stable hash of the id) or a dict ``{split: path}``.
+
+Records are validated when the source reads the file (``schemas.RecordError`` names file:line:field).
+Task output features (tf.data, ``task.get_dataset(...)``):
+
+- sft: ``tokens``, ``loss_weights`` (int32 [n], 1 on assistant tokens incl. thinking), ``id``.
+- pref: ``prompt_tokens``, ``chosen_tokens``, ``rejected_tokens`` (completions end with the
+  end-of-turn marker), ``id``.
+- eval / constructive: ``prompt_tokens`` (the generation prompt), ``prompt_text``, ``id`` and the
+  record's metadata fields as strings/ints.
+
+``SftPackingConverter`` is a seqio FeatureConverter that packs the sft features into
+``tokens / loss_weights / segment_ids / positions`` with seqio's packer; the numpy iterators in
+``oyster_jax.data.pipeline`` are the fast path the trainers use.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import pathlib
+from collections.abc import Callable, Mapping
+
+import seqio
+import tensorflow as tf
+
+from oyster_jax.data import features, schemas
+from oyster_jax.data.vocab import default_vocabulary
+
+__all__ = [
+    "JsonlSource",
+    "register_jsonl_task",
+    "register_sft_mixture",
+    "holdout_split",
+    "SftPackingConverter",
+    "STRATA_SWORD_TASKS",
+    "task_options",
+]
+
+SEED_DIR = pathlib.Path(__file__).resolve().parent / "seed"
+STRATA_SWORD_TASKS = tuple(f"strata_sword_{lang}_l{level}" for lang in ("en", "cn") for level in (1, 2, 3))
+
+# ------------------------------------------------------------------------------------------------
+# Held-out split
+# ------------------------------------------------------------------------------------------------
+
+
+def _unit_hash(text: str) -> float:
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def holdout_split(records, fraction: float, seed: int = 0) -> tuple[list, list]:
+    """``(kept, held_out)``: a record is held out when a stable hash of ``f"{seed}:{id}"`` < fraction.
+
+    Stable across runs, machines and file order; adding records never moves existing ones.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    kept, held = [], []
+    for r in records:
+        (held if _unit_hash(f"{seed}:{r['id']}") < fraction else kept).append(r)
+    return kept, held
+
+
+# ------------------------------------------------------------------------------------------------
+# Data source
+# ------------------------------------------------------------------------------------------------
+
+PathLike = str | os.PathLike | Callable[[], str | os.PathLike]
+
+
+class JsonlSource(seqio.DataSource):
+    """Validated JSONL records of one kind (sft/pref/eval/constructive), one file per split.
+
+    ``split_paths`` maps split -> path (or a zero-argument callable returning one, resolved when read:
+    how the Strata-Sword tasks find ``$OYSTER_DATA_DIR``). With ``holdout_fraction > 0`` a single
+    "train" file also yields a "validation" split (see ``holdout_split``).
+    ``records(split)`` gives the Python dicts (cached per file version); ``get_dataset`` gives a
+    ``tf.data`` of ``{"id": str, "record": json str}``.
+    """
+
+    def __init__(
+        self, split_paths: Mapping[str, PathLike], kind: str, holdout_fraction: float = 0.0, holdout_seed: int = 0
+    ):
+        if kind not in schemas.KINDS:
+            raise ValueError(f"unknown record kind {kind!r}: expected one of {schemas.KINDS}")
+        self._split_paths = dict(split_paths)
+        self._kind = kind
+        self._holdout = (float(holdout_fraction), int(holdout_seed))
+        splits = list(self._split_paths)
+        if holdout_fraction > 0:
+            if splits != ["train"]:
+                raise ValueError("holdout_fraction needs exactly one file, registered as split 'train'")
+            splits.append("validation")
+        self._cache: dict = {}
+        super().__init__(splits=splits)
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
+
+    def path(self, split: str) -> pathlib.Path:
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r}: this source has {list(self.splits)}")
+        p = self._split_paths["train" if split == "validation" else split]
+        return pathlib.Path(p() if callable(p) else p)
+
+    def list_shards(self, split: str) -> list[str]:
+        return [str(self.path(split))]
+
+    def records(self, split: str) -> list[dict]:
+        """Validated records of a split, in file order (re-read when the file changes)."""
+        path = self.path(split)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file (split {split!r} of a {self._kind} source)")
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if self._cache.get("key") != key:
+            self._cache = {"key": key, "records": schemas.read_records(path, self._kind)}
+        records = self._cache["records"]
+        fraction, seed = self._holdout
+        if fraction > 0:
+            kept, held = holdout_split(records, fraction, seed)
+            records = held if split == "validation" else kept
+        return records
+
+    def fingerprint(self, split: str) -> str:
+        """Identity of the split's content (file + holdout) for caches and iterator states."""
+        self.records(split)
+        return hashlib.sha256(repr((self._cache["key"], self._holdout, split)).encode()).hexdigest()[:16]
+
+    def num_input_examples(self, split: str) -> int:
+        return len(self.records(split))
+
+    def get_dataset(
+        self,
+        split: str = "train",
+        shuffle: bool = True,
+        seed: int | None = None,
+        shard_info: seqio.ShardInfo | None = None,
+        *,
+        sequence_length=None,
+        use_cached: bool = False,
+        num_epochs: int | None = 1,
+    ) -> tf.data.Dataset:
+        del sequence_length, use_cached, num_epochs
+        records = self.records(split)
+        if shard_info is not None:
+            records = records[shard_info.index :: shard_info.num_shards]
+        ids = [r["id"] for r in records]
+        blobs = [json.dumps(r, ensure_ascii=False) for r in records]
+        ds = tf.data.Dataset.from_tensor_slices(
+            {
+                "id": tf.constant(ids, dtype=tf.string, shape=[len(ids)]),
+                "record": tf.constant(blobs, dtype=tf.string, shape=[len(blobs)]),
+            }
+        )
+        if shuffle:
+            ds = ds.shuffle(max(1, len(records)), seed=seed, reshuffle_each_iteration=True)
+        return ds
+
+    def __repr__(self):
+        return f"JsonlSource(kind={self._kind!r}, splits={list(self.splits)}, paths={self._split_paths})"
+
+
+# ------------------------------------------------------------------------------------------------
+# Preprocessors (graph mode through tf.numpy_function; the same Python functions as the numpy path)
+# ------------------------------------------------------------------------------------------------
+
+
+def _feature_vocab(output_features, name: str):
+    return output_features[name].vocabulary
+
+
+def tokenize_sft(
+    dataset: tf.data.Dataset, output_features, chat_format: str, chain_style: str | None
+) -> tf.data.Dataset:
+    vocab = _feature_vocab(output_features, "tokens")
+
+    def py_fn(blob: bytes):
+        record = json.loads(blob.decode("utf-8"))
+        [(ids, weights)] = features.tokenize_segments(vocab, [features.sft_segments(record, chat_format, chain_style)])
+        return ids, weights
+
+    def fn(ex):
+        tokens, weights = tf.numpy_function(py_fn, [ex["record"]], (tf.int32, tf.int32), stateful=False)
+        tokens.set_shape([None])
+        weights.set_shape([None])
+        return {"id": ex["id"], "tokens": tokens, "loss_weights": weights}
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def tokenize_pref(
+    dataset: tf.data.Dataset, output_features, chat_format: str, chain_style: str | None
+) -> tf.data.Dataset:
+    vocab = _feature_vocab(output_features, "prompt_tokens")
+
+    def py_fn(blob: bytes):
+        record = json.loads(blob.decode("utf-8"))
+        return tuple(features.tokenize_texts(vocab, features.pref_texts(record, chat_format, chain_style)))
+
+    def fn(ex):
+        prompt, chosen, rejected = tf.numpy_function(py_fn, [ex["record"]], (tf.int32,) * 3, stateful=False)
+        for t in (prompt, chosen, rejected):
+            t.set_shape([None])
+        return {"id": ex["id"], "prompt_tokens": prompt, "chosen_tokens": chosen, "rejected_tokens": rejected}
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+_EVAL_META = {
+    "eval": ("language", "level", "attack_method", "prompt"),
+    "constructive": ("profile", "task", "category", "risk_level", "query"),
+}
+_EVAL_TEXT = {"eval": "prompt", "constructive": "query"}
+
+
+def tokenize_eval(dataset: tf.data.Dataset, output_features, chat_format: str, kind: str) -> tf.data.Dataset:
+    vocab = _feature_vocab(output_features, "prompt_tokens")
+    meta = _EVAL_META[kind]
+
+    def py_fn(blob: bytes):
+        record = json.loads(blob.decode("utf-8"))
+        text = features.eval_prompt_text(record[_EVAL_TEXT[kind]], chat_format)
+        [ids] = features.tokenize_texts(vocab, [text])
+        return (ids, text.encode("utf-8"), *[str(record[k]).encode("utf-8") for k in meta])
+
+    def fn(ex):
+        out = tf.numpy_function(py_fn, [ex["record"]], (tf.int32, tf.string) + (tf.string,) * len(meta), stateful=False)
+        out[0].set_shape([None])
+        result = {"id": ex["id"], "prompt_tokens": out[0], "prompt_text": out[1]}
+        for k, t in zip(meta, out[2:]):
+            t.set_shape([])
+            result[k] = tf.strings.to_number(t, tf.int32) if k == "level" else t
+        return result
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registration
+# ------------------------------------------------------------------------------------------------
+
+_LOSS_WEIGHT_VOCAB = seqio.PassThroughVocabulary(size=2)
+_TASK_OPTIONS: dict[str, dict] = {}
+
+
+def task_options(name: str) -> dict:
+    """``{kind, chat_format, chain_style}`` a task was registered with (for the numpy iterators)."""
+    if name not in _TASK_OPTIONS:
+        raise KeyError(f"task {name!r} was not registered through oyster_jax.data.tasks")
+    return dict(_TASK_OPTIONS[name])
+
+
+def _output_features(kind: str, vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+    if kind == "sft":
+        return {
+            "tokens": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
+            "loss_weights": seqio.Feature(_LOSS_WEIGHT_VOCAB, add_eos=False, dtype=tf.int32),
+        }
+    if kind == "pref":
+        return {
+            name: seqio.Feature(vocabulary, add_eos=False)
+            for name in ("prompt_tokens", "chosen_tokens", "rejected_tokens")
+        }
+    return {"prompt_tokens": seqio.Feature(vocabulary, add_eos=False)}
+
+
+def register_jsonl_task(
+    name: str,
+    path: PathLike | Mapping[str, PathLike],
+    kind: str,
+    vocabulary: seqio.Vocabulary | None = None,
+    *,
+    chat_format: str = "chatml",
+    chain_style: str | None = "prose",
+    holdout_fraction: float = 0.0,
+    holdout_seed: int = 0,
+    overwrite: bool = False,
+) -> seqio.Task:
+    """Register a seqio Task over JSONL file(s) of ``kind`` in {"sft", "pref", "eval", "constructive"}.
+
+    ``vocabulary`` defaults to the bundled tiny tokenizer. Re-registering an existing name needs
+    ``overwrite=True``.
+    """
+    if kind not in schemas.KINDS:
+        raise ValueError(f"unknown record kind {kind!r}: expected one of {schemas.KINDS}")
+    if chain_style not in ("prose", "tagged", None):
+        raise ValueError(f"chain_style must be 'prose', 'tagged' or None, got {chain_style!r}")
+    from oyster_jax.data import chat  # noqa: PLC0415
+
+    chat.get_format(chat_format)
+    split_paths = dict(path) if isinstance(path, Mapping) else {"train": path}
+    if name in seqio.TaskRegistry.names():
+        if not overwrite:
+            raise ValueError(f"task {name!r} is already registered (pass overwrite=True to replace it)")
+        seqio.TaskRegistry.remove(name)
+    vocabulary = vocabulary if vocabulary is not None else default_vocabulary()
+    source = JsonlSource(split_paths, kind, holdout_fraction, holdout_seed)
+    if kind == "sft":
+        preprocessors = [functools.partial(tokenize_sft, chat_format=chat_format, chain_style=chain_style)]
+    elif kind == "pref":
+        preprocessors = [functools.partial(tokenize_pref, chat_format=chat_format, chain_style=chain_style)]
+    else:
+        preprocessors = [functools.partial(tokenize_eval, chat_format=chat_format, kind=kind)]
+    task = seqio.TaskRegistry.add(
+        name, source=source, output_features=_output_features(kind, vocabulary), preprocessors=preprocessors
+    )
+    _TASK_OPTIONS[name] = {"kind": kind, "chat_format": chat_format, "chain_style": chain_style}
+    return task
+
+
+def register_sft_mixture(
+    name: str,
+    constructive_rate: float = 0.85,
+    general_rate: float = 0.15,
+    constructive_task: str = "oyster_csa_seed_sft",
+    general_task: str = "oyster_general_seed_sft",
+    overwrite: bool = False,
+) -> seqio.Mixture:
+    """A two-task SFT mixture (rates are relative sampling weights)."""
+    if name in seqio.MixtureRegistry.names():
+        if not overwrite:
+            raise ValueError(f"mixture {name!r} is already registered (pass overwrite=True to replace it)")
+        seqio.MixtureRegistry.remove(name)
+    return seqio.MixtureRegistry.add(name, [(constructive_task, constructive_rate), (general_task, general_rate)])
+
+
+def _strata_path(lang: str, level: int) -> Callable[[], pathlib.Path]:
+    def resolve() -> pathlib.Path:
+        data_dir = os.environ.get("OYSTER_DATA_DIR")
+        if not data_dir:
+            raise FileNotFoundError(
+                f"strata_sword_{lang}_l{level}: set OYSTER_DATA_DIR to the directory holding strata_sword/ "
+                "(see ../shared/data/README.md)"
+            )
+        return pathlib.Path(data_dir) / "strata_sword" / f"{lang}_level_{level}.jsonl"
+
+    return resolve
+
+
+def _register_builtins():
+    seed_splits = ("train", "test")
+    register_jsonl_task(
+        "oyster_csa_seed_sft", {s: SEED_DIR / f"sft_{s}.jsonl" for s in seed_splits}, "sft", overwrite=True
+    )
+    register_jsonl_task(
+        "oyster_csa_seed_pref", {s: SEED_DIR / f"pref_{s}.jsonl" for s in seed_splits}, "pref", overwrite=True
+    )
+    register_jsonl_task(
+        "oyster_general_seed_sft", {s: SEED_DIR / f"general_{s}.jsonl" for s in seed_splits}, "sft", overwrite=True
+    )
+    register_jsonl_task(
+        "oyster_constructive_seed", {"test": SEED_DIR / "constructive_items.jsonl"}, "constructive", overwrite=True
+    )
+    for lang in ("en", "cn"):
+        for level in (1, 2, 3):
+            register_jsonl_task(
+                f"strata_sword_{lang}_l{level}", {"test": _strata_path(lang, level)}, "eval", overwrite=True
+            )
+    register_sft_mixture("oyster_csa_sft_mix", overwrite=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# SeqIO feature converter (tf.data packing; the numpy iterators are the fast path)
+# ------------------------------------------------------------------------------------------------
+
+
+class SftPackingConverter(seqio.FeatureConverter):
+    """sft task features -> ``tokens, loss_weights, segment_ids, positions`` (packed when ``pack=True``).
+
+    Usage: ``seqio.get_dataset("oyster_csa_seed_sft", {"tokens": 512, "loss_weights": 512}, "train",
+    feature_converter=SftPackingConverter(pack=True))``.
+    """
+
+    TASK_FEATURES = {
+        "tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+        "loss_weights": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+    }
+    MODEL_FEATURES = {
+        "tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+        "loss_weights": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+    }
+    PACKING_FEATURE_DTYPES = {"segment_ids": tf.int32, "positions": tf.int32}
+
+    def __init__(self, pack: bool = True, **kwargs):
+        if not pack:
+            raise ValueError(
+                "SftPackingConverter packs; for padded rows use oyster_jax.data.pipeline.make_sft_iterator"
+            )
+        super().__init__(pack=True, **kwargs)
+
+    def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+        length = task_feature_lengths["tokens"]
+        ds = self._pack_or_pad(ds, {"tokens": length, "loss_weights": length})
+
+        def convert(ex):
+            return {
+                "tokens": ex["tokens"],
+                "loss_weights": ex["loss_weights"],
+                "segment_ids": ex["tokens_segment_ids"],
+                "positions": ex["tokens_positions"],
+            }
+
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+        length = task_feature_lengths["tokens"]
+        return {k: length for k in (*self.MODEL_FEATURES, *self.PACKING_FEATURE_DTYPES)}
+
+
+_register_builtins()
