@@ -179,6 +179,9 @@ def _dedup(items: list[str]) -> list[str]:
     return out
 
 
+_EMPTY_WORDS = {"none", "null", "n/a", "na", "-", "nothing", "无", "空", "没有"}
+
+
 def split_strategies(value) -> list[str]:
     """A strategy list from a JSON list or a string separated by ';', '；' or new lines."""
     if value is None:
@@ -194,7 +197,7 @@ def split_strategies(value) -> list[str]:
     items = []
     for part in parts:
         part = re.sub(r"^\s*(?:[-*•]|\d+[.)、]|[（(]\d+[)）])\s*", "", part).strip()
-        if part:
+        if part and part.strip(" .。").lower() not in _EMPTY_WORDS:
             items.append(part)
     return _dedup(items)
 
@@ -294,7 +297,7 @@ def _as_text(value) -> str:
     if isinstance(value, dict):
         return "; ".join(f"{k}: {_as_text(v)}" for k, v in value.items() if _as_text(v))
     s = str(value).strip()
-    return "" if s.lower() in ("none", "null", "n/a", "无", "空") else s
+    return "" if s.strip(" .。").lower() in _EMPTY_WORDS else s
 
 
 def chain_from_dict(obj: dict) -> SafetyChain:

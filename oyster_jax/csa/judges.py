@@ -60,7 +60,13 @@ def load_prompt(task: str, language: str) -> str:
     if task not in TASKS:
         raise ValueError(f"unknown prompt task {task!r}; known: {TASKS}")
     lang = tx.normalize_language(language)
-    return importlib.resources.files("oyster_jax.csa").joinpath("prompts").joinpath(lang).joinpath(f"{task}.txt").read_text("utf-8")
+    return (
+        importlib.resources.files("oyster_jax.csa")
+        .joinpath("prompts")
+        .joinpath(lang)
+        .joinpath(f"{task}.txt")
+        .read_text("utf-8")
+    )
 
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")

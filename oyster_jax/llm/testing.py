@@ -53,6 +53,7 @@ class FakeOpenAIServer:
         self.latency = latency
         self.model = model
         self.requests: list[dict] = []  # every parsed request body, in arrival order
+        self.request_headers: list[dict] = []  # the matching HTTP headers (tests check auth handling)
         self.in_flight = 0
         self.peak_in_flight = 0
         self._lock = threading.Lock()
@@ -62,7 +63,7 @@ class FakeOpenAIServer:
 
     @property
     def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
+        host, port = self._address
         return f"http://{host}:{port}/v1"
 
     def start(self) -> FakeOpenAIServer:
@@ -117,6 +118,7 @@ class FakeOpenAIServer:
                     return
                 with server._lock:
                     server.requests.append(request)
+                    server.request_headers.append(dict(self.headers.items()))
                 try:
                     reply = server.handler(request)
                 except Exception as e:  # a broken script shows up as a 500 with the reason
@@ -140,6 +142,7 @@ class FakeOpenAIServer:
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
+        self._address = self._httpd.server_address[:2]  # kept after stop(): tests reuse it as a dead endpoint
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-openai", daemon=True)
         self._thread.start()
         return self

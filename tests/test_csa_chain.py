@@ -1,0 +1,184 @@
+"""Safety chain: tolerant parsing (English/Chinese keys, malformed, missing nodes), rendering, trust region."""
+
+import json
+
+import pytest
+
+from oyster_jax.csa import chain as C
+from oyster_jax.csa.judges import names_framework
+
+EN = """Let me think.
+```json
+{"User Needs Analysis": "Wants to sleep better; anxious.",
+ "Risk Intent Analysis": "inquiry; request for risky information",
+ "Safety Guidelines": "No overdose information; point to help.",
+ "Response Strategy Formulation": {"Safety Strategies": "withhold dosages; flag warning signs",
+                                   "Usefulness Strategies": "sleep hygiene tips; suggest a doctor"}}
+```
+Done."""
+
+ZH = """```json
+{"用户需求分析": "想改善睡眠，有些焦虑。",
+ "风险意图分析": "询问；风险信息请求",
+ "安全准则": "不提供过量用药信息。",
+ "回复策略制定": {"安全策略": "不给剂量；提示危险信号", "有用性策略": ["睡眠卫生建议", "建议就医"]}}
+```"""
+
+
+def test_parse_english():
+    c = C.parse_chain(EN)
+    assert c.user_needs == "Wants to sleep better; anxious."
+    assert c.risk_intent.startswith("inquiry") and c.has_risk
+    assert c.safety_strategies == ["withhold dosages", "flag warning signs"]
+    assert c.usefulness_strategies == ["sleep hygiene tips", "suggest a doctor"]
+
+
+def test_parse_chinese_keys_fullwidth_separator_and_list():
+    c = C.parse_chain(ZH)
+    assert c.user_needs == "想改善睡眠，有些焦虑。"
+    assert c.safety_strategies == ["不给剂量", "提示危险信号"]
+    assert c.usefulness_strategies == ["睡眠卫生建议", "建议就医"]
+    assert c.has_risk
+
+
+def test_flat_snake_case_keys_unfenced_with_braces_in_strings():
+    text = (
+        'The chain is {"user_needs": "Asks about {curly} things", "risk_intent": "", "safety_guidelines": "", '
+        '"safety_strategies": "", "usefulness_strategies": "explain clearly; give an example"} as requested.'
+    )
+    c = C.parse_chain(text)
+    assert c.user_needs == "Asks about {curly} things"
+    assert c.usefulness_strategies == ["explain clearly", "give an example"]
+    assert not c.has_risk
+
+
+def test_last_block_wins_and_repairs():
+    first = '```json\n{"User Needs Analysis": "old", "Response Strategy Formulation": "a"}\n```'
+    second = '```\n{"User Needs Analysis": "new", "Response Strategy Formulation": "b; c",}\n```'
+    c = C.parse_chain(first + "\nrevised:\n" + second)
+    assert c.user_needs == "new" and c.strategies == ["b", "c"]
+    # A broken last block is skipped in favour of an earlier valid one.
+    c2 = C.parse_chain(first + '\n```json\n{"User Needs Analysis": "x", \n```')
+    assert c2.user_needs == "old"
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("no json here at all", "no JSON object"),
+        ('```json\n{"User Needs Analysis": "x",, }\n```', "no fenced block holds a valid JSON object"),
+        ("```json\n[1, 2]\n```", "not a JSON object"),
+        ('{"foo": 1, "bar": 2}', "no chain keys"),
+        ('{"User Needs Analysis": "only needs"}', "no response strategy"),
+        ('{"Risk Intent Analysis": "x", "Safety Guidelines": "y"}', "neither"),
+        ("", "empty"),
+    ],
+)
+def test_malformed_and_missing_nodes_raise(text, match):
+    with pytest.raises(C.ChainParseError, match=match):
+        C.parse_chain(text)
+
+
+def test_missing_risk_nodes_collapse():
+    text = (
+        '{"User Needs Analysis": "Wants a recipe", "Response Strategy Formulation": '
+        '{"Safety Strategies": "none", "Usefulness Strategies": "give the recipe; add tips"}}'
+    )
+    c = C.parse_chain(text)
+    assert not c.has_risk
+    col = c.collapsed()
+    assert col.safety_strategies == [] and col.usefulness_strategies == ["give the recipe", "add tips"]
+    d = c.to_dict("en")
+    assert d == {"User Needs Analysis": "Wants a recipe", "Response Strategy Formulation": "give the recipe; add tips"}
+    # Risk intent present but guideline empty: still collapses (the rule needs both).
+    c2 = C.SafetyChain("n", "some risk", "", ["s1"], ["u1"])
+    assert not c2.has_risk and c2.to_dict("zh") == {"用户需求分析": "n", "回复策略制定": "s1; u1"}
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_render_json_round_trip(lang):
+    c = C.parse_chain(EN)
+    assert C.parse_chain(C.render_json(c, lang)) == c
+    col = C.SafetyChain(user_needs="n", usefulness_strategies=["a", "b"])
+    assert C.parse_chain(C.render_json(col, lang)) == col
+
+
+def test_render_prose_and_tagged():
+    c = C.parse_chain(EN)
+    prose = C.render_prose(c, "en")
+    for s in c.safety_strategies + c.usefulness_strategies:
+        assert s in prose
+    assert not names_framework(prose)
+    zh = C.render_prose(C.parse_chain(ZH), "zh")
+    assert "不给剂量" in zh and not names_framework(zh)
+    tagged = C.render_tagged(c)
+    assert "<safety_strategies>withhold dosages; flag warning signs</safety_strategies>" in tagged
+    assert C.render_tagged(C.SafetyChain("n", usefulness_strategies=["a"])) == (
+        "<user_needs>n</user_needs>\n<strategies>a</strategies>"
+    )
+
+
+def test_simhash():
+    assert C.simhash_similarity("explain the law", "explain the law") == 1.0
+    assert C.simhash("offer a hotline number") == C.simhash("offer a hotline number")
+    assert C.simhash("Explain the law.") == C.simhash("explain the law")  # normalization
+    near = C.simhash_similarity("explain the relevant law clearly", "explain the relevant laws clearly")
+    far = C.simhash_similarity("explain the relevant law clearly", "suggest calming breathing exercises")
+    assert near > far
+    assert 0.0 <= far <= 1.0
+
+
+def test_trust_region_accepts_small_changes():
+    old = ["refuse", "explain the law"]
+    merged, info = C.trust_region_merge(old, ["Refuse.", "explain the law", "offer resources"])
+    assert merged == ["Refuse.", "explain the law", "offer resources"]
+    assert info == {"accepted": True, "symmetric_difference": 1, "added": None}
+    merged, info = C.trust_region_merge(old, ["refuse", "point to a helpline"])  # 1 removed + 1 added = 2
+    assert info["accepted"] and merged == ["refuse", "point to a helpline"]
+
+
+def test_trust_region_keeps_common_and_most_novel():
+    # Hand-made similarity: 'alpha*' items resemble the old ones, 'zeta' does not.
+    sims = {"alpha2": 0.9, "alpha3": 0.8, "zeta": 0.1}
+    sim = lambda a, b: sims[a]
+    old = ["keep", "drop1", "drop2"]
+    new = ["keep", "alpha2", "alpha3", "zeta"]  # symmetric difference = 2 removed + 3 added = 5
+    merged, info = C.trust_region_merge(old, new, similarity=sim)
+    assert merged == ["keep", "zeta"]
+    assert info == {"accepted": False, "symmetric_difference": 5, "added": "zeta"}
+    # With the default SimHash similarity: a near-copy of an old item loses to a genuinely new one.
+    old = ["withhold the exact dosage numbers", "warn about overdose danger"]
+    new = ["withhold the exact dosage figures", "warn about the overdose dangers", "suggest a sleep diary"]
+    merged, info = C.trust_region_merge(old, new)
+    assert not info["accepted"] and merged == ["suggest a sleep diary"]
+
+
+def test_trust_region_from_empty_and_to_empty():
+    merged, info = C.trust_region_merge([], ["a", "b", "c"])
+    assert merged == ["a"] and info["added"] == "a" and not info["accepted"]
+    merged, info = C.trust_region_merge(["a", "b", "c"], [])
+    assert merged == [] and info["added"] is None
+
+
+def test_merge_chain_strategies():
+    old = C.SafetyChain("n", "r", "g", ["s1", "s2"], ["u1"])
+    new = C.SafetyChain("n2", "r2", "g2", ["s1", "s2", "s3"], ["x1", "x2", "x3"])
+    merged, info = C.merge_chain_strategies(
+        old, new, similarity=lambda a, b: {"x1": 0.5, "x2": 0.2, "x3": 0.9}.get(a, 0)
+    )
+    assert merged.user_needs == "n2" and merged.safety_guidelines == "g2"
+    assert merged.safety_strategies == ["s1", "s2", "s3"] and info["safety"]["accepted"]
+    assert merged.usefulness_strategies == ["x2"] and not info["usefulness"]["accepted"]
+    # Old chain collapsed, new chain has risk: the merged single list keeps the new split.
+    old_c = C.SafetyChain("n", usefulness_strategies=["a", "b"])
+    new_r = C.SafetyChain("n", "r", "g", ["a"], ["b", "c"])
+    merged, _ = C.merge_chain_strategies(old_c, new_r)
+    assert merged.has_risk and merged.safety_strategies == ["a"] and merged.usefulness_strategies == ["b", "c"]
+
+
+def test_json_dump_of_dict_is_valid():
+    c = C.parse_chain(ZH)
+    assert (
+        json.loads(json.dumps(c.to_dict("zh"), ensure_ascii=False))["回复策略制定"]["安全策略"]
+        == "不给剂量; 提示危险信号"
+    )

@@ -1,0 +1,138 @@
+"""OpenAICompatibleBackend against the scripted local server: retries, timeouts, errors, key handling, concurrency."""
+
+import asyncio
+import time
+
+import pytest
+
+from oyster_jax.llm import BackendError, OpenAICompatibleBackend, backend_from_spec, parse_spec
+from oyster_jax.llm.spec import SpecError
+from oyster_jax.llm.testing import FakeOpenAIServer, Reply
+
+MSG = [{"role": "user", "content": "hello"}]
+
+
+def _backend(server, **kw):
+    kw.setdefault("backoff_base", 0.01)
+    kw.setdefault("timeout", 2.0)
+    return OpenAICompatibleBackend(server.base_url, "m", **kw)
+
+
+def test_reasoning_fields_and_request_body():
+    replies = iter([Reply.chat("answer", reasoning="thought"), Reply.chat("<think>\nhmm\n</think>\n\nfinal")])
+    with FakeOpenAIServer(lambda r: next(replies)) as server:
+        b = _backend(server)
+        assert b.chat(MSG, temperature=0.0, max_tokens=7) == ("thought", "answer")
+        assert b.chat(MSG) == ("hmm", "final")
+        body = server.requests[0]
+        assert body["model"] == "m" and body["messages"] == MSG
+        assert body["temperature"] == 0.0 and body["max_tokens"] == 7
+        with pytest.raises(ValueError, match="unknown sampling"):
+            b.chat(MSG, temprature=1.0)
+
+
+def test_retries_then_success():
+    script = iter([Reply(status=500), Reply(status=429, headers={"Retry-After": "0"}), Reply(body="<html>oops"), "ok"])
+    with FakeOpenAIServer(lambda r: next(script)) as server:
+        b = _backend(server, max_retries=3)
+        assert b.chat(MSG) == ("", "ok")
+        assert len(server.requests) == 4 and b.retries == 3 and b.failures == 0
+
+
+def test_gives_up_after_max_retries_and_does_not_retry_4xx():
+    with FakeOpenAIServer(lambda r: Reply(status=503)) as server:
+        b = _backend(server, max_retries=2)
+        with pytest.raises(BackendError, match="HTTP 503.*3 attempts") as e:
+            b.chat(MSG)
+        assert e.value.retryable and e.value.status == 503 and len(server.requests) == 3
+    with FakeOpenAIServer(lambda r: Reply(status=400, body={"error": "bad"})) as server:
+        b = _backend(server, max_retries=5)
+        with pytest.raises(BackendError, match="HTTP 400") as e:
+            b.chat(MSG)
+        assert not e.value.retryable and len(server.requests) == 1
+
+
+def test_timeout_is_retried_then_fails():
+    with FakeOpenAIServer(lambda r: Reply(delay=5.0)) as server:
+        b = _backend(server, timeout=0.2, max_retries=1)
+        t0 = time.monotonic()
+        with pytest.raises(BackendError, match="timed out") as e:
+            b.chat(MSG)
+        assert e.value.retryable and len(server.requests) == 2
+        assert time.monotonic() - t0 < 3.0
+
+
+def test_garbage_and_dropped_connections_fail_cleanly():
+    for reply in (Reply(body="not json"), Reply(body={"choices": []}), Reply(drop_connection=True), Reply.chat(None)):
+        with FakeOpenAIServer(lambda r, reply=reply: reply) as server:
+            b = _backend(server, max_retries=1)
+            with pytest.raises(BackendError) as e:
+                b.chat(MSG)
+            assert e.value.retryable and len(server.requests) == 2
+
+
+def test_unreachable_endpoint():
+    with FakeOpenAIServer(lambda r: "x") as server:
+        url = server.base_url
+    b = OpenAICompatibleBackend(url, "m", backoff_base=0.01, max_retries=1, timeout=1.0)
+    with pytest.raises(BackendError, match="cannot reach|connection"):
+        b.chat(MSG)
+
+
+def test_api_key_only_from_env_and_never_shown(monkeypatch):
+    secret = "sk-test-SECRET-123"
+    monkeypatch.setenv("OYSTER_API_KEY", secret)
+    with FakeOpenAIServer(lambda r: Reply(status=401)) as server:
+        b = _backend(server)
+        assert secret not in repr(b)
+        with pytest.raises(BackendError) as e:
+            b.chat(MSG)
+        assert secret not in str(e.value)
+        assert server.request_headers[0]["Authorization"] == "Bearer " + secret
+    monkeypatch.delenv("OYSTER_API_KEY")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeOpenAIServer(lambda r: "ok") as server:
+        _backend(server).chat(MSG)
+        assert "Authorization" not in server.request_headers[0]
+
+
+def test_concurrency_limit():
+    async def fire(b, n):
+        return await asyncio.gather(*(b.achat(MSG) for _ in range(n)))
+
+    with FakeOpenAIServer(lambda r: "ok", latency=0.25) as server:
+        b = _backend(server, max_concurrency=4)
+        t0 = time.monotonic()
+        out = asyncio.run(fire(b, 12))
+        elapsed = time.monotonic() - t0
+        assert out == [("", "ok")] * 12
+        assert b.peak_in_flight == 4 and server.peak_in_flight >= 4
+        assert elapsed >= 3 * 0.25  # 12 requests, 4 at a time
+        b.close()
+    with FakeOpenAIServer(lambda r: "ok", latency=0.25) as server:
+        b = _backend(server, max_concurrency=16)
+        asyncio.run(fire(b, 12))
+        assert server.peak_in_flight > 4
+        b.close()
+
+
+def test_sync_chat_inside_loop_is_refused():
+    async def inner():
+        with FakeOpenAIServer(lambda r: "ok") as server:
+            with pytest.raises(RuntimeError, match="await achat"):
+                _backend(server).chat(MSG)
+
+    asyncio.run(inner())
+
+
+def test_specs():
+    assert parse_spec("openai:http://127.0.0.1:8000/v1#qwen3") == (
+        "openai",
+        {"base_url": "http://127.0.0.1:8000/v1", "model": "qwen3"},
+    )
+    assert parse_spec("local:/ckpt/dir") == ("local", {"ckpt": "/ckpt/dir"})
+    for bad in ("openai:http://x/v1", "openai:ftp://x#m", "local:", "hf:foo", "nonsense"):
+        with pytest.raises(SpecError):
+            parse_spec(bad)
+    b = backend_from_spec("openai:http://127.0.0.1:9/v1#m", max_concurrency=3, tokenizer="ignored")
+    assert isinstance(b, OpenAICompatibleBackend) and b.max_concurrency == 3
