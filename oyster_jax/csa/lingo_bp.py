@@ -529,8 +529,8 @@ def build_records(traj: dict, pairs: tuple[str, ...] = ("initial", "worst")) -> 
             "thinking": p["thinking"],
             "chain": p["chain"],
         }
-        if traj["risk"]["category_l1"] is not None:
-            rec["risk"] = dict(traj["risk"])
+        if all(traj["risk"].get(k) for k in ("level", "category_l1", "category_l2", "intent")):
+            rec["risk"] = dict(traj["risk"])  # the SFT schema wants every field; a partial assessment is left out
         if traj.get("persona") is not None:
             rec["persona"] = traj["persona"]
         rec["scores"] = _scores(p)
@@ -906,6 +906,7 @@ def _make_backends(args):
         "timeout": args.timeout,
         "max_retries": args.max_retries,
         "backoff_base": args.backoff,
+        "max_batch": args.concurrency,  # local backend: concurrent calls become one generation batch
     }
     built: dict[str, object] = {}
 

@@ -1,0 +1,226 @@
+"""`LocalJaxBackend`: our own JAX model behind the Backend protocol.
+
+    backend = LocalJaxBackend("runs/demo/ckpt", tokenizer="oyster_jax/data/seed/tokenizer.json")
+    thinking, answer = backend.chat([{"role": "user", "content": "hi"}], temperature=0.0, max_tokens=64)
+
+`ckpt` is an Orbax model checkpoint or trainer workdir (`convert.load_model`) or a Hugging Face directory
+(config.json + *.safetensors, `convert.from_hf`). The chat template is `oyster_jax.data.chat` (Qwen3
+ChatML by default); generation is `oyster_jax.infer.generate`. Concurrent `achat` calls are gathered into
+batches (same sampling settings, up to `max_batch`, waiting at most `batch_window_s` for company) and run
+one batch at a time on a single worker thread, so the engine's concurrency turns into batch size.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import pathlib
+import queue
+import threading
+import time
+
+from oyster_jax.llm.base import BackendError, BaseBackend, validate_messages
+
+__all__ = ["LocalJaxBackend"]
+
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "stop")
+
+
+@dataclasses.dataclass
+class _Request:
+    tokens: list[int]
+    key: tuple  # sampling settings; only requests with equal keys share a batch
+    future: concurrent.futures.Future
+
+
+class LocalJaxBackend(BaseBackend):
+    """Args:
+    ckpt: model checkpoint dir (Orbax `convert.save_model` layout, a trainer workdir) or a HF directory.
+    tokenizer: `tokenizer.json` file or a directory holding one; default: the one inside `ckpt`.
+    chat_format: 'chatml' (Qwen3) or 'deepseek_r1'.
+    max_new_tokens: default budget when a call gives no max_tokens.
+    max_batch / batch_window_s: micro-batching of concurrent calls.
+    cfg / params: pass an already loaded model instead of reading `ckpt` (tests, notebooks).
+    """
+
+    def __init__(
+        self,
+        ckpt: str | None = None,
+        tokenizer: str | None = None,
+        *,
+        chat_format: str = "chatml",
+        max_new_tokens: int = 512,
+        max_batch: int = 16,
+        batch_window_s: float = 0.02,
+        cfg=None,
+        params=None,
+        **generate_options,
+    ):
+        import tokenizers  # noqa: PLC0415
+
+        from oyster_jax.data import chat  # noqa: PLC0415
+
+        self._chat = chat
+        self.chat_format = chat.get_format(chat_format).name
+        if (cfg is None) != (params is None):
+            raise ValueError("pass both cfg and params, or neither (then ckpt is loaded)")
+        if cfg is None:
+            if not ckpt:
+                raise ValueError("LocalJaxBackend needs ckpt (or cfg and params)")
+            cfg, params = _load(pathlib.Path(ckpt))
+        self.cfg, self.params = cfg, params
+        tok_path = _find_tokenizer(tokenizer, ckpt)
+        self.tokenizer = tokenizers.Tokenizer.from_file(str(tok_path))
+        if self.tokenizer.get_vocab_size() > cfg.vocab_size:
+            raise ValueError(
+                f"{tok_path}: tokenizer has {self.tokenizer.get_vocab_size()} ids, the model only {cfg.vocab_size}"
+            )
+        self.name = f"local:{ckpt or '<in-memory>'}"
+        self.max_new_tokens = max_new_tokens
+        self.max_batch = max_batch
+        self.batch_window_s = batch_window_s
+        self.generate_options = generate_options
+        # End-of-turn markers that are single tokens stop inside the decode loop; others as stop strings.
+        self._eos_ids, self._stop_strings = [], []
+        for s in chat.stop_strings(self.chat_format):
+            tid = self.tokenizer.token_to_id(s)
+            (self._eos_ids.append(tid) if tid is not None else self._stop_strings.append(s))
+        if cfg.eos_token_id is not None:
+            ids = cfg.eos_token_id if isinstance(cfg.eos_token_id, (list, tuple)) else [cfg.eos_token_id]
+            self._eos_ids.extend(i for i in ids if i not in self._eos_ids)
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.batches = 0  # counters for tests and benchmarks
+        self.requests = 0
+
+    # --- tokens in, tokens out ---
+    def prompt_tokens(self, messages) -> list[int]:
+        text = self._chat.render_generation_prompt(validate_messages(messages), self.chat_format)
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=False)
+
+    def _generate(self, batch: list[_Request]) -> list[list[int]]:
+        from oyster_jax import infer  # noqa: PLC0415
+
+        temperature, top_p, top_k, max_tokens, seed, stop = batch[0].key
+        return infer.generate(
+            self.cfg,
+            self.params,
+            [r.tokens for r in batch],
+            max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_ids=self._eos_ids,
+            stop_strings=tuple(self._stop_strings) + tuple(stop),
+            decode_fn=self.decode,
+            seed=seed,
+            **self.generate_options,
+        )
+
+    # --- micro-batching worker ---
+    def _run_worker(self):
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, deferred = [first], []
+            deadline = time.monotonic() + self.batch_window_s
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    deferred.append(None)
+                    break
+                (batch if item.key == first.key else deferred).append(item)
+            for item in deferred:  # different settings: next round
+                self._queue.put(item)
+            try:
+                outputs = self._generate(batch)
+                self.batches += 1
+            except Exception as e:  # noqa: BLE001  (delivered to every caller of the batch)
+                for r in batch:
+                    r.future.set_exception(BackendError(f"local generation failed: {type(e).__name__}: {e}"))
+                continue
+            for r, out in zip(batch, outputs):
+                r.future.set_result(out)
+
+    def _submit(self, messages, sampling) -> concurrent.futures.Future:
+        unknown = set(sampling) - set(_SAMPLING_KEYS)
+        if unknown:
+            raise ValueError(f"unknown sampling keyword(s) {sorted(unknown)}; known: {list(_SAMPLING_KEYS)}")
+        stop = sampling.get("stop") or ()
+        key = (
+            float(sampling.get("temperature") or 0.0),
+            sampling.get("top_p"),
+            sampling.get("top_k"),
+            int(sampling.get("max_tokens") or self.max_new_tokens),
+            int(sampling.get("seed") or 0),
+            (stop,) if isinstance(stop, str) else tuple(stop),
+        )
+        tokens = self.prompt_tokens(messages)
+        if len(tokens) + key[3] > self.cfg.max_position_embeddings:
+            raise BackendError(
+                f"prompt of {len(tokens)} tokens + {key[3]} new exceeds the model's "
+                f"{self.cfg.max_position_embeddings} positions"
+            )
+        with self._lock:
+            if self._closed:
+                raise BackendError("LocalJaxBackend is closed")
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run_worker, name="oyster-local-gen", daemon=True)
+                self._worker.start()
+            self.requests += 1
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put(_Request(tokens, key, future))
+        return future
+
+    def _finish(self, new_tokens: list[int]) -> tuple[str, str]:
+        thinking, content = self._chat.split_thinking(self.decode(new_tokens), self.chat_format)
+        return thinking.strip(), content.strip()
+
+    async def achat(self, messages, **sampling) -> tuple[str, str]:
+        import asyncio  # noqa: PLC0415
+
+        future = self._submit(messages, sampling)
+        return self._finish(await asyncio.wrap_future(future))
+
+    def chat(self, messages, **sampling) -> tuple[str, str]:
+        return self._finish(self._submit(messages, sampling).result())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._worker is not None:
+                self._queue.put(None)
+
+
+def _find_tokenizer(tokenizer, ckpt) -> pathlib.Path:
+    candidates = []
+    if tokenizer:
+        p = pathlib.Path(tokenizer)
+        candidates.append(p / "tokenizer.json" if p.is_dir() else p)
+    elif ckpt:
+        p = pathlib.Path(ckpt)
+        candidates += [p / "tokenizer.json", p.parent / "tokenizer.json"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    where = ", ".join(map(str, candidates)) or "nowhere (no ckpt)"
+    raise FileNotFoundError(f"tokenizer.json not found (looked at {where}); pass tokenizer=PATH")
+
+
+def _load(path: pathlib.Path):
+    from oyster_jax import convert  # noqa: PLC0415
+
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return convert.from_hf(path)
+    return convert.load_model(path)

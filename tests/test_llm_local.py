@@ -1,0 +1,113 @@
+"""LocalJaxBackend on the tiny model: greedy output against a plain full-forward greedy loop, micro-batching,
+and one Lingo-BP run with our own model as the policy (judges scripted over HTTP)."""
+
+import asyncio
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from oyster_jax import convert, models
+from oyster_jax.csa import lingo_bp
+from oyster_jax.csa.scripted import ScriptedLingo
+from oyster_jax.data import SEED_DIR, chat
+from oyster_jax.llm import LocalJaxBackend, backend_from_spec
+from oyster_jax.llm.testing import FakeOpenAIServer
+
+NEW = 6
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    cfg = models.model_config_from_file("tiny", num_layers=2)
+    params = models.init_params(cfg, jax.random.key(0))
+    path = tmp_path_factory.mktemp("local") / "ckpt"
+    convert.save_model(path, cfg, params)
+    shutil.copy(SEED_DIR / "tokenizer.json", path / "tokenizer.json")  # no TensorFlow import
+    return path, cfg, params
+
+
+def _reference_greedy(cfg, params, prompt, n, eos_ids):
+    """Greedy decoding by re-running the full forward pass each step (no KV cache). The sequence is
+    right-padded to one fixed length (causal attention: padding after position t cannot change logits at t),
+    so there is a single compile."""
+    length = len(prompt) + n
+    forward = jax.jit(lambda toks: models.forward(cfg, params, toks))
+    tokens = list(prompt)
+    out = []
+    for _ in range(n):
+        padded = jnp.asarray([tokens + [0] * (length - len(tokens))], jnp.int32)
+        nxt = int(jnp.argmax(forward(padded)[0, len(tokens) - 1]))
+        out.append(nxt)
+        tokens.append(nxt)
+        if nxt in eos_ids:
+            break
+    return out
+
+
+def test_greedy_matches_full_forward_reference(ckpt):
+    path, cfg, params = ckpt
+    backend = backend_from_spec(f"local:{path}", max_new_tokens=NEW)
+    assert isinstance(backend, LocalJaxBackend)
+    try:
+        messages = [{"role": "user", "content": "How do I sleep better? 我睡不着。"}]
+        prompt = backend.prompt_tokens(messages)
+        text = chat.render_generation_prompt(messages, "chatml")
+        assert prompt[:1] == [backend.tokenizer.token_to_id("<|im_start|>")] and text.endswith("assistant\n")
+        want = _reference_greedy(cfg, params, prompt, NEW, backend._eos_ids)
+        got = backend._generate([type("R", (), {"tokens": prompt, "key": (0.0, None, None, NEW, 0, ())})()])[0]
+        assert got == want
+        expected = tuple(s.strip() for s in chat.split_thinking(backend.decode(want), "chatml"))
+        assert backend.chat(messages, temperature=0.0) == expected
+    finally:
+        backend.close()
+
+
+def test_concurrent_calls_are_batched_and_match_sequential(ckpt):
+    path, _, _ = ckpt
+    backend = LocalJaxBackend(str(path), max_new_tokens=NEW, batch_window_s=0.2)
+    # Different prompts in one length bucket (so the test compiles little), one of them in Chinese.
+    prompts = [[{"role": "user", "content": c}] for c in ("hello there", "how to cook rice well", "怎么煮米饭")]
+    try:
+        sequential = [backend.chat(m) for m in prompts]
+        batches_before = backend.batches
+
+        async def together():
+            return await asyncio.gather(*(backend.achat(m) for m in prompts))
+
+        assert asyncio.run(together()) == sequential
+        assert backend.batches == batches_before + 1  # all three in one batch
+        with pytest.raises(ValueError, match="unknown sampling"):
+            backend.chat(prompts[0], temprature=0.3)
+    finally:
+        backend.close()
+
+
+def test_missing_tokenizer_is_a_clear_error(ckpt, tmp_path):
+    _, cfg, params = ckpt
+    with pytest.raises(FileNotFoundError, match="tokenizer.json not found"):
+        LocalJaxBackend(str(tmp_path), cfg=cfg, params=params)
+
+
+def test_lingo_bp_with_local_policy(ckpt, tmp_path):
+    path, _, _ = ckpt
+    inp = tmp_path / "q.jsonl"
+    inp.write_text(json.dumps({"id": "l1", "query": "How do I do the thing?"}) + "\n")
+    out = tmp_path / "out"
+    with FakeOpenAIServer(ScriptedLingo()) as server:
+        judge = f"openai:{server.base_url}#scripted"
+        rc = lingo_bp.main(
+            ["--input", str(inp), "--policy", f"local:{path}", "--judge", judge, "--out", str(out), "--rounds", "1",
+             "--policy-sampling", "max_tokens=12", "--no-progress", "--backoff", "0.01"]
+        )  # fmt: skip
+        tasks = [r["messages"][0]["content"].splitlines()[0] for r in server.requests]
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed"] == 0 and summary["total"] == 1
+    (traj,) = [json.loads(x) for x in (out / "trajectories.jsonl").read_text().splitlines()]
+    assert len(traj["iterates"]) == 2 and all(it["response"] for it in traj["iterates"])
+    # The policy ran locally: no request to the HTTP server was a policy pass or a recombine.
+    assert not any(t.startswith("Answer the user's message below") for t in tasks)
+    assert not any(t == "How do I do the thing?" for t in tasks)
