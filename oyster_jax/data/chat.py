@@ -32,16 +32,19 @@ API (all functions take ``fmt``; default ``"chatml"``):
   content ``""``).
 - ``stop_strings(fmt)``: strings that end an assistant turn.
 
-Safety chain (the structured reasoning of the CSA method, see docs/csa_method.md §4) as a dict::
+Safety chain (the structured reasoning of the CSA method, docs/csa_method.md §4): the CSA engine's
+``oyster_jax.csa.chain.SafetyChain``, or a dict in its JSON form or in this snake_case form::
 
     {"user_needs": str, "risk_intent": str, "safety_guidelines": str,
      "safety_strategies": [str, ...], "usefulness_strategies": [str, ...]}
 
 An empty ``risk_intent`` or ``safety_guidelines`` means "no risk": the chain collapses to the needs and
-one merged strategy list. ``render_chain(chain, style, language)`` writes it into the thinking:
+one merged strategy list. ``render_chain(chain, style, language)`` writes it into the thinking (the
+config choice "how the chain appears"):
 
-- ``style="prose"``: natural sentences that do not name the framework (the trained model's thinking);
-- ``style="tagged"``: one labelled line per node (``[User Needs] ...``), parsed back by ``parse_chain``.
+- ``style="prose"``: compact natural sentences that do not name the framework (the default);
+- ``style="tagged"``: one ``<node>value</node>`` line per node (``csa.chain.render_tagged``), parsed back
+  by ``parse_chain``.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ __all__ = [
     "render_chain",
     "parse_chain",
     "validate_chain",
+    "normalize_chain",
     "CHAIN_KEYS",
 ]
 
@@ -345,33 +349,38 @@ def split_thinking(generated: str, fmt: str | ChatFormat = "chatml") -> tuple[st
 # ------------------------------------------------------------------------------------------------
 
 
-def validate_chain(chain) -> dict:
-    """Check a chain dict (see module docstring); returns it. Errors name the offending key."""
-    if not isinstance(chain, dict):
-        raise ChatFormatError(f"chain: expected a dict, got {type(chain).__name__}")
+def normalize_chain(chain) -> dict:
+    """A chain in canonical snake_case dict form (keys ``CHAIN_KEYS``).
+
+    Accepts this dict form, the CSA engine's JSON form (``SafetyChain.to_dict``: "User Needs Analysis",
+    ... or the Chinese keys), or a ``oyster_jax.csa.chain.SafetyChain``; parsing is delegated to
+    ``oyster_jax.csa.chain.chain_from_dict`` so the whole project reads chains one way.
+    """
+    from oyster_jax.csa import chain as csa_chain  # noqa: PLC0415  (stdlib-only module)
+
+    if isinstance(chain, csa_chain.SafetyChain):
+        parsed = chain
+    elif isinstance(chain, dict):
+        try:
+            parsed = csa_chain.chain_from_dict(chain)
+        except csa_chain.ChainParseError as e:
+            raise ChatFormatError(f"chain: {e}") from None
+    else:
+        raise ChatFormatError(f"chain: expected an object, got {type(chain).__name__}")
+    out = dataclasses.asdict(parsed)
     for key in ("user_needs", "risk_intent", "safety_guidelines"):
-        value = chain.get(key, "")
-        if not isinstance(value, str):
-            raise ChatFormatError(f"chain.{key}: expected a string, got {type(value).__name__}")
-        if "\n" in value:
-            raise ChatFormatError(f"chain.{key}: must be a single line")
-    if not chain.get("user_needs", "").strip():
-        raise ChatFormatError("chain.user_needs: must be a non-empty string")
-    for key in ("safety_strategies", "usefulness_strategies"):
-        value = chain.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-            raise ChatFormatError(f"chain.{key}: expected a list of strings")
-        for j, s in enumerate(value):
-            if "\n" in s or ";" in s or "|" in s:
-                raise ChatFormatError(f"chain.{key}[{j}]: must be one line without ';' or '|'")
-    unknown = set(chain) - set(CHAIN_KEYS)
-    if unknown:
-        raise ChatFormatError(f"chain: unknown keys {sorted(unknown)}; expected {CHAIN_KEYS}")
-    return chain
+        if not isinstance(out[key], str):
+            raise ChatFormatError(f"chain.{key}: expected a string, got {type(out[key]).__name__}")
+    return out
+
+
+def validate_chain(chain) -> dict:
+    """Check a chain (any form ``normalize_chain`` accepts); returns the normalized dict."""
+    return normalize_chain(chain)
 
 
 def _no_risk(chain: dict) -> bool:
-    return not chain.get("risk_intent", "").strip() or not chain.get("safety_guidelines", "").strip()
+    return not chain["risk_intent"].strip() or not chain["safety_guidelines"].strip()
 
 
 def _is_zh(language: str) -> bool:
@@ -387,77 +396,54 @@ def _join_en(items: Sequence[str]) -> str:
 
 def _sentence(text: str) -> str:
     text = text.strip()
-    return (
-        text if not text or text[-1] in ".!?。！？" else text + ("。" if re.search(r"[\u4e00-\u9fff]", text) else ".")
-    )
+    if not text or text[-1] in ".!?。！？":
+        return text
+    return text + ("。" if re.search(r"[\u4e00-\u9fff]", text) else ".")
 
 
-_TAGS = {
-    "user_needs": "[User Needs]",
-    "risk_intent": "[Risk Intent]",
-    "safety_guidelines": "[Safety Guidelines]",
-    "strategy": "[Response Strategy]",
-}
+def render_chain(chain, style: str = "prose", language: str = "en") -> str:
+    """The chain as thinking text.
 
-
-def render_chain(chain: dict, style: str = "prose", language: str = "en") -> str:
-    """The chain as thinking text. ``style``: "prose" (natural, framework not named) or "tagged"."""
-    validate_chain(chain)
-    safety = [s.strip() for s in chain.get("safety_strategies", []) if s.strip()]
-    useful = [s.strip() for s in chain.get("usefulness_strategies", []) if s.strip()]
-    zh = _is_zh(language)
+    ``style="prose"``: compact natural sentences (needs, risk, guideline, "So I will ...", "I will also
+    ..."), no node names. ``style="tagged"``: ``oyster_jax.csa.chain.render_tagged`` (one
+    ``<node>value</node>`` line per node; a no-risk chain has ``<user_needs>`` and ``<strategies>``).
+    """
+    c = normalize_chain(chain)
     if style == "tagged":
-        lines = [f"{_TAGS['user_needs']} {chain['user_needs'].strip()}"]
-        if _no_risk(chain):
-            lines.append(f"{_TAGS['strategy']} " + "; ".join(safety + useful))
-        else:
-            lines.append(f"{_TAGS['risk_intent']} {chain['risk_intent'].strip()}")
-            lines.append(f"{_TAGS['safety_guidelines']} {chain['safety_guidelines'].strip()}")
-            lines.append(f"{_TAGS['strategy']} safety: " + "; ".join(safety) + " | usefulness: " + "; ".join(useful))
-        return "\n".join(lines)
+        from oyster_jax.csa import chain as csa_chain  # noqa: PLC0415
+
+        return csa_chain.render_tagged(csa_chain.SafetyChain(**c))
     if style != "prose":
         raise ChatFormatError(f"chain style {style!r}: expected one of {CHAIN_STYLES}")
-    parts = [_sentence(chain["user_needs"])]
-    if _no_risk(chain):
+    safety = [s.strip() for s in c["safety_strategies"] if s.strip()]
+    useful = [s.strip() for s in c["usefulness_strategies"] if s.strip()]
+    zh = _is_zh(language)
+    parts = [_sentence(c["user_needs"])] if c["user_needs"].strip() else []
+    if _no_risk(c):
         merged = safety + useful
         if merged:
             parts.append(("所以我会" + "，".join(merged) + "。") if zh else f"So I will {_join_en(merged)}.")
     else:
-        parts.append(_sentence(chain["risk_intent"]))
-        parts.append(_sentence(chain["safety_guidelines"]))
-        if zh:
-            if safety:
-                parts.append("所以我会" + "，".join(safety) + "。")
-            if useful:
-                parts.append("同时我会" + "，".join(useful) + "。")
-        else:
-            if safety:
-                parts.append(f"So I will {_join_en(safety)}.")
-            if useful:
-                parts.append(f"I will also {_join_en(useful)}.")
+        parts.append(_sentence(c["risk_intent"]))
+        parts.append(_sentence(c["safety_guidelines"]))
+        if safety:
+            parts.append(("所以我会" + "，".join(safety) + "。") if zh else f"So I will {_join_en(safety)}.")
+        if useful:
+            parts.append(("同时我会" + "，".join(useful) + "。") if zh else f"I will also {_join_en(useful)}.")
     return ("" if zh else " ").join(parts)
 
 
+_TAG_LINE = re.compile(r"^<(\w+)>(.*)</\1>$")
+
+
 def parse_chain(thinking: str) -> dict:
-    """Inverse of ``render_chain(chain, "tagged")``. Prose is not parseable (it is lossy by design)."""
-    chain = {key: "" for key in CHAIN_KEYS[:3]}
-    chain["safety_strategies"], chain["usefulness_strategies"] = [], []
-    seen = set()
+    """Inverse of ``render_chain(chain, "tagged")`` (normalized dict). Prose is lossy and not parsed."""
+    nodes = {}
     for lineno, line in enumerate(thinking.strip().split("\n"), 1):
-        key = next((k for k, tag in _TAGS.items() if line.startswith(tag + " ") or line == tag), None)
-        if key is None:
-            raise ChatFormatError(f"tagged chain line {lineno}: no known tag in {line[:40]!r}")
-        value = line[len(_TAGS[key]) :].strip()
-        seen.add(key)
-        if key != "strategy":
-            chain[key] = value
-            continue
-        if value.startswith("safety:") and " | usefulness:" in value:
-            safety, useful = value[len("safety:") :].split(" | usefulness:", 1)
-            chain["safety_strategies"] = [s.strip() for s in safety.split(";") if s.strip()]
-            chain["usefulness_strategies"] = [s.strip() for s in useful.split(";") if s.strip()]
-        else:
-            chain["usefulness_strategies"] = [s.strip() for s in value.split(";") if s.strip()]
-    if "user_needs" not in seen or "strategy" not in seen:
-        raise ChatFormatError("tagged chain: needs at least '[User Needs]' and '[Response Strategy]' lines")
-    return chain
+        m = _TAG_LINE.match(line.strip())
+        if not m or m.group(1) not in (*CHAIN_KEYS, "strategies"):
+            raise ChatFormatError(f"tagged chain line {lineno}: expected '<node>value</node>', got {line[:40]!r}")
+        nodes[m.group(1)] = m.group(2)
+    if "strategies" in nodes:  # no-risk collapse: one merged list
+        nodes["usefulness_strategies"] = nodes.pop("strategies")
+    return normalize_chain(nodes)

@@ -6,10 +6,12 @@ ignored; ``id`` may be a string or an integer and is returned as a string; ids m
 - ``sft``: ``{id, language, messages: [{role, content}], thinking?, chain?, risk?, persona?}``
   ``messages`` is non-empty, roles in system/user/assistant, and the last message is the assistant
   turn to learn. ``thinking`` (str) is that last turn's reasoning; ``chain`` is the structured safety
-  chain (``oyster_jax.data.chat`` documents its keys); ``risk`` is
+  chain (snake_case dict or the CSA engine's JSON form, see ``oyster_jax.data.chat``); ``risk`` is
   ``{level: R0|R1|R2, category_l1, category_l2, intent}`` (strings); ``persona`` is a string or object.
 - ``pref``: ``{id, language, prompt_messages, chosen: {thinking, response}, rejected: {thinking,
-  response}, scores?}``; ``prompt_messages`` ends with a user turn; ``scores`` maps names to numbers.
+  response}, scores?}``; ``prompt_messages`` ends with a user turn; ``scores`` is an object of numbers
+  (nesting allowed: the Lingo-BP engine writes ``{"chosen": {...}, "rejected": {...}}``); ``chosen`` /
+  ``rejected`` may carry an optional ``chain``.
 - ``eval``: ``{id, language: en|cn, level: 1|2|3, attack_method, prompt}`` (the Strata-Sword layout).
 - ``constructive``: ``{id, profile, task, category, risk_level: R0|R1|R2, query}``.
 
@@ -114,13 +116,7 @@ def _check_sft(c: _Checker, r: dict):
     if not any(m["role"] == "user" for m in messages):
         c.fail("messages", "needs at least one user message")
     c.string(r, "thinking", required=False, nonempty=False)
-    chain = c.obj(r, "chain", required=False)
-    if chain is not None:
-        try:
-            validate_chain(chain)
-        except ChatFormatError as e:
-            field, _, reason = str(e).partition(": ")
-            c.fail(field, reason)
+    _check_chain(c, r)
     risk = c.obj(r, "risk", required=False)
     if risk is not None:
         c.choice(risk, "level", RISK_LEVELS, "risk.")
@@ -131,10 +127,32 @@ def _check_sft(c: _Checker, r: dict):
         c.fail("persona", f"expected a string or object, got {type(persona).__name__}")
 
 
+def _check_chain(c: _Checker, holder: dict, prefix: str = ""):
+    chain = c.obj(holder, "chain", prefix, required=False)
+    if chain is not None:
+        try:
+            validate_chain(chain)
+        except ChatFormatError as e:
+            field, _, reason = str(e).partition(": ")
+            c.fail(prefix + field, reason)
+
+
+def _check_scores(c: _Checker, value, name: str):
+    """Scores: numbers (or null), possibly nested in objects, e.g. {"chosen": {"sat": 1.0, "risk": 0}}."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _check_scores(c, inner, f"{name}.{key}")
+    elif value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+    ):
+        c.fail(name, f"expected a finite number, null or an object of them, got {value!r}")
+
+
 def _check_completion(c: _Checker, r: dict, key: str):
     completion = c.obj(r, key)
     c.string(completion, "thinking", f"{key}.", nonempty=False)
     c.string(completion, "response", f"{key}.")
+    _check_chain(c, completion, f"{key}.")
 
 
 def _check_pref(c: _Checker, r: dict):
@@ -146,9 +164,7 @@ def _check_pref(c: _Checker, r: dict):
     _check_completion(c, r, "rejected")
     scores = c.obj(r, "scores", required=False)
     if scores is not None:
-        for name, value in scores.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                c.fail(f"scores.{name}", f"expected a finite number, got {value!r}")
+        _check_scores(c, scores, "scores")
 
 
 def _check_eval(c: _Checker, r: dict):

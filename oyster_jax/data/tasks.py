@@ -396,8 +396,8 @@ def _register_builtins():
 class SftPackingConverter(seqio.FeatureConverter):
     """sft task features -> ``tokens, loss_weights, segment_ids, positions`` (packed when ``pack=True``).
 
-    Usage: ``seqio.get_dataset("oyster_csa_seed_sft", {"tokens": 512, "loss_weights": 512}, "train",
-    feature_converter=SftPackingConverter(pack=True))``.
+    Usage: ``seqio.get_dataset("oyster_csa_seed_sft", {"tokens": 512, "loss_weights": 512},
+    SftPackingConverter(pack=True), dataset_split="train")``.
     """
 
     TASK_FEATURES = {

@@ -433,10 +433,10 @@ def build_csa(seed: int = 0) -> dict[str, list[dict]]:
                     )
                     if split == "test":
                         held_out.append((ex, lang))
-    # ~40 constructive-benchmark-style items, evenly spread over the held-out examples.
-    step = max(1, len(held_out) // NUM_CONSTRUCTIVE_ITEMS)
-    for index, (ex, lang) in enumerate(held_out[::step][:NUM_CONSTRUCTIVE_ITEMS]):
-        out["constructive_items"].append(_constructive_item(ex, lang, index))
+    # 40 constructive-benchmark-style items drawn from the held-out examples (kept in generation order).
+    picks = sorted(random.Random(f"{seed}/constructive").sample(range(len(held_out)), NUM_CONSTRUCTIVE_ITEMS))
+    for index, pick in enumerate(picks):
+        out["constructive_items"].append(_constructive_item(*held_out[pick], index))
     return out
 
 
