@@ -7,7 +7,7 @@ new = infer.generate(cfg, params, prompts, 64, temperature=0.7, top_k=50, top_p=
 """
 
 from oyster_jax.infer.decoder import KVCache, decode, init_cache
-from oyster_jax.infer.generate import (
+from oyster_jax.infer.generation import (
     Generation,
     GenerationError,
     bucket_batch,

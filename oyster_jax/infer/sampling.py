@@ -1,7 +1,6 @@
 """Next-token choice: greedy, temperature, top-k, top-p (applied in that order, as `transformers` does).
 
-Sampling parameters are traced scalars, so changing them never recompiles; only "is there any filtering
-at all" is static (sorting a 150k vocabulary every step is not free).
+Sampling parameters are traced scalars, so changing them never recompiles.
 """
 
 from __future__ import annotations
@@ -40,17 +39,19 @@ def choose_tokens(
     logits: jax.Array,  # [B, V] float32
     keys: jax.Array,  # [B] PRNG keys
     temperature: jax.Array,  # float32 scalar; 0 = greedy
-    top_k: jax.Array,
-    top_p: jax.Array,
-    *,
-    sample: bool,  # static: False compiles greedy only
-    use_filter: bool,  # static: top-k / top-p present
+    top_k: jax.Array,  # int32 scalar; <= 0 = off
+    top_p: jax.Array,  # float32 scalar; >= 1 = off
 ) -> jax.Array:  # [B] int32
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    if not sample:
-        return greedy
-    scaled = logits / jnp.maximum(temperature, 1e-6)
-    if use_filter:
-        scaled = filter_logits(scaled, top_k, top_p)
-    sampled = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
-    return jnp.where(temperature > 0, sampled, greedy)
+    """Greedy when temperature is 0, else a sample. Branches are `lax.cond`s on traced scalars: one compiled
+    program serves every setting, and only the taken branch runs (no vocabulary sort when greedy)."""
+
+    def greedy(logits):
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def sample(logits):
+        scaled = logits / jnp.maximum(temperature, 1e-6)
+        filtering = (top_k > 0) | (top_p < 1)
+        scaled = jax.lax.cond(filtering, lambda x: filter_logits(x, top_k, top_p), lambda x: x, scaled)
+        return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, sample, greedy, logits)

@@ -74,8 +74,6 @@ class _Static:
     cfg: ModelConfig
     cache_len: int  # S = P + M
     max_new_bucket: int  # M
-    sample: bool
-    use_filter: bool
     pad_id: int
     mesh: Mesh | None
     rules: tuple | None
@@ -111,9 +109,7 @@ def _decode_attention_fn(name: str):
 
 def _choose(st: _Static, dyn: _Dynamic, logits, step):
     keys = row_keys(dyn.seed_key, dyn.rows, step)
-    return choose_tokens(
-        logits, keys, dyn.temperature, dyn.top_k, dyn.top_p, sample=st.sample, use_filter=st.use_filter
-    )
+    return choose_tokens(logits, keys, dyn.temperature, dyn.top_k, dyn.top_p)
 
 
 def _is_eos(tokens, eos):  # [B], [E] -> [B] bool
@@ -271,11 +267,8 @@ def generate_full(
         resolved_rules = resolve_rules(rules)
         params = shard_params(cfg, params, mesh, resolved_rules)
         multiple = mesh.shape["data"] * mesh.shape["fsdp"]
-    sample = temperature > 0
     st_common = dict(
         cfg=cfg,
-        sample=sample,
-        use_filter=sample and (top_k is not None or (top_p is not None and top_p < 1)),
         pad_id=pad_id,
         mesh=mesh,
         rules=resolved_rules,
