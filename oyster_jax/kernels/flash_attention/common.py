@@ -117,31 +117,34 @@ def _floordiv_nonneg(x, d: int):
 
 
 def kv_blocks_for_q_block(p: Problem, i, bq: int, bk: int):
-    """(full_end, end): key tiles [0, full_end) need no causal mask, [full_end, end) do; the rest are
-    invisible to every row of query tile i and are skipped."""
-    nk = p.kv_len_padded // bk
+    """(full_end, end): key tiles [0, full_end) need no position mask, [full_end, end) do; the rest hold
+    only keys that no real row of query tile i may see (hidden by the causal mask, or padding)."""
+    real_end = -(-p.kv_len // bk)  # tiles past this one hold padding only
     if not p.causal:
-        if p.mask_padded_keys:  # the last key tile holds padding keys
-            return nk - 1, nk
-        return nk, nk
+        if p.mask_padded_keys:  # tiles from S // bk on hold some padding keys
+            return p.kv_len // bk, real_end
+        return real_end, real_end
     off = p.causal_offset
-    end = jnp.minimum(_cdiv_nonneg(i * bq + bq + off, bk), nk)
+    end = jnp.minimum(_cdiv_nonneg(i * bq + bq + off, bk), real_end)
     full_end = jnp.minimum(_floordiv_nonneg(i * bq + off + 1, bk), end)
     return full_end, end
 
 
 def q_blocks_for_kv_block(p: Problem, j, bq: int, bk: int):
-    """(start, full_start): query tiles [start, full_start) need the mask, [full_start, nq) do not, and
-    tiles before `start` cannot see key tile j."""
-    nq = p.q_len_padded // bq
+    """(start, full_start, end): query tiles [start, full_start) need the position mask, [full_start, end)
+    do not; tiles before `start` cannot see key tile j and tiles from `end` on hold padding rows only
+    (whose output gradient is zero, so they contribute nothing)."""
+    end = -(-p.q_len // bq)
     if not p.causal:
         if p.mask_padded_keys:
-            # Only the last key tile holds padding keys: full_start = nq there, 0 elsewhere. Integer
-            # arithmetic rather than a select, which the Triton lowering mistypes for loop bounds.
-            nk = p.kv_len_padded // bk
-            return 0, (nq if nk == 1 else jax.lax.div(j, nk - 1) * nq)
-        return 0, 0
+            # Key tiles from S // bk on hold padding keys and need the mask against every query tile.
+            # Integer arithmetic rather than a select: the Triton lowering mistypes selects as loop bounds.
+            first_padded = p.kv_len // bk
+            if first_padded == 0:
+                return 0, end, end
+            return 0, jnp.minimum(jax.lax.div(j, first_padded), 1) * end, end
+        return 0, 0, end
     off = p.causal_offset
-    start = jnp.minimum(_floordiv_nonneg(j * bk - off, bq), nq)
-    full_start = jnp.maximum(jnp.minimum(_cdiv_nonneg(j * bk + bk - 1 - off, bq), nq), start)
-    return start, full_start
+    start = jnp.minimum(_floordiv_nonneg(j * bk - off, bq), end)
+    full_start = jnp.maximum(jnp.minimum(_cdiv_nonneg(j * bk + bk - 1 - off, bq), end), start)
+    return start, full_start, end

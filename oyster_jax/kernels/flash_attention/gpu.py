@@ -232,8 +232,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Probl
     k_pos = j * bk + jnp.arange(bk)
     k_seg = k_seg_ref[...] if p.has_segments else None
     qk_scale = p.sm_scale * LOG2_E
-    start, full_start = q_blocks_for_kv_block(p, j, bq, bk)
-    nq = p.q_len_padded // bq
+    start, full_start, end = q_blocks_for_kv_block(p, j, bq, bk)
 
     def tile(i, carry, g, position_mask):
         dk, dv = carry
@@ -255,7 +254,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Probl
 
     def head(g, carry):
         carry = jax.lax.fori_loop(start, full_start, functools.partial(tile, g=g, position_mask=True), carry)
-        return jax.lax.fori_loop(full_start, nq, functools.partial(tile, g=g, position_mask=False), carry)
+        return jax.lax.fori_loop(full_start, end, functools.partial(tile, g=g, position_mask=False), carry)
 
     zeros = jnp.zeros((bk, p.padded_head_dim), jnp.float32)
     dk, dv = jax.lax.fori_loop(0, p.group, head, (zeros, zeros))

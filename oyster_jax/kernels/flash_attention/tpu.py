@@ -270,8 +270,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Probl
         ds_t = probs_t * (dp_t - delta_ref[...])
         dk_scr[...] += _dot(ds_t.astype(q.dtype), q, _NN)
 
-    start, full_start = q_blocks_for_kv_block(p, j, bq, bk)
-    pl.when(i >= full_start)(lambda: tile(False))
+    start, full_start, end = q_blocks_for_kv_block(p, j, bq, bk)
+    pl.when((i >= full_start) & (i < end))(lambda: tile(False))
     if _needs_position_mask(p):
         pl.when((i >= start) & (i < full_start))(lambda: tile(True))
 
@@ -287,9 +287,9 @@ def backward_dkv(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
     K, Sp, G = p.kv_heads, p.kv_len_padded, p.group
     nq, nk = Tp // bq, Sp // bk
 
-    def q_tile(j, i):  # tiles before the first visible one re-use its index: no copy is issued
-        start, _ = q_blocks_for_kv_block(p, j, bq, bk)
-        return _clamp(i, start, nq - 1)
+    def q_tile(j, i):  # tiles outside [start, end) re-use the nearest visible one's index: no copy
+        start, _, end = q_blocks_for_kv_block(p, j, bq, bk)
+        return _clamp(i, jnp.minimum(start, end - 1), end - 1)
 
     q_spec = pl.BlockSpec((None, None, bq, H), lambda b, h, j, g, i: (b, h * G + g, q_tile(j, i), 0))
     kv_spec = pl.BlockSpec((None, None, bk, H), lambda b, h, j, g, i: (b, h, j, 0))

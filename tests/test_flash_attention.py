@@ -1,0 +1,214 @@
+"""Flash-attention kernels (interpret mode on CPU) against the pure-JAX reference: values and dq/dk/dv.
+
+Both kernel families run here: the Triton family under the generic Pallas interpreter and the Mosaic
+family under Pallas' TPU interpreter (which simulates VMEM, DMAs and the sequential grid). A third group
+lowers the real, non-interpreted kernels for CUDA and TPU, so that a kernel the Triton or Mosaic lowering
+rejects fails here rather than on the first accelerator run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+
+from oyster_jax.kernels import flash_attention
+from oyster_jax.kernels.flash_attention import attention_reference, flash_attention_with_style
+from tests.tolerances import KERNEL_BF16, KERNEL_F32
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    T: int
+    H: int  # head dim
+    N: int  # query heads
+    K: int  # kv heads
+    causal: bool
+    segments: str | None = None  # None | "packed" (three segments + padding in one row) | "ragged"
+    S: int | None = None  # key length when it differs from T
+    dtype: str = "float32"
+    B: int = 1
+    block_q: int | None = None
+    block_k: int | None = None
+
+    def __str__(self):
+        parts = [f"T{self.T}", f"S{self.S}" if self.S else "", f"H{self.H}", f"N{self.N}K{self.K}"]
+        parts += ["causal" if self.causal else "full", self.segments or "", self.dtype]
+        parts += [f"b{self.block_q}x{self.block_k}" if self.block_q else ""]
+        return "-".join(p for p in parts if p)
+
+
+def segment_ids(case: Case) -> np.ndarray | None:
+    """[B, T]: row 0 has three segments then padding; with B > 1 row 1 is one segment with padding
+    in the middle and at the end (a query whose whole segment is padding must give zeros)."""
+    if case.segments is None:
+        return None
+    T = case.T
+    a, b, pad = max(1, T // 3), max(1, T // 4), max(1, T // 8)
+    row0 = np.array([1] * a + [2] * b + [7] * (T - a - b - pad) + [0] * pad, np.int32)[:T]
+    rows = [row0]
+    for r in range(1, case.B):
+        row = np.full(T, 3 + r, np.int32)
+        row[T // 2 : T // 2 + max(1, T // 10)] = 0
+        row[-1] = 0
+        rows.append(row)
+    return np.stack(rows)
+
+
+def inputs(case: Case):
+    S = case.S or case.T
+    dtype = jnp.dtype(case.dtype)
+    kq, kk, kv, kd = jax.random.split(jax.random.PRNGKey(case.T * 131 + case.N * 7 + case.H), 4)
+    q = jax.random.normal(kq, (case.B, case.T, case.N, case.H), jnp.float32).astype(dtype)
+    k = jax.random.normal(kk, (case.B, S, case.K, case.H), jnp.float32).astype(dtype)
+    v = jax.random.normal(kv, (case.B, S, case.K, case.H), jnp.float32).astype(dtype)
+    d_out = jax.random.normal(kd, (case.B, case.T, case.N, case.H), jnp.float32).astype(dtype)
+    return q, k, v, d_out
+
+
+def check(case: Case, style: str):
+    q, k, v, d_out = inputs(case)
+    seg = segment_ids(case)
+    seg = None if seg is None else jnp.asarray(seg)
+
+    def kernel(q, k, v):
+        return flash_attention_with_style(
+            q, k, v, style=style, causal=case.causal, segment_ids=seg,
+            block_q=case.block_q, block_k=case.block_k, interpret=True,
+        )  # fmt: skip
+
+    def reference(q, k, v):
+        return attention_reference(q, k, v, causal=case.causal, segment_ids=seg)
+
+    @jax.jit
+    def values_and_grads(q, k, v, d_out):
+        out, vjp = jax.vjp(kernel, q, k, v)
+        # The reference sees the same (for bf16: already rounded) inputs, upcast: the exact answer.
+        up = [x.astype(jnp.float32) for x in (q, k, v, d_out)]
+        ref_out, ref_vjp = jax.vjp(reference, *up[:3])
+        return (out, *vjp(d_out)), (ref_out, *ref_vjp(up[3]))
+
+    got, want = values_and_grads(q, k, v, d_out)
+    tol = KERNEL_F32 if case.dtype == "float32" else KERNEL_BF16
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        assert g.dtype == q.dtype, (name, g.dtype)
+        assert g.shape == w.shape, (name, g.shape, w.shape)
+        g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+        assert np.all(np.isfinite(g)), f"{name}: non-finite values"
+        # |kernel - reference| <= tol + tol * |reference| elementwise (numpy's allclose with atol = rtol =
+        # tol): a bf16 result cannot be closer to the exact one than its own rounding, 2^-9 relative.
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=f"{case} [{style}] {name}")
+    if seg is not None:  # padding queries: exact zeros, and no gradient reaches them
+        pad = np.asarray(seg) == 0
+        assert np.all(np.asarray(got[0], np.float32)[pad] == 0.0)
+        assert np.all(np.asarray(got[1], np.float32)[pad] == 0.0)
+
+
+GPU_CASES = [
+    Case(T=1, H=64, N=1, K=1, causal=True),
+    Case(T=7, H=64, N=5, K=1, causal=True),  # odd T, GQA ratio 5
+    Case(T=7, H=128, N=2, K=2, causal=False, segments="packed", B=2),
+    Case(T=128, H=128, N=4, K=4, causal=False),
+    Case(T=128, H=64, N=8, K=2, causal=True, segments="packed", dtype="bfloat16"),
+    Case(T=200, H=64, N=4, K=2, causal=True, segments="packed", B=2),
+    Case(T=200, H=128, N=2, K=1, causal=False),  # padded key tile without segment ids
+    Case(T=200, H=64, N=10, K=2, causal=False, segments="packed"),  # GQA ratio 5, non-causal, packed
+    Case(T=513, H=64, N=2, K=1, causal=True, segments="packed", block_q=64, block_k=64),
+    Case(T=513, H=128, N=1, K=1, causal=True, dtype="bfloat16"),
+    Case(T=200, H=64, N=4, K=4, causal=True, block_q=32, block_k=16),  # many tiles, mixed diagonal
+    Case(T=7, S=200, H=64, N=2, K=1, causal=True),  # decoding-like: right-aligned causal mask
+    Case(T=200, S=7, H=64, N=2, K=2, causal=True),  # T > S: the first rows see no key at all
+    Case(T=7, S=130, H=128, N=4, K=1, causal=False, dtype="bfloat16"),
+]
+
+TPU_CASES = [
+    Case(T=7, H=64, N=5, K=1, causal=True),
+    Case(T=200, H=64, N=4, K=2, causal=True, segments="packed", B=2),
+    Case(T=200, H=128, N=2, K=1, causal=False),
+    Case(T=300, H=64, N=2, K=1, causal=True, block_q=128, block_k=128),  # several tiles, skipped tiles
+    Case(T=7, S=200, H=64, N=2, K=2, causal=True, dtype="bfloat16"),
+    Case(T=200, S=7, H=64, N=2, K=1, causal=True),
+]
+
+
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_triton_kernels_match_reference(case):
+    check(case, "gpu")
+
+
+@pytest.mark.parametrize("case", TPU_CASES, ids=str)
+def test_mosaic_kernels_match_reference(case):
+    check(case, "tpu")
+
+
+def test_public_entry_point_on_cpu_interprets_and_defaults_scale():
+    case = Case(T=9, H=64, N=2, K=1, causal=True)
+    q, k, v, _ = inputs(case)
+    out = flash_attention(q, k, v)  # interpret is forced on CPU, sm_scale = 1/sqrt(64)
+    want = attention_reference(q, k, v, sm_scale=0.125)
+    assert np.max(np.abs(np.asarray(out - want))) <= KERNEL_F32
+    other = flash_attention(q, k, v, sm_scale=0.3, causal=False)
+    want = attention_reference(q, k, v, sm_scale=0.3, causal=False)
+    assert np.max(np.abs(np.asarray(other - want))) <= KERNEL_F32
+
+
+def test_reference_matches_hand_computed_softmax():
+    """The reference itself, against numpy on a 3-token example with two segments and padding."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 4, 1, 2)).astype(np.float32) for _ in range(3))
+    seg = np.array([[1, 1, 2, 0]], np.int32)
+    out = np.asarray(attention_reference(q, k, v, causal=True, segment_ids=seg, sm_scale=0.5))
+    visible = {0: [0], 1: [0, 1], 2: [2], 3: []}
+    for t, keys in visible.items():
+        if not keys:
+            np.testing.assert_array_equal(out[0, t, 0], 0.0)
+            continue
+        logits = np.array([q[0, t, 0] @ k[0, s, 0] * 0.5 for s in keys])
+        w = np.exp(logits - logits.max())
+        w /= w.sum()
+        np.testing.assert_allclose(out[0, t, 0], w @ v[0, keys, 0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(q=(1, 8, 3, 64), k=(1, 8, 2, 64)), "multiple of k/v heads"),
+        (dict(q=(1, 8, 2, 64), k=(1, 8, 2, 32)), "head_dim"),
+        (dict(q=(1, 8, 2, 64), k=(1, 9, 2, 64), seg=(1, 8)), "T == S"),
+        (dict(q=(1, 8, 2, 64), k=(1, 8, 2, 64), seg=(2, 8)), "segment_ids must be"),
+        (dict(q=(8, 2, 64), k=(1, 8, 2, 64)), "q must be"),
+    ],
+)
+def test_bad_input_names_the_tensor(bad, message):
+    q = jnp.zeros(bad["q"])
+    k = jnp.zeros(bad["k"])
+    seg = jnp.ones(bad["seg"], jnp.int32) if "seg" in bad else None
+    with pytest.raises(ValueError, match=message):
+        flash_attention(q, k, k, segment_ids=seg)
+
+
+@pytest.mark.parametrize("style, platform", [("gpu", "cuda"), ("tpu", "tpu")])
+@pytest.mark.parametrize("causal, with_segments", [(True, True), (False, False)])
+def test_real_kernels_lower_for_accelerators(style, platform, causal, with_segments):
+    """Lower forward + backward of the non-interpreted kernels (Triton IR / Mosaic MLIR) on this host."""
+    T, N, K, H = 1100, 8, 2, 128  # padded head-major length 1152: not a power of two
+
+    def loss(q, k, v, seg):
+        out = flash_attention_with_style(
+            q, k, v, style=style, causal=causal, segment_ids=seg if with_segments else None
+        )
+        return jnp.sum(out.astype(jnp.float32))
+
+    bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+    exported = export.export(
+        jax.jit(jax.grad(loss, argnums=(0, 1, 2))),
+        platforms=[platform],
+        disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(bf16(2, T, N, H), bf16(2, T, K, H), bf16(2, T, K, H), jax.ShapeDtypeStruct((2, T), jnp.int32))
+    text = exported.mlir_module()
+    for kernel in ("oyster_flash_fwd", "oyster_flash_dq", "oyster_flash_dkv"):
+        assert kernel in text, f"{kernel} missing from the {platform} lowering"
