@@ -305,3 +305,13 @@ def test_build_records_selection_rules():
     sft, pairs = lingo_bp.build_records(t)
     assert sft == [] and pairs == [] and t["pearl_index"] is None and t["outcome"] == "unchanged"
     assert t["after"]["round"] == 0  # best by Π when nothing is safe
+
+
+def test_throughput_tool_smoke(capsys):
+    from oyster_jax.csa import throughput  # noqa: PLC0415
+
+    assert throughput.main(["--queries", "8", "--concurrency", "1,4", "--latency", "0.02", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["concurrency"] for r in results] == [1, 4]
+    assert all(r["finished"] == 8 and r["requests"] == 8 * 9 for r in results)
+    assert results[0]["peak_in_flight"] == 1 and results[1]["peak_in_flight"] == 4

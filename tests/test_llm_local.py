@@ -29,12 +29,23 @@ def ckpt(tmp_path_factory):
     return path, cfg, params
 
 
+REF_LENGTH = 64  # one padded length for every reference call: a single compile for the whole module
+_FORWARD = {}
+
+
+def _jitted_forward(cfg, params):
+    if id(params) not in _FORWARD:
+        _FORWARD[id(params)] = jax.jit(lambda toks: models.forward(cfg, params, toks))
+    return _FORWARD[id(params)]
+
+
 def _reference_greedy(cfg, params, prompt, n, eos_ids):
     """Greedy decoding by re-running the full forward pass each step (no KV cache). The sequence is
     right-padded to one fixed length (causal attention: padding after position t cannot change logits at t),
     so there is a single compile."""
-    length = len(prompt) + n
-    forward = jax.jit(lambda toks: models.forward(cfg, params, toks))
+    length = REF_LENGTH
+    assert len(prompt) + n <= length
+    forward = _jitted_forward(cfg, params)
     tokens = list(prompt)
     out = []
     for _ in range(n):
@@ -65,20 +76,23 @@ def test_greedy_matches_full_forward_reference(ckpt):
         backend.close()
 
 
-def test_concurrent_calls_are_batched_and_match_sequential(ckpt):
-    path, _, _ = ckpt
-    backend = LocalJaxBackend(str(path), max_new_tokens=NEW, batch_window_s=0.2)
-    # Different prompts in one length bucket (so the test compiles little), one of them in Chinese.
-    prompts = [[{"role": "user", "content": c}] for c in ("hello there", "how to cook rice well", "怎么煮米饭")]
+def test_concurrent_calls_are_batched_and_match_reference(ckpt):
+    path, cfg, params = ckpt
+    backend = LocalJaxBackend(str(path), max_new_tokens=NEW, batch_window_s=0.5)
+    # Prompts of different lengths (left-padded inside the batch), one of them in Chinese.
+    prompts = [
+        [{"role": "user", "content": c}] for c in ("hi", "how should I cook rice so it is not sticky?", "怎么煮米饭")
+    ]
     try:
-        sequential = [backend.chat(m) for m in prompts]
-        batches_before = backend.batches
 
         async def together():
             return await asyncio.gather(*(backend.achat(m) for m in prompts))
 
-        assert asyncio.run(together()) == sequential
-        assert backend.batches == batches_before + 1  # all three in one batch
+        got = asyncio.run(together())
+        assert backend.batches == 1 and backend.requests == 3  # all three in one generation batch
+        for m, out in zip(prompts, got):
+            ref = _reference_greedy(cfg, params, backend.prompt_tokens(m), NEW, backend._eos_ids)
+            assert out == tuple(x.strip() for x in chat.split_thinking(backend.decode(ref), "chatml"))
         with pytest.raises(ValueError, match="unknown sampling"):
             backend.chat(prompts[0], temprature=0.3)
     finally:

@@ -36,7 +36,8 @@ written last, after the query's SFT and pair lines, so it marks the query as fin
 
 Exit status: 0 when the run completed, even if some or all queries failed (see summary.json "failed");
 2 for bad input (arguments, input file, SPEC, rules file: the message names file, line and field);
-130 when interrupted (finished queries are kept; rerun to resume); 1 for an internal error.
+130 when interrupted (finished queries are kept and the summary is written, with the queries not yet
+reached counted as failed; rerun to resume); 1 for an internal error.
 """
 
 from __future__ import annotations
@@ -777,13 +778,15 @@ class RunResult:
         return 60.0 * self.processed / self.elapsed_s if self.elapsed_s > 0 else math.nan
 
 
-async def _run_async(engine: Engine, queries: list[Query], store: OutputStore, concurrency: int, progress: bool):
+async def _run_async(
+    engine: Engine, queries: list[Query], store: OutputStore, concurrency: int, progress: bool, state: dict
+):
+    """Process unfinished queries; `state` ('failures', 'processed') stays valid if the run is interrupted."""
     pending = [q for q in queries if q.id not in store.finished]
     queue: asyncio.Queue = asyncio.Queue()
     for q in pending:
         queue.put_nowait(q)
-    failures: dict[str, QueryFailed] = {}
-    processed = [0]
+    failures: dict[str, QueryFailed] = state["failures"]
     reported_internal = [False]
     bar = None
     if progress:
@@ -809,7 +812,7 @@ async def _run_async(engine: Engine, queries: list[Query], store: OutputStore, c
             else:
                 sft, pairs = build_records(traj, engine.config.pairs)
                 store.commit(traj, sft, pairs)
-            processed[0] += 1
+            state["processed"] += 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(failed=len(failures), refresh=False)
@@ -819,7 +822,6 @@ async def _run_async(engine: Engine, queries: list[Query], store: OutputStore, c
     finally:
         if bar is not None:
             bar.close()
-    return failures, processed[0]
 
 
 def run(
@@ -836,21 +838,20 @@ def run(
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     t0 = time.monotonic()
-    failures: dict = {}
-    processed = 0
+    state = {"failures": {}, "processed": 0}
     interrupted = False
     with OutputStore(out_dir, fsync=fsync) as store:
         try:
-            failures, processed = asyncio.run(_run_async(engine, queries, store, concurrency, progress))
+            asyncio.run(_run_async(engine, queries, store, concurrency, progress, state))
         except KeyboardInterrupt:
             interrupted = True
         elapsed = time.monotonic() - t0
-        summary = compute_summary(queries, store, failures)
+        summary = compute_summary(queries, store, state["failures"])
         _atomic_write(store.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
         if plot:
             ids = {q.id for q in queries}
             plot_pearl_point([d for i, d in store.finished.items() if i in ids], store.dir / "pearl_point.png")
-    return RunResult(summary, processed, failures, elapsed, interrupted)
+    return RunResult(summary, state["processed"], state["failures"], elapsed, interrupted)
 
 
 def _sampling_arg(text: str) -> dict:
@@ -990,4 +991,11 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        # HTTP worker threads may still be waiting on sockets; everything is already on disk, so do not
+        # wait for them at interpreter exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

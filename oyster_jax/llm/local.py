@@ -165,11 +165,13 @@ class LocalJaxBackend(BaseBackend):
             (stop,) if isinstance(stop, str) else tuple(stop),
         )
         tokens = self.prompt_tokens(messages)
-        if len(tokens) + key[3] > self.cfg.max_position_embeddings:
+        room = self.cfg.max_position_embeddings - len(tokens)
+        if room <= 0:
             raise BackendError(
-                f"prompt of {len(tokens)} tokens + {key[3]} new exceeds the model's "
-                f"{self.cfg.max_position_embeddings} positions"
+                f"prompt of {len(tokens)} tokens does not fit the model's {self.cfg.max_position_embeddings} positions"
             )
+        if key[3] > room:  # a generous default budget must not fail small models: generate what fits
+            key = key[:3] + (room,) + key[4:]
         with self._lock:
             if self._closed:
                 raise BackendError("LocalJaxBackend is closed")
