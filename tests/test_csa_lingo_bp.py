@@ -207,6 +207,10 @@ def test_bad_spec_exit_status(tmp_path, capsys):
     inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
     rc = lingo_bp.main(["--input", str(inp), "--policy", "gpt4", "--judge", "openai:http://x/v1#m", "--out", "o"])
     assert rc == lingo_bp.EXIT_BAD_INPUT and "bad backend SPEC 'gpt4'" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    spec = "openai:http://127.0.0.1:9/v1#m"
+    rc = lingo_bp.main(["--input", str(inp), "--policy", spec, "--judge", spec, "--out", str(tmp_path / "file")])
+    assert rc == lingo_bp.EXIT_BAD_INPUT and "is not a directory" in capsys.readouterr().err
 
 
 def test_resume_skips_finished_and_retries_failed(tmp_path):

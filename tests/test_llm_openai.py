@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from oyster_jax.llm import BackendError, OpenAICompatibleBackend, backend_from_spec, parse_spec
+from oyster_jax.llm import Backend, BackendError, OpenAICompatibleBackend, backend_from_spec, parse_spec
 from oyster_jax.llm.spec import SpecError
 from oyster_jax.llm.testing import FakeOpenAIServer, Reply
 
@@ -136,3 +136,4 @@ def test_specs():
             parse_spec(bad)
     b = backend_from_spec("openai:http://127.0.0.1:9/v1#m", max_concurrency=3, tokenizer="ignored")
     assert isinstance(b, OpenAICompatibleBackend) and b.max_concurrency == 3
+    assert isinstance(b, Backend)  # the protocol

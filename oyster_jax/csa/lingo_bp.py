@@ -927,6 +927,8 @@ def main(argv=None) -> int:
     try:
         if args.rounds < 0 or args.concurrency < 1 or args.judge_retries < 0:
             raise InputError("--rounds and --judge-retries must be >= 0 and --concurrency >= 1")
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise InputError(f"--out {args.out}: exists and is not a directory")
         specs = [args.policy, args.judge] + ([args.optimizer] if args.optimizer else [])
         kinds = [parse_spec(s)[0] for s in specs]
         queries = read_queries(args.input, args.language)
