@@ -3,25 +3,14 @@
 `python -m oyster_jax.tools.aot --config configs/models/qwen3_1_7b.py --mesh data=1,fsdp=-1,tensor=1`.
 """
 
-import ml_collections
+from configs.models._qwen3 import qwen3_config
 
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.arch = "qwen3"
-    c.vocab_size = 151936
-    c.hidden_size = 2048
-    c.intermediate_size = 6144
-    c.num_layers = 28
-    c.num_heads = 16
-    c.num_kv_heads = 8
-    c.head_dim = 128
-    c.rms_norm_eps = 1e-6
-    c.rope_theta = 1_000_000.0
-    c.max_position_embeddings = 40960
-    c.tie_word_embeddings = True
-    c.qkv_bias = False
-    c.qk_norm = True
-    c.bos_token_id = 151643
-    c.eos_token_id = 151645
-    return c
+def get_config():
+    return qwen3_config(
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_layers=28,
+        num_heads=16,
+        tie_word_embeddings=True,
+    )

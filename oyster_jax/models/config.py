@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import sys
 from typing import Any
 
 # HF `architectures[0]` -> our architecture family. Everything else is refused with a clear error.
@@ -220,39 +221,25 @@ class ModelConfig:
         return d
 
     # ----------------------------------------------------------------------------------------------
+    def _layer_matmul_params(self) -> int:
+        D, F, N, K, H = self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads, self.head_dim
+        return 2 * D * N * H + 2 * D * K * H + 3 * D * F  # q, o; k, v; gate, up, down
+
     def num_params(self) -> int:
-        D, F, N, K, H, V, L = (
-            self.hidden_size,
-            self.intermediate_size,
-            self.num_heads,
-            self.num_kv_heads,
-            self.head_dim,
-            self.vocab_size,
-            self.num_layers,
-        )
-        attn = D * N * H * 2 + D * K * H * 2 + (N * H + 2 * K * H if self.qkv_bias else 0)
-        attn += 2 * H if self.qk_norm else 0
-        attn += D if self.o_bias else 0
-        per_layer = attn + 3 * D * F + 2 * D
-        embed = V * D * (1 if self.tie_word_embeddings else 2)
-        return L * per_layer + embed + D
+        D, N, K, H = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+        small = 2 * D  # the two layer norms
+        small += N * H + 2 * K * H if self.qkv_bias else 0
+        small += 2 * H if self.qk_norm else 0
+        small += D if self.o_bias else 0
+        embed = self.vocab_size * D * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * (self._layer_matmul_params() + small) + embed + D
 
     def flops_per_token(self, seq_len: int, causal: bool = True) -> float:
         """Training FLOPs per token (forward + backward = 3x forward), attention counted causal-aware."""
-        D, F, N, K, H, V, L = (
-            self.hidden_size,
-            self.intermediate_size,
-            self.num_heads,
-            self.num_kv_heads,
-            self.head_dim,
-            self.vocab_size,
-            self.num_layers,
-        )
-        matmul_params = L * (D * N * H * 2 + D * K * H * 2 + 3 * D * F) + V * D
-        dense = 2 * matmul_params
+        dense = 2 * (self.num_layers * self._layer_matmul_params() + self.vocab_size * self.hidden_size)
         # QK^T and PV: 2 matmuls x 2 FLOPs x N*H per key; a causal token sees (T+1)/2 keys on average.
         keys = (seq_len + 1) / 2 if causal else seq_len
-        attn = L * 4 * N * H * keys
+        attn = self.num_layers * 4 * self.num_heads * self.head_dim * keys
         return 3.0 * (dense + attn)
 
 
@@ -264,9 +251,14 @@ def dtype_of(name: str):
 
 def load_config_module(path: str | os.PathLike):
     """Import an ml_collections config file (`configs/.../x.py`) and return its `get_config()`."""
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).resolve()
     if not path.exists():
         raise FileNotFoundError(f"{path}: config file not found")
+    # Config files import shared pieces as `configs.<...>`: make the folder above `configs/` importable.
+    for parent in path.parents:
+        if parent.name == "configs" and str(parent.parent) not in sys.path:
+            sys.path.insert(0, str(parent.parent))
+            break
     spec = importlib.util.spec_from_file_location(f"_oyster_cfg_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
