@@ -209,3 +209,12 @@ def test_bad_arguments_are_named(tiny):
         infer.generate(cfg, params, [[1]], 4, temperature=1.0, top_p=1.5)
     with pytest.raises(infer.GenerationError, match="decode_fn"):
         infer.generate(cfg, params, [[1]], 4, stop_strings=["x"])
+
+
+def test_rows_are_grouped_by_length_under_a_token_budget():
+    group = gen_mod._group_rows
+    assert group([5, 9, 3], None, 65536) == [[0, 1, 2]]  # fits: one call, original order
+    assert group([5, 9, 3, 7], 2, None) == [[2, 0], [3, 1]]  # sorted by length, 2 per call
+    # 2 rows x bucket 1024 = 2048 tokens fit; a third long row would make it 4 x 1024
+    assert group([1000, 10, 900, 20], None, 2048) == [[1, 3], [2, 0]]
+    assert group([3000], None, 1024) == [[0]]  # a single row always runs

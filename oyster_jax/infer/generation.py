@@ -228,6 +228,29 @@ def _first_stop(tokens: list[int], stop_strings: Sequence[str], decode_fn) -> tu
     return lo, found
 
 
+def _group_rows(lengths: list[int], batch_size: int | None, max_batch_tokens: int | None) -> list[list[int]]:
+    """Row indices per compiled call. One call when it fits; otherwise rows sorted by length (less padding)
+    and packed so that each call has <= batch_size rows and a padded prefill of <= max_batch_tokens
+    tokens (the prefill's attention scores grow with that)."""
+    n = len(lengths)
+
+    def fits(count: int, longest: int) -> bool:
+        if batch_size is not None and count > batch_size:
+            return False
+        return max_batch_tokens is None or bucket_batch(count) * bucket_length(longest) <= max_batch_tokens
+
+    if fits(n, max(lengths)):
+        return [list(range(n))]
+    groups, current = [], []
+    for i in sorted(range(n), key=lambda i: lengths[i]):
+        if current and not fits(len(current) + 1, lengths[i]):
+            groups.append(current)
+            current = []
+        current.append(i)
+    groups.append(current)
+    return groups
+
+
 def generate_full(
     cfg: ModelConfig,
     params,
@@ -247,6 +270,7 @@ def generate_full(
     rules=None,
     decode_attention: str = "xla",
     stop_check_every: int = 16,
+    max_batch_tokens: int | None = 65536,
 ) -> list[Generation]:
     """Like `generate`, with the finish reason of every row."""
     _validate(cfg, prompt_tokens, max_new_tokens, temperature, top_k, top_p, stop_strings, decode_fn)
@@ -254,11 +278,7 @@ def generate_full(
     if not prompts:
         return []
     eos = _eos_list(cfg, eos_ids)
-    if batch_size is None or batch_size >= len(prompts):
-        groups = [list(range(len(prompts)))]
-    else:  # similar lengths together: less padding
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    groups = _group_rows([len(p) for p in prompts], batch_size, max_batch_tokens)
     resolved_rules = None
     multiple = 1
     if mesh is not None:
@@ -385,8 +405,8 @@ def generate(
     """New tokens for each prompt (the EOS token, or the one completing a stop string, included).
 
     `eos_ids` None uses `cfg.eos_token_id`; pass [] for none. Keyword options (see `generate_full`):
-    `batch_size` (split and length-sort large lists), `pad_id`, `mesh` / `rules` (shard like training),
-    `decode_attention` ("xla" | "pallas"), `stop_check_every`.
+    `batch_size` / `max_batch_tokens` (split a large list into length-sorted calls), `pad_id`,
+    `mesh` / `rules` (shard like training), `decode_attention` ("xla" | "pallas"), `stop_check_every`.
     """
     return [
         g.tokens
