@@ -1,0 +1,94 @@
+"""Train: `python -m oyster_jax.main --config configs/experiments/<exp>.py --workdir W [--config.key=value ...]`.
+
+Runs the stages in `config.stages` ("sft", "pref" or "sft,pref") in W; rerunning the same command after a
+crash, a SIGKILL or a SIGTERM continues from the newest good checkpoint. Examples:
+
+    python -m oyster_jax.main --config configs/experiments/tiny_csa.py --workdir runs/tiny
+    python -m oyster_jax.main --config configs/experiments/tiny_csa.py --workdir runs/tiny \\
+        --config.stages=pref --config.pref.loss=dpo --config.init_from=runs/tiny/sft
+
+Exit codes: 0 done; 2 bad config or input; 3 non-finite loss; 143 stopped by SIGTERM (checkpoint saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow (data pipeline) must never take accelerators
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    """Our flags plus every `--config.a.b=value` (or `--config.a.b value`) override, in order."""
+    parser = argparse.ArgumentParser(prog="python -m oyster_jax.main", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="configs/experiments/<exp>.py")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics and plots go here")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs only)")
+    overrides: dict[str, str] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            key, eq, value = arg[len("--config.") :].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    parser.error(f"{arg}: missing value")
+                value = argv[i + 1]
+                i += 1
+            overrides[key] = value
+        else:
+            rest.append(arg)
+        i += 1
+    return parser.parse_args(rest), overrides
+
+
+def build_config(config_path: str, overrides: dict[str, str]):
+    from oyster_jax.train import config as config_lib
+
+    config = config_lib.load_experiment(config_path)
+    config_lib.apply_overrides(config, overrides)
+    config_lib.validate(config)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from oyster_jax.models.config import ConfigError
+    from oyster_jax.train import TrainingError, train
+    from oyster_jax.train.batches import DataError
+    from oyster_jax.train.trainer import NonFiniteLossError
+
+    try:
+        config = build_config(args.config, overrides)
+        results = train(config, args.workdir, progress=not args.no_progress)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, r in results.items():
+        loss = r.final_metrics.get("loss")
+        loss_text = f"{loss:.4f}" if loss is not None else "n/a"
+        print(
+            f"{name}: {r.stopped} at step {r.final_step}, loss {loss_text}, {r.wall_seconds:.0f}s; "
+            f"checkpoints in {os.path.join(args.workdir, name, 'checkpoints')}"
+        )
+    if any(r.stopped == "sigterm" for r in results.values()):
+        print("stopped by SIGTERM after saving a checkpoint; rerun the same command to continue", file=sys.stderr)
+        return 143
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

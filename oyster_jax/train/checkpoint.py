@@ -1,0 +1,130 @@
+"""Training checkpoints: Orbax `CheckpointManager`, async, every K steps, keep N.
+
+Layout of one stage's directory (`W/sft`, `W/pref`):
+
+    checkpoints/<step>/params/        model parameters (what `convert.load_model` reads)
+    checkpoints/<step>/train_state/   optimizer state, step, RNG key data
+    checkpoints/<step>/data/          data-iterator state (JSON) for an exact resume
+    checkpoints/<step>/config/        the experiment config (JSON) the step was trained with
+    model_config.json                 the ModelConfig (beside `checkpoints/`, as `load_model` expects)
+
+Restoring walks back from the newest step: a step that fails to restore (truncated file, missing item,
+partial write) is moved to `checkpoints.corrupt/` with a warning and the previous one is used.
+Restores go straight into abstract arrays that carry the *current* mesh's shardings, so a checkpoint
+written on 8 devices restores onto 1 and vice versa.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import shutil
+import time
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+ITEMS = ("params", "train_state", "data", "config")
+
+
+class Checkpointer:
+    def __init__(self, directory, *, keep: int, async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep if keep and keep > 0 else None,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,  # a save interrupted by SIGKILL leaves a tmp dir: drop it
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    # ----------------------------------------------------------------------------------------------
+    def all_steps(self) -> list[int]:
+        self._manager.reload()  # another process (or a quarantine) may have changed the directory
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: dict, data_state, config: dict) -> None:
+        """Start an (async) save of `state` at `step`; an existing checkpoint of that step is kept."""
+        if step in self._manager.all_steps():  # e.g. the final step right after an every-K save
+            return
+        train_state = {k: v for k, v in state.items() if k != "params"}
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(state["params"]),
+                train_state=ocp.args.StandardSave(train_state),
+                data=ocp.args.JsonSave(data_state if data_state is not None else {}),
+                config=ocp.args.JsonSave(config),
+            ),
+            force=True,
+        )
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    # ----------------------------------------------------------------------------------------------
+    def _restore_step(self, step: int, abstract_state: dict):
+        abstract_train = {k: v for k, v in abstract_state.items() if k != "params"}
+        out = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_state["params"]),
+                train_state=ocp.args.StandardRestore(abstract_train),
+                data=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+            ),
+        )
+        state = dict(out["train_state"], params=out["params"])
+        saved_step = int(jax.device_get(state["step"]))
+        if saved_step != step:
+            raise ValueError(f"train_state.step={saved_step} disagrees with the directory name {step}")
+        return state, out["data"], out["config"]
+
+    def restore_latest(self, abstract_state: dict):
+        """-> (step, state, data_state, config) of the newest readable checkpoint, or None when there is none.
+
+        `abstract_state` is the state's pytree of jax.ShapeDtypeStruct with the target shardings.
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                state, data_state, config = self._restore_step(step, abstract_state)
+            except Exception as e:  # noqa: BLE001 - any failure to read means this step is unusable
+                moved = self._quarantine(step)
+                log.warning(
+                    "checkpoint step %d in %s could not be restored (%s: %s); moved it to %s and trying the "
+                    "previous one",
+                    step,
+                    self.directory,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:300] if str(e) else "",
+                    moved,
+                )
+                continue
+            return step, state, data_state, config
+        return None
+
+    def _quarantine(self, step: int) -> pathlib.Path:
+        """Move a broken step aside (never delete it: it may still hold something a person wants)."""
+        src = self.directory / str(step)
+        dst_root = self.directory.with_name(self.directory.name + ".corrupt")
+        dst_root.mkdir(parents=True, exist_ok=True)
+        dst = dst_root / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if src.exists():
+            shutil.move(str(src), str(dst))
+        self._manager.reload()
+        return dst
+
+    def restore_config(self, step: int) -> dict:
+        """The experiment config saved with `step` (no arrays read)."""
+        return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]

@@ -1,0 +1,231 @@
+"""Experiment configs (`configs/experiments/*.py`): loading, `--config.key=value` overrides, validation.
+
+An experiment config is an `ml_collections.ConfigDict` with these fields (defaults in `base_config()`):
+
+    model            ModelConfig fields (architecture from configs/models/<name>.py, plus dtype,
+                     param_dtype, remat_policy, scan_layers, attention_impl)
+    init_from        "" (random init) | a Hugging Face model dir | an Orbax model checkpoint (convert.save_model)
+    stages           "sft" | "pref" | "sft,pref" (chained: pref starts from sft's final parameters)
+    seed, mesh, sharding
+    data             sft_task, pref_task, heldout_pref_task/split, seq_len, pref_seq_len, max_prompt_len
+    sft, pref        per stage: num_steps, batch_size (rows for SFT, *pairs* for pref), microbatches,
+                     learning_rate, warmup_steps, min_lr_ratio, weight_decay, b1, b2, eps, grad_clip,
+                     logits_chunk; pref also loss (orpo|dpo|ipo|simpo), orpo_lambda, beta, simpo_gamma,
+                     label_smoothing, reference (frozen|precomputed, DPO/IPO only)
+    checkpoint       every_steps, keep, async_save
+    log_every, peak_tflops (0: measure a matmul at start), fresh, throttle_seconds, synthetic_data
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import json
+import pathlib
+
+import ml_collections
+
+from oyster_jax.models import ModelConfig
+from oyster_jax.models.config import ConfigError, load_config_module
+
+STAGES = ("sft", "pref")
+# ModelConfig fields that define the network (a checkpoint of another value is another model).
+ARCH_FIELDS = (
+    "arch",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "tie_word_embeddings",
+    "qkv_bias",
+    "o_bias",
+    "qk_norm",
+)
+
+
+def stage_defaults(**overrides) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.num_steps = 100
+    c.batch_size = 8  # SFT: packed rows per step; pref: pairs per step (2x rows)
+    c.microbatches = 1  # gradient accumulation: the batch runs as this many slices through lax.scan
+    c.learning_rate = 1e-4
+    c.warmup_steps = 10
+    c.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    c.weight_decay = 0.0
+    c.b1 = 0.9
+    c.b2 = 0.95
+    c.eps = 1e-8
+    c.grad_clip = 1.0
+    c.logits_chunk = 0  # tokens per chunk of the LM head + CE (0: all at once); >0 for big vocabularies
+    c.update(overrides)
+    return c
+
+
+def pref_defaults(**overrides) -> ml_collections.ConfigDict:
+    c = stage_defaults(learning_rate=5e-5)
+    c.loss = "orpo"
+    c.orpo_lambda = 0.1  # ORPO λ (weight of the odds-ratio term)
+    c.beta = 0.1  # DPO / IPO / SimPO β
+    c.simpo_gamma = 0.5  # SimPO target margin γ
+    c.label_smoothing = 0.0  # conservative DPO ε
+    c.reference = "frozen"  # DPO/IPO reference: "frozen" copy of the start params | "precomputed" log-probs
+    c.update(overrides)
+    return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = model_fields("tiny")
+    c.init_from = ""
+    c.stages = "sft,pref"
+    c.seed = 0
+    c.mesh = "data=1,fsdp=-1,tensor=1"
+    c.sharding = "fsdp_tp"
+    c.data = ml_collections.ConfigDict()
+    c.data.sft_task = "oyster_csa_sft_mix"
+    c.data.pref_task = "oyster_csa_seed_pref"
+    c.data.heldout_pref_task = "oyster_csa_seed_pref"
+    c.data.heldout_split = "test"
+    c.data.seq_len = 256  # SFT packed row length
+    c.data.pref_seq_len = 256  # prompt + completion
+    c.data.max_prompt_len = 0  # 0: the data pipeline's default (pref_seq_len // 2)
+    c.sft = stage_defaults()
+    c.pref = pref_defaults()
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, async_save=True))
+    c.log_every = 1
+    c.peak_tflops = 0.0  # per device; 0 = measure this process's matmul FLOP/s (the CPU roofline)
+    c.fresh = False  # a workdir holding another model's checkpoints: move them aside and start over
+    c.throttle_seconds = 0.0  # sleep after each step (tests that must interrupt a run mid-way)
+    c.synthetic_data = False  # random tokens instead of the data pipeline (to tell input stalls from compute)
+    return c
+
+
+def model_fields(name_or_path: str, **runtime) -> ml_collections.ConfigDict:
+    """configs/models/<name>.py as a ConfigDict with the runtime ModelConfig fields filled in."""
+    path = pathlib.Path(name_or_path)
+    if path.suffix != ".py":
+        path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "models" / f"{name_or_path}.py"
+    d = load_config_module(path).to_dict()
+    full = dataclasses.asdict(ModelConfig.from_dict(d))
+    full["rope_scaling"] = d.get("rope_scaling")
+    full.update(runtime)
+    if isinstance(full.get("eos_token_id"), tuple):
+        full["eos_token_id"] = list(full["eos_token_id"])
+    return ml_collections.ConfigDict(full)
+
+
+def load_experiment(path) -> ml_collections.ConfigDict:
+    path = pathlib.Path(path)
+    cfg = load_config_module(path)
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    return cfg
+
+
+def _flat_keys(cfg, prefix="") -> list[str]:
+    keys = []
+    for k, v in cfg.items():
+        name = f"{prefix}{k}"
+        keys.append(name)
+        if isinstance(v, ml_collections.ConfigDict):
+            keys += _flat_keys(v, name + ".")
+    return keys
+
+
+def _parse_value(raw: str, current, key: str):
+    if isinstance(current, bool):
+        low = raw.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--config.{key}={raw!r}: expected true or false")
+    if isinstance(current, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"--config.{key}={raw!r}: expected an integer") from None
+    if isinstance(current, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"--config.{key}={raw!r}: expected a number") from None
+    if isinstance(current, str):
+        return raw
+    if current is None or isinstance(current, (list, tuple)):
+        if raw.lower() in ("none", "null"):
+            return None
+        try:
+            return ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return raw
+    raise ConfigError(f"--config.{key}: a {type(current).__name__} field cannot be set from the command line")
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
+    """Set `key.sub=value` strings on `cfg`; an unknown key is an error that names it and close matches."""
+    known = _flat_keys(cfg)
+    for key, raw in overrides.items():
+        parts = key.split(".")
+        node = cfg
+        for i, part in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                prefix = ".".join(parts[:i])
+                siblings = [k for k in known if k.count(".") == i and (not prefix or k.startswith(prefix + "."))]
+                close = difflib.get_close_matches(key, known, n=3, cutoff=0.6) or difflib.get_close_matches(
+                    key, siblings, n=3, cutoff=0.3
+                )
+                hint = f"; did you mean {', '.join('--config.' + c for c in close)}?" if close else ""
+                raise ConfigError(f"unknown config key --config.{key}{hint}")
+            if i < len(parts) - 1:
+                node = node[part]
+        leaf = parts[-1]
+        current = node[leaf]
+        if isinstance(current, ml_collections.ConfigDict):
+            raise ConfigError(f"--config.{key} is a group of fields; set one of them, e.g. --config.{key}.<field>")
+        with node.unlocked():
+            node[leaf] = _parse_value(raw, current, key)
+    return cfg
+
+
+def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
+    d = cfg.model.to_dict()
+    try:
+        return ModelConfig.from_dict(d)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"config.model: {e}") from e
+
+
+def stages_of(cfg) -> list[str]:
+    stages = [s.strip() for s in str(cfg.stages).split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if not stages or bad:
+        raise ConfigError(f"config.stages={cfg.stages!r}: expected 'sft', 'pref' or 'sft,pref'")
+    return stages
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    stages_of(cfg)
+    model_config(cfg)
+    for name in STAGES:
+        s = cfg[name]
+        for field in ("num_steps", "batch_size", "microbatches"):
+            if int(s[field]) < 1:
+                raise ConfigError(f"config.{name}.{field}={s[field]}: must be >= 1")
+        if s.batch_size % s.microbatches:
+            raise ConfigError(
+                f"config.{name}.batch_size={s.batch_size} is not divisible by microbatches={s.microbatches}"
+            )
+    if cfg.pref.loss not in ("orpo", "dpo", "ipo", "simpo"):
+        raise ConfigError(f"config.pref.loss={cfg.pref.loss!r}: expected one of orpo, dpo, ipo, simpo")
+    if cfg.pref.reference not in ("frozen", "precomputed"):
+        raise ConfigError(f"config.pref.reference={cfg.pref.reference!r}: expected 'frozen' or 'precomputed'")
+
+
+def to_dict(cfg: ml_collections.ConfigDict) -> dict:
+    """A JSON-able dict (round-trips through json)."""
+    return json.loads(cfg.to_json())

@@ -1,0 +1,42 @@
+"""Held-out preference accuracy: the share of pairs whose chosen completion has the higher mean log-prob."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from oyster_jax import models
+from oyster_jax.train.step import pair_logprobs
+
+
+def make_pair_logprobs(cfg: models.ModelConfig, logits_chunk: int = 0):
+    """-> jitted fn(params, batch [P, 2, T]) -> (mean completion log-prob [P, 2], completion tokens [P, 2])."""
+
+    @jax.jit
+    def mean_pair_logprobs(params, batch):
+        sums, counts = pair_logprobs(cfg, params, batch, logits_chunk)
+        return sums / jnp.maximum(counts, 1.0), counts
+
+    return mean_pair_logprobs
+
+
+def preference_accuracy(cfg: models.ModelConfig, params, batches, *, logits_chunk: int = 0, fn=None) -> dict:
+    """Over an iterable of [P, 2, T] batches: accuracy, pair count and mean log-probs (empty pairs skipped)."""
+    fn = fn or make_pair_logprobs(cfg, logits_chunk)
+    wins, n, chosen_sum, rejected_sum = 0, 0, 0.0, 0.0
+    for batch in batches:
+        mean_logp, counts = jax.device_get(fn(params, batch))
+        valid = np.all(np.asarray(counts) > 0, axis=1)
+        wins += int(np.sum(mean_logp[valid, 0] > mean_logp[valid, 1]))
+        n += int(np.sum(valid))
+        chosen_sum += float(np.sum(mean_logp[valid, 0]))
+        rejected_sum += float(np.sum(mean_logp[valid, 1]))
+    if n == 0:
+        raise ValueError("preference_accuracy: no non-empty held-out pairs")
+    return {
+        "accuracy": wins / n,
+        "pairs": n,
+        "mean_logp_chosen": chosen_sum / n,
+        "mean_logp_rejected": rejected_sum / n,
+    }

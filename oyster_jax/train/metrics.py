@@ -1,0 +1,155 @@
+"""Step metrics: FLOPs and MFU, the measured matmul roofline, metrics.jsonl + TensorBoard, and the PNG of curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from oyster_jax.models import ModelConfig
+
+# Curves drawn in the PNG, in this order, when present.
+PLOTTED = (
+    "loss",
+    "nll_loss",
+    "learning_rate",
+    "grad_norm",
+    "rewards/accuracies",
+    "rewards/margins",
+    "log_odds_ratio",
+    "tokens_per_s",
+    "mfu",
+)
+
+
+def train_flops_per_step(cfg: ModelConfig, batch_rows: int, seq_len: int, reference_forward: bool = False) -> float:
+    """Forward + backward FLOPs of one step over `batch_rows` rows of `seq_len` (causal-aware attention).
+
+    A frozen reference model adds one forward pass (a third of forward + backward).
+    """
+    flops = cfg.flops_per_token(seq_len) * batch_rows * seq_len
+    return flops * (4.0 / 3.0) if reference_forward else flops
+
+
+def measure_matmul_flops(dtype=jnp.float32, n: int = 512, seconds: float = 1.0) -> float:
+    """FLOP/s of a square matmul on the default device: the roofline MFU is measured against.
+
+    On CPU (no published peak) this is the honest denominator: what this process can get from the cores.
+    """
+    a = jnp.ones((n, n), dtype)
+    b = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    best = math.inf
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        for _ in range(4):
+            out = f(a, b)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - t) / 4)
+    return 2.0 * n**3 / best
+
+
+class MetricsWriter:
+    """Appends one JSON line per step to `metrics.jsonl` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, directory, resume_step: int = 0):
+        self.directory = pathlib.Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.directory / "metrics.jsonl"
+        # A resumed run redoes the steps after its checkpoint: drop their lines from the killed run.
+        if self.jsonl.exists():
+            kept = [line for line in self.jsonl.read_text().splitlines() if _step_of(line) <= resume_step]
+            self.jsonl.write_text("".join(line + "\n" for line in kept))
+        self._file = self.jsonl.open("a")
+        self._tb = None
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.directory / "tensorboard"), purge_step=resume_step + 1)
+        except ImportError:  # pragma: no cover - tensorboardX is a pinned dependency
+            pass
+
+    def write(self, step: int, scalars: dict) -> None:
+        record = {"step": int(step)} | {k: _plain(v) for k, v in scalars.items()}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(v):
+    v = np.asarray(v)
+    return float(v) if v.ndim == 0 else v.tolist()
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # an unreadable line (cut by a kill) is dropped
+
+
+def read_jsonl(path) -> list[dict]:
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def plot_curves(records_by_stage: dict[str, list[dict]], out_png, title: str = "") -> pathlib.Path | None:
+    """One panel per metric, one line per stage (x = global step across stages)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in PLOTTED if any(k in r for recs in records_by_stage.values() for r in recs)]
+    if not keys:
+        return None
+    cols = 3
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    offset = 0
+    for stage, recs in records_by_stage.items():
+        steps = np.array([r["step"] for r in recs]) + offset
+        for ax, k in zip(axes.flat, keys):
+            ys = [r.get(k, np.nan) for r in recs]
+            if not np.all(np.isnan(np.asarray(ys, float))):
+                ax.plot(steps, ys, label=stage)
+        if recs:
+            offset = steps.max()
+    for ax, k in zip(axes.flat, keys):
+        ax.set_title(k, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("step", fontsize=8)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out_png = pathlib.Path(out_png)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,197 @@
+"""The jitted train step: SFT and preference losses, gradient accumulation, AdamW update.
+
+Batches (numpy on the host, sharded on their leading axis):
+
+    SFT         tokens, loss_weights, segment_ids, positions                   [B, T]
+    preference  tokens, completion_mask, segment_ids, positions                [P, 2, T]  (pair, chosen|rejected)
+                ref_logps (precomputed reference, optional)                    [P, 2]
+
+Weights and masks are aligned with `tokens`: weight[t] says whether token t is trained on, so the
+target of position t is token t+1 with weight[t+1] (and only inside the same segment).
+The leading axis is split into `microbatches` slices that `lax.scan` runs one after the other; every
+normaliser (total loss weight, total chosen tokens) is computed on the whole batch first, so the summed
+gradient equals that of the whole batch at once.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from oyster_jax import models
+from oyster_jax.train import losses
+
+PREF_LOSSES = ("orpo", "dpo", "ipo", "simpo")
+# Losses whose log-probs are length-normalised (TRL: ORPO, SimPO and IPO average over completion tokens).
+_MEAN_LOGPS = ("orpo", "simpo", "ipo")
+
+
+def shifted_targets(tokens, weights, segment_ids):
+    """[..., T] -> (targets, target_weights) [..., T]: position t predicts token t+1 of the same segment."""
+    targets = jnp.concatenate([tokens[..., 1:], jnp.zeros_like(tokens[..., :1])], axis=-1)
+    same = (segment_ids[..., 1:] == segment_ids[..., :-1]) & (segment_ids[..., 1:] != 0)
+    tw = weights[..., 1:].astype(jnp.float32) * same.astype(jnp.float32)
+    tw = jnp.concatenate([tw, jnp.zeros_like(tw[..., :1])], axis=-1)
+    return targets, tw
+
+
+def target_logprobs(cfg: models.ModelConfig, params, h: jax.Array, targets: jax.Array, chunk_tokens: int = 0):
+    """Final hidden states h [B, T, D], targets [B, T] -> log p(target) float32 [B, T].
+
+    With `chunk_tokens` > 0 the [B·T, V] logits are never materialised at once: rows are processed in
+    chunks whose logits are recomputed in the backward pass (what 150k-token vocabularies need).
+    """
+    B, T, D = h.shape
+    n = B * T
+    if not chunk_tokens or chunk_tokens >= n:
+        return losses.token_logprobs(models.logits_from_hidden(cfg, params, h), targets)
+    if n % chunk_tokens:
+        raise ValueError(f"logits_chunk={chunk_tokens} must divide batch x length = {n}")
+
+    @jax.checkpoint
+    def one_chunk(args):
+        hc, tc = args  # [C, D], [C]
+        return losses.token_logprobs(models.logits_from_hidden(cfg, params, hc[None]), tc[None])[0]
+
+    out = jax.lax.map(one_chunk, (h.reshape(n // chunk_tokens, chunk_tokens, D), targets.reshape(-1, chunk_tokens)))
+    return out.reshape(B, T)
+
+
+def _forward_logprobs(cfg, params, tokens, weights, segment_ids, positions, chunk_tokens):
+    """[R, T] rows -> (log p(target) [R, T], target weights [R, T])."""
+    targets, tw = shifted_targets(tokens, weights, segment_ids)
+    h = models.hidden_states(cfg, params, tokens, positions, segment_ids)
+    return target_logprobs(cfg, params, h, targets, chunk_tokens), tw
+
+
+def sequence_logprobs(cfg, params, tokens, mask, segment_ids, positions, chunk_tokens: int = 0):
+    """Rows [R, T] -> (summed completion log-prob [R], completion target count [R])."""
+    logp, tw = _forward_logprobs(cfg, params, tokens, mask, segment_ids, positions, chunk_tokens)
+    return jnp.sum(logp * tw, axis=-1), jnp.sum(tw, axis=-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-microbatch losses. Each returns (loss, metrics) such that the mean over microbatches is the
+# loss of the whole batch.
+# ------------------------------------------------------------------------------------------------
+
+
+def sft_microbatch_loss(cfg, stage, params, mb, totals, num_micro):
+    logp, tw = _forward_logprobs(
+        cfg, params, mb["tokens"], mb["loss_weights"], mb["segment_ids"], mb["positions"], stage.logits_chunk
+    )
+    scale = num_micro / totals["weight"]
+    loss = -jnp.sum(logp * tw) * scale
+    return loss, {"loss": loss, "loss_tokens": jnp.sum(tw) * num_micro}
+
+
+def pair_logprobs(cfg, params, pairs: dict, chunk_tokens: int = 0):
+    """Pairs [M, 2, T] -> (summed completion log-prob, completion target count), each [M, (chosen, rejected)].
+
+    Chosen and rejected rows run through one forward pass ([2M, T]).
+    """
+    rows = [pairs[k].reshape((-1,) + pairs[k].shape[2:]) for k in ("tokens", "completion_mask", "segment_ids")]
+    positions = pairs["positions"].reshape(rows[0].shape)
+    sums, counts = sequence_logprobs(cfg, params, *rows, positions, chunk_tokens)
+    return sums.reshape(-1, 2), counts.reshape(-1, 2)
+
+
+def pref_microbatch_loss(cfg, stage, params, mb, totals, num_micro, ref_params=None):
+    sums, counts = pair_logprobs(cfg, params, mb, stage.logits_chunk)
+    safe_counts = jnp.maximum(counts, 1.0)
+    policy = sums / safe_counts if stage.loss in _MEAN_LOGPS else sums
+    kind = stage.loss
+    if kind == "orpo":
+        # TRL: the NLL is the token-mean over all chosen completion tokens of the batch.
+        chosen_nll = -jnp.sum(sums[:, 0]) * num_micro / totals["chosen_tokens"]
+        loss, metrics = losses.orpo_loss(policy[:, 0], policy[:, 1], chosen_nll, lam=stage.orpo_lambda)
+    elif kind == "simpo":
+        loss, metrics = losses.simpo_loss(policy[:, 0], policy[:, 1], beta=stage.beta, gamma=stage.simpo_gamma)
+    else:
+        if "ref_logps" in mb:
+            ref = mb["ref_logps"]
+        else:
+            ref_sums, _ = pair_logprobs(cfg, jax.lax.stop_gradient(ref_params), mb, stage.logits_chunk)
+            ref = ref_sums / safe_counts if kind in _MEAN_LOGPS else ref_sums
+        ref = jax.lax.stop_gradient(ref)
+        if kind == "dpo":
+            loss, metrics = losses.dpo_loss(
+                policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=stage.beta, label_smoothing=stage.label_smoothing
+            )
+        else:
+            loss, metrics = losses.ipo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=stage.beta)
+    metrics = dict(metrics, loss_tokens=jnp.sum(counts) * num_micro)
+    return loss, metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# The step.
+# ------------------------------------------------------------------------------------------------
+
+
+def _batch_totals(kind: str, batch) -> dict:
+    if kind == "sft":
+        _, tw = shifted_targets(batch["tokens"], batch["loss_weights"], batch["segment_ids"])
+        return {"weight": jnp.maximum(jnp.sum(tw), 1.0)}
+    _, tw = shifted_targets(batch["tokens"][:, 0], batch["completion_mask"][:, 0], batch["segment_ids"][:, 0])
+    return {"chosen_tokens": jnp.maximum(jnp.sum(tw), 1.0)}
+
+
+def _split_micro(batch, num_micro: int):
+    """Leading axis A·M -> [A, M, ...]; microbatch a takes rows a, a+A, a+2A, ... so each device's shard
+    of the leading axis stays on that device."""
+
+    def split(x):
+        m = x.shape[0] // num_micro
+        return jnp.moveaxis(x.reshape((m, num_micro) + x.shape[1:]), 1, 0)
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(cfg: models.ModelConfig, stage, optimizer: optax.GradientTransformation, kind: str):
+    """-> step(state, batch, ref_params) -> (state, metrics); `kind` is "sft" or "pref"."""
+    num_micro = int(stage.microbatches)
+
+    def microbatch_loss(params, mb, totals, ref_params):
+        if kind == "sft":
+            return sft_microbatch_loss(cfg, stage, params, mb, totals, num_micro)
+        return pref_microbatch_loss(cfg, stage, params, mb, totals, num_micro, ref_params)
+
+    grad_fn = jax.value_and_grad(microbatch_loss, has_aux=True)
+
+    def step(state, batch, ref_params=None):
+        params = state["params"]
+        totals = _batch_totals(kind, batch)
+        if num_micro == 1:
+            (_, metrics), grads = grad_fn(params, batch, totals, ref_params)
+        else:
+            micro = _split_micro(batch, num_micro)
+
+            def body(acc, mb):
+                (_, m), g = grad_fn(params, mb, totals, ref_params)
+                return jax.tree.map(jnp.add, acc, (g, m)), None
+
+            zeros_g = jax.tree.map(jnp.zeros_like, params)
+            m_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), totals, ref_params))
+            zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape[0][1])
+            (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), micro)
+            grads = jax.tree.map(lambda g: g / num_micro, grads)
+            metrics = jax.tree.map(lambda m: m / num_micro, metrics)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+        metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.global_norm(new_params))
+        return new_state, metrics
+
+    return step
+
+
+def init_state(params, optimizer: optax.GradientTransformation, rng) -> dict:
+    return {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng,
+    }

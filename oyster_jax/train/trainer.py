@@ -1,0 +1,497 @@
+"""The trainer: SFT and preference stages on a device mesh, with Orbax checkpoints and an exact resume.
+
+    results = train(config, workdir)        # runs config.stages, e.g. "sft,pref"; returns {stage: StageResult}
+
+Workdir layout (one directory per stage, so a chained run resumes in whichever stage it was killed):
+
+    W/config.json                 the experiment config of the latest start
+    W/<stage>/checkpoints/<step>/ params, train_state, data, config     (see oyster_jax.train.checkpoint)
+    W/<stage>/model_config.json   ModelConfig of the checkpoints (a different model is refused)
+    W/<stage>/metrics.jsonl       one line per step;  W/<stage>/tensorboard/  event files
+    W/<stage>/DONE.json           written when the stage has finished (a rerun skips it)
+    W/curves.png                  the curves of every stage
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import shutil
+import signal
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from oyster_jax import models
+from oyster_jax.sharding import batch_sharding, make_mesh, param_shardings, replicated, resolve_rules, use_rules
+from oyster_jax.train import batches as batches_lib
+from oyster_jax.train import config as config_lib
+from oyster_jax.train import metrics as metrics_lib
+from oyster_jax.train import optim
+from oyster_jax.train import step as step_lib
+from oyster_jax.train.checkpoint import Checkpointer
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what to do."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss (or gradient norm) became NaN/Inf; nothing of that step was saved."""
+
+
+class WorkdirMismatchError(TrainingError):
+    """The workdir holds checkpoints of another model."""
+
+
+@dataclasses.dataclass
+class StageResult:
+    stage: str
+    params: dict
+    model_config: models.ModelConfig
+    final_step: int
+    final_metrics: dict
+    stopped: str  # "done" | "sigterm" | "skipped" (already done in this workdir)
+    wall_seconds: float
+    step_compiles: int = 0  # compilations of the train step in this run (1 when nothing recompiled)
+
+
+# ------------------------------------------------------------------------------------------------
+# SIGTERM: finish the step, save, stop.
+# ------------------------------------------------------------------------------------------------
+
+
+class _StopFlag:
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shardings
+# ------------------------------------------------------------------------------------------------
+
+
+def state_shardings(abstract_state, param_sh, mesh):
+    """NamedSharding for every leaf of the train state: optimizer moments follow their parameter."""
+    by_path = {}
+    for path, sh in jax.tree_util.tree_flatten_with_path(param_sh)[0]:
+        by_path[tuple(k.key for k in path)] = sh
+    abstract_params = {
+        tuple(k.key for k in path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state["params"])[0]
+    }
+
+    def for_leaf(path, leaf):
+        keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+        for i in range(len(keys)):
+            suffix = keys[i:]
+            if suffix in by_path and abstract_params[suffix].shape == leaf.shape:
+                return by_path[suffix]
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(for_leaf, abstract_state)
+
+
+# Jitted functions of earlier runs in this process (tests, notebooks): the same config and mesh reuse the
+# compiled program instead of compiling it again.
+_JIT_CACHE: dict = {}
+
+
+def _cached(key, build):
+    fn = _JIT_CACHE.get(key)
+    if fn is None:
+        if len(_JIT_CACHE) >= 16:
+            _JIT_CACHE.clear()
+        fn = _JIT_CACHE[key] = build()
+    return fn
+
+
+def _stage_key(stage_cfg) -> str:
+    return stage_cfg.to_json(sort_keys=True)
+
+
+def _with_sharding(abstract, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def _batch_shardings(mesh, example: dict):
+    return {k: batch_sharding(mesh, np.ndim(v)) for k, v in example.items()}
+
+
+def _to_device(batch: dict, shardings: dict):
+    # One process: device_put; several: each process contributes its local rows of the global batch.
+    if jax.process_count() == 1:
+        return jax.device_put(batch, shardings)
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
+
+
+def _check_divisible(rows: int, mesh, what: str):
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % shards:
+        raise TrainingError(
+            f"{what}={rows} is not divisible by the data x fsdp mesh size {shards} (config.mesh); "
+            f"choose a batch size that is a multiple of {shards}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Workdir bookkeeping
+# ------------------------------------------------------------------------------------------------
+
+
+def _arch(cfg: models.ModelConfig) -> dict:
+    d = cfg.to_dict()
+    return {k: d[k] for k in config_lib.ARCH_FIELDS if k in d}
+
+
+def _check_same_model(stage_dir: pathlib.Path, cfg: models.ModelConfig, fresh: bool) -> None:
+    """Refuse a workdir whose checkpoints belong to another model, unless asked to start fresh."""
+    saved_path = stage_dir / "model_config.json"
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    mine = _arch(cfg)
+    diffs = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
+    if not diffs:
+        return
+    detail = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diffs.items())
+    if not fresh:
+        raise WorkdirMismatchError(
+            f"{stage_dir} holds checkpoints of a different model ({detail}). Use another --workdir, or pass "
+            f"--config.fresh=true to move them aside and start from scratch"
+        )
+    aside = stage_dir.with_name(f"{stage_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.move(str(stage_dir), str(aside))
+    log.warning("config.fresh: moved checkpoints of another model (%s) to %s", detail, aside)
+
+
+# ------------------------------------------------------------------------------------------------
+# Initial parameters of a stage
+# ------------------------------------------------------------------------------------------------
+
+
+def _runtime_overrides(cfg: models.ModelConfig) -> dict:
+    return {k: getattr(cfg, k) for k in ("param_dtype", "dtype", "attention_impl", "remat_policy", "scan_layers")}
+
+
+def initial_params(config, stage: str, workdir: pathlib.Path, mesh, rules, cfg: models.ModelConfig):
+    """(ModelConfig, params placed with their shardings) that `stage` starts from."""
+    stages = config_lib.stages_of(config)
+    if stage == "pref" and "sft" in stages:  # chained: start from the SFT stage's final parameters
+        return load_stage_params(workdir / "sft", cfg, mesh, rules)
+    source = str(config.init_from or "")
+    sh = param_shardings(cfg, mesh, rules)
+    if not source:
+        key = jax.random.key(config.seed)
+        init = _cached(
+            ("init_params", cfg, mesh, rules), lambda: jax.jit(lambda k: models.init_params(cfg, k), out_shardings=sh)
+        )
+        with use_rules(mesh, rules):
+            params = init(key)
+        return cfg, params
+    from oyster_jax import convert
+
+    path = pathlib.Path(source)
+    if (path / "config.json").exists() and any(path.glob("*.safetensors")):
+        loaded_cfg, params = convert.from_hf(path, mesh=mesh, rules=rules, **_runtime_overrides(cfg))
+    else:
+        loaded_cfg, params = convert.load_model(path, mesh=mesh, rules=rules, **_runtime_overrides(cfg))
+    diffs = {k: (v, _arch(cfg).get(k)) for k, v in _arch(loaded_cfg).items() if _arch(cfg).get(k) != v}
+    if diffs:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs config.model {b!r}" for k, (a, b) in diffs.items())
+        raise TrainingError(f"config.init_from={source}: the checkpoint is a different model ({detail})")
+    return cfg, jax.device_put(params, sh)
+
+
+def load_stage_params(stage_dir: pathlib.Path, cfg: models.ModelConfig, mesh, rules):
+    """Final parameters of a finished stage, restored into the current mesh's shardings."""
+    import orbax.checkpoint as ocp
+
+    ckpt_dir = stage_dir / "checkpoints"
+    done = stage_dir / "DONE.json"
+    if not done.exists():
+        raise TrainingError(f"{stage_dir}: the stage has not finished (no DONE.json); run it first")
+    step = json.loads(done.read_text())["final_step"]
+    target = _with_sharding(models.abstract_params(cfg), param_shardings(cfg, mesh, rules))
+    params = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "params", target)
+    return cfg, params
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference log-probs for DPO / IPO
+# ------------------------------------------------------------------------------------------------
+
+
+def _precompute_reference(config, cfg, ref_params, iterator, num_steps, stage_dir, batch_sh, mesh, rules):
+    """One pass of the frozen start model over the stage's batches -> [num_steps, P, 2] reference log-probs."""
+    path = stage_dir / "reference_logps.npy"
+    meta_path = stage_dir / "reference_logps.json"
+    start_state = iterator.get_state()
+    meta = {"num_steps": num_steps, "data_state": start_state, "loss": config.pref.loss}
+    if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == json.loads(json.dumps(meta)):
+        return np.load(path, allow_pickle=False)
+    kind = config.pref.loss
+    chunk = config.pref.logits_chunk
+
+    @jax.jit
+    def ref_fn(params, batch):
+        sums, counts = step_lib.pair_logprobs(cfg, params, batch, chunk)
+        return sums / jnp.maximum(counts, 1.0) if kind == "ipo" else sums
+
+    out = []
+    with use_rules(mesh, rules):
+        for _ in tqdm(range(num_steps), desc="reference log-probs", unit="batch"):
+            out.append(np.asarray(jax.device_get(ref_fn(ref_params, _to_device(next(iterator), batch_sh)))))
+    iterator.set_state(start_state)
+    ref = np.stack(out).astype(np.float32)
+    np.save(path, ref, allow_pickle=False)
+    meta_path.write_text(json.dumps(meta))
+    return ref
+
+
+# ------------------------------------------------------------------------------------------------
+# One stage
+# ------------------------------------------------------------------------------------------------
+
+
+def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: _StopFlag | None = None) -> StageResult:
+    t_start = time.perf_counter()
+    workdir = pathlib.Path(workdir).absolute()
+    stage_dir = workdir / stage
+    s = config[stage]
+    cfg = config_lib.model_config(config)
+    rules = resolve_rules(config.sharding)
+    mesh = make_mesh(config.mesh)
+    _check_same_model(stage_dir, cfg, bool(config.fresh))
+
+    done_path = stage_dir / "DONE.json"
+    if done_path.exists():
+        done = json.loads(done_path.read_text())
+        _, params = load_stage_params(stage_dir, cfg, mesh, rules)
+        log.info("%s: already finished at step %d in %s; skipping", stage, done["final_step"], stage_dir)
+        return StageResult(stage, params, cfg, done["final_step"], done.get("final_metrics", {}), "skipped", 0.0)
+
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "model_config.json").write_text(cfg.to_json())
+    num_steps = int(s.num_steps)
+    is_pref = stage == "pref"
+    rows_per_step = s.batch_size * (2 if is_pref else 1)
+    _check_divisible(s.batch_size // s.microbatches, mesh, f"config.{stage}.batch_size / microbatches")
+
+    # --- Input pipeline -------------------------------------------------------------------------
+    iterator = batches_lib.make_train_iterator(
+        config, stage, cfg, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+
+    # --- Model, optimizer, state shardings --------------------------------------------------------
+    optimizer = optim.make_optimizer(s, num_steps)
+    schedule = optim.learning_rate_schedule(s, num_steps)
+    param_sh = param_shardings(cfg, mesh, rules)
+    abstract_state = jax.eval_shape(
+        lambda: step_lib.init_state(models.abstract_params(cfg), optimizer, jax.random.key(config.seed))
+    )
+    state_sh = state_shardings(abstract_state, param_sh, mesh)
+
+    # --- Restore or initialise ----------------------------------------------------------------------
+    ckpt = Checkpointer(stage_dir / "checkpoints", keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    restored = ckpt.restore_latest(_with_sharding(abstract_state, state_sh))
+    needs_reference = is_pref and s.loss in ("dpo", "ipo")
+    start_params = None
+    if restored is None or needs_reference:
+        _, start_params = initial_params(config, stage, workdir, mesh, rules, cfg)
+    if restored is not None:
+        start_step, state, data_state, saved_config = restored
+        _warn_config_changes(saved_config, config_lib.to_dict(config), stage)
+        try:
+            iterator.set_state(data_state)
+        except ValueError as e:
+            raise TrainingError(f"{stage}: cannot resume the data iterator from step {start_step}: {e}") from e
+        log.info("%s: resumed from step %d", stage, start_step)
+    else:
+        start_step = 0
+        init = _cached(
+            ("init_state", cfg, _stage_key(s), num_steps, config.seed, mesh, rules),
+            lambda: jax.jit(
+                lambda p: step_lib.init_state(p, optimizer, jax.random.key(config.seed)), out_shardings=state_sh
+            ),
+        )
+        with use_rules(mesh, rules):
+            # The state gets its own copy: `start_params` may still serve as the frozen reference.
+            state = init(jax.tree.map(jnp.copy, start_params) if needs_reference else start_params)
+        if not needs_reference:
+            start_params = None
+
+    # --- Reference model (DPO / IPO) --------------------------------------------------------------------
+    # A separate iterator from the stage's start gives the batch shapes (and the reference pass its batches)
+    # without moving the training iterator.
+    probe = batches_lib.make_train_iterator(
+        config, stage, cfg, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    probe_start = probe.get_state()
+    example = next(probe)
+    probe.set_state(probe_start)
+    batch_sh = _batch_shardings(mesh, example)
+    ref_params, ref_table = None, None
+    if needs_reference and s.reference == "precomputed":
+        ref_table = _precompute_reference(config, cfg, start_params, probe, num_steps, stage_dir, batch_sh, mesh, rules)
+        start_params = None
+        example = dict(example, ref_logps=ref_table[0])
+        batch_sh = _batch_shardings(mesh, example)
+    elif needs_reference:
+        ref_params = start_params
+    del probe
+
+    # --- Update step ---------------------------------------------------------------------------------
+    def build_step():
+        step_fn = step_lib.make_train_step(cfg, s, optimizer, "pref" if is_pref else "sft")
+        repl = replicated(mesh)
+        if ref_params is not None:
+            return jax.jit(
+                step_fn,
+                in_shardings=(state_sh, batch_sh, param_sh),
+                out_shardings=(state_sh, repl),
+                donate_argnums=(0,),
+            )
+        return jax.jit(
+            lambda st, b: step_fn(st, b),
+            in_shardings=(state_sh, batch_sh),
+            out_shardings=(state_sh, repl),
+            donate_argnums=(0,),
+        )
+
+    shapes = tuple(sorted((k, np.shape(v)) for k, v in example.items()))
+    jitted = _cached(
+        ("step", stage, cfg, _stage_key(s), num_steps, mesh, rules, ref_params is not None, shapes), build_step
+    )
+
+    # --- Metrics ----------------------------------------------------------------------------------------
+    seq_len = example["tokens"].shape[-1]
+    flops_per_step = metrics_lib.train_flops_per_step(cfg, rows_per_step, seq_len, ref_params is not None)
+    peak = float(config.peak_tflops) * 1e12 if config.peak_tflops else None
+    if peak is None:
+        peak = metrics_lib.measure_matmul_flops(models.config.dtype_of(cfg.dtype))
+    peak_total = peak * mesh.size
+    writer = metrics_lib.MetricsWriter(stage_dir, resume_step=start_step)
+
+    # --- Train loop -------------------------------------------------------------------------------------
+    config_json = config_lib.to_dict(config)
+    every = max(int(config.checkpoint.every_steps), 1)
+    bar = tqdm(total=num_steps, initial=start_step, desc=stage, unit="step", disable=not progress, dynamic_ncols=True)
+    last_metrics: dict = {}
+    stopped = "done"
+    step_num = start_step
+    t_prev = time.perf_counter()
+    try:
+        with use_rules(mesh, rules):
+            while step_num < num_steps:
+                batch = next(iterator)
+                if ref_table is not None:
+                    batch = dict(batch, ref_logps=ref_table[step_num])
+                device_batch = _to_device(batch, batch_sh)
+                if ref_params is not None:
+                    state, metrics = jitted(state, device_batch, ref_params)
+                else:
+                    state, metrics = jitted(state, device_batch)
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                step_num += 1
+                now = time.perf_counter()
+                dt, t_prev = now - t_prev, now
+                if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                    ckpt.wait()
+                    raise NonFiniteLossError(
+                        f"{stage}: loss={metrics['loss']} grad_norm={metrics['grad_norm']} at step {step_num}; "
+                        f"stopped without saving this step (last good checkpoint: step {ckpt.latest_step()} in "
+                        f"{ckpt.directory}). Lower config.{stage}.learning_rate or check the data."
+                    )
+                metrics["learning_rate"] = float(schedule(step_num - 1))
+                metrics["step_seconds"] = dt
+                metrics["tokens_per_s"] = rows_per_step * seq_len / dt
+                metrics["tflops_per_s"] = flops_per_step / dt / 1e12
+                metrics["mfu"] = flops_per_step / dt / peak_total
+                last_metrics = metrics
+                if step_num % max(int(config.log_every), 1) == 0 or step_num == num_steps:
+                    writer.write(step_num, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.2e}", refresh=False)
+                bar.update(1)
+                if config.throttle_seconds:
+                    time.sleep(float(config.throttle_seconds))
+                stop_now = stop_flag is not None and stop_flag.requested
+                if step_num % every == 0 or step_num == num_steps or stop_now:
+                    ckpt.save(step_num, state, iterator.get_state(), config_json)
+                if stop_now:
+                    stopped = "sigterm"
+                    break
+        ckpt.wait()
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+
+    wall = time.perf_counter() - t_start
+    if stopped == "done":
+        done = {"final_step": step_num, "final_metrics": last_metrics, "wall_seconds": wall}
+        done_path.write_text(json.dumps(done, indent=2))
+    compiles = jitted._cache_size() if hasattr(jitted, "_cache_size") else -1
+    return StageResult(stage, state["params"], cfg, step_num, last_metrics, stopped, wall, compiles)
+
+
+def _warn_config_changes(saved: dict, now: dict, stage: str) -> None:
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out |= flat(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(saved), flat(now)
+    ignore = {"fresh", "throttle_seconds", "log_every"}
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in ignore)
+    if changed:
+        log.warning("%s: resuming with config changes since the checkpoint: %s", stage, ", ".join(changed[:12]))
+
+
+# ------------------------------------------------------------------------------------------------
+# All stages
+# ------------------------------------------------------------------------------------------------
+
+
+def train(config, workdir, *, progress: bool = True) -> dict[str, StageResult]:
+    """Run `config.stages` in order in `workdir`; a rerun of the same command continues where it stopped."""
+    config_lib.validate(config)
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(config), indent=2))
+    results: dict[str, StageResult] = {}
+    with _StopFlag() as stop:
+        for stage in config_lib.stages_of(config):
+            result = run_stage(config, stage, workdir, progress=progress, stop_flag=stop)
+            results[stage] = result
+            if result.stopped == "sigterm":
+                break
+    records = {st: metrics_lib.read_jsonl(workdir / st / "metrics.jsonl") for st in config_lib.stages_of(config)}
+    metrics_lib.plot_curves({k: v for k, v in records.items() if v}, workdir / "curves.png", title=str(workdir.name))
+    return results
