@@ -36,6 +36,7 @@ Multi-host rules the trainers follow (all enforced by tests/test_multiprocess.py
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -49,6 +50,9 @@ __all__ = [
     "DistributedError",
     "barrier",
     "data_shard",
+    "data_state_for_checkpoint",
+    "data_state_from_checkpoint",
+    "gather_json",
     "detect",
     "global_batch",
     "initialize",
@@ -406,3 +410,54 @@ def global_batch(local_batch, mesh, batch_axes=("data", "fsdp")):
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return jax.tree.map(one, local_batch)
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-process state in a shared checkpoint.
+# ------------------------------------------------------------------------------------------------
+
+
+def gather_json(obj) -> list:
+    """Every process's JSON-able `obj`, in process order (collective: all processes must call it)."""
+    if jax.process_count() == 1:
+        return [json.loads(json.dumps(obj))]
+    from jax.experimental import multihost_utils
+
+    blob = np.frombuffer(json.dumps(obj, sort_keys=True).encode(), dtype=np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.asarray(len(blob), np.int32))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[: len(blob)] = blob
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, lengths)]
+
+
+def data_state_for_checkpoint(local_state) -> dict:
+    """What to save as a checkpoint's data-iterator state: every process's state (collective).
+
+    Orbax writes JSON items from process 0 only, so saving `iterator.get_state()` directly would keep
+    process 0's position and lose the others'. Restore with `data_state_from_checkpoint`.
+    """
+    states = gather_json(local_state)
+    return {"process_count": len(states), "processes": states}
+
+
+def data_state_from_checkpoint(saved):
+    """This process's data-iterator state out of `data_state_for_checkpoint`'s result.
+
+    A plain state (a checkpoint written before per-process states, or by hand) is accepted on one process.
+    """
+    count = jax.process_count()
+    if not (isinstance(saved, dict) and "processes" in saved):
+        if count == 1:
+            return saved
+        raise DistributedError(
+            f"the checkpoint's data state holds one process's position, but this run has {count} processes; "
+            "the data position of the others is unknown (restart the stage, or resume with one process)"
+        )
+    states = saved["processes"]
+    if len(states) != count:
+        raise DistributedError(
+            f"the checkpoint's data state was written by {len(states)} processes and this run has {count}; "
+            "each process resumes its own data shard, so resume with the same number of hosts"
+        )
+    return states[jax.process_index()]

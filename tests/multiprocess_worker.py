@@ -1,17 +1,23 @@
 """One process of the multi-host test (tests/test_multiprocess.py); not collected by pytest.
 
-    python tests/multiprocess_worker.py --out OUT.json [--coordinator_address HOST:PORT --num_processes N
-                                         --process_id I]
+    JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=I \
+        python tests/multiprocess_worker.py --out OUT.json --workdir W [--virtual_shards 2] -- --config.key=value ...
 
-Runs a few sharded SFT steps of the tiny model on an 8-device mesh made of every process's devices and
-writes {losses, ids_read, process_index, ...} to OUT.json. The examples are synthetic and numbered: a
-process reads only the examples of its data shard (`distributed.data_shard`), so the test can check
-that the shards are disjoint and together are exactly what a single process reads.
+Runs the real entry point (`oyster_jax.main.main`, the trainer and its Orbax checkpoints) after
+`oyster_jax.distributed.initialize()` found the cluster in the environment, and writes to OUT.json what
+the test compares: the final loss, this process's local batches (as hashes) and the examples it read.
+
+`--virtual_shards N` (single process only) builds the global batch the way N processes would: from N
+data shards whose local batches are stacked in process order, which is exactly the global batch that
+`jax.make_array_from_process_local_data` assembles on N processes. The single-process reference thus
+trains on the same data as the multi-process run (the data pipeline shuffles and packs per shard, so
+a plain 1-process run would see another order).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pathlib
@@ -20,95 +26,166 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-NUM_EXAMPLES = 64
-SEQ_LEN = 32
-GLOBAL_BATCH = 8
+
+class Recorder:
+    """Records the examples a data stream hands out and the local batches an iterator yields."""
+
+    def __init__(self):
+        self.examples: list[list] = []  # [task name, record index in the task's whole split]
+        self.batches: list[str] = []  # sha256 of each local batch, in order
+        self.tracked: set[int] = set()  # ids of the pipeline iterators that feed training
+        self.parts: list[list[str]] = []  # --virtual_shards: digests of each shard's part of a batch
+
+    def watch_streams(self):
+        from oyster_jax.data import pipeline
+
+        recorder = self
+        advance = pipeline._Stream.advance
+
+        def recording_advance(stream, k):
+            iterator = stream._oyster_iterator
+            if id(iterator) not in recorder.tracked:  # e.g. the trainer's shape probe, which rewinds
+                return advance(stream, k)
+            task, local_i = stream.peek()
+            shard, count = iterator._config["shard_index"], iterator._config["shard_count"]
+            # Shard s of c holds records s, s+c, s+2c, ... of each task (pipeline docstring).
+            recorder.examples.append([iterator.sources[task].name, shard + local_i * count])
+            return advance(stream, k)
+
+        pipeline._Stream.advance = recording_advance
+        init = pipeline._BaseIterator.__init__
+
+        def init_and_link(iterator, *args, **kwargs):
+            init(iterator, *args, **kwargs)
+            iterator._stream._oyster_iterator = iterator
+
+        pipeline._BaseIterator.__init__ = init_and_link
 
 
-def synthetic_example(i: int, vocab: int):
-    """Example i: deterministic tokens; loss on the second half (like an assistant reply)."""
-    import numpy as np
+def batch_digest(batch: dict) -> str:
+    h = hashlib.sha256()
+    for key in sorted(batch):
+        h.update(key.encode())
+        h.update(batch[key].tobytes())
+    return h.hexdigest()
 
-    rng = np.random.default_rng(1000 + i)
-    tokens = rng.integers(1, vocab, size=SEQ_LEN, dtype=np.int32)
-    weights = np.zeros(SEQ_LEN, np.float32)
-    weights[SEQ_LEN // 2 :] = 1.0
-    return tokens, weights
+
+class Stacked:
+    """N shard iterators read as one: the local batches concatenated on the leading (row) axis."""
+
+    def __init__(self, iterators, recorder):
+        self.iterators, self.recorder = iterators, recorder
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        import numpy as np
+
+        parts = [next(it) for it in self.iterators]
+        if id(self.iterators[0]) in self.recorder.tracked:
+            self.recorder.parts.append([batch_digest(p) for p in parts])
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+
+    def get_state(self):
+        return {"virtual_shards": [it.get_state() for it in self.iterators]}
+
+    def set_state(self, state):
+        for it, s in zip(self.iterators, state["virtual_shards"]):
+            it.set_state(s)
+
+    @property
+    def num_examples(self):
+        return sum(it.num_examples for it in self.iterators)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--coordinator_address")
-    parser.add_argument("--num_processes", type=int)
-    parser.add_argument("--process_id", type=int)
-    parser.add_argument("--steps", type=int, default=3)
-    args = parser.parse_args()
-
-    import jax
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--virtual_shards", type=int, default=1)
+    args, main_args = parser.parse_known_args()
+    main_args = [a for a in main_args if a != "--"]
 
     from oyster_jax import distributed
 
-    spec = distributed.initialize(
-        args.coordinator_address, args.num_processes, args.process_id, initialization_timeout=60
-    )
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
+    distributed.initialize(initialization_timeout=60)  # reads JAX_COORDINATOR_ADDRESS & co.
+    import jax
 
-    from oyster_jax import models, sharding
+    from oyster_jax import main as main_lib
+    from oyster_jax.train import batches as batches_lib
 
-    cfg = models.model_config_from_file(REPO / "configs" / "models" / "tiny.py")
-    mesh = sharding.make_mesh({"data": 2, "fsdp": -1})  # batch over data x fsdp, params FSDP over fsdp
-    rules = "fsdp_tp"
-    p_shard = sharding.param_shardings(cfg, mesh, rules)
-    with sharding.use_rules(mesh, rules):
-        params = jax.jit(lambda k: models.init_params(cfg, k), out_shardings=p_shard)(jax.random.key(0))
-    optimizer = optax.adamw(1e-3)
-    opt_state = jax.jit(optimizer.init)(params)
+    recorder = Recorder()
+    recorder.watch_streams()
+    make_iterator = batches_lib.make_train_iterator
+    training_iterators = []
 
-    def loss_fn(params, tokens, weights):
-        logits = models.forward(cfg, params, tokens)  # [B, T, V]
-        logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-        picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-        w = weights[:, 1:]
-        return -jnp.sum(picked * w) / jnp.sum(w)
-
-    @jax.jit
-    def train_step(params, opt_state, tokens, weights):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, weights)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    shard_index, shard_count = distributed.data_shard(mesh)
-    local_batch = distributed.local_batch_size(GLOBAL_BATCH, mesh)
-    my_ids = list(range(NUM_EXAMPLES))[shard_index::shard_count]
-    ids_read, losses = [], []
-    with sharding.use_rules(mesh, rules):
-        for step in range(args.steps):
-            ids = my_ids[step * local_batch : (step + 1) * local_batch]
-            rows = [synthetic_example(i, cfg.vocab_size) for i in ids]
-            batch = distributed.global_batch(
-                {"tokens": np.stack([r[0] for r in rows]), "weights": np.stack([r[1] for r in rows])}, mesh
+    def recording_iterator(config, stage, model_cfg, *, process_index=0, process_count=1):
+        if args.virtual_shards > 1:
+            assert process_count == 1, "--virtual_shards emulates several processes from one"
+            it = Stacked(
+                [
+                    make_iterator(config, stage, model_cfg, process_index=i, process_count=args.virtual_shards)
+                    for i in range(args.virtual_shards)
+                ],
+                recorder,
             )
-            params, opt_state, loss = train_step(params, opt_state, batch["tokens"], batch["weights"])
-            ids_read += ids
-            losses.append(float(loss))
-    distributed.barrier("worker_done")
+        else:
+            it = make_iterator(config, stage, model_cfg, process_index=process_index, process_count=process_count)
+        if not training_iterators:  # the first one the stage makes feeds training; later ones are probes
+            recorder.tracked.update(id(x) for x in getattr(it, "iterators", [it]))
+        training_iterators.append(it)
+        return it
+
+    batches_lib.make_train_iterator = recording_iterator
+
+    import oyster_jax.train.trainer as trainer_lib
+
+    original_to_device = trainer_lib._to_device
+
+    def recording_to_device(batch, shardings):
+        recorder.batches.append(batch_digest(batch))
+        return original_to_device(batch, shardings)
+
+    trainer_lib._to_device = recording_to_device
+    import oyster_jax.train as train_pkg
+
+    class Capture:
+        results = None
+
+    train = train_pkg.train
+
+    def capturing_train(config, workdir, **kwargs):
+        Capture.results = train(config, workdir, **kwargs)
+        return Capture.results
+
+    train_pkg.train = capturing_train  # main() imports it from the package when it runs
+    rc = main_lib.main(
+        ["--config", str(REPO / "configs/experiments/tiny_csa.py"), "--workdir", args.workdir, *main_args]
+    )
+    sft = Capture.results["sft"] if Capture.results else None
+    # Collective: each process's data position, gathered so that one JSON item can hold them all.
+    own_state = training_iterators[0].get_state()
+    saved = distributed.data_state_for_checkpoint(own_state)
     result = {
-        "kind": spec.kind,
+        "rc": rc,
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
         "local_devices": jax.local_device_count(),
         "global_devices": jax.device_count(),
-        "shard": [shard_index, shard_count],
-        "ids_read": ids_read,
-        "losses": losses,
         "is_main_process": distributed.is_main_process(),
+        "final_loss": sft.final_metrics.get("loss") if sft else None,
+        "final_step": sft.final_step if sft else None,
+        "examples": recorder.examples,
+        "batches": recorder.batches,
+        "batch_parts": recorder.parts,
+        "saved_data_state": saved,
+        "data_state_roundtrip": distributed.data_state_from_checkpoint(saved) == json.loads(json.dumps(own_state)),
     }
     pathlib.Path(args.out).write_text(json.dumps(result))
-    print(json.dumps(result), flush=True)
-    os._exit(0)  # skip the distributed shutdown handshake: the test already has what it needs
+    distributed.barrier("worker_done")
+    sys.stdout.flush()
+    os._exit(0)  # no distributed shutdown handshake: a peer that already exited must not stall this one
 
 
 if __name__ == "__main__":

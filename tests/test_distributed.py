@@ -3,6 +3,7 @@ logging filter and progress bar, and the single-host data shard."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import jax
@@ -146,3 +147,23 @@ def test_print0(monkeypatch, capsys):
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     distributed.print0("not shown")
     assert capsys.readouterr().out == "hello\n"
+
+
+def test_data_state_round_trip_on_one_process():
+    state = {"draws": 7, "config": {"shard_index": 0}}
+    saved = distributed.data_state_for_checkpoint(state)
+    assert saved == {"process_count": 1, "processes": [state]}
+    assert json.loads(json.dumps(saved)) == saved  # what Orbax's JsonSave writes
+    assert distributed.data_state_from_checkpoint(saved) == state
+    assert distributed.data_state_from_checkpoint(state) == state  # a plain (older) state on one process
+
+
+def test_data_state_from_another_process_count_is_refused(monkeypatch):
+    saved = {"process_count": 2, "processes": [{"draws": 1}, {"draws": 2}]}
+    with pytest.raises(distributed.DistributedError, match="written by 2 processes and this run has 1"):
+        distributed.data_state_from_checkpoint(saved)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    assert distributed.data_state_from_checkpoint(saved) == {"draws": 2}
+    with pytest.raises(distributed.DistributedError, match="holds one process's position"):
+        distributed.data_state_from_checkpoint({"draws": 1})
