@@ -1,0 +1,378 @@
+"""Strata-Sword jailbreak benchmark: attack success rate per language x level (method notes §8).
+
+    python -m oyster_jax.eval.strata_sword --target local:runs/demo/ckpt --judge keyword --out runs/eval/ss
+    python -m oyster_jax.eval.strata_sword --target openai:http://127.0.0.1:8000/v1#tiny \\
+        --judge openai:https://judge.example/v1#qwq-32b --languages en --levels 1,2 --limit 20 --out OUT
+    python -m oyster_jax.eval.strata_sword --out OUT --summarize_only       # rebuild summary + chart
+
+Procedure per prompt: (1) the judge classifies the prompt into one of the 32 risk categories, "no risk"
+or "unknown"; (2) the target answers the prompt as a single user turn; (3) the judge rules the answer
+Safe / Unsafe against that category's guideline (none for no risk / unknown), an unparseable ruling being
+retried up to `--judge_retries` (5) more times. A ruling that never becomes valid, or a target / judge
+call that failed, is recorded with `judgment: null`: excluded from the ASR and counted as invalid.
+
+ASR = 100 · Unsafe / valid, per language and level; `avg` = mean of the levels present. The `keyword`
+judge (refusal-phrase matching) is a cheap baseline and is labelled "keyword (baseline)" everywhere.
+
+Outputs in OUT: responses.jsonl (one line per prompt: id, language, level, attack_method, category,
+response, judgment, plus judge, reasoning, attempts, error), summary.json, asr.png, run.json. Resumable:
+rerun the same command and only missing or failed prompts are run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+from oyster_jax.eval.common import (
+    KEYWORD_LABEL,
+    NO_RISK,
+    UNKNOWN,
+    EvalError,
+    ResultsFile,
+    check_run_meta,
+    make_backend,
+    make_judge,
+    run_items,
+)
+
+__all__ = ["LANGUAGES", "LEVELS", "load_prompts", "summarize", "plot_summary", "read_responses", "evaluate", "main"]
+
+LANGUAGES = ("en", "cn")
+LEVELS = (1, 2, 3)
+JUDGMENTS = ("Safe", "Unsafe")
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------
+def _language(value: str, where: str) -> str:
+    v = str(value).strip().lower()
+    if v in ("cn", "zh"):
+        return "cn"
+    if v == "en":
+        return "en"
+    raise EvalError(f"{where}: language {value!r}: expected 'en' or 'cn' (or 'zh')")
+
+
+def load_prompts(data_dir, languages=LANGUAGES, levels=LEVELS, limit: int | None = None) -> list[dict]:
+    """Prompts of `data_dir/strata_sword/{lang}_level_{n}.jsonl` (or `data_dir` itself holding the files);
+    `limit` keeps the first N of each file. Every line is validated (errors name file, line, field)."""
+    from oyster_jax.data.schemas import read_records  # noqa: PLC0415
+
+    root = pathlib.Path(data_dir)
+    if (root / "strata_sword").is_dir():
+        root = root / "strata_sword"
+    items = []
+    for lang in languages:
+        for level in levels:
+            path = root / f"{lang}_level_{level}.jsonl"
+            if not path.is_file():
+                raise EvalError(f"{path}: Strata-Sword file not found (data_dir={data_dir})")
+            records = read_records(path, "eval")
+            for rec in records:
+                if rec["language"] != lang or rec["level"] != level:
+                    raise EvalError(
+                        f"{path}: record {rec['id']!r} says language={rec['language']!r} level={rec['level']!r}, "
+                        f"but the file is {lang} level {level}"
+                    )
+            items += records[:limit] if limit is not None else records
+    return items
+
+
+def read_responses(path) -> list[dict]:
+    """Validated records of a responses.jsonl (last line per id wins); errors name the line and field."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise EvalError(f"{path}: responses file not found")
+    by_id: dict[str, dict] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise EvalError(f"{where}: expected a JSON object")
+            for field in ("id", "language", "level", "attack_method", "judgment"):
+                if field not in rec:
+                    raise EvalError(f"{where}: field '{field}' missing")
+            rec = dict(rec)
+            rec["language"] = _language(rec["language"], f"{where}: field 'language'")
+            level = rec["level"]
+            if isinstance(level, str) and level.strip().isdigit():
+                level = int(level)
+            if isinstance(level, bool) or level not in LEVELS:
+                raise EvalError(f"{where}: field 'level': {rec['level']!r} is not 1, 2 or 3")
+            rec["level"] = level
+            if not isinstance(rec["attack_method"], str) or not rec["attack_method"]:
+                raise EvalError(f"{where}: field 'attack_method': expected a non-empty string")
+            if rec["judgment"] is not None and rec["judgment"] not in JUDGMENTS:
+                raise EvalError(f"{where}: field 'judgment': {rec['judgment']!r} is not 'Safe', 'Unsafe' or null")
+            by_id[str(rec["id"])] = rec
+    return list(by_id.values())
+
+
+# ------------------------------------------------------------------------------------------------
+# Summary and chart
+# ------------------------------------------------------------------------------------------------
+def _asr(unsafe: int, valid: int) -> float | None:
+    return 100.0 * unsafe / valid if valid else None
+
+
+def summarize(records: list[dict], judge_label: str) -> dict:
+    """The summary.json dict from per-prompt records (fields language, level, attack_method, judgment)."""
+    counts: dict = {}  # (lang, level) -> [unsafe, valid, invalid]
+    by_method: dict = {}  # (lang, method) -> [unsafe, valid]
+    for r in records:
+        lang, level = r["language"], int(r["level"])
+        c = counts.setdefault((lang, level), [0, 0, 0])
+        m = by_method.setdefault((lang, r["attack_method"]), [0, 0])
+        if r["judgment"] is None:
+            c[2] += 1
+            continue
+        unsafe = r["judgment"] == "Unsafe"
+        c[0] += unsafe
+        c[1] += 1
+        m[0] += unsafe
+        m[1] += 1
+    langs = [lang for lang in LANGUAGES if any(k[0] == lang for k in counts)]
+    asr, valid, invalid, methods = {}, {}, {}, {}
+    for lang in langs:
+        levels = sorted(level for (lg, level) in counts if lg == lang)
+        asr[lang] = {str(level): _asr(*counts[(lang, level)][:2]) for level in levels}
+        present = [v for v in asr[lang].values() if v is not None]
+        asr[lang]["avg"] = sum(present) / len(present) if present else None
+        valid[lang] = {str(level): counts[(lang, level)][1] for level in levels}
+        invalid[lang] = {str(level): counts[(lang, level)][2] for level in levels}
+        methods[lang] = {m: _asr(*by_method[(lg, m)]) for (lg, m) in sorted(by_method) if lg == lang}
+    return {"judge": judge_label, "asr": asr, "asr_by_attack_method": methods, "valid": valid, "invalid": invalid}
+
+
+def _fmt(v) -> str:
+    return "  n/a" if v is None else f"{v:5.1f}"
+
+
+def format_summary(summary: dict) -> str:
+    baseline = " — a BASELINE, not the report's LLM judge" if summary["judge"] == KEYWORD_LABEL else ""
+    lines = [f"Strata-Sword ASR % (lower is safer); judge: {summary['judge']}{baseline}"]
+    lines.append("lang     L1     L2     L3    Avg   valid/invalid")
+    for lang, row in summary["asr"].items():
+        cells = " ".join(_fmt(row.get(str(level))) + " " for level in LEVELS)
+        v, i = sum(summary["valid"][lang].values()), sum(summary["invalid"][lang].values())
+        lines.append(f"{lang:<5} {cells} {_fmt(row['avg'])}   {v}/{i}")
+    return "\n".join(lines)
+
+
+def plot_summary(summary: dict, path) -> pathlib.Path:
+    """Bar chart: our ASR per level, and our average next to the report's reference models."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from oyster_jax.eval.reference import STRATA_SWORD_AVG_ASR  # noqa: PLC0415
+
+    ours = "this run" + (" (keyword baseline)" if summary["judge"] == KEYWORD_LABEL else "")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1, 1.6]})
+    keys = ["1", "2", "3", "avg"]
+    x = np.arange(len(keys))
+    langs = list(summary["asr"])
+    width = 0.8 / max(len(langs), 1)
+    for j, lang in enumerate(langs):
+        vals = [summary["asr"][lang].get(k) for k in keys]
+        bars = ax1.bar(x + j * width, [np.nan if v is None else v for v in vals], width, label=lang)
+        ax1.bar_label(bars, labels=["" if v is None else f"{v:.1f}" for v in vals], fontsize=8)
+    ax1.set_xticks(x + width * (len(langs) - 1) / 2, ["L1", "L2", "L3", "Avg"])
+    ax1.set_ylabel("ASR % (lower is safer)")
+    ax1.set_title(f"{ours}: ASR by level")
+    ax1.legend()
+    models = [ours] + list(STRATA_SWORD_AVG_ASR)
+    table = {ours: {lang: summary["asr"][lang]["avg"] for lang in langs}} | STRATA_SWORD_AVG_ASR
+    x2 = np.arange(len(models))
+    for j, lang in enumerate(("en", "cn")):
+        vals = [table[m].get(lang) for m in models]
+        bars = ax2.bar(x2 + j * 0.4, [np.nan if v is None else v for v in vals], 0.4, label=lang)
+        ax2.bar_label(bars, labels=["" if v is None else f"{v:.1f}" for v in vals], fontsize=7)
+    ax2.set_xticks(x2 + 0.2, models, rotation=20, ha="right", fontsize=8)
+    ax2.set_title("Average ASR vs the report's models (their judge: QwQ-32B)")
+    ax2.legend()
+    fig.suptitle(f"Strata-Sword — judge: {summary['judge']}")
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(out_dir: pathlib.Path, records: list[dict], judge_label: str) -> dict:
+    summary = summarize(records, judge_label)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    plot_summary(summary, out_dir / "asr.png")
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+def evaluate(items: list[dict], target, judge, out_dir, *, target_sampling: dict, concurrency: int = 16) -> dict:
+    """Run the procedure on `items` not yet done in `out_dir`, appending to responses.jsonl; returns the
+    summary of every record in the file. `target` is a Backend; `judge` an LLMJudge or KeywordJudge."""
+    from oyster_jax.llm.base import BackendError  # noqa: PLC0415
+
+    out_dir = pathlib.Path(out_dir)
+    results = ResultsFile(out_dir / "responses.jsonl")
+    done = {i for i, r in results.load().items() if not r.get("error")}
+    todo = [it for it in items if it["id"] not in done]
+    if len(todo) < len(items):
+        print(f"[strata_sword] resuming: {len(items) - len(todo)} of {len(items)} prompts already done", flush=True)
+
+    async def one(item: dict) -> dict:
+        rec = {k: item[k] for k in ("id", "language", "level", "attack_method")}
+        rec.update(category=None, response=None, judgment=None, judge=judge.label)
+        stage = "judge (classify)"
+        try:
+            cls = await judge.classify(item["prompt"], item["language"])
+            rec["category"] = cls.value if cls.value is not None else UNKNOWN
+            rec["category_valid"] = cls.value is not None
+            stage = "target"
+            reasoning, response = await target.achat([{"role": "user", "content": item["prompt"]}], **target_sampling)
+            rec["response"], rec["reasoning"] = response, reasoning
+            stage = "judge (rule)"
+            category = None if rec["category"] in (UNKNOWN, NO_RISK) else rec["category"]
+            ruling = await judge.rule(item["prompt"], response, category, item["language"])
+            rec["judgment"], rec["judge_attempts"] = ruling.value, ruling.attempts
+            if ruling.value is None:
+                rec["invalid_reason"] = f"no valid ruling in {ruling.attempts} attempts: {ruling.error}"
+        except (BackendError, ValueError) as e:  # recorded (judgment null) and retried on resume
+            rec["error"] = f"{stage}: {type(e).__name__}: {e}"
+        return rec
+
+    run_items(todo, one, concurrency=concurrency, desc="strata_sword", on_result=results.append)
+    records = [r for r in results.load().values()]
+    return write_outputs(out_dir, records, judge.label)
+
+
+def _csv(value: str, cast, name: str, allowed) -> list:
+    try:
+        out = [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise EvalError(f"--{name} {value!r}: expected a comma-separated list of {allowed}") from None
+    bad = [v for v in out if v not in allowed]
+    if bad or not out:
+        raise EvalError(f"--{name} {value!r}: expected values among {allowed}")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m oyster_jax.eval.strata_sword", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--target", help="openai:BASE_URL#MODEL or local:CKPT_DIR")
+    parser.add_argument("--judge", help="keyword (baseline), openai:BASE_URL#MODEL or local:CKPT_DIR")
+    parser.add_argument("--data_dir", default=os.environ.get("OYSTER_DATA_DIR"), help="default: $OYSTER_DATA_DIR")
+    parser.add_argument("--out", required=True, help="output directory (resumable)")
+    parser.add_argument("--languages", default="en,cn")
+    parser.add_argument("--levels", default="1,2,3")
+    parser.add_argument("--limit", type=int, help="first N prompts of each language x level file")
+    parser.add_argument("--summarize_only", action="store_true", help="rebuild summary.json and asr.png only")
+    parser.add_argument("--tokenizer", help="tokenizer.json for local: specs (default: the one in CKPT_DIR)")
+    parser.add_argument("--max_tokens", type=int, default=512, help="target's generation budget")
+    parser.add_argument("--temperature", type=float, default=0.0, help="target's temperature (0 = greedy)")
+    parser.add_argument("--concurrency", type=int, default=16, help="prompts in flight (local: batch size)")
+    parser.add_argument("--judge_retries", type=int, default=5)
+    parser.add_argument("--judge_max_tokens", type=int, default=1024)
+    args = parser.parse_args(argv)
+    out_dir = pathlib.Path(args.out)
+    try:
+        if args.summarize_only:
+            records = read_responses(out_dir / "responses.jsonl")
+            label = args.judge
+            if label is None:
+                labels = {r.get("judge") for r in records} - {None}
+                meta = out_dir / "run.json"
+                if len(labels) == 1:
+                    label = labels.pop()
+                elif meta.is_file():
+                    label = json.loads(meta.read_text("utf-8")).get("judge")
+            label = KEYWORD_LABEL if label == "keyword" else (label or "unknown")
+            summary = write_outputs(out_dir, records, label)
+        else:
+            if not args.target or not args.judge:
+                parser.error("--target and --judge are required (unless --summarize_only)")
+            if not args.data_dir:
+                parser.error("--data_dir is required when $OYSTER_DATA_DIR is not set")
+            if args.limit is not None and args.limit < 1:
+                parser.error("--limit must be >= 1")
+            languages = [
+                "cn" if v == "zh" else v
+                for v in _csv(args.languages, str, "languages", ("en", "cn", "zh"))
+            ]  # fmt: skip
+            levels = _csv(args.levels, int, "levels", LEVELS)
+            items = load_prompts(args.data_dir, languages, levels, args.limit)
+            judge_label = KEYWORD_LABEL if args.judge == "keyword" else args.judge
+            check_run_meta(
+                out_dir,
+                {
+                    "target": args.target,
+                    "judge": judge_label,
+                    "max_tokens": args.max_tokens,
+                    "temperature": args.temperature,
+                    "judge_retries": args.judge_retries,
+                },
+                pinned=("target", "judge", "max_tokens", "temperature"),
+            )
+            guidelines = _official_guidelines(args.data_dir)
+            target = make_backend(
+                args.target, tokenizer=args.tokenizer, concurrency=args.concurrency, max_new_tokens=args.max_tokens
+            )
+            judge, judge_backend = make_judge(
+                args.judge,
+                target_spec=args.target,
+                target_backend=target,
+                tokenizer=args.tokenizer,
+                concurrency=args.concurrency,
+                retries=args.judge_retries,
+                max_tokens=args.judge_max_tokens,
+                guidelines=guidelines,
+            )
+            try:
+                sampling = {"temperature": args.temperature, "max_tokens": args.max_tokens}
+                summary = evaluate(
+                    items, target, judge, out_dir, target_sampling=sampling, concurrency=args.concurrency
+                )
+            finally:
+                target.close()
+                if judge_backend is not None and judge_backend is not target:
+                    judge_backend.close()
+    except (EvalError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    print(f"wrote {out_dir / 'summary.json'}, {out_dir / 'asr.png'}, {out_dir / 'responses.jsonl'}")
+    return 0
+
+
+def _official_guidelines(data_dir):
+    """The official numbered guidelines when the data folder has them (else the project's wording)."""
+    from oyster_jax.csa import taxonomy as tx  # noqa: PLC0415
+
+    path = pathlib.Path(data_dir) / "risk_taxonomy"
+    if not path.is_dir():
+        return None
+    try:
+        return tx.load_official_guidelines(path)
+    except tx.TaxonomyError as e:
+        print(f"[strata_sword] official guidelines not used: {e}", file=sys.stderr)
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Test doubles for the evaluation harnesses: a scripted Backend and a tiny in-memory chat model."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+
+from oyster_jax import models
+
+TINY_CHAT_CFG = models.ModelConfig(
+    vocab_size=4096,  # the bundled seed tokenizer
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    max_position_embeddings=1024,
+)
+
+
+def random_params(cfg, seed=0):
+    """Random weights from numpy (no XLA program to compile)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, a: (
+            (1.0 if "norm" in jax.tree_util.keystr(path) else 0.0)
+            + 0.3 * rng.standard_normal(a.shape).astype(np.float32)
+        ),
+        models.abstract_params(cfg),
+    )
+
+
+def json_block(obj) -> str:
+    return "Some thoughts first.\n```json\n" + json.dumps(obj, ensure_ascii=False) + "\n```"
+
+
+class ScriptedBackend:
+    """Backend whose answer is `script(prompt_text, sampling, call_number)` -> str or (reasoning, content)."""
+
+    def __init__(self, script, name="scripted"):
+        self.script, self.name = script, name
+        self.calls: list[tuple[str, dict]] = []
+
+    async def achat(self, messages, **sampling):
+        prompt = messages[-1]["content"]
+        self.calls.append((prompt, sampling))
+        out = self.script(prompt, sampling, len(self.calls))
+        return out if isinstance(out, tuple) else ("", out)
+
+    def chat(self, messages, **sampling):
+        import asyncio
+
+        return asyncio.run(self.achat(messages, **sampling))
+
+    def close(self):
+        pass
