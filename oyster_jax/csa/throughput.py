@@ -27,13 +27,16 @@ def _queries(n: int, path: str | None) -> list[lingo_bp.Query]:
     return [lingo_bp.Query(id=f"tp{i}", query=f"benchmark question {i}", language="en") for i in range(n)]
 
 
-def measure(policy_spec, judge_spec, queries, concurrency, rounds, timeout=120.0) -> dict:
+def measure(policy_spec, judge_spec, queries, concurrency, rounds, timeout=120.0, max_tokens=None) -> dict:
     from oyster_jax.llm.spec import backend_from_spec  # noqa: PLC0415
 
     options = {"max_concurrency": concurrency, "max_batch": concurrency, "timeout": timeout}
     policy = backend_from_spec(policy_spec, **options)
     judge = policy if judge_spec == policy_spec else backend_from_spec(judge_spec, **options)
-    engine = lingo_bp.Engine(policy, judge, config=lingo_bp.EngineConfig(rounds=rounds))
+    config = lingo_bp.EngineConfig(rounds=rounds)
+    if max_tokens:
+        config.policy_sampling = {**config.policy_sampling, "max_tokens": max_tokens}
+    engine = lingo_bp.Engine(policy, judge, config=config)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.monotonic()
         result = lingo_bp.run(queries, engine, out, concurrency=concurrency, progress=False, plot=False, fsync=True)
@@ -56,31 +59,36 @@ def measure(policy_spec, judge_spec, queries, concurrency, rounds, timeout=120.0
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", help="SPEC; default: the scripted local server")
-    p.add_argument("--judge", help="SPEC; default: same as --policy")
+    p.add_argument("--judge", help="SPEC, or 'scripted' for the scripted server; default: same as --policy")
+    p.add_argument("--max-tokens", type=int, default=None, help="policy max_tokens (e.g. for a local tiny model)")
     p.add_argument("--input", help="queries JSONL (default: synthetic queries)")
     p.add_argument("--queries", type=int, default=48)
     p.add_argument("--concurrency", default="1,16", help="comma-separated levels")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--latency", type=float, default=0.05, help="scripted server: seconds per request")
+    p.add_argument("--warmup", action="store_true", help="run each level once unmeasured first (compiles, caches)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     queries = _queries(args.queries, args.input)
     server = None
-    if args.policy is None:
+    if args.policy is None or args.judge == "scripted":
         from oyster_jax.csa.scripted import ScriptedLingo  # noqa: PLC0415
         from oyster_jax.llm.testing import FakeOpenAIServer  # noqa: PLC0415
 
         server = FakeOpenAIServer(ScriptedLingo(), latency=args.latency).start()
-        args.policy = f"openai:{server.base_url}#scripted"
-        where = f"scripted server, {args.latency * 1000:.0f} ms/request"
-    else:
-        where = args.policy
+        scripted = f"openai:{server.base_url}#scripted"
+        where = f"judge: scripted server, {args.latency * 1000:.0f} ms/request"
+        args.policy = args.policy or scripted
+        args.judge = scripted if args.judge in (None, "scripted") else args.judge
     judge = args.judge or args.policy
+    where = f"policy: {args.policy}; " + (where if server else f"judge: {judge}")
     results = []
     try:
         for c in levels:
-            r = measure(args.policy, judge, queries, c, args.rounds)
+            if args.warmup:
+                measure(args.policy, judge, queries, c, args.rounds, max_tokens=args.max_tokens)
+            r = measure(args.policy, judge, queries, c, args.rounds, max_tokens=args.max_tokens)
             results.append(r)
             print(
                 f"concurrency {c:>3}: {r['finished']}/{r['queries']} queries in {r['wall_s']:.1f}s = "
