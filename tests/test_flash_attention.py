@@ -17,7 +17,7 @@ import pytest
 from jax import export
 
 from oyster_jax.kernels import flash_attention
-from oyster_jax.kernels.flash_attention import attention_reference, flash_attention_with_style
+from oyster_jax.kernels.flash_attention import api, attention_reference, flash_attention_with_style, gpu
 from tests.tolerances import KERNEL_BF16, KERNEL_F32
 
 
@@ -137,6 +137,20 @@ TPU_CASES = [
 
 @pytest.mark.parametrize("case", GPU_CASES, ids=str)
 def test_triton_kernels_match_reference(case):
+    check(case, "gpu")
+
+
+@pytest.mark.parametrize("min_programs, split", [(1, 1), (8, 2)])
+def test_triton_dkv_head_split(monkeypatch, min_programs, split):
+    """dk/dv with the G query heads of a group in one program (split 1) or shared by two programs whose
+    float32 partials are summed (the small cases above use split G)."""
+    case = Case(T=200, H=64, N=8, K=2, causal=True, segments="packed")  # G = 4; 2 key tiles x 2 heads
+    monkeypatch.setattr(gpu, "MIN_DKV_PROGRAMS", min_programs)
+    q, k, _, _ = inputs(case)
+    p = api._problem(
+        q, k, segment_ids(case), causal=True, sm_scale=None, block_q=None, block_k=None, interpret=True, style="gpu"
+    )
+    assert gpu.dkv_head_split(p, p.kv_len_padded // p.blocks.dkv_k) == split
     check(case, "gpu")
 
 

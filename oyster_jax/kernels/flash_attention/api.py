@@ -96,15 +96,25 @@ def _lcm(a: int, b: int) -> int:
     return a * b // math.gcd(a, b)
 
 
-def _to_kernel_layout(x, length_padded: int, head_dim_padded: int):
-    """[B, L, heads, H] -> [B, heads, Lp, Hp], zero-padded."""
-    x = jnp.swapaxes(x, 1, 2)
-    pad = ((0, 0), (0, 0), (0, length_padded - x.shape[2]), (0, head_dim_padded - x.shape[3]))
-    return jnp.pad(x, pad) if any(p[1] for p in pad) else x
+def _to_kernel_layout(p: Problem, x, length_padded: int):
+    """[B, L, heads, H] -> the kernel family's layout, zero-padded to [.., Lp, .., Hp].
+
+    GPU kernels read the sequence-major layout as it is (a row of one head is H contiguous elements,
+    which is all a Triton load needs), so nothing is copied unless padding is needed; TPU kernels want
+    [B, heads, Lp, Hp], whose last two dims are the (sublane, lane) tile of a block.
+    """
+    if _KERNELS[p.style].HEAD_MAJOR:
+        x = jnp.swapaxes(x, 1, 2)
+        pad = ((0, 0), (0, 0), (0, length_padded - x.shape[2]), (0, p.padded_head_dim - x.shape[3]))
+    else:
+        pad = ((0, 0), (0, length_padded - x.shape[1]), (0, 0), (0, p.padded_head_dim - x.shape[3]))
+    return jnp.pad(x, pad) if any(hi for _, hi in pad) else x
 
 
-def _from_kernel_layout(x, length: int, head_dim: int):
-    return jnp.swapaxes(x[:, :, :length, :head_dim], 1, 2)
+def _from_kernel_layout(p: Problem, x, length: int):
+    if _KERNELS[p.style].HEAD_MAJOR:
+        return jnp.swapaxes(x[:, :, :length, : p.head_dim], 1, 2)
+    return x[:, :length, :, : p.head_dim]
 
 
 def _segments(p: Problem, segment_ids):
@@ -118,42 +128,43 @@ def _segments(p: Problem, segment_ids):
 
 def _forward(p: Problem, q, k, v, segment_ids):
     kernels = _KERNELS[p.style]
-    qk = _to_kernel_layout(q, p.q_len_padded, p.padded_head_dim)
-    kk = _to_kernel_layout(k, p.kv_len_padded, p.padded_head_dim)
-    vk = _to_kernel_layout(v, p.kv_len_padded, p.padded_head_dim)
-    o, lse = kernels.forward(p, qk, kk, vk, *_segments(p, segment_ids))
-    return o, lse
+    qk = _to_kernel_layout(p, q, p.q_len_padded)
+    kk = _to_kernel_layout(p, k, p.kv_len_padded)
+    vk = _to_kernel_layout(p, v, p.kv_len_padded)
+    return kernels.forward(p, qk, kk, vk, *_segments(p, segment_ids))  # o (kernel layout), lse [B, N, Tp]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(p: Problem, q, k, v, segment_ids):
     o, _ = _forward(p, q, k, v, segment_ids)
-    return _from_kernel_layout(o, p.q_len, p.head_dim)
+    return _from_kernel_layout(p, o, p.q_len)
 
 
 def _attention_fwd(p: Problem, q, k, v, segment_ids):
     o, lse = _forward(p, q, k, v, segment_ids)
     # Residuals are O(T): the inputs as given, the padded output and the log-sum-exp.
-    return _from_kernel_layout(o, p.q_len, p.head_dim), (q, k, v, segment_ids, o, lse)
+    return _from_kernel_layout(p, o, p.q_len), (q, k, v, segment_ids, o, lse)
 
 
 def _attention_bwd(p: Problem, residuals, d_out):
     q, k, v, segment_ids, o, lse = residuals
     kernels = _KERNELS[p.style]
-    qk = _to_kernel_layout(q, p.q_len_padded, p.padded_head_dim)
-    kk = _to_kernel_layout(k, p.kv_len_padded, p.padded_head_dim)
-    vk = _to_kernel_layout(v, p.kv_len_padded, p.padded_head_dim)
-    do = _to_kernel_layout(d_out.astype(q.dtype), p.q_len_padded, p.padded_head_dim)
+    qk = _to_kernel_layout(p, q, p.q_len_padded)
+    kk = _to_kernel_layout(p, k, p.kv_len_padded)
+    vk = _to_kernel_layout(p, v, p.kv_len_padded)
+    do = _to_kernel_layout(p, d_out.astype(q.dtype), p.q_len_padded)
     # delta_t = sum_h dO_th O_th = sum_s P_ts dP_ts: the softmax-gradient correction, one float per row.
-    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [B, N, Tp]
+    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
+    if not kernels.HEAD_MAJOR:
+        delta = jnp.swapaxes(delta, 1, 2)  # [B, Tp, N] -> [B, N, Tp]
     q_seg, k_seg = _segments(p, segment_ids)
     dq = kernels.backward_dq(p, qk, kk, vk, do, lse, delta, q_seg, k_seg)
     dk, dv = kernels.backward_dkv(p, qk, kk, vk, do, lse, delta, q_seg, k_seg)
     d_segments = None if segment_ids is None else _integer_zero_cotangent(segment_ids)
     return (
-        _from_kernel_layout(dq, p.q_len, p.head_dim),
-        _from_kernel_layout(dk, p.kv_len, p.head_dim),
-        _from_kernel_layout(dv, p.kv_len, p.head_dim),
+        _from_kernel_layout(p, dq, p.q_len),
+        _from_kernel_layout(p, dk, p.kv_len),
+        _from_kernel_layout(p, dv, p.kv_len),
         d_segments,
     )
 

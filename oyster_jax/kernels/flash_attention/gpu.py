@@ -6,6 +6,9 @@ in two: tiles entirely below the diagonal run without building a position mask, 
 pays for it. Whole K/V (forward, dq) or Q/dO (dk/dv) rows of one head stay in global memory and are
 sliced inside the loop; grouped query heads index their K/V head in the BlockSpec, so K/V are never
 repeated. Logits are kept in base 2 (exp2 is the native instruction); the saved log-sum-exp is natural.
+
+Layout: the public sequence-major one, q/o [B, Tp, N, H] and k/v [B, Sp, K, H]; a tile is bq rows of
+one head, each row H contiguous elements, so no transposes are needed around the kernels.
 """
 
 from __future__ import annotations
@@ -19,6 +22,14 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from oyster_jax.kernels.flash_attention.common import Problem, kv_blocks_for_q_block, q_blocks_for_kv_block
+
+HEAD_MAJOR = False
+
+# The dk/dv grid has one program per (key tile, K/V head); with grouped heads that is G times fewer
+# programs than the forward has. When that would leave SMs idle (fewer than ~2 waves on an H100/H200
+# with 132 SMs), the G query heads of a group are split across programs, each writing float32 partial
+# dk/dv that are summed afterwards.
+MIN_DKV_PROGRAMS = 264
 
 LOG2_E = math.log2(math.e)
 LN_2 = math.log(2.0)
@@ -57,7 +68,7 @@ def _compiler_params(p: Problem, kernel: str):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Forward
+# Forward: one program per (query tile, query head, batch row); loop over visible key tiles.
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -104,36 +115,35 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, p: Problem, bq: int, bk: int):
     lse_ref[...] = jnp.where(empty, jnp.inf, (m + jnp.log2(jnp.where(empty, 1.0, l))) * LN_2)
 
 
+def _row_specs(p: Problem, bq: int, nq: int):
+    """BlockSpecs over grid (query tile, query head, batch) for q-shaped, per-row and segment inputs."""
+    G = p.group
+    rev = lambda i: nq - 1 - i
+    tile = pl.BlockSpec((None, bq, None, p.padded_head_dim), lambda i, n, b: (b, rev(i), n, 0))
+    kv = pl.BlockSpec((None, p.kv_len_padded, None, p.padded_head_dim), lambda i, n, b: (b, 0, jax.lax.div(n, G), 0))
+    row = pl.BlockSpec((None, None, bq), lambda i, n, b: (b, n, rev(i)))
+    q_seg = pl.BlockSpec((None, bq), lambda i, n, b: (b, rev(i)))
+    k_seg = pl.BlockSpec((None, p.kv_len_padded), lambda i, n, b: (b, 0))
+    return tile, kv, row, q_seg, k_seg
+
+
 def forward(p: Problem, q, k, v, q_seg, k_seg):
-    """q [B, N, Tp, H], k/v [B, K, Sp, H], segs [B, Tp]/[B, Sp] -> (o [B, N, Tp, H], lse [B, N, Tp])."""
+    """q [B, Tp, N, H], k/v [B, Sp, K, H], segs [B, Tp]/[B, Sp] -> (o [B, Tp, N, H], lse [B, N, Tp])."""
     bq, bk = p.blocks.fwd_q, p.blocks.fwd_k
-    B, N, Tp, H = q.shape
-    Sp, G = p.kv_len_padded, p.group
+    B, Tp, N, H = q.shape
     nq = Tp // bq
-    grid = (nq, N, B)  # consecutive programs share one head's K/V in L2
-    q_block = lambda i, n, b: (b, n, nq - 1 - i, 0)
-    in_specs = [
-        pl.BlockSpec((None, None, bq, H), q_block),
-        pl.BlockSpec((None, None, Sp, H), lambda i, n, b: (b, jax.lax.div(n, G), 0, 0)),
-        pl.BlockSpec((None, None, Sp, H), lambda i, n, b: (b, jax.lax.div(n, G), 0, 0)),
-    ]
-    args = [q, k, v]
+    tile, kv, row, q_seg_spec, k_seg_spec = _row_specs(p, bq, nq)
+    in_specs, args = [tile, kv, kv], [q, k, v]
     if p.has_segments:
-        in_specs += [
-            pl.BlockSpec((None, bq), lambda i, n, b: (b, nq - 1 - i)),
-            pl.BlockSpec((None, Sp), lambda i, n, b: (b, 0)),
-        ]
+        in_specs += [q_seg_spec, k_seg_spec]
         args += [q_seg, k_seg]
     return pl.pallas_call(
         functools.partial(_fwd_kernel, p=p, bq=bq, bk=bk),
-        grid=grid,
+        grid=(nq, N, B),  # consecutive programs share one head's K/V in L2
         in_specs=in_specs,
-        out_specs=[
-            pl.BlockSpec((None, None, bq, H), q_block),
-            pl.BlockSpec((None, None, bq), lambda i, n, b: (b, n, nq - 1 - i)),
-        ],
+        out_specs=[tile, row],
         out_shape=[
-            jax.ShapeDtypeStruct((B, N, Tp, H), q.dtype),
+            jax.ShapeDtypeStruct((B, Tp, N, H), q.dtype),
             jax.ShapeDtypeStruct((B, N, Tp), jnp.float32),
         ],
         interpret=p.interpret,
@@ -143,7 +153,7 @@ def forward(p: Problem, q, k, v, q_seg, k_seg):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Backward: dq (one program per query tile, loop over key tiles)
+# Backward dq: one program per (query tile, query head, batch row); loop over visible key tiles.
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -184,32 +194,19 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Proble
 
 def backward_dq(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
     bq, bk = p.blocks.dq_q, p.blocks.dq_k
-    B, N, Tp, H = q.shape
-    Sp, G = p.kv_len_padded, p.group
+    B, Tp, N, H = q.shape
     nq = Tp // bq
-    q_block = lambda i, n, b: (b, n, nq - 1 - i, 0)
-    row_block = lambda i, n, b: (b, n, nq - 1 - i)
-    in_specs = [
-        pl.BlockSpec((None, None, bq, H), q_block),
-        pl.BlockSpec((None, None, Sp, H), lambda i, n, b: (b, jax.lax.div(n, G), 0, 0)),
-        pl.BlockSpec((None, None, Sp, H), lambda i, n, b: (b, jax.lax.div(n, G), 0, 0)),
-        pl.BlockSpec((None, None, bq, H), q_block),
-        pl.BlockSpec((None, None, bq), row_block),
-        pl.BlockSpec((None, None, bq), row_block),
-    ]
-    args = [q, k, v, do, lse, delta]
+    tile, kv, row, q_seg_spec, k_seg_spec = _row_specs(p, bq, nq)
+    in_specs, args = [tile, kv, kv, tile, row, row], [q, k, v, do, lse, delta]
     if p.has_segments:
-        in_specs += [
-            pl.BlockSpec((None, bq), lambda i, n, b: (b, nq - 1 - i)),
-            pl.BlockSpec((None, Sp), lambda i, n, b: (b, 0)),
-        ]
+        in_specs += [q_seg_spec, k_seg_spec]
         args += [q_seg, k_seg]
     return pl.pallas_call(
         functools.partial(_dq_kernel, p=p, bq=bq, bk=bk),
         grid=(nq, N, B),
         in_specs=in_specs,
-        out_specs=pl.BlockSpec((None, None, bq, H), q_block),
-        out_shape=jax.ShapeDtypeStruct((B, N, Tp, H), q.dtype),
+        out_specs=tile,
+        out_shape=jax.ShapeDtypeStruct((B, Tp, N, H), q.dtype),
         interpret=p.interpret,
         compiler_params=_compiler_params(p, "dq"),
         name="oyster_flash_dq",
@@ -217,11 +214,12 @@ def backward_dq(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Backward: dk, dv (one program per key tile of a K/V head; loop over its G query heads and query tiles)
+# Backward dk, dv: one program per (key tile, K/V head [x head split], batch row); loop over the query
+# heads of the group (or of its share of the group) and over the query tiles that can see the key tile.
 # ----------------------------------------------------------------------------------------------------
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Problem, bq: int, bk: int):
+def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Problem, bq: int, bk: int, heads: int):
     if p.has_segments:
         q_seg_ref, k_seg_ref, dk_ref, dv_ref = refs
     else:
@@ -237,8 +235,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Probl
     def tile(i, carry, g, position_mask):
         dk, dv = carry
         rows = pl.ds(pl.multiple_of(i * bq, bq), bq)
-        q = q_ref[g, rows, :]  # [bq, H]
-        do = do_ref[g, rows, :]
+        q = q_ref[rows, g, :]  # [bq, H]
+        do = do_ref[rows, g, :]
         lse2 = lse_ref[g, rows] * LOG2_E
         delta = delta_ref[g, rows]
         probs = jnp.exp2(_dot(q, k, trans_b=True) * qk_scale - lse2[:, None])  # [bq, bk]
@@ -257,40 +255,55 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Probl
         return jax.lax.fori_loop(full_start, end, functools.partial(tile, g=g, position_mask=False), carry)
 
     zeros = jnp.zeros((bk, p.padded_head_dim), jnp.float32)
-    dk, dv = jax.lax.fori_loop(0, p.group, head, (zeros, zeros))
+    dk, dv = jax.lax.fori_loop(0, heads, head, (zeros, zeros))
     dk_ref[...] = (dk * p.sm_scale).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
+def dkv_head_split(p: Problem, nk: int) -> int:
+    """Programs per K/V head: the smallest divisor of G that gives MIN_DKV_PROGRAMS programs, else G."""
+    programs = nk * p.kv_heads * p.batch
+    for split in range(1, p.group + 1):
+        if p.group % split == 0 and programs * split >= MIN_DKV_PROGRAMS:
+            return split
+    return p.group
+
+
 def backward_dkv(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
     bq, bk = p.blocks.dkv_q, p.blocks.dkv_k
-    B, N, Tp, H = q.shape
-    K, Sp, G = p.kv_heads, p.kv_len_padded, p.group
+    B, Tp, N, H = q.shape
+    K, Sp = p.kv_heads, p.kv_len_padded
     nk = Sp // bk
-    kv_block = lambda j, h, b: (b, h, j, 0)
-    group_rows = lambda j, h, b: (b, h, 0, 0)  # block h of size G along N = query heads h*G .. h*G+G-1
-    in_specs = [
-        pl.BlockSpec((None, G, Tp, H), group_rows),
-        pl.BlockSpec((None, None, bk, H), kv_block),
-        pl.BlockSpec((None, None, bk, H), kv_block),
-        pl.BlockSpec((None, G, Tp, H), group_rows),
-        pl.BlockSpec((None, G, Tp), lambda j, h, b: (b, h, 0)),
-        pl.BlockSpec((None, G, Tp), lambda j, h, b: (b, h, 0)),
-    ]
+    split = dkv_head_split(p, nk)
+    heads = p.group // split  # query heads per program
+    # Grid axis 1 runs over (K/V head, share of its group) = h * split + c; the share's query heads are
+    # (h * split + c) * heads .. + heads - 1, which is block h * split + c of size `heads` along N.
+    kv_head = lambda hc: jax.lax.div(hc, split)
+    group_rows = pl.BlockSpec((None, Tp, heads, H), lambda j, hc, b: (b, 0, hc, 0))
+    kv_tile = pl.BlockSpec((None, bk, None, H), lambda j, hc, b: (b, j, kv_head(hc), 0))
+    group_lse = pl.BlockSpec((None, heads, Tp), lambda j, hc, b: (b, hc, 0))
+    in_specs = [group_rows, kv_tile, kv_tile, group_rows, group_lse, group_lse]
     args = [q, k, v, do, lse, delta]
     if p.has_segments:
         in_specs += [
-            pl.BlockSpec((None, Tp), lambda j, h, b: (b, 0)),
-            pl.BlockSpec((None, bk), lambda j, h, b: (b, j)),
+            pl.BlockSpec((None, Tp), lambda j, hc, b: (b, 0)),
+            pl.BlockSpec((None, bk), lambda j, hc, b: (b, j)),
         ]
         args += [q_seg, k_seg]
-    return pl.pallas_call(
-        functools.partial(_dkv_kernel, p=p, bq=bq, bk=bk),
-        grid=(nk, K, B),
+    # With a split, each program writes its own float32 partial (head axis K * split), summed below.
+    out_spec = pl.BlockSpec((None, bk, None, H), lambda j, hc, b: (b, j, hc, 0))
+    out_dtype = (k.dtype, v.dtype) if split == 1 else (jnp.float32, jnp.float32)
+    dk, dv = pl.pallas_call(
+        functools.partial(_dkv_kernel, p=p, bq=bq, bk=bk, heads=heads),
+        grid=(nk, K * split, B),
         in_specs=in_specs,
-        out_specs=[pl.BlockSpec((None, None, bk, H), kv_block), pl.BlockSpec((None, None, bk, H), kv_block)],
-        out_shape=[jax.ShapeDtypeStruct((B, K, Sp, H), k.dtype), jax.ShapeDtypeStruct((B, K, Sp, H), v.dtype)],
+        out_specs=[out_spec, out_spec],
+        out_shape=[jax.ShapeDtypeStruct((B, Sp, K * split, H), dt) for dt in out_dtype],
         interpret=p.interpret,
         compiler_params=_compiler_params(p, "dkv"),
         name="oyster_flash_dkv",
     )(*args)
+    if split > 1:
+        dk = dk.reshape(B, Sp, K, split, H).sum(axis=3).astype(k.dtype)
+        dv = dv.reshape(B, Sp, K, split, H).sum(axis=3).astype(v.dtype)
+    return dk, dv

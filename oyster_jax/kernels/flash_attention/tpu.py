@@ -23,6 +23,8 @@ from jax.experimental.pallas import tpu as pltpu
 
 from oyster_jax.kernels.flash_attention.common import Problem, kv_blocks_for_q_block, q_blocks_for_kv_block
 
+HEAD_MAJOR = True  # q [B, N, Tp, H], k/v [B, K, Sp, H]
+
 _NT = (((1,), (1,)), ((), ()))  # A @ B^T
 _NN = (((1,), (0,)), ((), ()))  # A @ B
 
