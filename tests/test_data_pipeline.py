@@ -51,18 +51,21 @@ def _short_records(n):
     return out
 
 
-def test_loss_weights_are_exactly_the_assistant_turns(tmp_path):
+@pytest.mark.parametrize("fmt", ["chatml", "deepseek_r1"])
+def test_loss_weights_are_exactly_the_assistant_turns(tmp_path, fmt):
     path = _sft_file(tmp_path, [MULTI_TURN])
     it = pipeline.make_sft_iterator(
-        path, batch_size=1, seq_len=256, shard_index=0, shard_count=1, shuffle=False, repeat=False
+        path, batch_size=1, seq_len=256, shard_index=0, shard_count=1, shuffle=False, repeat=False, chat_format=fmt
     )
     batch = next(it)
     n = int((batch["segment_ids"][0] > 0).sum())
     tokens, weights = batch["tokens"][0, :n], batch["loss_weights"][0, :n]
     # Reference: the `tokenizers` ids of the whole rendered conversation, encoded in one call.
     messages = MULTI_TURN["messages"][:-1] + [{**MULTI_TURN["messages"][-1], "thinking": MULTI_TURN["thinking"]}]
+    if fmt == "deepseek_r1":  # every DeepSeek assistant turn carries a think block (empty when absent)
+        messages[2] = {**messages[2], "thinking": ""}
     reference = tokenizers.Tokenizer.from_file(default_tokenizer_path())
-    assert tokens.tolist() == reference.encode(chat.render(messages), add_special_tokens=False).ids
+    assert tokens.tolist() == reference.encode(chat.render(messages, fmt), add_special_tokens=False).ids
     # Trained spans, decoded, are exactly the two assistant turns (thinking + answer + end-of-turn).
     spans, current = [], []
     for tok, w in zip(tokens.tolist(), weights.tolist()):
@@ -74,10 +77,16 @@ def test_loss_weights_are_exactly_the_assistant_turns(tmp_path):
     if current:
         spans.append(current)
     decoded = [reference.decode(s, skip_special_tokens=False) for s in spans]
-    assert decoded == [
-        "Hello there.<|im_end|>",
-        "<think>\nGive one concrete tip.\n</think>\n\nKeep a regular bedtime.<|im_end|>",
-    ]
+    if fmt == "chatml":
+        assert decoded == [
+            "Hello there.<|im_end|>",
+            "<think>\nGive one concrete tip.\n</think>\n\nKeep a regular bedtime.<|im_end|>",
+        ]
+    else:
+        assert decoded == [
+            "<think>\n\n</think>\n\nHello there.<｜end▁of▁sentence｜>",
+            "<think>\nGive one concrete tip.\n</think>\n\nKeep a regular bedtime.<｜end▁of▁sentence｜>",
+        ]
     untrained = reference.decode(tokens[weights == 0].tolist(), skip_special_tokens=False)
     assert "Hello there" not in untrained and "bedtime" not in untrained and "sleep better" in untrained
 

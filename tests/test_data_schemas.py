@@ -104,6 +104,10 @@ def test_bad_json_duplicate_ids_and_non_objects(tmp_path):
     file = _write(tmp_path / "c.jsonl", ["[1, 2]"])
     with pytest.raises(schemas.RecordError, match=rf"{file}:1: field '<record>'"):
         schemas.read_records(file, "eval")
+    file = tmp_path / "d.jsonl"
+    file.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD["eval"]).encode() + b"\r\n\xff\xfe\n")
+    with pytest.raises(schemas.RecordError, match=rf"{file}:2: field '<utf-8>': not UTF-8"):
+        schemas.read_records(file, "eval")  # line 1 (with a byte-order mark and CRLF) was fine
 
 
 def test_seqio_task_source_validates_when_reading(tmp_path):

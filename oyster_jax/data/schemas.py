@@ -203,21 +203,25 @@ def iter_records(path: str | os.PathLike, kind: str) -> Iterator[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such {kind} JSONL file")
     seen: dict[str, int] = {}
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(str(path), lineno, "<utf-8>", f"not UTF-8 (byte {e.start})") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # tolerate a byte-order mark
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise RecordError(
-                    str(path), lineno, "<json>", f"not valid JSON ({e.msg} at column {e.colno})"
-                ) from None
+                reason = f"not valid JSON ({e.msg} at column {e.colno})"
+                raise RecordError(str(path), lineno, "<json>", reason) from None
             record = validate_record(record, kind, str(path), lineno)
             if record["id"] in seen:
-                raise RecordError(
-                    str(path), lineno, "id", f"duplicate id {record['id']!r} (first on line {seen[record['id']]})"
-                )
+                reason = f"duplicate id {record['id']!r} (first on line {seen[record['id']]})"
+                raise RecordError(str(path), lineno, "id", reason)
             seen[record["id"]] = lineno
             yield record
 
