@@ -99,3 +99,16 @@ def test_no_benchmark_prompt_is_in_the_seed_data(data_dir):
     }
     seed_prompts |= {r["messages"][0]["content"].strip() for n in ("sft_train", "sft_test") for r in _read(n, "sft")}
     assert len(benchmark) == 700 and benchmark.isdisjoint(seed_prompts)
+
+
+def test_tfds_seed_builder(tmp_path):
+    import tensorflow_datasets as tfds
+
+    import oyster_jax.data.tfds_builders  # noqa: F401  (registers the builders)
+
+    builder = tfds.builder("oyster_csa_seed/sft", data_dir=str(tmp_path))
+    builder.download_and_prepare()
+    assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 1728, "test": 384}
+    ex = next(iter(tfds.as_numpy(builder.as_dataset(split="test"))))
+    record = json.loads(ex["record"])
+    assert ex["response"].decode() == record["messages"][-1]["content"] and ex["thinking"]
