@@ -28,6 +28,9 @@ NOTEBOOKS = {
         "SFT_BATCH": 8,
         "PREF_BATCH": 8,
         "SEQ_LEN": 64,
+        "LOGITS_CHUNK": 128,  # the chunked LM head and remat of the real settings, at tiny scale
+        "REMAT": "full",
+        "HELDOUT_BATCH": 8,
         "HELDOUT_BATCHES": 1,
         "STRATA_SWORD_PROMPTS": 3,
         "MAX_NEW_TOKENS": 8,
