@@ -104,7 +104,13 @@ def make_train_iterator(config, stage: str, model_cfg, *, process_index: int = 0
     from oyster_jax import data
 
     vocab = _vocab(config)
-    common = dict(seed=config.seed, shard_index=process_index, shard_count=process_count, vocab=vocab)
+    common = dict(
+        seed=config.seed,
+        shard_index=process_index,
+        shard_count=process_count,
+        vocab=vocab,
+        chat_format=config.data.get("chat_format") or None,
+    )
     if stage == "sft":
         task = config.data.sft_task
         try:
@@ -173,5 +179,6 @@ def make_heldout_iterator(config, batch_size: int):
         shard_index=0,
         shard_count=1,
         max_prompt_len=config.data.max_prompt_len or None,
+        chat_format=config.data.get("chat_format") or None,
     )
     return PrefPairs(rows)

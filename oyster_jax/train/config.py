@@ -7,7 +7,8 @@ An experiment config is an `ml_collections.ConfigDict` with these fields (defaul
     init_from        "" (random init) | a Hugging Face model dir | an Orbax model checkpoint (convert.save_model)
     stages           "sft" | "pref" | "sft,pref" (chained: pref starts from sft's final parameters)
     seed, mesh, sharding
-    data             sft_task, pref_task, heldout_pref_task/split, seq_len, pref_seq_len, max_prompt_len
+    data             sft_task, pref_task (task/mixture names or JSONL paths), heldout_pref_task/split,
+                     seq_len, pref_seq_len, max_prompt_len, tokenizer, chat_format
     sft, pref        per stage: num_steps, batch_size (rows for SFT, *pairs* for pref), microbatches,
                      learning_rate, warmup_steps, min_lr_ratio, weight_decay, b1, b2, eps, grad_clip,
                      logits_chunk; pref also loss (orpo|dpo|ipo|simpo), orpo_lambda, beta, simpo_gamma,
@@ -60,7 +61,7 @@ def stage_defaults(**overrides) -> ml_collections.ConfigDict:
     c.b2 = 0.95
     c.eps = 1e-8
     c.grad_clip = 1.0
-    c.logits_chunk = 0  # tokens per chunk of the LM head + CE (0: all at once); >0 for big vocabularies
+    c.logits_chunk = 0  # sequence positions per slab of LM head + CE (0: all at once); >0 for big vocabularies
     c.update(overrides)
     return c
 
@@ -93,6 +94,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.seq_len = 256  # SFT packed row length
     c.data.pref_seq_len = 256  # prompt + completion
     c.data.max_prompt_len = 0  # 0: the data pipeline's default (pref_seq_len // 2)
+    c.data.tokenizer = ""  # "" = the task's (the bundled tiny tokenizer); else a tokenizer.json (the model's)
+    c.data.chat_format = ""  # "" = the task's; "chatml" (Qwen3) | "deepseek_r1"
     c.sft = stage_defaults()
     c.pref = pref_defaults()
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, async_save=True))

@@ -130,12 +130,12 @@ def plot_curves(records_by_stage: dict[str, list[dict]], out_png, title: str = "
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     offset = 0
-    for stage, recs in records_by_stage.items():
+    for i, (stage, recs) in enumerate(records_by_stage.items()):
         steps = np.array([r["step"] for r in recs]) + offset
         for ax, k in zip(axes.flat, keys):
-            ys = [r.get(k, np.nan) for r in recs]
-            if not np.all(np.isnan(np.asarray(ys, float))):
-                ax.plot(steps, ys, label=stage)
+            ys = np.asarray([r.get(k, np.nan) for r in recs], float)
+            if not np.all(np.isnan(ys)):
+                ax.plot(steps, ys, label=stage, color=f"C{i}")
         if recs:
             offset = steps.max()
     for ax, k in zip(axes.flat, keys):
@@ -145,7 +145,8 @@ def plot_curves(records_by_stage: dict[str, list[dict]], out_png, title: str = "
         ax.set_xlabel("step", fontsize=8)
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    handles = [plt.Line2D([], [], color=f"C{i}", label=stage) for i, stage in enumerate(records_by_stage)]
+    axes.flat[0].legend(handles=handles, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -39,23 +39,26 @@ def shifted_targets(tokens, weights, segment_ids):
 def target_logprobs(cfg: models.ModelConfig, params, h: jax.Array, targets: jax.Array, chunk_tokens: int = 0):
     """Final hidden states h [B, T, D], targets [B, T] -> log p(target) float32 [B, T].
 
-    With `chunk_tokens` > 0 the [B·T, V] logits are never materialised at once: rows are processed in
-    chunks whose logits are recomputed in the backward pass (what 150k-token vocabularies need).
+    With `chunk_tokens` = C > 0 the [B, T, V] logits are never materialised at once: the sequence is cut
+    into T/C slabs of [B, C] positions (every row, so a batch sharded over devices stays sharded), each
+    slab's logits are recomputed in the backward pass. This is what 150k-token vocabularies need.
     """
     B, T, D = h.shape
-    n = B * T
-    if not chunk_tokens or chunk_tokens >= n:
+    if not chunk_tokens or chunk_tokens >= T:
         return losses.token_logprobs(models.logits_from_hidden(cfg, params, h), targets)
-    if n % chunk_tokens:
-        raise ValueError(f"logits_chunk={chunk_tokens} must divide batch x length = {n}")
+    if T % chunk_tokens:
+        raise ValueError(f"logits_chunk={chunk_tokens} must divide the sequence length {T}")
+    n = T // chunk_tokens
 
     @jax.checkpoint
-    def one_chunk(args):
-        hc, tc = args  # [C, D], [C]
-        return losses.token_logprobs(models.logits_from_hidden(cfg, params, hc[None]), tc[None])[0]
+    def one_slab(args):
+        hc, tc = args  # [B, C, D], [B, C]
+        return losses.token_logprobs(models.logits_from_hidden(cfg, params, hc), tc)
 
-    out = jax.lax.map(one_chunk, (h.reshape(n // chunk_tokens, chunk_tokens, D), targets.reshape(-1, chunk_tokens)))
-    return out.reshape(B, T)
+    h_slabs = jnp.moveaxis(h.reshape(B, n, chunk_tokens, D), 1, 0)  # [n, B, C, D]
+    t_slabs = jnp.moveaxis(targets.reshape(B, n, chunk_tokens), 1, 0)
+    out = jax.lax.map(one_slab, (h_slabs, t_slabs))  # [n, B, C]
+    return jnp.moveaxis(out, 0, 1).reshape(B, T)
 
 
 def _forward_logprobs(cfg, params, tokens, weights, segment_ids, positions, chunk_tokens):

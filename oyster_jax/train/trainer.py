@@ -147,6 +147,19 @@ def _to_device(batch: dict, shardings: dict):
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
 
 
+def mesh_from_config(spec: str):
+    """config.mesh -> Mesh. A mesh without a -1 axis that needs fewer devices than there are takes the first
+    ones (e.g. "data=1,fsdp=1,tensor=1" on an 8-device host: a single-device run)."""
+    from oyster_jax.sharding import parse_mesh_spec
+
+    shape = parse_mesh_spec(spec)
+    need = math.prod(shape.values())
+    devices = jax.devices()
+    if -1 not in shape.values() and 0 < need < len(devices):
+        devices = devices[:need]
+    return make_mesh(shape, devices=devices)
+
+
 def _check_divisible(rows: int, mesh, what: str):
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if rows % shards:
@@ -272,6 +285,82 @@ def _precompute_reference(config, cfg, ref_params, iterator, num_steps, stage_di
 
 
 # ------------------------------------------------------------------------------------------------
+# The jitted step (shared by training and the ahead-of-time compile)
+# ------------------------------------------------------------------------------------------------
+
+
+def abstract_train_state(cfg: models.ModelConfig, optimizer, seed: int = 0) -> dict:
+    return jax.eval_shape(lambda: step_lib.init_state(models.abstract_params(cfg), optimizer, jax.random.key(seed)))
+
+
+def jitted_train_step(config, stage: str, cfg, mesh, rules, example: dict, *, frozen_reference: bool):
+    """jit(step) with explicit in/out shardings and the state donated; `example` gives batch shapes
+    (arrays or ShapeDtypeStructs). Cached per process for identical configurations."""
+    s = config[stage]
+    num_steps = int(s.num_steps)
+    shapes = tuple(sorted((k, tuple(np.shape(v))) for k, v in example.items()))
+
+    def build():
+        optimizer = optim.make_optimizer(s, num_steps)
+        param_sh = param_shardings(cfg, mesh, rules)
+        state_sh = state_shardings(abstract_train_state(cfg, optimizer, config.seed), param_sh, mesh)
+        batch_sh = _batch_shardings(mesh, example)
+        step_fn = step_lib.make_train_step(cfg, s, optimizer, "pref" if stage == "pref" else "sft")
+        repl = replicated(mesh)
+        if frozen_reference:
+            return jax.jit(
+                step_fn,
+                in_shardings=(state_sh, batch_sh, param_sh),
+                out_shardings=(state_sh, repl),
+                donate_argnums=(0,),
+            )
+        return jax.jit(
+            lambda st, b: step_fn(st, b),
+            in_shardings=(state_sh, batch_sh),
+            out_shardings=(state_sh, repl),
+            donate_argnums=(0,),
+        )
+
+    return _cached(
+        ("step", stage, cfg, _stage_key(s), num_steps, config.seed, mesh, rules, frozen_reference, shapes), build
+    )
+
+
+def abstract_batch(config, stage: str) -> dict:
+    """ShapeDtypeStructs of one global batch of `stage` (what the data pipeline would yield)."""
+    s = config[stage]
+    if stage == "sft":
+        lead, seq, mask = (s.batch_size,), config.data.seq_len, "loss_weights"
+    else:
+        lead, seq, mask = (s.batch_size, 2), config.data.pref_seq_len, "completion_mask"
+    batch = {k: jax.ShapeDtypeStruct(lead + (seq,), jnp.int32) for k in ("tokens", mask, "segment_ids", "positions")}
+    if stage == "pref" and s.loss in ("dpo", "ipo") and s.reference == "precomputed":
+        batch["ref_logps"] = jax.ShapeDtypeStruct((s.batch_size, 2), jnp.float32)
+    return batch
+
+
+def aot_compile_train_step(config, stage: str, mesh=None):
+    """Lower and compile the train step of `stage` for `mesh` (default: config.mesh) from abstract inputs
+    only — no weights, no data. Returns the compiled executable (see `.memory_analysis()`)."""
+    cfg = config_lib.model_config(config)
+    rules = resolve_rules(config.sharding)
+    mesh = mesh if mesh is not None else mesh_from_config(config.mesh)
+    s = config[stage]
+    frozen = stage == "pref" and s.loss in ("dpo", "ipo") and s.reference == "frozen"
+    example = abstract_batch(config, stage)
+    _check_divisible(s.batch_size // s.microbatches, mesh, f"config.{stage}.batch_size / microbatches")
+    optimizer = optim.make_optimizer(s, int(s.num_steps))
+    param_sh = param_shardings(cfg, mesh, rules)
+    abstract_state = abstract_train_state(cfg, optimizer, config.seed)
+    state = _with_sharding(abstract_state, state_shardings(abstract_state, param_sh, mesh))
+    batch = _with_sharding(example, _batch_shardings(mesh, example))
+    jitted = jitted_train_step(config, stage, cfg, mesh, rules, example, frozen_reference=frozen)
+    args = (state, batch) + ((_with_sharding(models.abstract_params(cfg), param_sh),) if frozen else ())
+    with use_rules(mesh, rules):
+        return jitted.lower(*args).compile()
+
+
+# ------------------------------------------------------------------------------------------------
 # One stage
 # ------------------------------------------------------------------------------------------------
 
@@ -283,7 +372,7 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
     s = config[stage]
     cfg = config_lib.model_config(config)
     rules = resolve_rules(config.sharding)
-    mesh = make_mesh(config.mesh)
+    mesh = mesh_from_config(config.mesh)
     _check_same_model(stage_dir, cfg, bool(config.fresh))
 
     done_path = stage_dir / "DONE.json"
@@ -309,9 +398,7 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
     optimizer = optim.make_optimizer(s, num_steps)
     schedule = optim.learning_rate_schedule(s, num_steps)
     param_sh = param_shardings(cfg, mesh, rules)
-    abstract_state = jax.eval_shape(
-        lambda: step_lib.init_state(models.abstract_params(cfg), optimizer, jax.random.key(config.seed))
-    )
+    abstract_state = abstract_train_state(cfg, optimizer, config.seed)
     state_sh = state_shardings(abstract_state, param_sh, mesh)
 
     # --- Restore or initialise ----------------------------------------------------------------------
@@ -364,27 +451,7 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
     del probe
 
     # --- Update step ---------------------------------------------------------------------------------
-    def build_step():
-        step_fn = step_lib.make_train_step(cfg, s, optimizer, "pref" if is_pref else "sft")
-        repl = replicated(mesh)
-        if ref_params is not None:
-            return jax.jit(
-                step_fn,
-                in_shardings=(state_sh, batch_sh, param_sh),
-                out_shardings=(state_sh, repl),
-                donate_argnums=(0,),
-            )
-        return jax.jit(
-            lambda st, b: step_fn(st, b),
-            in_shardings=(state_sh, batch_sh),
-            out_shardings=(state_sh, repl),
-            donate_argnums=(0,),
-        )
-
-    shapes = tuple(sorted((k, np.shape(v)) for k, v in example.items()))
-    jitted = _cached(
-        ("step", stage, cfg, _stage_key(s), num_steps, mesh, rules, ref_params is not None, shapes), build_step
-    )
+    jitted = jitted_train_step(config, stage, cfg, mesh, rules, example, frozen_reference=ref_params is not None)
 
     # --- Metrics ----------------------------------------------------------------------------------------
     seq_len = example["tokens"].shape[-1]
@@ -427,9 +494,10 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
                     )
                 metrics["learning_rate"] = float(schedule(step_num - 1))
                 metrics["step_seconds"] = dt
-                metrics["tokens_per_s"] = rows_per_step * seq_len / dt
-                metrics["tflops_per_s"] = flops_per_step / dt / 1e12
-                metrics["mfu"] = flops_per_step / dt / peak_total
+                if step_num > start_step + 1:  # the first step of a (re)start includes compilation
+                    metrics["tokens_per_s"] = rows_per_step * seq_len / dt
+                    metrics["tflops_per_s"] = flops_per_step / dt / 1e12
+                    metrics["mfu"] = flops_per_step / dt / peak_total
                 last_metrics = metrics
                 if step_num % max(int(config.log_every), 1) == 0 or step_num == num_steps:
                     writer.write(step_num, metrics)
