@@ -78,7 +78,7 @@ def test_greedy_matches_full_forward_reference(ckpt):
 
 def test_concurrent_calls_are_batched_and_match_reference(ckpt):
     path, cfg, params = ckpt
-    backend = LocalJaxBackend(str(path), max_new_tokens=NEW, batch_window_s=0.5)
+    backend = LocalJaxBackend(str(path), max_new_tokens=NEW, batch_window_s=0.5, adaptive_window=False)
     # Prompts of different lengths (left-padded inside the batch), one of them in Chinese.
     prompts = [
         [{"role": "user", "content": c}] for c in ("hi", "how should I cook rice so it is not sticky?", "怎么煮米饭")

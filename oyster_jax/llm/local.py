@@ -6,8 +6,10 @@
 `ckpt` is an Orbax model checkpoint or trainer workdir (`convert.load_model`) or a Hugging Face directory
 (config.json + *.safetensors, `convert.from_hf`). The chat template is `oyster_jax.data.chat` (Qwen3
 ChatML by default); generation is `oyster_jax.infer.generate`. Concurrent `achat` calls are gathered into
-batches (same sampling settings, up to `max_batch`, waiting at most `batch_window_s` for company) and run
-one batch at a time on a single worker thread, so the engine's concurrency turns into batch size.
+batches (same sampling settings, up to `max_batch`, waiting at most `batch_window_s` for company, and only
+when the previous batch had company or calls are queued, so a lone caller pays no wait) and run one batch at
+a time on a single worker thread, so the engine's concurrency turns into batch size. Every new (batch,
+length) bucket compiles once per process: short benchmarks should warm up first.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class LocalJaxBackend(BaseBackend):
     tokenizer: `tokenizer.json` file or a directory holding one; default: the one inside `ckpt`.
     chat_format: 'chatml' (Qwen3) or 'deepseek_r1'.
     max_new_tokens: default budget when a call gives no max_tokens.
-    max_batch / batch_window_s: micro-batching of concurrent calls.
+    max_batch / batch_window_s: micro-batching of concurrent calls; adaptive_window=False always waits
+      the window (otherwise only after a batch that had company, or with calls already queued).
     cfg / params: pass an already loaded model instead of reading `ckpt` (tests, notebooks).
     """
 
@@ -51,7 +54,8 @@ class LocalJaxBackend(BaseBackend):
         chat_format: str = "chatml",
         max_new_tokens: int = 512,
         max_batch: int = 16,
-        batch_window_s: float = 0.02,
+        batch_window_s: float = 0.05,
+        adaptive_window: bool = True,
         cfg=None,
         params=None,
         **generate_options,
@@ -79,6 +83,7 @@ class LocalJaxBackend(BaseBackend):
         self.max_new_tokens = max_new_tokens
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
+        self.adaptive_window = adaptive_window
         self.generate_options = generate_options
         # End-of-turn markers that are single tokens stop inside the decode loop; others as stop strings.
         self._eos_ids, self._stop_strings = [], []
@@ -92,6 +97,7 @@ class LocalJaxBackend(BaseBackend):
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._last_batch = 1
         self.batches = 0  # counters for tests and benchmarks
         self.requests = 0
 
@@ -129,7 +135,10 @@ class LocalJaxBackend(BaseBackend):
             if first is None:
                 return
             batch, deferred = [first], []
-            deadline = time.monotonic() + self.batch_window_s
+            # Wait for company only when calls have been arriving together (a lone caller pays no latency).
+            busy = self._last_batch > 1 or not self._queue.empty() or not self.adaptive_window
+            window = self.batch_window_s if busy else 0.002
+            deadline = time.monotonic() + window
             while len(batch) < self.max_batch:
                 try:
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -141,6 +150,7 @@ class LocalJaxBackend(BaseBackend):
                 (batch if item.key == first.key else deferred).append(item)
             for item in deferred:  # different settings: next round
                 self._queue.put(item)
+            self._last_batch = len(batch)
             try:
                 outputs = self._generate(batch)
                 self.batches += 1
