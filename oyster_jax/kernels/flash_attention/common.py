@@ -108,12 +108,18 @@ def fit_block(requested: int, length: int, minimum: int, style: str) -> int:
 # A query tile i holds rows [i*bq, (i+1)*bq); a key tile j holds keys [j*bk, (j+1)*bk).
 
 
+def idiv(x, d: int):
+    """Integer division of a non-negative int32 (traced) by a static divisor; int32 even under x64."""
+    x = jnp.asarray(x, jnp.int32)
+    return jax.lax.div(x, jnp.asarray(d, jnp.int32))
+
+
 def _cdiv_nonneg(x, d: int):
-    return jax.lax.div(jnp.maximum(x, 0) + (d - 1), d)
+    return idiv(jnp.maximum(x, 0) + (d - 1), d)
 
 
 def _floordiv_nonneg(x, d: int):
-    return jax.lax.div(jnp.maximum(x, 0), d)
+    return idiv(jnp.maximum(x, 0), d)
 
 
 def kv_blocks_for_q_block(p: Problem, i, bq: int, bk: int):
@@ -142,7 +148,7 @@ def q_blocks_for_kv_block(p: Problem, j, bq: int, bk: int):
             first_padded = p.kv_len // bk
             if first_padded == 0:
                 return 0, end, end
-            return 0, jnp.minimum(jax.lax.div(j, first_padded), 1) * end, end
+            return 0, jnp.minimum(idiv(j, first_padded), 1) * end, end
         return 0, 0, end
     off = p.causal_offset
     start = jnp.minimum(_floordiv_nonneg(j * bk - off, bq), end)

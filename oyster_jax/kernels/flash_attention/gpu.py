@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from oyster_jax.kernels.flash_attention.common import Problem, kv_blocks_for_q_block, q_blocks_for_kv_block
+from oyster_jax.kernels.flash_attention.common import Problem, idiv, kv_blocks_for_q_block, q_blocks_for_kv_block
 
 HEAD_MAJOR = False
 
@@ -80,7 +80,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, p: Problem, bq: int, bk: int):
     nq = p.q_len_padded // bq
     i = nq - 1 - pl.program_id(0)  # causal: the longest rows are scheduled first
     q = q_ref[...]  # [bq, H]
-    q_pos = i * bq + jnp.arange(bq)
+    q_pos = i * bq + jnp.arange(bq, dtype=jnp.int32)
     q_seg = q_seg_ref[...] if p.has_segments else None
     qk_scale = p.sm_scale * LOG2_E
 
@@ -90,7 +90,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, p: Problem, bq: int, bk: int):
         k = k_ref[keys, :]
         s = _dot(q, k, trans_b=True) * qk_scale  # [bq, bk], log2 units
         k_seg = k_seg_ref[keys] if p.has_segments else None
-        mask = _visible(p, q_pos, j * bk + jnp.arange(bk), q_seg, k_seg, position_mask=position_mask)
+        mask = _visible(p, q_pos, j * bk + jnp.arange(bk, dtype=jnp.int32), q_seg, k_seg, position_mask=position_mask)
         if mask is not None:
             s = jnp.where(mask, s, -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(s, axis=1))
@@ -120,7 +120,7 @@ def _row_specs(p: Problem, bq: int, nq: int):
     G = p.group
     rev = lambda i: nq - 1 - i
     tile = pl.BlockSpec((None, bq, None, p.padded_head_dim), lambda i, n, b: (b, rev(i), n, 0))
-    kv = pl.BlockSpec((None, p.kv_len_padded, None, p.padded_head_dim), lambda i, n, b: (b, 0, jax.lax.div(n, G), 0))
+    kv = pl.BlockSpec((None, p.kv_len_padded, None, p.padded_head_dim), lambda i, n, b: (b, 0, idiv(n, G), 0))
     row = pl.BlockSpec((None, None, bq), lambda i, n, b: (b, n, rev(i)))
     q_seg = pl.BlockSpec((None, bq), lambda i, n, b: (b, rev(i)))
     k_seg = pl.BlockSpec((None, p.kv_len_padded), lambda i, n, b: (b, 0))
@@ -168,7 +168,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Proble
     do = do_ref[...]
     lse2 = lse_ref[...] * LOG2_E  # [bq], base 2
     delta = delta_ref[...]  # [bq] = rowsum(dO * O)
-    q_pos = i * bq + jnp.arange(bq)
+    q_pos = i * bq + jnp.arange(bq, dtype=jnp.int32)
     q_seg = q_seg_ref[...] if p.has_segments else None
     qk_scale = p.sm_scale * LOG2_E
 
@@ -178,7 +178,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Proble
         v = v_ref[keys, :]
         probs = jnp.exp2(_dot(q, k, trans_b=True) * qk_scale - lse2[:, None])  # [bq, bk]
         k_seg = k_seg_ref[keys] if p.has_segments else None
-        mask = _visible(p, q_pos, j * bk + jnp.arange(bk), q_seg, k_seg, position_mask=position_mask)
+        mask = _visible(p, q_pos, j * bk + jnp.arange(bk, dtype=jnp.int32), q_seg, k_seg, position_mask=position_mask)
         if mask is not None:
             probs = jnp.where(mask, probs, 0.0)
         dp = _dot(do, v, trans_b=True)
@@ -227,7 +227,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Probl
     j = pl.program_id(0)  # causal: low key tiles see the most query tiles and come first anyway
     k = k_ref[...]  # [bk, H]
     v = v_ref[...]
-    k_pos = j * bk + jnp.arange(bk)
+    k_pos = j * bk + jnp.arange(bk, dtype=jnp.int32)
     k_seg = k_seg_ref[...] if p.has_segments else None
     qk_scale = p.sm_scale * LOG2_E
     start, full_start, end = q_blocks_for_kv_block(p, j, bq, bk)
@@ -241,7 +241,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Probl
         delta = delta_ref[g, rows]
         probs = jnp.exp2(_dot(q, k, trans_b=True) * qk_scale - lse2[:, None])  # [bq, bk]
         q_seg = q_seg_ref[rows] if p.has_segments else None
-        mask = _visible(p, i * bq + jnp.arange(bq), k_pos, q_seg, k_seg, position_mask=position_mask)
+        mask = _visible(p, i * bq + jnp.arange(bq, dtype=jnp.int32), k_pos, q_seg, k_seg, position_mask=position_mask)
         if mask is not None:
             probs = jnp.where(mask, probs, 0.0)
         dv = dv + _dot(probs.astype(do.dtype), do, trans_a=True)  # [bk, H]
@@ -278,7 +278,7 @@ def backward_dkv(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
     heads = p.group // split  # query heads per program
     # Grid axis 1 runs over (K/V head, share of its group) = h * split + c; the share's query heads are
     # (h * split + c) * heads .. + heads - 1, which is block h * split + c of size `heads` along N.
-    kv_head = lambda hc: jax.lax.div(hc, split)
+    kv_head = lambda hc: idiv(hc, split)
     group_rows = pl.BlockSpec((None, Tp, heads, H), lambda j, hc, b: (b, 0, hc, 0))
     kv_tile = pl.BlockSpec((None, bk, None, H), lambda j, hc, b: (b, j, kv_head(hc), 0))
     group_lse = pl.BlockSpec((None, heads, Tp), lambda j, hc, b: (b, hc, 0))

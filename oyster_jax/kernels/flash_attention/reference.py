@@ -1,6 +1,7 @@
 """Pure-JAX attention that the Pallas kernels are tested against.
 
-Deliberately simple: it materializes the [T, S] scores in float32 at full matmul precision, repeats
+Deliberately simple: it materializes the [T, S] scores in float32 (float64 for float64 inputs) at full
+matmul precision, repeats
 nothing (grouped heads are a reshape), and differentiates with plain `jax.grad`. Semantics it defines,
 and the kernels must match:
 
@@ -47,8 +48,9 @@ def attention_reference(
     G = N // K
     sm_scale = H**-0.5 if sm_scale is None else sm_scale
     hi = jax.lax.Precision.HIGHEST
-    qg = q.astype(jnp.float32).reshape(B, T, K, G, H)
-    scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k.astype(jnp.float32), precision=hi) * sm_scale
+    acc = jnp.promote_types(q.dtype, jnp.float32)  # float32, or float64 when checking the checker
+    qg = q.astype(acc).reshape(B, T, K, G, H)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k.astype(acc), precision=hi) * sm_scale
     mask = attention_mask(T, S, causal=causal, segment_ids=segment_ids)
     if mask is not None:
         # -inf (not a large finite value) so that masked keys contribute exactly 0, and a row with no
@@ -59,5 +61,5 @@ def attention_reference(
     weights = jnp.exp(scores - row_max)
     denom = jnp.sum(weights, axis=-1, keepdims=True)
     probs = weights / jnp.where(denom == 0.0, 1.0, denom)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(jnp.float32), precision=hi)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v.astype(acc), precision=hi)
     return out.reshape(B, T, N, H).astype(q.dtype)

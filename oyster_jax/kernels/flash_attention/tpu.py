@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from oyster_jax.kernels.flash_attention.common import Problem, kv_blocks_for_q_block, q_blocks_for_kv_block
+from oyster_jax.kernels.flash_attention.common import Problem, idiv, kv_blocks_for_q_block, q_blocks_for_kv_block
 
 HEAD_MAJOR = True  # q [B, N, Tp, H], k/v [B, K, Sp, H]
 
@@ -129,8 +129,8 @@ def forward(p: Problem, q, k, v, q_seg, k_seg):
 
     in_specs = [
         pl.BlockSpec((None, None, bq, H), lambda b, n, i, j: (b, n, i, 0)),
-        pl.BlockSpec((None, None, bk, H), lambda b, n, i, j: (b, jax.lax.div(n, G), kv_tile(i, j), 0)),
-        pl.BlockSpec((None, None, bk, H), lambda b, n, i, j: (b, jax.lax.div(n, G), kv_tile(i, j), 0)),
+        pl.BlockSpec((None, None, bk, H), lambda b, n, i, j: (b, idiv(n, G), kv_tile(i, j), 0)),
+        pl.BlockSpec((None, None, bk, H), lambda b, n, i, j: (b, idiv(n, G), kv_tile(i, j), 0)),
     ]
     args = [q, k, v]
     if p.has_segments:
@@ -215,7 +215,7 @@ def backward_dq(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
         return _clamp(j, 0, end - 1)
 
     q_spec = pl.BlockSpec((None, None, bq, H), lambda b, n, i, j: (b, n, i, 0))
-    kv_spec = pl.BlockSpec((None, None, bk, H), lambda b, n, i, j: (b, jax.lax.div(n, G), kv_tile(i, j), 0))
+    kv_spec = pl.BlockSpec((None, None, bk, H), lambda b, n, i, j: (b, idiv(n, G), kv_tile(i, j), 0))
     col_spec = pl.BlockSpec((None, None, bq, 1), lambda b, n, i, j: (b, n, i, 0))
     in_specs = [q_spec, kv_spec, kv_spec, q_spec, col_spec, col_spec]
     args = [q, k, v, do, lse.reshape(B, N, Tp, 1), delta.reshape(B, N, Tp, 1)]
