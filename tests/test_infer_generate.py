@@ -61,7 +61,9 @@ def test_eos_stops_row_like_transformers(hf_case):
 
 def test_cache_path_matches_forward(tmp_path):
     """Prefill logits at every position, then three single-token decode steps, equal `models.forward`."""
-    cfg, params = convert.from_hf(save_hf_model(make_hf_model("qwen2_mqa_tied"), tmp_path / "hf"))
+    # q/k/v/o biases and q/k norms: every optional tensor of the layer
+    cfg, params = convert.from_hf(save_hf_model(make_hf_model("qwen3_bias_untied"), tmp_path / "hf"))
+    assert cfg.qkv_bias and cfg.o_bias and cfg.qk_norm
     rng = np.random.default_rng(2)
     B, P, extra = 2, 8, 3
     seq = rng.integers(0, cfg.vocab_size, (B, P + extra)).astype(np.int32)
@@ -218,3 +220,10 @@ def test_rows_are_grouped_by_length_under_a_token_budget():
     # 2 rows x bucket 1024 = 2048 tokens fit; a third long row would make it 4 x 1024
     assert group([1000, 10, 900, 20], None, 2048) == [[1, 3], [2, 0]]
     assert group([3000], None, 1024) == [[0]]  # a single row always runs
+
+
+def test_unknown_parameters_are_refused(tiny):
+    cfg, params = tiny
+    extra = {**params, "layers_0": {**params["layers_0"], "mlp": {**params["layers_0"]["mlp"], "gate_bias": 0.0}}}
+    with pytest.raises(ValueError, match="mlp/gate_bias"):
+        infer.generate(cfg, extra, [[1]], 2)

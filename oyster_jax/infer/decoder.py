@@ -122,7 +122,10 @@ def _layer(cfg, p, x, positions, cache: KVCache, i, write_at, kv_start, mesh, ru
         segment_ids = (jnp.arange(T, dtype=jnp.int32)[None] >= kv_start[:, None]).astype(jnp.int32)
         out = attention(q, k, v, impl=cfg.attention_impl, causal=True, segment_ids=segment_ids)
     out = constrain(out, ("act_batch", None, "act_heads", None), mesh, rules)
-    x = x + jnp.einsum("BTNH,NHD->BTD", out, a["o_proj"].astype(dt))
+    attn_out = jnp.einsum("BTNH,NHD->BTD", out, a["o_proj"].astype(dt))
+    if cfg.o_bias:
+        attn_out = attn_out + a["o_bias"].astype(dt)
+    x = x + attn_out
     m = p["mlp"]
     h = _rms_norm(x, p["post_attention_layernorm"]["scale"], cfg.rms_norm_eps)
     gate = jnp.einsum("BTD,DF->BTF", h, m["gate_proj"].astype(dt))
@@ -130,6 +133,28 @@ def _layer(cfg, p, x, positions, cache: KVCache, i, write_at, kv_start, mesh, ru
     hidden = constrain(jax.nn.silu(gate) * up, ("act_batch", None, "act_mlp"), mesh, rules)
     x = x + jnp.einsum("BTF,FD->BTD", hidden, m["down_proj"].astype(dt))
     return constrain(x, ("act_batch", None, "act_embed"), mesh, rules), cache
+
+
+_LAYER_PARAMS = {
+    "input_layernorm": {"scale"},
+    "post_attention_layernorm": {"scale"},
+    "self_attn": {"q_proj", "k_proj", "v_proj", "o_proj", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm"},
+    "mlp": {"gate_proj", "up_proj", "down_proj"},
+}
+_TOP_PARAMS = {"embed_tokens", "norm", "lm_head"}
+
+
+def check_params(cfg: ModelConfig, params: dict) -> None:
+    """Refuse params with tensors this decoder does not apply: if the model grows a new parameter, generation
+    must fail loudly until `_layer` learns it, never silently ignore it."""
+    layers = [params["layers"]] if cfg.scan_layers else [params[f"layers_{i}"] for i in range(cfg.num_layers)]
+    unknown = sorted(set(params) - _TOP_PARAMS - {"layers"} - {f"layers_{i}" for i in range(cfg.num_layers)})
+    for layer in layers:
+        for group, names in layer.items():
+            extra = set(names) - _LAYER_PARAMS.get(group, set()) if isinstance(names, dict) else {group}
+            unknown += sorted(f"{group}/{n}" for n in extra)
+    if unknown:
+        raise ValueError(f"infer.decoder does not know the parameter(s) {sorted(set(unknown))}; update _layer")
 
 
 def decode(

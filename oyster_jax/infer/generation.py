@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from oyster_jax.infer.decoder import CACHE_AXES, KVCache, constrain, decode, init_cache
+from oyster_jax.infer.decoder import CACHE_AXES, KVCache, check_params, constrain, decode, init_cache
 from oyster_jax.infer.sampling import choose_tokens, row_keys
 from oyster_jax.models.config import ModelConfig
 
@@ -274,6 +274,7 @@ def generate_full(
 ) -> list[Generation]:
     """Like `generate`, with the finish reason of every row."""
     _validate(cfg, prompt_tokens, max_new_tokens, temperature, top_k, top_p, stop_strings, decode_fn)
+    check_params(cfg, params)
     prompts = [[int(t) for t in row] for row in prompt_tokens]
     if not prompts:
         return []
