@@ -48,6 +48,7 @@ import numpy as np
 __all__ = [
     "ClusterSpec",
     "DistributedError",
+    "any_process",
     "barrier",
     "data_shard",
     "data_state_for_checkpoint",
@@ -291,7 +292,8 @@ class MainProcessFilter(logging.Filter):
         self.other_level = other_level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        index = jax.process_index()
+        # Before initialize() there is one process; asking JAX would start its backends too early.
+        index = jax.process_index() if jax.distributed.is_initialized() else 0
         if index == 0:
             return True
         if record.levelno < self.other_level:
@@ -343,6 +345,19 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is true on at least one (collective: all processes must call it).
+
+    For decisions that must be unanimous, e.g. stopping after a SIGTERM that reached the hosts at different
+    steps: a save that only some processes enter would hang the others.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
 # ------------------------------------------------------------------------------------------------

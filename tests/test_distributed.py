@@ -129,6 +129,8 @@ def test_log_filter_keeps_process_zero_and_only_warnings_elsewhere(monkeypatch):
     f = distributed.MainProcessFilter()
     assert f.filter(_record(logging.INFO, "step 1"))
     monkeypatch.setattr(jax, "process_index", lambda: 3)
+    assert f.filter(_record(logging.INFO, "step 1"))  # before initialize() there is only one process
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
     assert not f.filter(_record(logging.INFO, "step 1"))
     warn = _record(logging.WARNING, "slow input")
     assert f.filter(warn) and warn.getMessage() == "[process 3] slow input"
@@ -167,3 +169,8 @@ def test_data_state_from_another_process_count_is_refused(monkeypatch):
     assert distributed.data_state_from_checkpoint(saved) == {"draws": 2}
     with pytest.raises(distributed.DistributedError, match="holds one process's position"):
         distributed.data_state_from_checkpoint({"draws": 1})
+
+
+def test_any_process_on_one_process():
+    assert distributed.any_process(True) is True
+    assert distributed.any_process(False) is False
