@@ -99,10 +99,11 @@ def main(argv=None) -> int:
     finally:
         if server is not None:
             server.stop()
-    if len(results) > 1:
-        base = results[0]["queries_per_min"]
-        print(f"[{where}] speed-up {results[-1]['queries_per_min'] / base:.1f}x from concurrency "
-              f"{results[0]['concurrency']} to {results[-1]['concurrency']}")  # fmt: skip
+    by_level = {r["concurrency"]: r for r in results}  # the last measurement of each level
+    if len(by_level) > 1:
+        lo, hi = by_level[min(by_level)], by_level[max(by_level)]
+        print(f"[{where}] concurrency {hi['concurrency']} vs {lo['concurrency']}: "
+              f"{hi['queries_per_min'] / lo['queries_per_min']:.1f}x queries/min")  # fmt: skip
     if args.json:
         print(json.dumps(results))
     return 0
