@@ -5,8 +5,8 @@
 #       --config configs/experiments/qwen3_14b_sft.py --workdir gs://my-bucket/runs/sft [--create] [--dry_run] \
 #       [-- --config.sft.num_steps=2000 ...]
 #
-# Steps: (1) reuse the TPU VM, or create it with --create; (2) pack this checkout (git-ignored paths such
-# as .venv/ and runs/ excluded) and copy it to every worker; (3) install `.[tpu]` into a venv on every
+# Steps: (1) reuse the TPU VM, or create it with --create; (2) pack this checkout (.git, .venv/, runs/,
+# checkpoints/ and caches excluded) and copy it to every worker; (3) install `.[tpu]` into a venv on every
 # worker; (4) start `python -m oyster_jax.main` on all workers at once, detached, with OYSTER_TPU_POD=1 so
 # oyster_jax.distributed.initialize() insists on finding the whole slice; (5) stream worker 0's log
 # (Ctrl-C stops the stream, not the job). --dry_run prints every command instead of running it.
@@ -34,6 +34,9 @@ options
   --spot                with --create: a Spot VM (cheaper, can be preempted)
   --python BIN          python on the workers (default python3.11; installed with apt when missing)
   --remote_dir DIR      code directory on the workers, relative to home (default oyster_jax)
+  --setup CMD           a shell command run in the code directory on every worker after the install,
+                        e.g. downloading the base model (each worker needs its own copy):
+                        --setup 'huggingface-cli download Qwen/Qwen3-14B --local-dir checkpoints/Qwen3-14B'
   --attach              only stream worker 0's log of the running job
   --stop                stop the running job on all workers
   --dry_run             print every command instead of running it
@@ -43,7 +46,7 @@ EOF
 }
 
 NAME="" ZONE="" ACCELERATOR="" CONFIG="" WORKDIR="" PROJECT="" VERSION=""
-CREATE=0 SPOT=0 DRY_RUN=0 ACTION=run PYTHON_BIN=python3.11 REMOTE_DIR=oyster_jax
+CREATE=0 SPOT=0 DRY_RUN=0 ACTION=run PYTHON_BIN=python3.11 REMOTE_DIR=oyster_jax SETUP=""
 MAIN_ARGS=()
 while (($#)); do
   case "$1" in
@@ -56,6 +59,7 @@ while (($#)); do
     --version) VERSION=${2:?--version needs a value}; shift 2 ;;
     --python) PYTHON_BIN=${2:?--python needs a value}; shift 2 ;;
     --remote_dir) REMOTE_DIR=${2:?--remote_dir needs a value}; shift 2 ;;
+    --setup) SETUP=${2:?--setup needs a value}; shift 2 ;;
     --create) CREATE=1; shift ;;
     --spot) SPOT=1; shift ;;
     --attach) ACTION=attach; shift ;;
@@ -143,13 +147,17 @@ fi
 # 2. Ship this checkout to every worker.
 TARBALL="${TMPDIR:-/tmp}/oyster_jax-$NAME.tar.gz"
 run tar -czf "$TARBALL" --exclude=./.git --exclude=./.venv --exclude=./runs --exclude=__pycache__ \
-  --exclude='*.egg-info' --exclude=./.pytest_cache --exclude=./.ruff_cache -C "$REPO" .
+  --exclude='*.egg-info' --exclude=./.pytest_cache --exclude=./.ruff_cache --exclude=./checkpoints -C "$REPO" .
 run "${TPU[@]}" scp "$TARBALL" "$NAME:$REMOTE_DIR.tar.gz" "${GCLOUD_SCOPE[@]}" --worker=all
 # Replace the code but keep the venv, so reinstalling is quick.
 on_workers all "mkdir -p \$HOME/$REMOTE_DIR && find \$HOME/$REMOTE_DIR -mindepth 1 -maxdepth 1 ! -name .venv ! -name logs -exec rm -rf {} + && tar -xzf \$HOME/$REMOTE_DIR.tar.gz -C \$HOME/$REMOTE_DIR"
 
 # 3. Install `.[tpu]` on every worker.
 on_workers all "cd \$HOME/$REMOTE_DIR && (command -v $PYTHON_BIN >/dev/null || (sudo apt-get update -q && sudo apt-get install -y -q $PYTHON_BIN $PYTHON_BIN-venv)) && ([ -x .venv/bin/python ] || $PYTHON_BIN -m venv .venv) && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e \".[tpu]\""
+
+if [[ -n $SETUP ]]; then
+  on_workers all "cd \$HOME/$REMOTE_DIR && $SETUP"
+fi
 
 # 4. Start the job on all workers at once (any previous job of this launcher is stopped first: the
 #    TPU chips can only be held by one process).

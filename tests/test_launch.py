@@ -59,7 +59,7 @@ SSH = f"gcloud compute tpus tpu-vm ssh csa-v5p {SCOPE}"
 PID = "$HOME/oyster_jax/logs/main.pid"
 
 
-def expected_tpu_commands(tmpdir, create: bool, main_args: str = "") -> list[str]:
+def expected_tpu_commands(tmpdir, create: bool, main_args: str = "", setup: str = "") -> list[str]:
     lines = [f"gcloud compute tpus tpu-vm describe csa-v5p {SCOPE} --format='value(state)'"]
     if create:
         lines.append(
@@ -69,7 +69,7 @@ def expected_tpu_commands(tmpdir, create: bool, main_args: str = "") -> list[str
     tarball = f"{tmpdir}/oyster_jax-csa-v5p.tar.gz"
     return lines + [
         f"tar -czf {tarball} --exclude=./.git --exclude=./.venv --exclude=./runs --exclude=__pycache__ "
-        f"--exclude='*.egg-info' --exclude=./.pytest_cache --exclude=./.ruff_cache -C {REPO} .",
+        f"--exclude='*.egg-info' --exclude=./.pytest_cache --exclude=./.ruff_cache --exclude=./checkpoints -C {REPO} .",
         f"gcloud compute tpus tpu-vm scp {tarball} csa-v5p:oyster_jax.tar.gz {SCOPE} --worker=all",
         f"{SSH} --worker=all --command='mkdir -p $HOME/oyster_jax && find $HOME/oyster_jax -mindepth 1 -maxdepth 1 "
         "! -name .venv ! -name logs -exec rm -rf {} + && tar -xzf $HOME/oyster_jax.tar.gz -C $HOME/oyster_jax'",
@@ -77,6 +77,7 @@ def expected_tpu_commands(tmpdir, create: bool, main_args: str = "") -> list[str
         "(sudo apt-get update -q && sudo apt-get install -y -q python3.11 python3.11-venv)) && "
         "([ -x .venv/bin/python ] || python3.11 -m venv .venv) && .venv/bin/pip install -q --upgrade pip && "
         '.venv/bin/pip install -q -e ".[tpu]"\'',
+        *([f"{SSH} --worker=all --command='cd $HOME/oyster_jax && {setup}'"] if setup else []),
         f'{SSH} --worker=all --command=\'if [ -f {PID} ]; then kill "$(cat {PID})" 2>/dev/null || true; '
         f"rm -f {PID}; fi'",
         f"{SSH} --worker=all --command='cd $HOME/oyster_jax && mkdir -p logs && (nohup setsid env OYSTER_TPU_POD=1 "
@@ -87,13 +88,14 @@ def expected_tpu_commands(tmpdir, create: bool, main_args: str = "") -> list[str
 
 
 def test_tpu_dry_run_prints_every_command(tmp_path):
+    setup = "huggingface-cli download Qwen/Qwen3-14B --local-dir checkpoints/Qwen3-14B"
     r = launch(
-        TPU_POD, *TPU_ARGS, "--create", "--spot", "--dry_run", "--", "--config.sft.num_steps=10",
+        TPU_POD, *TPU_ARGS, "--create", "--spot", "--setup", setup, "--dry_run", "--", "--config.sft.num_steps=10",
         "--config.name=two words", env={"TMPDIR": str(tmp_path)},
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert commands(r.stdout) == expected_tpu_commands(
-        tmp_path, create=True, main_args=r" --config.sft.num_steps=10 --config.name=two\ words"
+        tmp_path, create=True, main_args=r" --config.sft.num_steps=10 --config.name=two\ words", setup=setup
     )
     assert "# only when describe finds no TPU VM named csa-v5p:" in r.stdout
     assert not (tmp_path / "oyster_jax-csa-v5p.tar.gz").exists()  # a dry run does nothing
@@ -103,7 +105,7 @@ def test_tpu_attach_and_stop(tmp_path):
     r = launch(TPU_POD, "--name", "csa-v5p", "--zone", "us-east5-a", "--project", "my-proj", "--attach", "--dry_run")
     assert commands(r.stdout) == expected_tpu_commands(tmp_path, False)[-1:]
     r = launch(TPU_POD, "--name", "csa-v5p", "--zone", "us-east5-a", "--project", "my-proj", "--stop", "--dry_run")
-    assert commands(r.stdout) == expected_tpu_commands(tmp_path, False)[-3:-2]
+    assert commands(r.stdout) == expected_tpu_commands(tmp_path, False)[-3:-2]  # the stop command
 
 
 @pytest.mark.parametrize(
