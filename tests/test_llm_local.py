@@ -21,7 +21,7 @@ NEW = 6
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    cfg = models.model_config_from_file("tiny", num_layers=2)
+    cfg = models.model_config_from_file("tiny", num_layers=1)
     params = models.init_params(cfg, jax.random.key(0))
     path = tmp_path_factory.mktemp("local") / "ckpt"
     convert.save_model(path, cfg, params)
