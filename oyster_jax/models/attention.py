@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import jax
 import jax.numpy as jnp
@@ -90,6 +91,64 @@ def resolve_impl(impl: str, platform: str | None = None) -> str:
     return impl
 
 
+def _kernel_specs(mesh, q, k):
+    """PartitionSpecs that split a kernel call over the mesh: batch over data x fsdp, heads over tensor
+    (when they divide), sequence and head_dim whole."""
+    from jax.sharding import PartitionSpec as P
+
+    batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+    if batch_axes and q.shape[0] % math.prod(mesh.shape[a] for a in batch_axes):
+        batch_axes = ()
+    tensor = "tensor" if "tensor" in mesh.axis_names and mesh.shape["tensor"] > 1 else None
+    if tensor and (q.shape[2] % mesh.shape[tensor] or k.shape[2] % mesh.shape[tensor]):
+        tensor = None
+    b = batch_axes or None
+    return P(b, None, tensor, None), P(b, None)
+
+
+def _on_mesh(kernel):
+    """Pallas and cuDNN calls are opaque to XLA's partitioner: under a mesh, run them per shard."""
+
+    @functools.wraps(kernel)
+    def call(q, k, v, *, segment_ids=None, **kwargs):
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty or mesh.size == 1:
+            return kernel(q, k, v, segment_ids=segment_ids, **kwargs)
+        qkv_spec, seg_spec = _kernel_specs(mesh, q, k)
+        if segment_ids is None:
+            fn = functools.partial(kernel, segment_ids=None, **kwargs)
+            return jax.shard_map(fn, in_specs=(qkv_spec,) * 3, out_specs=qkv_spec, check_vma=False)(q, k, v)
+        fn = lambda q, k, v, seg: kernel(q, k, v, segment_ids=seg, **kwargs)
+        return jax.shard_map(fn, in_specs=(qkv_spec,) * 3 + (seg_spec,), out_specs=qkv_spec, check_vma=False)(
+            q, k, v, segment_ids
+        )
+
+    return call
+
+
+@_on_mesh
+def _pallas(q, k, v, *, segment_ids, causal, sm_scale):
+    from oyster_jax.kernels import flash_attention
+
+    interpret = jax.default_backend() == "cpu"  # CPU has no Pallas lowering: run the kernel interpreted
+    return flash_attention(q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale, interpret=interpret)
+
+
+@_on_mesh
+def _cudnn(q, k, v, *, segment_ids, causal, sm_scale):
+    # Padding tokens (segment 0) must not match each other: give each a distinct negative id (it then sees
+    # only itself) and zero those rows afterwards.
+    mask = None
+    if segment_ids is not None:
+        pad_ids = -1 - jnp.arange(segment_ids.shape[1], dtype=segment_ids.dtype)[None]
+        seg = jnp.where(segment_ids == 0, pad_ids, segment_ids)
+        mask = seg[:, None, :, None] == seg[:, None, None, :]  # [B, 1, T, S]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=sm_scale, is_causal=causal, implementation="cudnn")
+    if segment_ids is not None:
+        out = jnp.where((segment_ids != 0)[:, :, None, None], out, 0).astype(out.dtype)
+    return out
+
+
 def attention(
     q: jax.Array,  # [B, T, N, H]
     k: jax.Array,  # [B, S, K, H]
@@ -103,19 +162,5 @@ def attention(
     backend = resolve_impl(impl)
     if backend == "xla":
         return xla_attention(q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale)
-    if backend == "pallas":
-        from oyster_jax.kernels import flash_attention
-
-        interpret = jax.default_backend() == "cpu"  # CPU has no Pallas lowering: run the kernel interpreted
-        return flash_attention(q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale, interpret=interpret)
-    # cuDNN: padding tokens (segment 0) must not match each other, so give each a distinct negative id
-    # (it then sees only itself) and zero those rows afterwards.
-    mask = None
-    if segment_ids is not None:
-        pad_ids = -1 - jnp.arange(segment_ids.shape[1], dtype=segment_ids.dtype)[None]
-        seg = jnp.where(segment_ids == 0, pad_ids, segment_ids)
-        mask = seg[:, None, :, None] == seg[:, None, None, :]  # [B, 1, T, S]
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=sm_scale, is_causal=causal, implementation="cudnn")
-    if segment_ids is not None:
-        out = jnp.where((segment_ids != 0)[:, :, None, None], out, 0).astype(out.dtype)
-    return out
+    kernel = _pallas if backend == "pallas" else _cudnn
+    return kernel(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
