@@ -81,9 +81,7 @@ def _kill(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("multiprocess")
+def run_workers(tmp) -> dict:
     port = free_port()
     outs = [tmp / "process0.json", tmp / "process1.json", tmp / "single.json"]
     procs = [
@@ -114,64 +112,62 @@ def run(tmp_path_factory):
     return {"workers": results[:2], "single": results[2], "tmp": tmp}
 
 
-def test_cluster_came_up(run):
-    single = run["single"]
+# The trainer's share of the multi-host rules (oyster_jax/train/trainer.py): once it uses the
+# oyster_jax.distributed helpers, a failure of these checks is an error; until then an expected failure.
+TRAINER_IS_MULTIHOST_AWARE = (
+    "distributed.data_state_for_checkpoint" in (REPO / "oyster_jax" / "train" / "trainer.py").read_text()
+)
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """One run of the three processes (expensive), then every check on it."""
+    run = run_workers(tmp_path)
+    workers, single = run["workers"], run["single"]
+
+    # The cluster came up: 2 processes x 4 devices = one 8-device mesh; process 0 is the main process.
     assert (single["rc"], single["process_count"], single["global_devices"]) == (0, 1, 8)
-    for i, w in enumerate(run["workers"]):
+    for i, w in enumerate(workers):
         assert w["rc"] == 0, w["log"][-3000:]
         assert (w["process_index"], w["process_count"], w["local_devices"], w["global_devices"]) == (i, 2, 4, 8)
         assert w["is_main_process"] == (i == 0)
 
-
-def test_same_loss_as_one_process(run):
-    workers, single = run["workers"], run["single"]
+    # Same loss as one process: the loss is a global value, so both processes report the same number.
     assert [w["final_step"] for w in workers] == [STEPS, STEPS] and single["final_step"] == STEPS
-    # The loss is a global value: both processes report the same number.
     assert workers[0]["final_loss"] == workers[1]["final_loss"]
     assert abs(workers[0]["final_loss"] - single["final_loss"]) <= tolerances.MULTIPROCESS_VS_SINGLE
 
-
-def test_each_process_read_a_disjoint_shard(run):
-    workers, single = run["workers"], run["single"]
+    # Disjoint data shards that together are exactly the single process's data, batch by batch.
     examples = [collections.Counter(map(tuple, w["examples"])) for w in workers]
     assert all(examples), "no examples recorded"
     overlap = set(examples[0]) & set(examples[1])
     assert not overlap, f"both processes read {sorted(overlap)[:5]}"
-    # Together they read exactly what the single process read, and each fed its half of every batch.
     assert examples[0] + examples[1] == collections.Counter(map(tuple, single["examples"]))
     assert len(single["batch_parts"]) == STEPS
     assert [list(p) for p in zip(workers[0]["batches"], workers[1]["batches"])] == single["batch_parts"]
     assert workers[0]["batches"][0] != workers[1]["batches"][0]
 
-
-def test_all_data_positions_fit_in_one_checkpoint_item(run):
-    for i, w in enumerate(run["workers"]):
+    # Every process's data position fits in one JSON checkpoint item (distributed.data_state_for_checkpoint).
+    for i, w in enumerate(workers):
         saved = w["saved_data_state"]
         assert saved["process_count"] == 2
         assert [s["config"]["shard_index"] for s in saved["processes"]] == [0, 1]
         assert w["data_state_roundtrip"], f"process {i} did not get its own data state back"
-    assert run["workers"][0]["saved_data_state"] == run["workers"][1]["saved_data_state"]
+    assert workers[0]["saved_data_state"] == workers[1]["saved_data_state"]
 
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer: plain files (metrics.jsonl, DONE.json, curves.png), the tqdm bar and the final summary "
-    "must come from process 0 only (oyster_jax.distributed.is_main_process); see the issue-8 report",
-)
-def test_only_process_zero_writes_and_draws(run):
-    lines = (run["tmp"] / "multi" / "sft" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == STEPS, f"metrics.jsonl has {len(lines)} lines for {STEPS} steps (written by every process?)"
-    log1 = run["workers"][1]["log"]
-    assert not re.search(r"sft:\s+\d+%\|", log1), "process 1 drew a progress bar"
-    assert "sft: done" not in log1, "process 1 printed the run summary"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer: save distributed.data_state_for_checkpoint(iterator.get_state()) and restore with "
-    "distributed.data_state_from_checkpoint(...), so process 1's data position is kept; see the issue-8 report",
-)
-def test_checkpoint_keeps_every_process_data_position(run):
-    step_dir = run["tmp"] / "multi" / "sft" / "checkpoints" / str(STEPS) / "data"
-    saved = json.loads((step_dir / "metadata").read_text())
-    assert isinstance(saved, dict) and saved.get("process_count") == 2, f"checkpoint data item: {str(saved)[:300]}"
+    # The trainer's part: plain files, bars and summaries from process 0 only; the checkpoint keeps the
+    # data position of every process.
+    problems = []
+    lines = (tmp_path / "multi" / "sft" / "metrics.jsonl").read_text().splitlines()
+    if len(lines) != STEPS:
+        problems.append(f"metrics.jsonl has {len(lines)} lines for {STEPS} steps (written by every process)")
+    log1 = workers[1]["log"]
+    if re.search(r"sft:\s+\d+%\|", log1):
+        problems.append("process 1 drew a progress bar")
+    if "sft: done" in log1:
+        problems.append("process 1 printed the run summary")
+    data_item = json.loads((tmp_path / "multi" / "sft" / "checkpoints" / str(STEPS) / "data" / "metadata").read_text())
+    if not (isinstance(data_item, dict) and data_item.get("process_count") == 2):
+        problems.append("the checkpoint's data item holds process 0's position only")
+    if problems and not TRAINER_IS_MULTIHOST_AWARE:
+        pytest.xfail("trainer not yet multi-host aware (see the issue-8 report): " + "; ".join(problems))
+    assert not problems, problems
