@@ -161,6 +161,9 @@ def attention(
 ) -> jax.Array:  # [B, T, N, H]
     backend = resolve_impl(impl)
     if backend == "xla":
-        return xla_attention(q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale)
+        # Same math as xla_attention (the reference), with a hand-written backward laid out for XLA:CPU.
+        from oyster_jax.models.attention_fused import fused_attention
+
+        return fused_attention(q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale)
     kernel = _pallas if backend == "pallas" else _cudnn
     return kernel(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
