@@ -87,7 +87,7 @@ def test_sft_step_loss_equals_direct_cross_entropy():
     np.testing.assert_allclose(float(metrics["loss"]), float(want), rtol=1e-6)
 
 
-def _trl_orpo_reference(params, batch, lam):
+def _trl_orpo_reference(params, batch, lam, nll_on_prompt=False):
     """TRL ORPOTrainer's computation, in float64 numpy from full logits: token log-softmax, labels shifted,
     prompt masked; mean completion log-probs; NLL = token-mean CE over all chosen completion tokens."""
     rows = {k: v.reshape(2 * P, T) for k, v in batch.items()}
@@ -104,7 +104,9 @@ def _trl_orpo_reference(params, batch, lam):
     avg = (tok * mask).sum(-1) / mask.sum(-1)
     pc, pr = avg[0::2], avg[1::2]  # rows were [pair, (chosen, rejected)]
     chosen_rows = np.arange(2 * P) % 2 == 0
-    nll = -(tok[chosen_rows] * mask[chosen_rows]).sum() / mask[chosen_rows].sum()
+    # TRL's ORPOTrainer takes the NLL over every non-padding label of the chosen rows (prompt included).
+    nll_mask = (rows["segment_ids"][:, 1:] > 0).astype(np.float64) if nll_on_prompt else mask
+    nll = -(tok[chosen_rows] * nll_mask[chosen_rows]).sum() / nll_mask[chosen_rows].sum()
     log_odds = (pc - pr) - (np.log1p(-np.exp(pc)) - np.log1p(-np.exp(pr)))
     ratio = -np.log1p(np.exp(-log_odds))
     return nll - lam * ratio.mean(), {
@@ -114,12 +116,13 @@ def _trl_orpo_reference(params, batch, lam):
     }
 
 
-def test_orpo_step_matches_trl_style_reference():
+@pytest.mark.parametrize("nll_on_prompt", [False, True])
+def test_orpo_step_matches_trl_style_reference(nll_on_prompt):
     batch = _pref_batch()
-    stage = pref_defaults(warmup_steps=0, loss="orpo", orpo_lambda=0.1)
+    stage = pref_defaults(warmup_steps=0, loss="orpo", orpo_lambda=0.1, nll_on_prompt=nll_on_prompt)
     _, metrics = _run("pref", stage, batch)
     params = models.init_params(CFG, jax.random.key(0))
-    want_loss, want = _trl_orpo_reference(params, batch, 0.1)
+    want_loss, want = _trl_orpo_reference(params, batch, 0.1, nll_on_prompt)
     np.testing.assert_allclose(float(metrics["loss"]), want_loss, rtol=1e-5)
     for k, v in want.items():
         np.testing.assert_allclose(float(metrics[k]), v, rtol=1e-4, atol=1e-6, err_msg=k)

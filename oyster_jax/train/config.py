@@ -70,6 +70,7 @@ def pref_defaults(**overrides) -> ml_collections.ConfigDict:
     c = stage_defaults(learning_rate=5e-5)
     c.loss = "orpo"
     c.orpo_lambda = 0.1  # ORPO λ (weight of the odds-ratio term)
+    c.nll_on_prompt = False  # ORPO NLL over chosen prompt + completion (TRL's ORPOTrainer) instead of completion
     c.beta = 0.1  # DPO / IPO / SimPO β
     c.simpo_gamma = 0.5  # SimPO target margin γ
     c.label_smoothing = 0.0  # conservative DPO ε

@@ -89,25 +89,35 @@ def sft_microbatch_loss(cfg, stage, params, mb, totals, num_micro):
     return loss, {"loss": loss, "loss_tokens": jnp.sum(tw) * num_micro}
 
 
-def pair_logprobs(cfg, params, pairs: dict, chunk_tokens: int = 0):
+def pair_logprobs(cfg, params, pairs: dict, chunk_tokens: int = 0, with_prompt: bool = False):
     """Pairs [M, 2, T] -> (summed completion log-prob, completion target count), each [M, (chosen, rejected)].
 
-    Chosen and rejected rows run through one forward pass ([2M, T]).
+    Chosen and rejected rows run through one forward pass ([2M, T]). With `with_prompt`, also the sum and
+    count over every real target token (prompt + completion) of each row.
     """
-    rows = [pairs[k].reshape((-1,) + pairs[k].shape[2:]) for k in ("tokens", "completion_mask", "segment_ids")]
-    positions = pairs["positions"].reshape(rows[0].shape)
-    sums, counts = sequence_logprobs(cfg, params, *rows, positions, chunk_tokens)
-    return sums.reshape(-1, 2), counts.reshape(-1, 2)
+    tokens, mask, seg = (
+        pairs[k].reshape((-1,) + pairs[k].shape[2:]) for k in ("tokens", "completion_mask", "segment_ids")
+    )
+    positions = pairs["positions"].reshape(tokens.shape)
+    logp, tw = _forward_logprobs(cfg, params, tokens, mask, seg, positions, chunk_tokens)
+    out = (jnp.sum(logp * tw, axis=-1).reshape(-1, 2), jnp.sum(tw, axis=-1).reshape(-1, 2))
+    if with_prompt:
+        _, tw_all = shifted_targets(tokens, jnp.ones_like(mask), seg)
+        out += (jnp.sum(logp * tw_all, axis=-1).reshape(-1, 2), jnp.sum(tw_all, axis=-1).reshape(-1, 2))
+    return out
 
 
 def pref_microbatch_loss(cfg, stage, params, mb, totals, num_micro, ref_params=None):
-    sums, counts = pair_logprobs(cfg, params, mb, stage.logits_chunk)
+    kind = stage.loss
+    nll_on_prompt = kind == "orpo" and bool(stage.get("nll_on_prompt", False))
+    sums, counts, *all_tokens = pair_logprobs(cfg, params, mb, stage.logits_chunk, with_prompt=nll_on_prompt)
     safe_counts = jnp.maximum(counts, 1.0)
     policy = sums / safe_counts if stage.loss in _MEAN_LOGPS else sums
-    kind = stage.loss
     if kind == "orpo":
-        # TRL: the NLL is the token-mean over all chosen completion tokens of the batch.
-        chosen_nll = -jnp.sum(sums[:, 0]) * num_micro / totals["chosen_tokens"]
+        # The NLL is the token-mean over the chosen completions of the whole batch; with `nll_on_prompt`,
+        # over chosen prompt + completion tokens, as TRL's ORPOTrainer computes it.
+        nll_sums = all_tokens[0] if nll_on_prompt else sums
+        chosen_nll = -jnp.sum(nll_sums[:, 0]) * num_micro / totals["chosen_tokens"]
         loss, metrics = losses.orpo_loss(policy[:, 0], policy[:, 1], chosen_nll, lam=stage.orpo_lambda)
     elif kind == "simpo":
         loss, metrics = losses.simpo_loss(policy[:, 0], policy[:, 1], beta=stage.beta, gamma=stage.simpo_gamma)
@@ -133,11 +143,12 @@ def pref_microbatch_loss(cfg, stage, params, mb, totals, num_micro, ref_params=N
 # ------------------------------------------------------------------------------------------------
 
 
-def _batch_totals(kind: str, batch) -> dict:
+def _batch_totals(kind: str, batch, nll_on_prompt: bool = False) -> dict:
     if kind == "sft":
         _, tw = shifted_targets(batch["tokens"], batch["loss_weights"], batch["segment_ids"])
         return {"weight": jnp.maximum(jnp.sum(tw), 1.0)}
-    _, tw = shifted_targets(batch["tokens"][:, 0], batch["completion_mask"][:, 0], batch["segment_ids"][:, 0])
+    weights = jnp.ones_like(batch["completion_mask"][:, 0]) if nll_on_prompt else batch["completion_mask"][:, 0]
+    _, tw = shifted_targets(batch["tokens"][:, 0], weights, batch["segment_ids"][:, 0])
     return {"chosen_tokens": jnp.maximum(jnp.sum(tw), 1.0)}
 
 
@@ -165,7 +176,9 @@ def make_train_step(cfg: models.ModelConfig, stage, optimizer: optax.GradientTra
 
     def step(state, batch, ref_params=None):
         params = state["params"]
-        totals = _batch_totals(kind, batch)
+        totals = _batch_totals(
+            kind, batch, kind == "pref" and stage.get("loss") == "orpo" and bool(stage.get("nll_on_prompt", False))
+        )
         if num_micro == 1:
             (_, metrics), grads = grad_fn(params, batch, totals, ref_params)
         else:

@@ -1,0 +1,291 @@
+"""Train-step throughput: tokens/s and achieved FLOP/s as a share of this process's measured matmul roofline,
+optionally side by side with TRL's ORPOTrainer (PyTorch, float32) on the same model shape and batch.
+
+    python -m oyster_jax.bench.train_step --config configs/experiments/tiny_csa.py --stage pref --trl
+    python -m oyster_jax.bench.train_step --config configs/experiments/tiny_csa.py --stage sft \\
+        --model configs/models/bench_25m.py --seq 512 --batch 8
+
+Both frameworks run in this one process with the same thread count (`--threads`, default 2), alternating
+in rounds so that a noisy neighbour slows both alike. FLOPs are the model's causal-aware training FLOPs
+(`ModelConfig.flops_per_token`, forward + backward = 3x forward) over every position of the batch; the
+roofline is the best f32 [n, n] @ [n, n] matmul rate this process reaches (n in 256..1024).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _set_threads(n: int) -> None:
+    # Before PyTorch starts its pools. XLA:CPU sizes its pool to the CPUs this process may use: on a bigger
+    # machine, pin the process (`taskset -c 0,1 python -m ...`) to compare on `n` cores.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(n))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def roofline_flops(dtype_name: str = "float32") -> float:
+    """Best FLOP/s of a square matmul in this process (the CPU roofline the train step is measured against)."""
+    import jax.numpy as jnp
+
+    from oyster_jax.train.metrics import measure_matmul_flops
+
+    dtype = getattr(jnp, dtype_name)
+    return max(measure_matmul_flops(dtype, n=n, seconds=1.0) for n in (256, 512, 1024))
+
+
+# ------------------------------------------------------------------------------------------------
+# oyster_jax side
+# ------------------------------------------------------------------------------------------------
+
+
+def make_jax_runner(config, stage: str, prompt_len: int):
+    """-> (run_one_step, model_cfg, rows, seq): a compiled train step on a fixed synthetic batch."""
+    import jax
+    import numpy as np
+
+    from oyster_jax import models
+    from oyster_jax.train import config as config_lib
+    from oyster_jax.train import optim, trainer
+    from oyster_jax.train import step as step_lib
+
+    cfg = config_lib.model_config(config)
+    s = config[stage]
+    rng = np.random.default_rng(0)
+    if stage == "sft":
+        rows, seq = s.batch_size, config.data.seq_len
+        lead = (rows,)
+        mask_key = "loss_weights"
+    else:
+        rows, seq = 2 * s.batch_size, config.data.pref_seq_len
+        lead = (s.batch_size, 2)
+        mask_key = "completion_mask"
+    tokens = rng.integers(0, cfg.vocab_size, lead + (seq,)).astype(np.int32)
+    mask = np.zeros(lead + (seq,), np.int32)
+    mask[..., prompt_len:] = 1
+    batch = {
+        "tokens": tokens,
+        mask_key: mask,
+        "segment_ids": np.ones(lead + (seq,), np.int32),
+        "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), lead + (seq,)).copy(),
+    }
+    mesh = trainer.mesh_from_config(config.mesh)
+    rules = trainer.resolve_rules(config.sharding)
+    optimizer = optim.make_optimizer(s, int(s.num_steps))
+    params = models.init_params(cfg, jax.random.key(0))
+    state = step_lib.init_state(params, optimizer, jax.random.key(0))
+    jitted = trainer.jitted_train_step(config, stage, cfg, mesh, rules, batch, frozen_reference=False)
+    device_batch = jax.device_put(batch)
+    holder = {"state": state}
+
+    def run_one_step():
+        with trainer.use_rules(mesh, rules):
+            holder["state"], metrics = jitted(holder["state"], device_batch)
+        return float(metrics["loss"])
+
+    return run_one_step, cfg, rows, seq
+
+
+# ------------------------------------------------------------------------------------------------
+# TRL side
+# ------------------------------------------------------------------------------------------------
+
+
+def make_trl_runner(cfg, pairs: int, seq: int, prompt_len: int, threads: int):
+    """TRL ORPOTrainer on the same architecture (transformers Qwen3, float32), fixed [chosen; rejected] batch.
+
+    -> run_steps(n) that runs `n` real trainer steps (forward, backward, clipping, AdamW) and returns the
+    wall time of each step, measured by a TrainerCallback between consecutive `on_step_end` calls.
+    """
+    import tempfile
+
+    import datasets
+    import torch
+    import transformers
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    from oyster_jax import data
+
+    torch.set_num_threads(threads)
+    hf_config = transformers.AutoConfig.for_model(**_hf_config_kwargs(cfg))
+    model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=data.default_tokenizer_path())
+    tok.pad_token = "<|endoftext|>"
+    tok.eos_token = "<|im_end|>"
+
+    words = "the model explains warning signs and safe options in plain words".split()
+
+    def text(n_tokens: int, salt: int) -> str:
+        out, k = [], salt
+        while len(tok(" ".join(out), add_special_tokens=False)["input_ids"]) < n_tokens:
+            out.append(words[k % len(words)])
+            k += 3
+        return " ".join(out)
+
+    # Prompt of exactly `prompt_len` tokens; completions long enough that TRL truncates them to fill `seq`.
+    prompt_words = text(prompt_len, 0).split()
+    while len(tok(" ".join(prompt_words), add_special_tokens=False)["input_ids"]) > prompt_len:
+        prompt_words.pop()
+    prompt = " ".join(prompt_words)
+    rows = [{"prompt": prompt, "chosen": " " + text(seq, 1), "rejected": " " + text(seq, 2)} for _ in range(pairs)]
+    dataset = datasets.Dataset.from_list(rows * 64)
+
+    times: list[float] = []
+
+    class StepTimer(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter())
+
+    out_dir = tempfile.mkdtemp(prefix="trl_bench_")
+    args = ORPOConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=pairs,
+        max_length=seq,
+        max_completion_length=seq,
+        beta=0.1,
+        learning_rate=1e-4,
+        max_grad_norm=1.0,
+        lr_scheduler_type="constant",
+        logging_steps=10**9,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        max_steps=1,
+        seed=0,
+    )
+    trainer = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    trainer.add_callback(StepTimer())
+    batch = next(iter(trainer.get_train_dataloader()))
+    shape = tuple(batch["chosen_input_ids"].shape)
+
+    def run_steps(n: int) -> list[float]:
+        times.clear()
+        trainer.args.max_steps = n + 1
+        start = time.perf_counter()
+        trainer.train()
+        stamps = [start] + times
+        return [b - a for a, b in zip(stamps[1:-1], stamps[2:])]  # drop the first step (warm-up)
+
+    return run_steps, shape
+
+
+def _hf_config_kwargs(cfg) -> dict:
+    d = cfg.to_hf_config()
+    d.pop("architectures", None)
+    d.pop("torch_dtype", None)
+    return d
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/experiments/tiny_csa.py")
+    ap.add_argument("--stage", default="pref", choices=("sft", "pref"))
+    ap.add_argument("--model", default="", help="configs/models/<name>.py to replace the experiment's model")
+    ap.add_argument("--seq", type=int, default=256, help="tokens per row (pref: prompt + completion)")
+    ap.add_argument("--batch", type=int, default=8, help="SFT rows or preference pairs per step")
+    ap.add_argument("--prompt-len", type=int, default=0, help="pref: prompt tokens per row (default seq/2)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--trl", action="store_true", help="also time TRL's ORPOTrainer (needs `pip install trl`)")
+    ap.add_argument("--json", default="", help="write the results here")
+    args, rest = ap.parse_known_args(argv)
+    _set_threads(args.threads)
+
+    from oyster_jax.main import build_config
+    from oyster_jax.train import config as config_lib
+    from oyster_jax.train import metrics as metrics_lib
+
+    overrides = {k[len("--config.") :].split("=")[0]: k.split("=", 1)[1] for k in rest if k.startswith("--config.")}
+    config = build_config(args.config, overrides)
+    with config.unlocked():
+        if args.model:
+            keep = {
+                k: config.model[k] for k in ("dtype", "param_dtype", "remat_policy", "scan_layers", "attention_impl")
+            }
+            config.model = config_lib.model_fields(args.model, **keep)
+        config[args.stage].batch_size = args.batch
+        config.data.seq_len = args.seq
+        config.data.pref_seq_len = args.seq
+    prompt_len = args.prompt_len or args.seq // 2
+
+    import numpy as np
+
+    roof = roofline_flops(config.model.dtype)
+    run_jax, cfg, rows, seq = make_jax_runner(config, args.stage, prompt_len)
+    flops_per_step = metrics_lib.train_flops_per_step(cfg, rows, seq)
+    run_jax()  # compile
+    run_jax()
+    trl_run = None
+    if args.trl:
+        if args.stage != "pref":
+            ap.error("--trl compares ORPO steps: use --stage pref")
+        trl_run, trl_shape = make_trl_runner(cfg, args.batch, seq, prompt_len, args.threads)
+        trl_run(1)  # warm-up
+        if trl_shape != (args.batch, seq):
+            print(f"warning: TRL batch shape {trl_shape} != ({args.batch}, {seq})", file=sys.stderr)
+    jax_times, trl_times = [], []
+    for _ in range(args.rounds):
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            run_jax()
+            jax_times.append(time.perf_counter() - t)
+        if trl_run is not None:
+            trl_times += trl_run(args.steps)
+    jax_step = float(np.median(jax_times))
+    result = {
+        "model_params": cfg.num_params(),
+        "stage": args.stage,
+        "rows_per_step": rows,
+        "seq_len": seq,
+        "threads": args.threads,
+        "roofline_gflops": roof / 1e9,
+        "oyster_jax": {
+            "step_seconds_median": jax_step,
+            "steps_per_s": 1.0 / jax_step,
+            "tokens_per_s": rows * seq / jax_step,
+            "gflops": flops_per_step / jax_step / 1e9,
+            "fraction_of_roofline": flops_per_step / jax_step / roof,
+        },
+    }
+    if trl_times:
+        trl_step = float(np.median(trl_times))
+        result["trl_orpo"] = {
+            "step_seconds_median": trl_step,
+            "steps_per_s": 1.0 / trl_step,
+            "tokens_per_s": rows * seq / trl_step,
+            "gflops": flops_per_step / trl_step / 1e9,
+        }
+        result["speedup_vs_trl"] = trl_step / jax_step
+    ours = result["oyster_jax"]
+    print(
+        f"{args.stage} step, {cfg.num_params() / 1e6:.1f}M params, {rows} rows x {seq} tokens, {args.threads} threads: "
+        f"oyster_jax {ours['steps_per_s']:.3f} steps/s, {ours['tokens_per_s']:.0f} tokens/s, "
+        f"{ours['gflops']:.1f} GFLOP/s = {100 * ours['fraction_of_roofline']:.1f}% of the measured f32 matmul "
+        f"roofline ({roof / 1e9:.1f} GFLOP/s)"
+    )
+    if trl_times:
+        t = result["trl_orpo"]
+        print(
+            f"TRL ORPOTrainer: {t['steps_per_s']:.3f} steps/s, {t['tokens_per_s']:.0f} tokens/s; "
+            f"oyster_jax / TRL = {result['speedup_vs_trl']:.2f}x"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
