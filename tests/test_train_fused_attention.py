@@ -10,15 +10,18 @@ from oyster_jax.models.attention_fused import fused_attention
 from tests import tolerances as tol
 
 
-@pytest.mark.parametrize("segments", [False, True])
-@pytest.mark.parametrize("causal", [True, False])
-def test_fused_attention_matches_reference(segments, causal):
-    B, T, N, K, H = 2, 16, 4, 2, 8
+@pytest.mark.parametrize(
+    "T,causal,segments",
+    [(16, True, True), (16, False, False), (192, True, True), (384, True, True), (384, False, True)],
+)  # T = 16: one block; 192: causal blocks of 64; 384: causal blocks of 128
+def test_fused_attention_matches_reference(T, causal, segments):
+    B, N, K, H = 2, 4, 2, 8
     q, k, v, w = (
         jax.random.normal(jax.random.key(i), s)
         for i, s in enumerate([(B, T, N, H), (B, T, K, H), (B, T, K, H), (B, T, N, H)])
     )
-    seg = jnp.array([[1] * 6 + [2] * 7 + [0] * 3, [1] * 16]) if segments else None
+    # Row 0: two packed documents then padding; row 1: one document.
+    seg = jnp.array([[1] * (T - 10 - T // 3) + [2] * (T // 3) + [0] * 10, [1] * T]) if segments else None
 
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v, causal=causal, segment_ids=seg) * w)
@@ -33,4 +36,4 @@ def test_fused_attention_matches_reference(segments, causal):
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, atol=tol.KERNEL_F32)
     if segments:  # padding rows give zeros, as in the reference
-        assert float(jnp.max(jnp.abs(fused_attention(q, k, v, causal=causal, segment_ids=seg)[0, -3:]))) == 0.0
+        assert float(jnp.max(jnp.abs(fused_attention(q, k, v, causal=causal, segment_ids=seg)[0, -10:]))) == 0.0

@@ -1,12 +1,14 @@
 """Materialised-scores attention with a hand-written backward pass, laid out for XLA:CPU.
 
 Same math as `attention.xla_attention` (the reference), arranged so the train step wastes no time:
-- heads are moved to the front once ([B, K, G·T, H]), so the four score matmuls of forward and backward
-  are plain batched GEMMs instead of einsums that XLA has to transpose around;
+- heads are moved to the front once ([B, K, T·G, H]), so the score matmuls of forward and backward are
+  plain batched GEMMs instead of einsums that XLA has to transpose around;
+- causal attention runs in query blocks of 128 (or 64) that skip the key blocks they cannot see (at T = 512 this
+  computes 62% of the scores);
 - the mask is applied as a 0/1 multiply after `exp`, which also zeroes fully masked (padding) rows;
 - the backward uses the saved probabilities: dS = P ⊙ (dP − rowsum(dO ⊙ O)), no recomputation and no
   select/where passes over the [T, S] scores.
-Letters: B batch, T/S query/key length, N query heads, K kv heads, G = N/K, H head dim, M = G·T.
+Letters: B batch, T/S query/key length, N query heads, K kv heads, G = N/K, H head dim, M = T·G.
 """
 
 from __future__ import annotations
@@ -21,65 +23,90 @@ from oyster_jax.models.attention import attention_mask
 _NEG = -1e30
 
 
+_BLOCKS = (128, 64)  # causal query block sizes, tried in order: block i only sees keys [0, (i + 1) * size)
+
+
 def _heads_first(q, k, v):
+    """q [B, T, N, H] -> [B, K, T·G, H] (rows t-major, so a run of positions is one contiguous slab);
+    k, v [B, S, K, H] -> [B, K, S, H]."""
     B, T, N, H = q.shape
     K = k.shape[2]
-    G = N // K
-    qh = q.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)  # [B, K, M, H]
-    kh = k.transpose(0, 2, 1, 3)  # [B, K, S, H]
-    vh = v.transpose(0, 2, 1, 3)
-    return qh, kh, vh
+    qh = q.reshape(B, T, K, N // K, H).transpose(0, 2, 1, 3, 4).reshape(B, K, T * (N // K), H)
+    return qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
 
-def _tokens_first(xh, B, T, K, G, H):  # [B, K, M, H] -> [B, T, N, H]
-    return xh.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, K * G, H)
+def _tokens_first(xh, B, T, K, G, H):  # [B, K, T·G, H] -> [B, T, N, H]
+    return xh.reshape(B, K, T, G, H).transpose(0, 2, 1, 3, 4).reshape(B, T, K * G, H)
 
 
-def _probs(qh, kh, keep, scale, G):
-    """[B, K, M, S] softmax probabilities; `keep` [B|1, T, S] float 0/1."""
-    B, K, M, _ = qh.shape
-    S = kh.shape[2]
-    s = jnp.einsum("BKMH,BKSH->BKMS", qh, kh, preferred_element_type=jnp.float32) * scale
-    s = s.reshape(B, K, G, M // G, S)
-    keep5 = keep[:, None, None]
+def _blocks(T: int, S: int, causal: bool) -> list[tuple[int, int, int]]:
+    """(first query, last query + 1, keys seen) per query block; causal blocks skip the keys they cannot see."""
+    size = next((b for b in _BLOCKS if T % b == 0 and T > b), None) if causal and T == S else None
+    if size is None:
+        return [(0, T, S)]
+    return [(i, i + size, i + size) for i in range(0, T, size)]
+
+
+def _probs(qb, kb, keep_b, scale, G):
+    """Scores -> probabilities [B, K, Tb·G, Sb] of one query block; `keep_b` [B|1, Tb, Sb] float 0/1."""
+    B, K, M, _ = qb.shape
+    S = kb.shape[2]
+    s = jnp.einsum("BKMH,BKSH->BKMS", qb, kb, preferred_element_type=jnp.float32) * scale
+    s = s.reshape(B, K, M // G, G, S)
+    keep5 = keep_b[:, None, :, None, :]
     s = jnp.where(keep5 > 0, s, _NEG)
     e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True)) * keep5
     p = e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
     return p.reshape(B, K, M, S)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attend(q, k, v, keep, scale):
-    return _attend_fwd(q, k, v, keep, scale)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attend(q, k, v, keep, scale, causal):
+    return _attend_fwd(q, k, v, keep, scale, causal)[0]
 
 
-def _attend_fwd(q, k, v, keep, scale):
+def _attend_fwd(q, k, v, keep, scale, causal):
     B, T, N, H = q.shape
-    K = k.shape[2]
+    K, S = k.shape[2], k.shape[1]
     G = N // K
     qh, kh, vh = _heads_first(q, k, v)
-    p = _probs(qh, kh, keep, scale, G)
-    oh = jnp.einsum("BKMS,BKSH->BKMH", p.astype(v.dtype), vh, preferred_element_type=jnp.float32)
+    probs, outs = [], []
+    for t0, t1, sk in _blocks(T, S, causal):
+        p = _probs(qh[:, :, t0 * G : t1 * G], kh[:, :, :sk], keep[:, t0:t1, :sk], scale, G)
+        outs.append(jnp.einsum("BKMS,BKSH->BKMH", p.astype(v.dtype), vh[:, :, :sk], preferred_element_type=jnp.float32))
+        probs.append(p)
+    oh = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
     out = _tokens_first(oh, B, T, K, G, H).astype(q.dtype)
-    return out, (qh, kh, vh, p, oh, keep)
+    return out, (qh, kh, vh, tuple(probs), oh, keep)
 
 
-def _attend_bwd(scale, res, dout):
-    qh, kh, vh, p, oh, keep = res
+def _attend_bwd(scale, causal, res, dout):
+    qh, kh, vh, probs, oh, keep = res
     B, K, M, H = qh.shape
-    T = dout.shape[1]
+    T, S = dout.shape[1], kh.shape[2]
     G = M // T
-    doh = dout.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, M, H).astype(jnp.float32)
-    dv = jnp.einsum("BKMS,BKMH->BKSH", p, doh)
-    dp = jnp.einsum("BKMH,BKSH->BKMS", doh, vh.astype(jnp.float32))
+    f32 = jnp.float32
+    doh = dout.reshape(B, T, K, G, H).transpose(0, 2, 1, 3, 4).reshape(B, K, M, H).astype(f32)
     delta = jnp.sum(doh * oh, axis=-1, keepdims=True)  # rowsum(dP ⊙ P) = rowsum(dO ⊙ O)
-    ds = p * (dp - delta) * scale
-    dq = jnp.einsum("BKMS,BKSH->BKMH", ds, kh.astype(jnp.float32))
-    dk = jnp.einsum("BKMS,BKMH->BKSH", ds, qh.astype(jnp.float32))
+    dqs = []
+    dk = jnp.zeros((B, K, S, H), f32)
+    dv = jnp.zeros((B, K, S, H), f32)
+    for (t0, t1, sk), p in zip(_blocks(T, S, causal), probs):
+        rows = slice(t0 * G, t1 * G)
+        do_b = doh[:, :, rows]
+        dp = jnp.einsum("BKMH,BKSH->BKMS", do_b, vh[:, :, :sk].astype(f32))
+        ds = p * (dp - delta[:, :, rows]) * scale
+        dqs.append(jnp.einsum("BKMS,BKSH->BKMH", ds, kh[:, :, :sk].astype(f32)))
+        dk = dk.at[:, :, :sk].add(jnp.einsum("BKMS,BKMH->BKSH", ds, qh[:, :, rows].astype(f32)))
+        dv = dv.at[:, :, :sk].add(jnp.einsum("BKMS,BKMH->BKSH", p, do_b))
+    dq = dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=2)
     dq = _tokens_first(dq, B, T, K, G, H).astype(qh.dtype)
-    dk = dk.transpose(0, 2, 1, 3).astype(kh.dtype)
-    dv = dv.transpose(0, 2, 1, 3).astype(vh.dtype)
-    return dq, dk, dv, jnp.zeros_like(keep)
+    return (
+        dq,
+        dk.transpose(0, 2, 1, 3).astype(kh.dtype),
+        dv.transpose(0, 2, 1, 3).astype(vh.dtype),
+        jnp.zeros_like(keep),
+    )
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -99,4 +126,4 @@ def fused_attention(
     scale = float(H**-0.5 if sm_scale is None else sm_scale)
     mask = attention_mask(segment_ids, segment_ids, T, S, causal)
     keep = jnp.ones((1, T, S), jnp.float32) if mask is None else mask.astype(jnp.float32)
-    return _attend(q, k, v, keep, scale)
+    return _attend(q, k, v, keep, scale, bool(causal))
