@@ -12,12 +12,16 @@ Inputs are per-pair vectors [P] (P = number of pairs): `pc`/`pr` are the policy'
 chosen/rejected completion, `rc`/`rr` the reference model's. DPO takes *summed* completion log-probs;
 SimPO and ORPO take *mean* (length-normalised) ones; IPO takes whatever the caller gives (TRL and our
 trainer pass mean log-probs for IPO). Losses are means over pairs.
+
+Inputs may be jax arrays (inside jit; computed in float32 or the arrays' dtype) or host numpy arrays
+(computed with numpy in their own precision, so float64 inputs give float64 results).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["sft_loss", "dpo_loss", "ipo_loss", "simpo_loss", "orpo_loss", "log1mexp", "token_logprobs"]
 
@@ -55,63 +59,85 @@ def sft_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple
     return loss, metrics
 
 
-def _reward_metrics(chosen_rewards: jax.Array, rejected_rewards: jax.Array) -> dict:
+def _xp(*arrays):
+    """numpy for host float inputs (kept in their precision, e.g. float64), jax.numpy otherwise (traced)."""
+    if all(isinstance(a, (np.ndarray, np.generic, float, int)) for a in arrays):
+        return np
+    return jnp
+
+
+def _as(xp, x):
+    if xp is np:
+        x = np.asarray(x)
+        return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
+    return jnp.asarray(x, jnp.float32) if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x)
+
+
+def _log_sigmoid(xp, x):
+    return -xp.logaddexp(0.0, -x)  # log σ(x) = −log(1 + e^−x), stable for both signs
+
+
+def _reward_metrics(xp, chosen_rewards, rejected_rewards) -> dict:
     return {
-        "rewards/chosen": jnp.mean(chosen_rewards),
-        "rewards/rejected": jnp.mean(rejected_rewards),
-        "rewards/accuracies": jnp.mean((chosen_rewards > rejected_rewards).astype(jnp.float32)),
-        "rewards/margins": jnp.mean(chosen_rewards - rejected_rewards),
+        "rewards/chosen": xp.mean(chosen_rewards),
+        "rewards/rejected": xp.mean(rejected_rewards),
+        "rewards/accuracies": xp.mean((chosen_rewards > rejected_rewards).astype(chosen_rewards.dtype)),
+        "rewards/margins": xp.mean(chosen_rewards - rejected_rewards),
     }
 
 
-def _logp_metrics(pc, pr) -> dict:
-    return {"logps/chosen": jnp.mean(pc), "logps/rejected": jnp.mean(pr)}
+def _logp_metrics(xp, pc, pr) -> dict:
+    return {"logps/chosen": xp.mean(pc), "logps/rejected": xp.mean(pr)}
 
 
-def dpo_loss(pc, pr, rc, rr, beta: float = 0.1, label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+def dpo_loss(pc, pr, rc, rr, beta: float = 0.1, label_smoothing: float = 0.0) -> tuple:
     """DPO (sigmoid loss, optionally conservative with `label_smoothing`) on summed completion log-probs.
 
     loss = mean[ −(1−ε)·log σ(β·h) − ε·log σ(−β·h) ],  h = (pc − pr) − (rc − rr).
     """
-    pc, pr, rc, rr = map(_f32, (pc, pr, rc, rr))
+    xp = _xp(pc, pr, rc, rr)
+    pc, pr, rc, rr = (_as(xp, a) for a in (pc, pr, rc, rr))
     h = (pc - pr) - (rc - rr)
-    losses = -jax.nn.log_sigmoid(beta * h) * (1.0 - label_smoothing) - jax.nn.log_sigmoid(-beta * h) * label_smoothing
-    loss = jnp.mean(losses)
-    metrics = {"loss": loss} | _reward_metrics(beta * (pc - rc), beta * (pr - rr)) | _logp_metrics(pc, pr)
+    losses = -_log_sigmoid(xp, beta * h) * (1.0 - label_smoothing) - _log_sigmoid(xp, -beta * h) * label_smoothing
+    loss = xp.mean(losses)
+    metrics = {"loss": loss} | _reward_metrics(xp, beta * (pc - rc), beta * (pr - rr)) | _logp_metrics(xp, pc, pr)
     return loss, metrics
 
 
-def ipo_loss(pc, pr, rc, rr, beta: float) -> tuple[jax.Array, dict]:
+def ipo_loss(pc, pr, rc, rr, beta: float) -> tuple:
     """IPO: loss = mean[(h − 1/(2β))²],  h = (pc − pr) − (rc − rr); rewards as in DPO."""
-    pc, pr, rc, rr = map(_f32, (pc, pr, rc, rr))
+    xp = _xp(pc, pr, rc, rr)
+    pc, pr, rc, rr = (_as(xp, a) for a in (pc, pr, rc, rr))
     h = (pc - pr) - (rc - rr)
-    loss = jnp.mean(jnp.square(h - 1.0 / (2.0 * beta)))
-    metrics = {"loss": loss} | _reward_metrics(beta * (pc - rc), beta * (pr - rr)) | _logp_metrics(pc, pr)
+    loss = xp.mean(xp.square(h - 1.0 / (2.0 * beta)))
+    metrics = {"loss": loss} | _reward_metrics(xp, beta * (pc - rc), beta * (pr - rr)) | _logp_metrics(xp, pc, pr)
     return loss, metrics
 
 
-def simpo_loss(pc_avg, pr_avg, beta: float, gamma: float) -> tuple[jax.Array, dict]:
+def simpo_loss(pc_avg, pr_avg, beta: float, gamma: float) -> tuple:
     """SimPO on mean completion log-probs: loss = mean[ −log σ(β·(pc_avg − pr_avg) − γ) ].
 
     `gamma` is the target reward margin (TRL's `simpo_gamma`); rewards are β·pc_avg and β·pr_avg.
     """
-    pc, pr = _f32(pc_avg), _f32(pr_avg)
-    loss = jnp.mean(-jax.nn.log_sigmoid(beta * (pc - pr) - gamma))
-    metrics = {"loss": loss} | _reward_metrics(beta * pc, beta * pr) | _logp_metrics(pc, pr)
+    xp = _xp(pc_avg, pr_avg)
+    pc, pr = _as(xp, pc_avg), _as(xp, pr_avg)
+    loss = xp.mean(-_log_sigmoid(xp, beta * (pc - pr) - gamma))
+    metrics = {"loss": loss} | _reward_metrics(xp, beta * pc, beta * pr) | _logp_metrics(xp, pc, pr)
     return loss, metrics
 
 
-def log1mexp(x: jax.Array) -> jax.Array:
+def log1mexp(x):
     """log(1 − exp(x)) for x ≤ 0, accurate everywhere (Mächler 2012): expm1 near 0, log1p far from it."""
-    x = _f32(x)
-    near_zero = x > -jnp.log(2.0)
+    xp = _xp(x)
+    x = _as(xp, x)
+    near_zero = x > -np.log(2.0)
     # Evaluate each branch only where it is accurate so that neither produces NaN gradients elsewhere.
-    safe_near = jnp.where(near_zero, x, -1.0)
-    safe_far = jnp.where(near_zero, -1.0, x)
-    return jnp.where(near_zero, jnp.log(-jnp.expm1(safe_near)), jnp.log1p(-jnp.exp(safe_far)))
+    safe_near = xp.where(near_zero, x, -1.0)
+    safe_far = xp.where(near_zero, -1.0, x)
+    return xp.where(near_zero, xp.log(-xp.expm1(safe_near)), xp.log1p(-xp.exp(safe_far)))
 
 
-def orpo_loss(pc_avg, pr_avg, chosen_nll, lam: float = 0.1) -> tuple[jax.Array, dict]:
+def orpo_loss(pc_avg, pr_avg, chosen_nll, lam: float = 0.1) -> tuple:
     """ORPO: loss = NLL(chosen) − λ·mean[log σ(log odds(chosen) − log odds(rejected))].
 
     `pc_avg`, `pr_avg` [P]: mean completion log-probs (log P of a completion, length-normalised);
@@ -120,14 +146,15 @@ def orpo_loss(pc_avg, pr_avg, chosen_nll, lam: float = 0.1) -> tuple[jax.Array, 
     Metrics as TRL: rewards = λ·(pc_avg, pr_avg); `log_odds_ratio` = mean log σ(·); `log_odds_chosen` =
     mean log-odds difference; `nll_loss`.
     """
-    pc, pr = _f32(pc_avg), _f32(pr_avg)
-    nll = jnp.mean(_f32(chosen_nll))
+    xp = _xp(pc_avg, pr_avg, chosen_nll)
+    pc, pr = _as(xp, pc_avg), _as(xp, pr_avg)
+    nll = xp.mean(_as(xp, chosen_nll))
     log_odds = (pc - pr) - (log1mexp(pc) - log1mexp(pr))
-    ratio = jax.nn.log_sigmoid(log_odds)
-    loss = nll - lam * jnp.mean(ratio)
+    ratio = _log_sigmoid(xp, log_odds)
+    loss = nll - lam * xp.mean(ratio)
     metrics = (
-        {"loss": loss, "nll_loss": nll, "log_odds_ratio": jnp.mean(ratio), "log_odds_chosen": jnp.mean(log_odds)}
-        | _reward_metrics(lam * pc, lam * pr)
-        | _logp_metrics(pc, pr)
+        {"loss": loss, "nll_loss": nll, "log_odds_ratio": xp.mean(ratio), "log_odds_chosen": xp.mean(log_odds)}
+        | _reward_metrics(xp, lam * pc, lam * pr)
+        | _logp_metrics(xp, pc, pr)
     )
     return loss, metrics
