@@ -31,6 +31,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import oyster_jax.xla_env  # noqa: E402, F401  (XLA flags, before JAX starts)
+
 EXPERIMENT = pathlib.Path(__file__).resolve().parents[1] / "configs" / "experiments" / "tiny_csa.py"
 TARGET_ACCURACY = 0.90
 TARGET_GAIN = 0.20

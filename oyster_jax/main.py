@@ -20,6 +20,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow (data pipeline) must never take accelerators
 
+import oyster_jax.xla_env  # noqa: E402, F401  (XLA flags, before JAX starts)
+
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     """Our flags plus every `--config.a.b=value` (or `--config.a.b value`) override, in order."""
@@ -57,7 +59,10 @@ def build_config(config_path: str, overrides: dict[str, str]):
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from oyster_jax import distributed
+
+    distributed.initialize()  # TPU pod / SLURM / JAX_COORDINATOR_ADDRESS; a no-op on one host
+    distributed.setup_logging()  # INFO on process 0, warnings and errors elsewhere
     for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from oyster_jax.models.config import ConfigError
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         loss = r.final_metrics.get("loss")
         loss_text = f"{loss:.4f}" if loss is not None else "n/a"
-        print(
+        distributed.print0(
             f"{name}: {r.stopped} at step {r.final_step}, loss {loss_text}, {r.wall_seconds:.0f}s; "
             f"checkpoints in {os.path.join(args.workdir, name, 'checkpoints')}"
         )

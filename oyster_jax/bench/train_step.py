@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="", help="write the results here")
     args, rest = ap.parse_known_args(argv)
     _set_threads(args.threads)
-
+    import oyster_jax.xla_env  # noqa: F401  (the trainers' XLA flags, before JAX starts)
     from oyster_jax.main import build_config
     from oyster_jax.train import config as config_lib
     from oyster_jax.train import metrics as metrics_lib
