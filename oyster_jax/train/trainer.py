@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from oyster_jax import models
+from oyster_jax import distributed, models
 from oyster_jax.sharding import batch_sharding, make_mesh, param_shardings, replicated, resolve_rules, use_rules
 from oyster_jax.train import batches as batches_lib
 from oyster_jax.train import config as config_lib
@@ -373,7 +373,9 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
     cfg = config_lib.model_config(config)
     rules = resolve_rules(config.sharding)
     mesh = mesh_from_config(config.mesh)
-    _check_same_model(stage_dir, cfg, bool(config.fresh))
+    if distributed.is_main_process():
+        _check_same_model(stage_dir, cfg, bool(config.fresh))
+    distributed.barrier(f"{stage}_workdir_checked")
 
     done_path = stage_dir / "DONE.json"
     if done_path.exists():
@@ -383,7 +385,8 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
         return StageResult(stage, params, cfg, done["final_step"], done.get("final_metrics", {}), "skipped", 0.0)
 
     stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / "model_config.json").write_text(cfg.to_json())
+    if distributed.is_main_process():
+        (stage_dir / "model_config.json").write_text(cfg.to_json())
     num_steps = int(s.num_steps)
     is_pref = stage == "pref"
     rows_per_step = s.batch_size * (2 if is_pref else 1)
@@ -412,7 +415,7 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
         start_step, state, data_state, saved_config = restored
         _warn_config_changes(saved_config, config_lib.to_dict(config), stage)
         try:
-            iterator.set_state(data_state)
+            iterator.set_state(distributed.data_state_from_checkpoint(data_state))
         except ValueError as e:
             raise TrainingError(f"{stage}: cannot resume the data iterator from step {start_step}: {e}") from e
         log.info("%s: resumed from step %d", stage, start_step)
@@ -460,12 +463,19 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
     if peak is None:
         peak = metrics_lib.measure_matmul_flops(models.config.dtype_of(cfg.dtype))
     peak_total = peak * mesh.size
-    writer = metrics_lib.MetricsWriter(stage_dir, resume_step=start_step)
+    writer = metrics_lib.MetricsWriter(stage_dir, resume_step=start_step) if distributed.is_main_process() else None
 
     # --- Train loop -------------------------------------------------------------------------------------
     config_json = config_lib.to_dict(config)
     every = max(int(config.checkpoint.every_steps), 1)
-    bar = tqdm(total=num_steps, initial=start_step, desc=stage, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=num_steps,
+        initial=start_step,
+        desc=stage,
+        unit="step",
+        disable=not progress or not distributed.is_main_process(),
+        dynamic_ncols=True,
+    )
     last_metrics: dict = {}
     stopped = "done"
     step_num = start_step
@@ -500,27 +510,31 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
                     metrics["mfu"] = flops_per_step / dt / peak_total
                 last_metrics = metrics
                 if step_num % max(int(config.log_every), 1) == 0 or step_num == num_steps:
-                    writer.write(step_num, metrics)
+                    if writer:
+                        writer.write(step_num, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.2e}", refresh=False)
                 bar.update(1)
                 if config.throttle_seconds:
                     time.sleep(float(config.throttle_seconds))
-                stop_now = stop_flag is not None and stop_flag.requested
+                stop_now = distributed.any_process(stop_flag is not None and stop_flag.requested)
                 if step_num % every == 0 or step_num == num_steps or stop_now:
-                    ckpt.save(step_num, state, iterator.get_state(), config_json)
+                    ckpt.save(step_num, state, distributed.data_state_for_checkpoint(iterator.get_state()), config_json)
                 if stop_now:
                     stopped = "sigterm"
                     break
         ckpt.wait()
     finally:
         bar.close()
-        writer.close()
+        if writer:
+            writer.close()
         ckpt.close()
 
     wall = time.perf_counter() - t_start
     if stopped == "done":
         done = {"final_step": step_num, "final_metrics": last_metrics, "wall_seconds": wall}
-        done_path.write_text(json.dumps(done, indent=2))
+        if distributed.is_main_process():
+            done_path.write_text(json.dumps(done, indent=2))
+        distributed.barrier(f"{stage}_done")  # the next stage reads DONE.json on every process
     compiles = jitted._cache_size() if hasattr(jitted, "_cache_size") else -1
     return StageResult(stage, state["params"], cfg, step_num, last_metrics, stopped, wall, compiles)
 
@@ -552,7 +566,8 @@ def train(config, workdir, *, progress: bool = True) -> dict[str, StageResult]:
     config_lib.validate(config)
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(config), indent=2))
+    if distributed.is_main_process():
+        (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(config), indent=2))
     results: dict[str, StageResult] = {}
     with _StopFlag() as stop:
         for stage in config_lib.stages_of(config):
@@ -561,5 +576,8 @@ def train(config, workdir, *, progress: bool = True) -> dict[str, StageResult]:
             if result.stopped == "sigterm":
                 break
     records = {st: metrics_lib.read_jsonl(workdir / st / "metrics.jsonl") for st in config_lib.stages_of(config)}
-    metrics_lib.plot_curves({k: v for k, v in records.items() if v}, workdir / "curves.png", title=str(workdir.name))
+    if distributed.is_main_process():
+        metrics_lib.plot_curves(
+            {k: v for k, v in records.items() if v}, workdir / "curves.png", title=str(workdir.name)
+        )
     return results
