@@ -564,6 +564,12 @@ def _warn_config_changes(saved: dict, now: dict, stage: str) -> None:
 def train(config, workdir, *, progress: bool = True) -> dict[str, StageResult]:
     """Run `config.stages` in order in `workdir`; a rerun of the same command continues where it stopped."""
     config_lib.validate(config)
+    if "://" in str(workdir):
+        # pathlib would silently turn gs://b/x into a local ./gs:/b/x on every host.
+        raise TrainingError(
+            f"workdir {workdir}: object-store URLs are not supported yet; mount the bucket (e.g. gcsfuse "
+            "at /gcs/BUCKET on every worker) and pass that path"
+        )
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main_process():
