@@ -70,7 +70,7 @@ def inputs(case: Case):
     return q, k, v, d_out
 
 
-def check(case: Case, style: str):
+def check_against_reference(case: Case, style: str):
     q, k, v, d_out = inputs(case)
     seg = segment_ids(case)
     seg = None if seg is None else jnp.asarray(seg)
@@ -137,7 +137,7 @@ TPU_CASES = [
 
 @pytest.mark.parametrize("case", GPU_CASES, ids=str)
 def test_triton_kernels_match_reference(case):
-    check(case, "gpu")
+    check_against_reference(case, "gpu")
 
 
 @pytest.mark.parametrize("min_programs, split", [(1, 1), (8, 2)])
@@ -151,12 +151,12 @@ def test_triton_dkv_head_split(monkeypatch, min_programs, split):
         q, k, segment_ids(case), causal=True, sm_scale=None, block_q=None, block_k=None, interpret=True, style="gpu"
     )
     assert gpu.dkv_head_split(p, p.kv_len_padded // p.blocks.dkv_k) == split
-    check(case, "gpu")
+    check_against_reference(case, "gpu")
 
 
 @pytest.mark.parametrize("case", TPU_CASES, ids=str)
 def test_mosaic_kernels_match_reference(case):
-    check(case, "tpu")
+    check_against_reference(case, "tpu")
 
 
 def test_public_entry_point_on_cpu_interprets_and_defaults_scale():
