@@ -8,7 +8,8 @@ optionally side by side with TRL's ORPOTrainer (PyTorch, float32) on the same mo
 Both frameworks run in this one process with the same thread count (`--threads`, default 2), alternating
 in rounds so that a noisy neighbour slows both alike. FLOPs are the model's causal-aware training FLOPs
 (`ModelConfig.flops_per_token`, forward + backward = 3x forward) over every position of the batch; the
-roofline is the best f32 [n, n] @ [n, n] matmul rate this process reaches (n in 256..1024).
+roofline is the median f32 [n, n] @ [n, n] matmul rate (best of n = 512, 1024) measured in each round
+right beside that round's steps; the reported fraction is the median over rounds.
 """
 
 from __future__ import annotations
@@ -28,14 +29,28 @@ def _set_threads(n: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def roofline_flops(dtype_name: str = "float32") -> float:
-    """Best FLOP/s of a square matmul in this process (the CPU roofline the train step is measured against)."""
-    import jax.numpy as jnp
+def roofline_flops(dtype_name: str = "float32", reps: int = 12) -> float:
+    """FLOP/s of a square f32 matmul in this process: the median over `reps` runs, best of n in 512, 1024.
 
-    from oyster_jax.train.metrics import measure_matmul_flops
+    Medians (not best bursts) so that a round's roofline and its step times see the same neighbours.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
 
     dtype = getattr(jnp, dtype_name)
-    return max(measure_matmul_flops(dtype, n=n, seconds=1.0) for n in (256, 512, 1024))
+    rates = []
+    for n in (512, 1024):
+        a = jnp.ones((n, n), dtype)
+        f = jax.jit(lambda x, y: x @ y)
+        f(a, a).block_until_ready()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            f(a, a).block_until_ready()
+            times.append(time.perf_counter() - t)
+        rates.append(2.0 * n**3 / float(np.median(times)))
+    return max(rates)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,7 +237,6 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    roof = roofline_flops(config.model.dtype)
     run_jax, cfg, rows, seq = make_jax_runner(config, args.stage, prompt_len)
     flops_per_step = metrics_lib.train_flops_per_step(cfg, rows, seq)
     run_jax()  # compile
@@ -235,15 +249,21 @@ def main(argv=None) -> int:
         trl_run(1)  # warm-up
         if trl_shape != (args.batch, seq):
             print(f"warning: TRL batch shape {trl_shape} != ({args.batch}, {seq})", file=sys.stderr)
-    jax_times, trl_times = [], []
+    jax_times, trl_times, fractions, roofs = [], [], [], []
     for _ in range(args.rounds):
+        roof = roofline_flops(config.model.dtype)  # measured beside this round's steps, under the same load
+        round_times = []
         for _ in range(args.steps):
             t = time.perf_counter()
             run_jax()
-            jax_times.append(time.perf_counter() - t)
+            round_times.append(time.perf_counter() - t)
+        jax_times += round_times
+        roofs.append(roof)
+        fractions.append(flops_per_step / float(np.median(round_times)) / roof)
         if trl_run is not None:
             trl_times += trl_run(args.steps)
     jax_step = float(np.median(jax_times))
+    roof = float(np.median(roofs))
     result = {
         "model_params": cfg.num_params(),
         "stage": args.stage,
@@ -256,8 +276,10 @@ def main(argv=None) -> int:
             "steps_per_s": 1.0 / jax_step,
             "tokens_per_s": rows * seq / jax_step,
             "gflops": flops_per_step / jax_step / 1e9,
-            "fraction_of_roofline": flops_per_step / jax_step / roof,
+            "fraction_of_roofline": float(np.median(fractions)),
+            "fraction_of_roofline_per_round": fractions,
         },
+        "load_average_1min": os.getloadavg()[0],
     }
     if trl_times:
         trl_step = float(np.median(trl_times))
@@ -272,8 +294,8 @@ def main(argv=None) -> int:
     print(
         f"{args.stage} step, {cfg.num_params() / 1e6:.1f}M params, {rows} rows x {seq} tokens, {args.threads} threads: "
         f"oyster_jax {ours['steps_per_s']:.3f} steps/s, {ours['tokens_per_s']:.0f} tokens/s, "
-        f"{ours['gflops']:.1f} GFLOP/s = {100 * ours['fraction_of_roofline']:.1f}% of the measured f32 matmul "
-        f"roofline ({roof / 1e9:.1f} GFLOP/s)"
+        f"{ours['gflops']:.1f} GFLOP/s = {100 * ours['fraction_of_roofline']:.1f}% of the f32 matmul roofline "
+        f"measured beside it ({roof / 1e9:.1f} GFLOP/s; median over rounds); load average {os.getloadavg()[0]:.1f}"
     )
     if trl_times:
         t = result["trl_orpo"]
