@@ -7,7 +7,7 @@ Pairs: `config.data.pref_task` = a JSONL of preference records (e.g. written by 
 
 TPU v5p-64 (32 chips): FSDP over all chips, 32 pairs (64 rows of 4096 tokens) per step.
 
-    python -m oyster_jax.main --config configs/experiments/qwen3_14b_orpo.py --workdir gs://BUCKET/qwen3_14b_orpo \\
+    python -m oyster_jax.main --config configs/experiments/qwen3_14b_orpo.py --workdir /gcs/BUCKET/qwen3_14b_orpo \\
         --config.mesh=data=1,fsdp=32,tensor=1 --config.init_from=checkpoints/Qwen3-14B \\
         --config.data.pref_task=data/csa_pairs.jsonl
 
@@ -18,7 +18,7 @@ TPU v5p-64 (32 chips): FSDP over all chips, 32 pairs (64 rows of 4096 tokens) pe
         --config.init_from=checkpoints/Qwen3-14B --config.data.pref_task=data/csa_pairs.jsonl
 
 Expected: rewards/accuracies rises towards 1 and log_odds_ratio towards 0 within a few hundred steps;
-`tests/test_train_aot.py` AOT-compiles this step on an 8-device fake CPU mesh and prints the memory analysis.
+`tests/test_train_multidevice.py` AOT-compiles this step on an 8-device fake CPU mesh and prints the memory analysis.
 """
 
 from oyster_jax.train.config import base_config, model_fields

@@ -7,7 +7,7 @@ run in 512-position slabs so the 152k-token logits never exist at once.
 
 TPU v5p-64 (32 chips, 95 GB HBM each): FSDP over all chips, 2 packed rows of 4096 tokens per chip.
 
-    python -m oyster_jax.main --config configs/experiments/qwen3_14b_sft.py --workdir gs://BUCKET/qwen3_14b_sft \\
+    python -m oyster_jax.main --config configs/experiments/qwen3_14b_sft.py --workdir /gcs/BUCKET/qwen3_14b_sft \\
         --config.mesh=data=1,fsdp=32,tensor=1 --config.init_from=checkpoints/Qwen3-14B
     (launch on every host of the slice, e.g. `gcloud compute tpus tpu-vm ssh ... --worker=all --command=...`)
 
@@ -16,7 +16,7 @@ TPU v5p-64 (32 chips, 95 GB HBM each): FSDP over all chips, 2 packed rows of 409
     python -m oyster_jax.main --config configs/experiments/qwen3_14b_sft.py --workdir runs/qwen3_14b_sft \\
         --config.mesh=data=1,fsdp=8,tensor=1 --config.sft.microbatches=4 --config.init_from=checkpoints/Qwen3-14B
 
-Memory (AOT, no weights needed): `tests/test_train_aot.py` compiles this step on an 8-device fake CPU mesh
+Memory (AOT, no weights needed): `tests/test_train_multidevice.py` compiles this step on an 8-device fake CPU mesh
 and prints XLA's memory analysis. Expected: SFT loss falls from ~1.5 to below 1.0 within the first epoch of
 a real CSA SFT set (hyper-parameters are free choices; the report does not state them).
 """
