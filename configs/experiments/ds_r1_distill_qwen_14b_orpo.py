@@ -21,6 +21,7 @@ Expected: as for Qwen3-14B; `tests/test_train_multidevice.py` AOT-compiles this 
 """
 
 from configs.experiments import qwen3_14b_orpo
+from configs.experiments._large_model import RUNTIME
 from oyster_jax.train.config import model_fields
 
 HF_DIR = "checkpoints/DeepSeek-R1-Distill-Qwen-14B"
@@ -28,14 +29,7 @@ HF_DIR = "checkpoints/DeepSeek-R1-Distill-Qwen-14B"
 
 def get_config():
     c = qwen3_14b_orpo.get_config()
-    c.model = model_fields(
-        "ds_r1_distill_qwen_14b",
-        param_dtype="float32",
-        dtype="bfloat16",
-        remat_policy="full",
-        scan_layers=True,
-        attention_impl="auto",
-    )
+    c.model = model_fields("ds_r1_distill_qwen_14b", **RUNTIME)
     c.init_from = HF_DIR
     c.data.tokenizer = f"{HF_DIR}/tokenizer.json"
     c.data.chat_format = "deepseek_r1"

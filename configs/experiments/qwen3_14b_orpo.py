@@ -21,29 +21,15 @@ Expected: rewards/accuracies rises towards 1 and log_odds_ratio towards 0 within
 `tests/test_train_multidevice.py` AOT-compiles this step on an 8-device fake CPU mesh and prints the memory analysis.
 """
 
-from oyster_jax.train.config import base_config, model_fields
+from configs.experiments._large_model import large_model_config
 
 HF_DIR = "checkpoints/Qwen3-14B"
 
 
 def get_config():
-    c = base_config()
-    c.model = model_fields(
-        "qwen3_14b",
-        param_dtype="float32",
-        dtype="bfloat16",
-        remat_policy="full",
-        scan_layers=True,
-        attention_impl="auto",
-    )
-    c.init_from = HF_DIR
-    c.stages = "pref"
-    c.mesh = "data=1,fsdp=-1,tensor=1"
-    c.sharding = "fsdp_tp"
+    c = large_model_config("qwen3_14b", HF_DIR, "chatml", stages="pref")
     c.data.pref_task = "oyster_csa_seed_pref"  # or a JSONL path of preference records
     c.data.heldout_pref_task = "oyster_csa_seed_pref"
-    c.data.tokenizer = f"{HF_DIR}/tokenizer.json"
-    c.data.chat_format = "chatml"
     c.data.pref_seq_len = 4096
     c.data.max_prompt_len = 1024
 

@@ -21,28 +21,14 @@ and prints XLA's memory analysis. Expected: SFT loss falls from ~1.5 to below 1.
 a real CSA SFT set (hyper-parameters are free choices; the report does not state them).
 """
 
-from oyster_jax.train.config import base_config, model_fields
+from configs.experiments._large_model import large_model_config
 
 HF_DIR = "checkpoints/Qwen3-14B"
 
 
 def get_config():
-    c = base_config()
-    c.model = model_fields(
-        "qwen3_14b",
-        param_dtype="float32",
-        dtype="bfloat16",
-        remat_policy="full",
-        scan_layers=True,
-        attention_impl="auto",
-    )
-    c.init_from = HF_DIR
-    c.stages = "sft"
-    c.mesh = "data=1,fsdp=-1,tensor=1"
-    c.sharding = "fsdp_tp"
+    c = large_model_config("qwen3_14b", HF_DIR, "chatml", stages="sft")
     c.data.sft_task = "oyster_csa_sft_mix"  # or a JSONL path of SFT records (oyster_jax.data.schemas)
-    c.data.tokenizer = f"{HF_DIR}/tokenizer.json"
-    c.data.chat_format = "chatml"
     c.data.seq_len = 4096
 
     c.sft.num_steps = 2000
