@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
     "tensorboardX==2.6.5",
+    "etils[epath]==1.15.0",  # workdir paths: local or gs:// (oyster_jax.train.workdir)
 ]
 
 EXTRAS = {

@@ -17,12 +17,13 @@ written on 8 devices restores onto 1 and vice versa.
 from __future__ import annotations
 
 import logging
-import pathlib
-import shutil
 import time
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from oyster_jax.train import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ ITEMS = ("params", "train_state", "data", "config")
 
 class Checkpointer:
     def __init__(self, directory, *, keep: int, async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = workdir_lib.resolve(directory)  # local or gs://
         self.directory.mkdir(parents=True, exist_ok=True)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep if keep and keep > 0 else None,
@@ -114,14 +115,14 @@ class Checkpointer:
             return step, state, data_state, config
         return None
 
-    def _quarantine(self, step: int) -> pathlib.Path:
+    def _quarantine(self, step: int) -> epath.Path:
         """Move a broken step aside (never delete it: it may still hold something a person wants)."""
         src = self.directory / str(step)
-        dst_root = self.directory.with_name(self.directory.name + ".corrupt")
+        dst_root = self.directory.parent / (self.directory.name + ".corrupt")
         dst_root.mkdir(parents=True, exist_ok=True)
         dst = dst_root / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         if src.exists():
-            shutil.move(str(src), str(dst))
+            src.rename(dst)
         self._manager.reload()
         return dst
 

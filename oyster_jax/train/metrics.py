@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import shutil
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from oyster_jax.models import ModelConfig
+from oyster_jax.train import workdir as workdir_lib
 
 # Curves drawn in the PNG, in this order, when present.
 PLOTTED = (
@@ -57,22 +61,35 @@ def measure_matmul_flops(dtype=jnp.float32, n: int = 512, seconds: float = 1.0) 
 
 
 class MetricsWriter:
-    """Appends one JSON line per step to `metrics.jsonl` and mirrors scalars to TensorBoard."""
+    """Appends one JSON line per step to `metrics.jsonl` and mirrors scalars to TensorBoard.
 
-    def __init__(self, directory, resume_step: int = 0):
-        self.directory = pathlib.Path(directory)
+    For a `gs://` directory both files are written to a local staging directory and copied up every
+    `sync_seconds` and at `close()`: object stores have no append, and tensorboardX cannot write there.
+    """
+
+    def __init__(self, directory, resume_step: int = 0, sync_seconds: float = 60.0):
+        self.directory = workdir_lib.resolve(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.jsonl = self.directory / "metrics.jsonl"
+        self._remote = workdir_lib.is_remote(self.directory)
+        if self._remote:
+            local = pathlib.Path(tempfile.mkdtemp(prefix="oyster_metrics_"))
+        else:
+            local = pathlib.Path(self.directory)
+        self._local = local
+        self._sync_seconds = sync_seconds
+        self._last_sync = time.monotonic()
         # A resumed run redoes the steps after its checkpoint: drop their lines from the killed run.
-        if self.jsonl.exists():
-            kept = [line for line in self.jsonl.read_text().splitlines() if _step_of(line) <= resume_step]
-            self.jsonl.write_text("".join(line + "\n" for line in kept))
+        remote_jsonl = self.directory / "metrics.jsonl"
+        if remote_jsonl.exists():
+            kept = [line for line in remote_jsonl.read_text().splitlines() if _step_of(line) <= resume_step]
+            (local / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+        self.jsonl = local / "metrics.jsonl"
         self._file = self.jsonl.open("a")
         self._tb = None
         try:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.directory / "tensorboard"), purge_step=resume_step + 1)
+            self._tb = SummaryWriter(str(local / "tensorboard"), purge_step=resume_step + 1)
         except ImportError:  # pragma: no cover - tensorboardX is a pinned dependency
             pass
 
@@ -84,11 +101,27 @@ class MetricsWriter:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(k, v, step)
+        if self._remote and time.monotonic() - self._last_sync > self._sync_seconds:
+            self._sync()
+
+    def _sync(self) -> None:
+        """Copy the staged files up (whole files: each sync replaces the previous copy)."""
+        if self._tb is not None:
+            self._tb.flush()
+        for src in self._local.rglob("*"):
+            if src.is_file():
+                dst = self.directory / src.relative_to(self._local).as_posix()
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(src.read_bytes())
+        self._last_sync = time.monotonic()
 
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._remote:
+            self._sync()
+            shutil.rmtree(self._local, ignore_errors=True)
 
 
 def _plain(v):
@@ -104,7 +137,7 @@ def _step_of(line: str) -> int:
 
 
 def read_jsonl(path) -> list[dict]:
-    path = pathlib.Path(path)
+    path = workdir_lib.resolve(path)
     if not path.exists():
         return []
     out = []
@@ -116,7 +149,7 @@ def read_jsonl(path) -> list[dict]:
     return out
 
 
-def plot_curves(records_by_stage: dict[str, list[dict]], out_png, title: str = "") -> pathlib.Path | None:
+def plot_curves(records_by_stage: dict[str, list[dict]], out_png, title: str = "") -> epath.Path | None:
     """One panel per metric, one line per stage (x = global step across stages)."""
     import matplotlib
 
@@ -150,7 +183,8 @@ def plot_curves(records_by_stage: dict[str, list[dict]], out_png, title: str = "
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out_png = pathlib.Path(out_png)
-    fig.savefig(out_png, dpi=110)
+    out_png = workdir_lib.resolve(out_png)
+    with out_png.open("wb") as f:  # through epath, so a gs:// workdir gets its plot too
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return out_png

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import pathlib
-import shutil
 import signal
 import threading
 import time
@@ -27,6 +26,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 from oyster_jax import distributed, models
@@ -36,6 +36,7 @@ from oyster_jax.train import config as config_lib
 from oyster_jax.train import metrics as metrics_lib
 from oyster_jax.train import optim
 from oyster_jax.train import step as step_lib
+from oyster_jax.train import workdir as workdir_lib
 from oyster_jax.train.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ def _arch(cfg: models.ModelConfig) -> dict:
     return {k: d[k] for k in config_lib.ARCH_FIELDS if k in d}
 
 
-def _check_same_model(stage_dir: pathlib.Path, cfg: models.ModelConfig, fresh: bool) -> None:
+def _check_same_model(stage_dir: epath.Path, cfg: models.ModelConfig, fresh: bool) -> None:
     """Refuse a workdir whose checkpoints belong to another model, unless asked to start fresh."""
     saved_path = stage_dir / "model_config.json"
     if not saved_path.exists():
@@ -195,8 +196,7 @@ def _check_same_model(stage_dir: pathlib.Path, cfg: models.ModelConfig, fresh: b
             f"{stage_dir} holds checkpoints of a different model ({detail}). Use another --workdir, or pass "
             f"--config.fresh=true to move them aside and start from scratch"
         )
-    aside = stage_dir.with_name(f"{stage_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-    shutil.move(str(stage_dir), str(aside))
+    aside = workdir_lib.move_aside(stage_dir, "old")
     log.warning("config.fresh: moved checkpoints of another model (%s) to %s", detail, aside)
 
 
@@ -209,7 +209,7 @@ def _runtime_overrides(cfg: models.ModelConfig) -> dict:
     return {k: getattr(cfg, k) for k in ("param_dtype", "dtype", "attention_impl", "remat_policy", "scan_layers")}
 
 
-def initial_params(config, stage: str, workdir: pathlib.Path, mesh, rules, cfg: models.ModelConfig):
+def initial_params(config, stage: str, workdir: epath.Path, mesh, rules, cfg: models.ModelConfig):
     """(ModelConfig, params placed with their shardings) that `stage` starts from."""
     stages = config_lib.stages_of(config)
     if stage == "pref" and "sft" in stages:  # chained: start from the SFT stage's final parameters
@@ -226,6 +226,11 @@ def initial_params(config, stage: str, workdir: pathlib.Path, mesh, rules, cfg: 
         return cfg, params
     from oyster_jax import convert
 
+    if workdir_lib.is_remote(source):
+        raise TrainingError(
+            f"config.init_from={source}: starting weights are read from a local directory; copy them to "
+            "local disk first (e.g. `gcloud storage cp -r`) and pass that path"
+        )
     path = pathlib.Path(source)
     if (path / "config.json").exists() and any(path.glob("*.safetensors")):
         loaded_cfg, params = convert.from_hf(path, mesh=mesh, rules=rules, **_runtime_overrides(cfg))
@@ -238,7 +243,7 @@ def initial_params(config, stage: str, workdir: pathlib.Path, mesh, rules, cfg: 
     return cfg, jax.device_put(params, sh)
 
 
-def load_stage_params(stage_dir: pathlib.Path, cfg: models.ModelConfig, mesh, rules):
+def load_stage_params(stage_dir: epath.Path, cfg: models.ModelConfig, mesh, rules):
     """Final parameters of a finished stage, restored into the current mesh's shardings."""
     import orbax.checkpoint as ocp
 
@@ -264,7 +269,8 @@ def _precompute_reference(config, cfg, ref_params, iterator, num_steps, stage_di
     start_state = iterator.get_state()
     meta = {"num_steps": num_steps, "data_state": start_state, "loss": config.pref.loss}
     if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == json.loads(json.dumps(meta)):
-        return np.load(path, allow_pickle=False)
+        with path.open("rb") as f:
+            return np.load(f, allow_pickle=False)
     kind = config.pref.loss
     chunk = config.pref.logits_chunk
 
@@ -279,7 +285,8 @@ def _precompute_reference(config, cfg, ref_params, iterator, num_steps, stage_di
             out.append(np.asarray(jax.device_get(ref_fn(ref_params, _to_device(next(iterator), batch_sh)))))
     iterator.set_state(start_state)
     ref = np.stack(out).astype(np.float32)
-    np.save(path, ref, allow_pickle=False)
+    with path.open("wb") as f:
+        np.save(f, ref, allow_pickle=False)
     meta_path.write_text(json.dumps(meta))
     return ref
 
@@ -367,7 +374,7 @@ def aot_compile_train_step(config, stage: str, mesh=None):
 
 def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: _StopFlag | None = None) -> StageResult:
     t_start = time.perf_counter()
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = workdir_lib.resolve(workdir)
     stage_dir = workdir / stage
     s = config[stage]
     cfg = config_lib.model_config(config)
@@ -564,13 +571,7 @@ def _warn_config_changes(saved: dict, now: dict, stage: str) -> None:
 def train(config, workdir, *, progress: bool = True) -> dict[str, StageResult]:
     """Run `config.stages` in order in `workdir`; a rerun of the same command continues where it stopped."""
     config_lib.validate(config)
-    if "://" in str(workdir):
-        # pathlib would silently turn gs://b/x into a local ./gs:/b/x on every host.
-        raise TrainingError(
-            f"workdir {workdir}: object-store URLs are not supported yet; mount the bucket (e.g. gcsfuse "
-            "at /gcs/BUCKET on every worker) and pass that path"
-        )
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = workdir_lib.resolve(workdir)  # a local directory or gs://bucket/run
     workdir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main_process():
         (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(config), indent=2))
