@@ -20,9 +20,7 @@ def pytest_collection_modifyitems(config, items):
 
     if jax.device_count() >= 8:
         return
-    skip = pytest.mark.skip(
-        reason="needs 8 devices: run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
-    )
+    skip = pytest.mark.skip(reason="needs 8 devices: run with XLA_FLAGS=--xla_force_host_platform_device_count=8")
     for item in items:
         if "multidevice" in item.keywords:
             item.add_marker(skip)
@@ -33,7 +31,5 @@ def data_dir():
     """The benchmark data directory, or a clear skip when it is absent."""
     d = os.environ.get("OYSTER_DATA_DIR")
     if not d or not pathlib.Path(d).is_dir():
-        pytest.skip(
-            "OYSTER_DATA_DIR is not set and ../shared/data does not exist; benchmark-data tests skipped"
-        )
+        pytest.skip("OYSTER_DATA_DIR is not set and ../shared/data does not exist; benchmark-data tests skipped")
     return pathlib.Path(d)

@@ -20,9 +20,7 @@ def parse_mesh_spec(spec: str | dict) -> dict[str, int]:
         for part in filter(None, (p.strip() for p in spec.split(","))):
             name, _, value = part.partition("=")
             if name not in MESH_AXES or not value:
-                raise ValueError(
-                    f"mesh spec {spec!r}: bad entry {part!r}; expected AXIS=SIZE with AXIS in {MESH_AXES}"
-                )
+                raise ValueError(f"mesh spec {spec!r}: bad entry {part!r}; expected AXIS=SIZE with AXIS in {MESH_AXES}")
             items[name] = int(value)
         spec = items
     unknown = set(spec) - set(MESH_AXES)
