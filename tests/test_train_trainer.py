@@ -232,9 +232,12 @@ def test_precomputed_reference_equals_frozen_reference(tmp_path, loss):
         cfg = micro_config(**{"stages": "pref", "pref.num_steps": 3, "pref.loss": loss, "pref.reference": reference})
         runs[reference] = train(cfg, tmp_path / reference, progress=False)["pref"]
     assert runs["frozen"].final_metrics["rewards/margins"] != 0.0
+    # Rewards are beta x differences of summed completion log-probs of magnitude ~1e3, whose float32 spacing
+    # is 6e-5: two differently compiled graphs (reference inside the step vs its own jit) may differ by a few
+    # ulps there, i.e. ~1e-5 in a reward. A wrong reference moves the rewards by orders of magnitude more.
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins"):
         np.testing.assert_allclose(
-            runs["frozen"].final_metrics[key], runs["precomputed"].final_metrics[key], rtol=1e-5, atol=1e-6
+            runs["frozen"].final_metrics[key], runs["precomputed"].final_metrics[key], rtol=1e-5, atol=2e-5
         )
     _assert_params_equal(runs["frozen"].params, runs["precomputed"].params, atol=1e-5)
 

@@ -135,11 +135,13 @@ class MLP(nn.Module):
         w_up = _param(self, "up_proj", (D, F), ("embed", "mlp"), _normal(D), pdt)
         w_down = _param(self, "down_proj", (F, D), ("mlp", "embed"), _normal(F), pdt)
         B, T, _ = x.shape
-        x2 = x.reshape(B * T, D)  # 2-D matmuls: see Attention
-        gate = (x2 @ w_gate.astype(dt)).reshape(B, T, F)
-        up = (x2 @ w_up.astype(dt)).reshape(B, T, F)
-        h = nn.with_logical_constraint(jax.nn.silu(gate) * up, (BATCH, LENGTH, ACT_MLP))
-        return (h.reshape(B * T, F) @ w_down.astype(dt)).reshape(B, T, D)
+        # All 2-D over B*T rows (see Attention); the [B*T, F] activation also stays 2-D: XLA:CPU runs the
+        # silu-gate fusion and its gradient ~8% slower through a [B, T, F] reshape. The rows are batch-major
+        # and `act_length` is never sharded, so the batch sharding carries over to the merged axis.
+        x2 = x.reshape(B * T, D)
+        h = jax.nn.silu(x2 @ w_gate.astype(dt)) * (x2 @ w_up.astype(dt))
+        h = nn.with_logical_constraint(h, (BATCH, ACT_MLP))
+        return (h @ w_down.astype(dt)).reshape(B, T, D)
 
 
 class DecoderLayer(nn.Module):

@@ -21,6 +21,7 @@ import optax
 
 from oyster_jax import models
 from oyster_jax.train import losses
+from oyster_jax.train.head_logprobs import head_logprobs
 
 PREF_LOSSES = ("orpo", "dpo", "ipo", "simpo")
 # Losses whose log-probs are length-normalised (TRL: ORPO, SimPO and IPO average over completion tokens).
@@ -45,7 +46,7 @@ def target_logprobs(cfg: models.ModelConfig, params, h: jax.Array, targets: jax.
     """
     B, T, D = h.shape
     if not chunk_tokens or chunk_tokens >= T:
-        return losses.token_logprobs(models.logits_from_hidden(cfg, params, h), targets)
+        return head_logprobs(cfg, params, h, targets)
     if T % chunk_tokens:
         raise ValueError(f"logits_chunk={chunk_tokens} must divide the sequence length {T}")
     n = T // chunk_tokens
@@ -53,7 +54,7 @@ def target_logprobs(cfg: models.ModelConfig, params, h: jax.Array, targets: jax.
     @jax.checkpoint
     def one_slab(args):
         hc, tc = args  # [B, C, D], [B, C]
-        return losses.token_logprobs(models.logits_from_hidden(cfg, params, hc), tc)
+        return head_logprobs(cfg, params, hc, tc)
 
     h_slabs = jnp.moveaxis(h.reshape(B, n, chunk_tokens, D), 1, 0)  # [n, B, C, D]
     t_slabs = jnp.moveaxis(targets.reshape(B, n, chunk_tokens), 1, 0)
