@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from eval_fakes import random_params
 from hf_models import make_hf_model, save_hf_model
 from tolerances import HF_LOGITS_F32
 
@@ -105,18 +106,6 @@ def tiny():
         vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8
     )
     return cfg, random_params(cfg)
-
-
-def random_params(cfg, seed=0):
-    """Random weights from numpy (no XLA program to compile): norm scales near 1, the rest N(0, 0.3)."""
-    rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, a: (
-            (1.0 if "norm" in jax.tree_util.keystr(path) else 0.0)
-            + 0.3 * rng.standard_normal(a.shape).astype(np.float32)
-        ),
-        models.abstract_params(cfg),
-    )
 
 
 def test_sampling_is_deterministic_per_seed_and_row(tiny):

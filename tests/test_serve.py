@@ -8,42 +8,21 @@ import threading
 import urllib.error
 import urllib.request
 
-import jax
-import numpy as np
 import pytest
+from eval_fakes import TINY_CHAT_CFG, random_params
 
-from oyster_jax import convert, models
+from oyster_jax import convert
 from oyster_jax.data.vocab import default_tokenizer_path
 from oyster_jax.llm.local import LocalJaxBackend
 from oyster_jax.serve import ChatService, make_server
 
 TOKENIZER = default_tokenizer_path()
-CFG = models.ModelConfig(
-    vocab_size=4096,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    max_position_embeddings=512,
-)
-
-
-def _random_params(cfg, seed=0):
-    rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, a: (
-            (1.0 if "norm" in jax.tree_util.keystr(path) else 0.0)
-            + 0.3 * rng.standard_normal(a.shape).astype(np.float32)
-        ),
-        models.abstract_params(cfg),
-    )
+CFG = TINY_CHAT_CFG.replace(max_position_embeddings=512)
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return convert.save_model(tmp_path_factory.mktemp("serve") / "tiny-chat", CFG, _random_params(CFG))
+    return convert.save_model(tmp_path_factory.mktemp("serve") / "tiny-chat", CFG, random_params(CFG))
 
 
 @pytest.fixture(scope="module")
