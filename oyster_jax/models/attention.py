@@ -1,7 +1,9 @@
 """Attention: the pure-XLA path and the dispatch over `attention_impl` ("auto" | "xla" | "pallas" | "cudnn").
 
 `auto` picks the Pallas flash kernel on GPU and TPU and XLA on CPU, and falls back to XLA with a one-line
-warning if the kernel cannot be used there. A forced backend that cannot run raises `AttentionBackendError`.
+warning if the kernel cannot be used there: when it cannot be imported, or when a small forward + backward of
+it does not compile on this chip for the model's dtype and head size (probed once per combination).
+A forced backend that cannot run raises `AttentionBackendError`.
 """
 
 from __future__ import annotations
@@ -91,6 +93,29 @@ def resolve_impl(impl: str, platform: str | None = None) -> str:
     return impl
 
 
+def _compile_probe(dtype, head_dim: int) -> None:
+    """Lower and compile a small causal forward + backward of the flash kernel on this platform."""
+    from oyster_jax.kernels import flash_attention
+
+    x = jax.ShapeDtypeStruct((1, 256, 2, head_dim), dtype)
+    kv = jax.ShapeDtypeStruct((1, 256, 1, head_dim), dtype)
+
+    def loss(q, k, v):
+        return jnp.sum(flash_attention(q, k, v, causal=True).astype(jnp.float32))
+
+    jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, kv, kv).compile()
+
+
+@functools.cache
+def _pallas_problem(platform: str, dtype_name: str, head_dim: int) -> str | None:
+    """None when the kernel compiles here for (dtype, head_dim); else the first line of the error."""
+    try:
+        _compile_probe(jnp.dtype(dtype_name), head_dim)
+    except Exception as e:  # noqa: BLE001 - any failure to compile means: do not pick this kernel
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return None
+
+
 def _kernel_specs(mesh, q, k):
     """PartitionSpecs that split a kernel call over the mesh: batch over data x fsdp, heads over tensor
     (when they divide), sequence and head_dim whole."""
@@ -160,6 +185,14 @@ def attention(
     sm_scale: float | None = None,
 ) -> jax.Array:  # [B, T, N, H]
     backend = resolve_impl(impl)
+    if impl == "auto" and backend == "pallas":
+        problem = _pallas_problem(jax.default_backend(), jnp.dtype(q.dtype).name, q.shape[-1])
+        if problem:
+            _warn_once(
+                f"attention_impl=auto: the Pallas kernel does not compile here for {jnp.dtype(q.dtype).name}, "
+                f"head_dim {q.shape[-1]} ({problem}); falling back to xla"
+            )
+            backend = "xla"
     if backend == "xla":
         # Same math as xla_attention (the reference), with a hand-written backward laid out for XLA:CPU.
         from oyster_jax.models.attention_fused import fused_attention
