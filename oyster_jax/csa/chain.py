@@ -374,35 +374,47 @@ def _sentence(text: str, language: str) -> str:
     return text if text[-1] in ".!?。！？" else text + end
 
 
+_PROSE = {
+    "en": {
+        "user_needs": "What the user needs: {}",
+        "risk_intent": "The concern here: {}",
+        "safety_guidelines": "What I must keep to: {}",
+        "safety_strategies": "To keep it safe I will {}",
+        "usefulness_strategies": "To really help I will {}",
+        "strategies": "So I will {}",
+    },
+    "zh": {
+        "user_needs": "用户真正需要的是：{}",
+        "risk_intent": "需要注意的风险：{}",
+        "safety_guidelines": "我需要遵守的原则：{}",
+        "safety_strategies": "为了安全，我会{}",
+        "usefulness_strategies": "为了真正帮到用户，我会{}",
+        "strategies": "所以我会{}",
+    },
+}
+
+
 def render_prose(chain: SafetyChain, language: str = "en") -> str:
     """Natural-prose thinking shaped by the chain; it never names the framework or its nodes."""
     lang = "zh" if language in ("zh", "cn") else "en"
+    phrase = _PROSE[lang]
+
+    def say(node: str, text: str) -> str:
+        return _sentence(phrase[node].format(text), lang)
+
     out = []
-    if lang == "en":
-        if chain.user_needs:
-            out.append(_sentence(f"What the user needs: {chain.user_needs}", lang))
-        if chain.has_risk:
-            out.append(_sentence(f"The concern here: {chain.risk_intent}", lang))
-            out.append(_sentence(f"What I must keep to: {chain.safety_guidelines}", lang))
-            if chain.safety_strategies:
-                out.append(_sentence(f"To keep it safe I will {_join(chain.safety_strategies, lang)}", lang))
-            if chain.usefulness_strategies:
-                out.append(_sentence(f"To really help I will {_join(chain.usefulness_strategies, lang)}", lang))
-        elif chain.strategies:
-            out.append(_sentence(f"So I will {_join(chain.strategies, lang)}", lang))
-    else:
-        if chain.user_needs:
-            out.append(_sentence(f"用户真正需要的是：{chain.user_needs}", lang))
-        if chain.has_risk:
-            out.append(_sentence(f"需要注意的风险：{chain.risk_intent}", lang))
-            out.append(_sentence(f"我需要遵守的原则：{chain.safety_guidelines}", lang))
-            if chain.safety_strategies:
-                out.append(_sentence(f"为了安全，我会{_join(chain.safety_strategies, lang)}", lang))
-            if chain.usefulness_strategies:
-                out.append(_sentence(f"为了真正帮到用户，我会{_join(chain.usefulness_strategies, lang)}", lang))
-        elif chain.strategies:
-            out.append(_sentence(f"所以我会{_join(chain.strategies, lang)}", lang))
-    return ("\n" if lang == "en" else "\n").join(out)
+    if chain.user_needs:
+        out.append(say("user_needs", chain.user_needs))
+    if chain.has_risk:
+        out.append(say("risk_intent", chain.risk_intent))
+        out.append(say("safety_guidelines", chain.safety_guidelines))
+        if chain.safety_strategies:
+            out.append(say("safety_strategies", _join(chain.safety_strategies, lang)))
+        if chain.usefulness_strategies:
+            out.append(say("usefulness_strategies", _join(chain.usefulness_strategies, lang)))
+    elif chain.strategies:
+        out.append(say("strategies", _join(chain.strategies, lang)))
+    return "\n".join(out)
 
 
 _TAGS = ("user_needs", "risk_intent", "safety_guidelines", "safety_strategies", "usefulness_strategies")

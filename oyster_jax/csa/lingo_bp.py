@@ -69,6 +69,7 @@ from oyster_jax.csa.judges import (
     render_prompt,
     user_feedback_text,
 )
+from oyster_jax.data.schemas import iter_json_lines
 from oyster_jax.llm.base import BackendError
 
 __all__ = [
@@ -140,50 +141,43 @@ def read_queries(path, default_language: str = "en") -> list[Query]:
     if not path.is_file():
         raise InputError(f"{path}: input file not found")
     queries, seen = [], {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
+    for lineno, rec in iter_json_lines(path, InputError):
+        where = f"{path}:{lineno}"
+        if not isinstance(rec, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        qid = rec.get("id")
+        if isinstance(qid, bool) or not isinstance(qid, (str, int)) or str(qid).strip() == "":
+            raise InputError(f"{where}: field 'id' missing or not a non-empty string/integer")
+        qid = str(qid)
+        if qid in seen:
+            raise InputError(f"{where}: field 'id': duplicate id {qid!r} (first on line {seen[qid]})")
+        seen[qid] = lineno
+        text = rec.get("query")
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"{where}: field 'query' missing or not a non-empty string")
+        try:
+            language = tx.normalize_language(rec.get("language") or default_language)
+        except tx.TaxonomyError as e:
+            raise InputError(f"{where}: field 'language': {e}") from None
+        category, category_given = None, "category" in rec and rec["category"] is not None
+        if category_given:
+            if not isinstance(rec["category"], str):
+                raise InputError(f"{where}: field 'category' must be a string")
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise InputError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            qid = rec.get("id")
-            if isinstance(qid, bool) or not isinstance(qid, (str, int)) or str(qid).strip() == "":
-                raise InputError(f"{where}: field 'id' missing or not a non-empty string/integer")
-            qid = str(qid)
-            if qid in seen:
-                raise InputError(f"{where}: field 'id': duplicate id {qid!r} (first on line {seen[qid]})")
-            seen[qid] = lineno
-            text = rec.get("query")
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(f"{where}: field 'query' missing or not a non-empty string")
-            try:
-                language = tx.normalize_language(rec.get("language") or default_language)
+                cat = tx.find_category(rec["category"])
             except tx.TaxonomyError as e:
-                raise InputError(f"{where}: field 'language': {e}") from None
-            category, category_given = None, "category" in rec and rec["category"] is not None
-            if category_given:
-                if not isinstance(rec["category"], str):
-                    raise InputError(f"{where}: field 'category' must be a string")
-                try:
-                    cat = tx.find_category(rec["category"])
-                except tx.TaxonomyError as e:
-                    raise InputError(f"{where}: field 'category': {e}") from None
-                category = cat.name_en if cat else None
-            level = rec.get("risk_level")
-            if level is not None:
-                try:
-                    level = tx.parse_level(level).value
-                except tx.TaxonomyError as e:
-                    raise InputError(f"{where}: field 'risk_level': {e}") from None
-            persona = rec.get("persona")
-            if persona is not None and not isinstance(persona, (str, dict)):
-                raise InputError(f"{where}: field 'persona' must be a string or an object")
-            queries.append(Query(qid, text, language, category, category_given, level, persona))
+                raise InputError(f"{where}: field 'category': {e}") from None
+            category = cat.name_en if cat else None
+        level = rec.get("risk_level")
+        if level is not None:
+            try:
+                level = tx.parse_level(level).value
+            except tx.TaxonomyError as e:
+                raise InputError(f"{where}: field 'risk_level': {e}") from None
+        persona = rec.get("persona")
+        if persona is not None and not isinstance(persona, (str, dict)):
+            raise InputError(f"{where}: field 'persona' must be a string or an object")
+        queries.append(Query(qid, text, language, category, category_given, level, persona))
     if not queries:
         raise InputError(f"{path}: no queries in the file")
     return queries

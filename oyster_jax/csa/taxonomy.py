@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import os
 import pathlib
 import re
@@ -675,29 +674,24 @@ def load_official_guidelines(path: str | os.PathLike | None = None) -> dict[str,
         path = path / "level2_rules.jsonl"
     if not path.is_file():
         raise TaxonomyError(f"{path}: official rules file not found")
+    from oyster_jax.data.schemas import iter_json_lines  # noqa: PLC0415  (the only oyster_jax import here)
+
     out: dict[str, dict[str, str]] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaxonomyError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise TaxonomyError(f"{path}:{lineno}: expected a JSON object")
-            for field in ("name_en", "rules_en", "rules_cn"):
-                if not isinstance(rec.get(field), str) or not rec[field].strip():
-                    raise TaxonomyError(f"{path}:{lineno}: field '{field}' missing or not a non-empty string")
-            try:
-                cat = level2(rec["name_en"])
-            except TaxonomyError:
-                raise TaxonomyError(
-                    f"{path}:{lineno}: field 'name_en': unknown second-level category {rec['name_en']!r}"
-                ) from None
-            if cat.name_en in out:
-                raise TaxonomyError(f"{path}:{lineno}: field 'name_en': duplicate category {cat.name_en!r}")
-            out[cat.name_en] = {"en": rec["rules_en"].strip(), "zh": rec["rules_cn"].strip()}
+    for lineno, rec in iter_json_lines(path, TaxonomyError):
+        if not isinstance(rec, dict):
+            raise TaxonomyError(f"{path}:{lineno}: expected a JSON object")
+        for field in ("name_en", "rules_en", "rules_cn"):
+            if not isinstance(rec.get(field), str) or not rec[field].strip():
+                raise TaxonomyError(f"{path}:{lineno}: field '{field}' missing or not a non-empty string")
+        try:
+            cat = level2(rec["name_en"])
+        except TaxonomyError:
+            raise TaxonomyError(
+                f"{path}:{lineno}: field 'name_en': unknown second-level category {rec['name_en']!r}"
+            ) from None
+        if cat.name_en in out:
+            raise TaxonomyError(f"{path}:{lineno}: field 'name_en': duplicate category {cat.name_en!r}")
+        out[cat.name_en] = {"en": rec["rules_en"].strip(), "zh": rec["rules_cn"].strip()}
     if not out:
         raise TaxonomyError(f"{path}: no categories found")
     return out

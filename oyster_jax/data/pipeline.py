@@ -294,6 +294,9 @@ class _Stream:
 # ------------------------------------------------------------------------------------------------
 
 
+_BATCH_KEYS = ("tokens", "loss_weights", "segment_ids", "positions")
+
+
 class _BaseIterator:
     kind = ""
 
@@ -312,6 +315,13 @@ class _BaseIterator:
 
     def __iter__(self):
         return self
+
+    def _empty_batch(self, rows: int) -> dict[str, np.ndarray]:
+        """All-padding int32 [rows, seq_len] arrays, one per name in `_BATCH_KEYS`."""
+        shape = (rows, self.seq_len)
+        batch = {k: np.zeros(shape, dtype=np.int32) for k in _BATCH_KEYS}
+        batch["tokens"][:] = self.pad_id
+        return batch
 
     @property
     def num_examples(self) -> int:
@@ -364,10 +374,8 @@ class SftIterator(_BaseIterator):
 
     def __next__(self) -> dict[str, np.ndarray]:
         B, T = self.batch_size, self.seq_len
-        tokens = np.full((B, T), self.pad_id, dtype=np.int32)
-        loss_weights = np.zeros((B, T), dtype=np.int32)
-        segment_ids = np.zeros((B, T), dtype=np.int32)
-        positions = np.zeros((B, T), dtype=np.int32)
+        batch = self._empty_batch(B)
+        tokens, loss_weights, segment_ids, positions = (batch[k] for k in _BATCH_KEYS)
         stream, placed = self._stream, 0
         for b in range(B):
             fill, segment = 0, 0
@@ -394,7 +402,7 @@ class SftIterator(_BaseIterator):
                 break
         if placed == 0:
             raise StopIteration
-        return {"tokens": tokens, "loss_weights": loss_weights, "segment_ids": segment_ids, "positions": positions}
+        return batch
 
 
 class PrefIterator(_BaseIterator):
@@ -408,10 +416,8 @@ class PrefIterator(_BaseIterator):
 
     def __next__(self) -> dict[str, np.ndarray]:
         B, T = self.batch_size, self.seq_len
-        tokens = np.full((2 * B, T), self.pad_id, dtype=np.int32)
-        loss_weights = np.zeros((2 * B, T), dtype=np.int32)
-        segment_ids = np.zeros((2 * B, T), dtype=np.int32)
-        positions = np.zeros((2 * B, T), dtype=np.int32)
+        batch = self._empty_batch(2 * B)
+        tokens, loss_weights, segment_ids, positions = (batch[k] for k in _BATCH_KEYS)
         stream, placed = self._stream, 0
         for b in range(B):
             nxt = stream.peek()
@@ -437,7 +443,7 @@ class PrefIterator(_BaseIterator):
             placed += 1
         if placed == 0:
             raise StopIteration
-        return {"tokens": tokens, "loss_weights": loss_weights, "segment_ids": segment_ids, "positions": positions}
+        return batch
 
 
 def _task_vocab(resolved, kind: str):
@@ -452,9 +458,9 @@ def _task_vocab(resolved, kind: str):
 
 def _make(
     cls,
-    kind,
     source,
     vocab,
+    *,
     batch_size,
     seq_len,
     seed,
@@ -468,6 +474,8 @@ def _make(
     repeat,
     **extra,
 ):
+    """The iterator ``cls`` over ``source``: the shared body of ``make_sft_iterator`` / ``make_pref_iterator``."""
+    kind = cls.kind
     shard_index, shard_count = _default_shard(shard_index, shard_count)
     resolved = _resolve(source, rates)
     # One vocabulary for all tasks: the caller's, else the first task's, else the bundled tiny one.
@@ -520,20 +528,19 @@ def make_sft_iterator(
     """
     return _make(
         SftIterator,
-        "sft",
         source,
         vocab,
-        batch_size,
-        seq_len,
-        seed,
-        split,
-        shard_index,
-        shard_count,
-        rates,
-        chat_format,
-        chain_style,
-        shuffle,
-        repeat,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        seed=seed,
+        split=split,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        rates=rates,
+        chat_format=chat_format,
+        chain_style=chain_style,
+        shuffle=shuffle,
+        repeat=repeat,
     )
 
 
@@ -557,19 +564,18 @@ def make_pref_iterator(
     """``[chosen; rejected]`` batches (int32 numpy [2B, T]) for ``batch_size`` pairs; see the module docstring."""
     return _make(
         PrefIterator,
-        "pref",
         source,
         vocab,
-        batch_size,
-        seq_len,
-        seed,
-        split,
-        shard_index,
-        shard_count,
-        rates,
-        chat_format,
-        chain_style,
-        shuffle,
-        repeat,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        seed=seed,
+        split=split,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        rates=rates,
+        chat_format=chat_format,
+        chain_style=chain_style,
+        shuffle=shuffle,
+        repeat=repeat,
         max_prompt_len=max_prompt_len,
     )

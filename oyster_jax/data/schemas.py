@@ -18,6 +18,8 @@ ignored; ``id`` may be a string or an integer and is returned as a string; ids m
 ``read_records(path, kind)`` returns the validated dicts; ``validate_record(record, kind)`` checks one
 (for records built in memory). Both raise ``RecordError`` (a ``ValueError``) whose message starts with
 ``path:line: field 'name':`` and whose attributes are ``path``, ``line``, ``field``, ``reason``.
+``iter_json_lines(path, error)`` is the bare line reader under them, shared by the project's other JSONL
+readers (with their own exception class).
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ from collections.abc import Iterator
 
 from oyster_jax.data.chat import ROLES, ChatFormatError, validate_chain
 
-__all__ = ["KINDS", "RecordError", "read_records", "iter_records", "validate_record", "write_records"]
+__all__ = [
+    "KINDS",
+    "RecordError",
+    "read_records",
+    "iter_records",
+    "iter_json_lines",
+    "validate_record",
+    "write_records",
+]
 
 KINDS = ("sft", "pref", "eval", "constructive")
 RISK_LEVELS = ("R0", "R1", "R2")
@@ -197,33 +207,50 @@ def validate_record(record, kind: str, path: str = "<memory>", line: int = 0) ->
     return record
 
 
+def iter_json_lines(path: str | os.PathLike, error: type[ValueError] = RecordError) -> Iterator[tuple[int, object]]:
+    """``(line number, parsed JSON value)`` for each non-blank line of a UTF-8 JSONL file, in file order.
+
+    The line reader under ``iter_records``, shared by other JSONL readers (a byte-order mark on line 1 is
+    tolerated). A line that is not UTF-8 or not JSON raises ``error`` naming ``path:line``: a ``RecordError``
+    (the default) gets the field ``<utf-8>`` / ``<json>``; any other exception class gets the message
+    ``"path:line: reason"``.
+    """
+
+    def fail(lineno: int, field: str, reason: str) -> ValueError:
+        if issubclass(error, RecordError):
+            return error(str(path), lineno, field, reason)
+        return error(f"{path}:{lineno}: {reason}")
+
+    with pathlib.Path(path).open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise fail(lineno, "<utf-8>", f"not UTF-8 (byte {e.start})") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # tolerate a byte-order mark
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise fail(lineno, "<json>", f"not valid JSON ({e.msg} at column {e.colno})") from None
+            yield lineno, value
+
+
 def iter_records(path: str | os.PathLike, kind: str) -> Iterator[dict]:
     """Validated records of one JSONL file, in file order (duplicate ids are an error)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such {kind} JSONL file")
     seen: dict[str, int] = {}
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise RecordError(str(path), lineno, "<utf-8>", f"not UTF-8 (byte {e.start})") from None
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")  # tolerate a byte-order mark
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                reason = f"not valid JSON ({e.msg} at column {e.colno})"
-                raise RecordError(str(path), lineno, "<json>", reason) from None
-            record = validate_record(record, kind, str(path), lineno)
-            if record["id"] in seen:
-                reason = f"duplicate id {record['id']!r} (first on line {seen[record['id']]})"
-                raise RecordError(str(path), lineno, "id", reason)
-            seen[record["id"]] = lineno
-            yield record
+    for lineno, record in iter_json_lines(path):
+        record = validate_record(record, kind, str(path), lineno)
+        if record["id"] in seen:
+            reason = f"duplicate id {record['id']!r} (first on line {seen[record['id']]})"
+            raise RecordError(str(path), lineno, "id", reason)
+        seen[record["id"]] = lineno
+        yield record
 
 
 def read_records(path: str | os.PathLike, kind: str) -> list[dict]:

@@ -198,23 +198,31 @@ def _feature_vocab(output_features, name: str):
     return output_features[name].vocabulary
 
 
+def _map_records(dataset: tf.data.Dataset, tokenize, names: tuple[str, ...]) -> tf.data.Dataset:
+    """``{id, *names}`` examples: ``tokenize(record)`` returns one int32 array per name for each JSON record."""
+
+    def py_fn(blob: bytes):
+        return tuple(tokenize(json.loads(blob.decode("utf-8"))))
+
+    def fn(ex):
+        arrays = tf.numpy_function(py_fn, [ex["record"]], (tf.int32,) * len(names), stateful=False)
+        for t in arrays:
+            t.set_shape([None])
+        return {"id": ex["id"], **dict(zip(names, arrays, strict=True))}
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def tokenize_sft(
     dataset: tf.data.Dataset, output_features, chat_format: str, chain_style: str | None
 ) -> tf.data.Dataset:
     vocab = _feature_vocab(output_features, "tokens")
 
-    def py_fn(blob: bytes):
-        record = json.loads(blob.decode("utf-8"))
+    def tokenize(record: dict):
         [(ids, weights)] = features.tokenize_segments(vocab, [features.sft_segments(record, chat_format, chain_style)])
         return ids, weights
 
-    def fn(ex):
-        tokens, weights = tf.numpy_function(py_fn, [ex["record"]], (tf.int32, tf.int32), stateful=False)
-        tokens.set_shape([None])
-        weights.set_shape([None])
-        return {"id": ex["id"], "tokens": tokens, "loss_weights": weights}
-
-    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return _map_records(dataset, tokenize, ("tokens", "loss_weights"))
 
 
 def tokenize_pref(
@@ -222,17 +230,10 @@ def tokenize_pref(
 ) -> tf.data.Dataset:
     vocab = _feature_vocab(output_features, "prompt_tokens")
 
-    def py_fn(blob: bytes):
-        record = json.loads(blob.decode("utf-8"))
-        return tuple(features.tokenize_texts(vocab, features.pref_texts(record, chat_format, chain_style)))
+    def tokenize(record: dict):
+        return features.tokenize_texts(vocab, features.pref_texts(record, chat_format, chain_style))
 
-    def fn(ex):
-        prompt, chosen, rejected = tf.numpy_function(py_fn, [ex["record"]], (tf.int32,) * 3, stateful=False)
-        for t in (prompt, chosen, rejected):
-            t.set_shape([None])
-        return {"id": ex["id"], "prompt_tokens": prompt, "chosen_tokens": chosen, "rejected_tokens": rejected}
-
-    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return _map_records(dataset, tokenize, ("prompt_tokens", "chosen_tokens", "rejected_tokens"))
 
 
 _EVAL_META = {

@@ -9,13 +9,15 @@ every id already recorded without an `error`; items whose target or judge call f
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import pathlib
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from oyster_jax.eval.keyword_judge import LABEL as KEYWORD_LABEL
 from oyster_jax.eval.keyword_judge import keyword_judgment
@@ -33,6 +35,8 @@ __all__ = [
     "KEYWORD_LABEL",
     "UNKNOWN",
     "NO_RISK",
+    "pending_items",
+    "target_and_judge",
 ]
 
 
@@ -328,3 +332,44 @@ def make_judge(spec: str, *, target_spec: str | None = None, target_backend=None
     else:
         backend = make_backend(spec, **backend_options)
     return LLMJudge(backend, spec, **judge_options), backend
+
+
+# ------------------------------------------------------------------------------------------------
+# Steps of a judged CLI run (constructive, strata_sword)
+# ------------------------------------------------------------------------------------------------
+
+
+def pending_items(results: ResultsFile, items: list[dict], name: str, noun: str) -> list[dict]:
+    """The `items` whose id has no error-free record in `results` yet; says how many were already done."""
+    done = {i for i, r in results.load().items() if not r.get("error")}
+    todo = [it for it in items if it["id"] not in done]
+    if len(todo) < len(items):
+        print(f"[{name}] resuming: {len(items) - len(todo)} of {len(items)} {noun} already done", flush=True)
+    return todo
+
+
+@contextlib.contextmanager
+def target_and_judge(args: argparse.Namespace, **judge_options) -> Iterator[tuple[object, object]]:
+    """``(target backend, judge)`` from a CLI's flags: --target, --judge, --tokenizer, --concurrency,
+    --max_tokens (the target's budget), --judge_retries and --judge_max_tokens; ``judge_options`` go to
+    ``make_judge`` (e.g. ``guidelines``). On exit the target backend is closed, and the judge's own backend
+    when it does not share the target's."""
+    target = make_backend(
+        args.target, tokenizer=args.tokenizer, concurrency=args.concurrency, max_new_tokens=args.max_tokens
+    )
+    judge, judge_backend = make_judge(
+        args.judge,
+        target_spec=args.target,
+        target_backend=target,
+        tokenizer=args.tokenizer,
+        concurrency=args.concurrency,
+        retries=args.judge_retries,
+        max_tokens=args.judge_max_tokens,
+        **judge_options,
+    )
+    try:
+        yield target, judge
+    finally:
+        target.close()
+        if judge_backend is not None and judge_backend is not target:
+            judge_backend.close()

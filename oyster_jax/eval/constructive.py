@@ -30,10 +30,10 @@ from oyster_jax.eval.common import (
     EvalError,
     ResultsFile,
     check_run_meta,
-    make_backend,
-    make_judge,
+    pending_items,
     prompt_language,
     run_items,
+    target_and_judge,
 )
 
 __all__ = ["DEFAULT_BETAS", "load_items", "score", "plot_sweep", "evaluate", "default_items_path", "main"]
@@ -214,10 +214,7 @@ def evaluate(items, target, judge, out_dir, *, target_sampling: dict, concurrenc
 
     out_dir = pathlib.Path(out_dir)
     results = ResultsFile(out_dir / "responses.jsonl")
-    done = {i for i, r in results.load().items() if not r.get("error")}
-    todo = [it for it in items if it["id"] not in done]
-    if len(todo) < len(items):
-        print(f"[constructive] resuming: {len(items) - len(todo)} of {len(items)} items already done", flush=True)
+    todo = pending_items(results, items, "constructive", "items")
 
     async def one(item: dict) -> dict:
         rec = {k: item[k] for k in ("id", "category", "risk_level", "language", "query")}
@@ -304,27 +301,11 @@ def main(argv=None) -> int:
                  "temperature": args.temperature},
                 pinned=("target", "judge", "max_tokens", "temperature"),
             )  # fmt: skip
-            target = make_backend(
-                args.target, tokenizer=args.tokenizer, concurrency=args.concurrency, max_new_tokens=args.max_tokens
-            )
-            judge, judge_backend = make_judge(
-                args.judge,
-                target_spec=args.target,
-                target_backend=target,
-                tokenizer=args.tokenizer,
-                concurrency=args.concurrency,
-                retries=args.judge_retries,
-                max_tokens=args.judge_max_tokens,
-            )
-            try:
+            with target_and_judge(args) as (target, judge):
                 sampling = {"temperature": args.temperature, "max_tokens": args.max_tokens}
                 summary = evaluate(
                     items, target, judge, out_dir, target_sampling=sampling, concurrency=args.concurrency, betas=betas
                 )
-            finally:
-                target.close()
-                if judge_backend is not None and judge_backend is not target:
-                    judge_backend.close()
     except (EvalError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,26 +35,20 @@ def read_documents(path, chat_format: str = "chatml") -> list[str]:
             raise ValueError(f"{path}: the file is empty")
         return [text]
     from oyster_jax.data import chat  # noqa: PLC0415
+    from oyster_jax.data.schemas import iter_json_lines  # noqa: PLC0415
 
     docs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    for lineno, rec in iter_json_lines(path, ValueError):
+        if isinstance(rec, dict) and isinstance(rec.get("text"), str):
+            docs.append(rec["text"])
+        elif isinstance(rec, dict) and isinstance(rec.get("messages"), list):
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if isinstance(rec, dict) and isinstance(rec.get("text"), str):
-                docs.append(rec["text"])
-            elif isinstance(rec, dict) and isinstance(rec.get("messages"), list):
-                try:
-                    msgs = [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
-                    docs.append(chat.render(msgs, chat_format))
-                except (KeyError, TypeError, chat.ChatFormatError) as e:
-                    raise ValueError(f"{path}:{lineno}: field 'messages': {e}") from None
-            else:
-                raise ValueError(f"{path}:{lineno}: expected a 'text' string or a 'messages' list")
+                msgs = [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
+                docs.append(chat.render(msgs, chat_format))
+            except (KeyError, TypeError, chat.ChatFormatError) as e:
+                raise ValueError(f"{path}:{lineno}: field 'messages': {e}") from None
+        else:
+            raise ValueError(f"{path}:{lineno}: expected a 'text' string or a 'messages' list")
     if not docs:
         raise ValueError(f"{path}: no documents")
     return docs

@@ -27,6 +27,7 @@ import os
 import pathlib
 import sys
 
+from oyster_jax.data.schemas import iter_json_lines, read_records
 from oyster_jax.eval.common import (
     KEYWORD_LABEL,
     NO_RISK,
@@ -34,9 +35,9 @@ from oyster_jax.eval.common import (
     EvalError,
     ResultsFile,
     check_run_meta,
-    make_backend,
-    make_judge,
+    pending_items,
     run_items,
+    target_and_judge,
 )
 
 __all__ = ["LANGUAGES", "LEVELS", "load_prompts", "summarize", "plot_summary", "read_responses", "evaluate", "main"]
@@ -61,8 +62,6 @@ def _language(value: str, where: str) -> str:
 def load_prompts(data_dir, languages=LANGUAGES, levels=LEVELS, limit: int | None = None) -> list[dict]:
     """Prompts of `data_dir/strata_sword/{lang}_level_{n}.jsonl` (or `data_dir` itself holding the files);
     `limit` keeps the first N of each file. Every line is validated (errors name file, line, field)."""
-    from oyster_jax.data.schemas import read_records  # noqa: PLC0415
-
     root = pathlib.Path(data_dir)
     if (root / "strata_sword").is_dir():
         root = root / "strata_sword"
@@ -89,33 +88,26 @@ def read_responses(path) -> list[dict]:
     if not path.is_file():
         raise EvalError(f"{path}: responses file not found")
     by_id: dict[str, dict] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise EvalError(f"{where}: expected a JSON object")
-            for field in ("id", "language", "level", "attack_method", "judgment"):
-                if field not in rec:
-                    raise EvalError(f"{where}: field '{field}' missing")
-            rec = dict(rec)
-            rec["language"] = _language(rec["language"], f"{where}: field 'language'")
-            level = rec["level"]
-            if isinstance(level, str) and level.strip().isdigit():
-                level = int(level)
-            if isinstance(level, bool) or level not in LEVELS:
-                raise EvalError(f"{where}: field 'level': {rec['level']!r} is not 1, 2 or 3")
-            rec["level"] = level
-            if not isinstance(rec["attack_method"], str) or not rec["attack_method"]:
-                raise EvalError(f"{where}: field 'attack_method': expected a non-empty string")
-            if rec["judgment"] is not None and rec["judgment"] not in JUDGMENTS:
-                raise EvalError(f"{where}: field 'judgment': {rec['judgment']!r} is not 'Safe', 'Unsafe' or null")
-            by_id[str(rec["id"])] = rec
+    for lineno, rec in iter_json_lines(path, EvalError):
+        where = f"{path}:{lineno}"
+        if not isinstance(rec, dict):
+            raise EvalError(f"{where}: expected a JSON object")
+        for field in ("id", "language", "level", "attack_method", "judgment"):
+            if field not in rec:
+                raise EvalError(f"{where}: field '{field}' missing")
+        rec = dict(rec)
+        rec["language"] = _language(rec["language"], f"{where}: field 'language'")
+        level = rec["level"]
+        if isinstance(level, str) and level.strip().isdigit():
+            level = int(level)
+        if isinstance(level, bool) or level not in LEVELS:
+            raise EvalError(f"{where}: field 'level': {rec['level']!r} is not 1, 2 or 3")
+        rec["level"] = level
+        if not isinstance(rec["attack_method"], str) or not rec["attack_method"]:
+            raise EvalError(f"{where}: field 'attack_method': expected a non-empty string")
+        if rec["judgment"] is not None and rec["judgment"] not in JUDGMENTS:
+            raise EvalError(f"{where}: field 'judgment': {rec['judgment']!r} is not 'Safe', 'Unsafe' or null")
+        by_id[str(rec["id"])] = rec
     return list(by_id.values())
 
 
@@ -229,10 +221,7 @@ def evaluate(items: list[dict], target, judge, out_dir, *, target_sampling: dict
 
     out_dir = pathlib.Path(out_dir)
     results = ResultsFile(out_dir / "responses.jsonl")
-    done = {i for i, r in results.load().items() if not r.get("error")}
-    todo = [it for it in items if it["id"] not in done]
-    if len(todo) < len(items):
-        print(f"[strata_sword] resuming: {len(items) - len(todo)} of {len(items)} prompts already done", flush=True)
+    todo = pending_items(results, items, "strata_sword", "prompts")
 
     async def one(item: dict) -> dict:
         rec = {k: item[k] for k in ("id", "language", "level", "attack_method")}
@@ -330,28 +319,11 @@ def main(argv=None) -> int:
                 pinned=("target", "judge", "max_tokens", "temperature"),
             )
             guidelines = _official_guidelines(args.data_dir)
-            target = make_backend(
-                args.target, tokenizer=args.tokenizer, concurrency=args.concurrency, max_new_tokens=args.max_tokens
-            )
-            judge, judge_backend = make_judge(
-                args.judge,
-                target_spec=args.target,
-                target_backend=target,
-                tokenizer=args.tokenizer,
-                concurrency=args.concurrency,
-                retries=args.judge_retries,
-                max_tokens=args.judge_max_tokens,
-                guidelines=guidelines,
-            )
-            try:
+            with target_and_judge(args, guidelines=guidelines) as (target, judge):
                 sampling = {"temperature": args.temperature, "max_tokens": args.max_tokens}
                 summary = evaluate(
                     items, target, judge, out_dir, target_sampling=sampling, concurrency=args.concurrency
                 )
-            finally:
-                target.close()
-                if judge_backend is not None and judge_backend is not target:
-                    judge_backend.close()
     except (EvalError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
