@@ -35,6 +35,7 @@ MICRO = {
     "synthetic_data": "true",
     "data.seq_len": "32",
     "data.pref_seq_len": "32",
+    "data.pref_shared_len": "48",  # synthetic pairs: 16 prompt + 16 + 16 completion tokens
     "sft.batch_size": "4",
     "sft.warmup_steps": "2",
     "sft.learning_rate": "0.01",

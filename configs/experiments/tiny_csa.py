@@ -24,6 +24,9 @@ def get_config():
     c.mesh = "data=1,fsdp=-1,tensor=1"
     c.data.seq_len = 256
     c.data.pref_seq_len = 192  # the longest seed pair is 195 tokens: a few completions lose their last tokens
+    # Prompt sharing: each pair runs as one row, prompt | chosen | rejected (same losses and gradients). The
+    # longest seed training pair needs 258 tokens that way, against 2 x 192 as two rows.
+    c.data.pref_shared_len = 264
 
     c.sft.num_steps = 25
     c.sft.batch_size = 16

@@ -88,6 +88,11 @@ def make_jax_runner(config, stage: str, prompt_len: int):
         "segment_ids": np.ones(lead + (seq,), np.int32),
         "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), lead + (seq,)).copy(),
     }
+    if stage == "pref" and config.data.get("pref_shared_len", 0):
+        from oyster_jax.train.batches import share_prompts
+
+        batch["tokens"][:, 1, :prompt_len] = batch["tokens"][:, 0, :prompt_len]  # a pair shares its prompt
+        batch = share_prompts(batch, config.data.pref_shared_len)
     mesh = trainer.mesh_from_config(config.mesh)
     rules = trainer.resolve_rules(config.sharding)
     optimizer = optim.make_optimizer(s, int(s.num_steps))
@@ -238,7 +243,10 @@ def main(argv=None) -> int:
     import numpy as np
 
     run_jax, cfg, rows, seq = make_jax_runner(config, args.stage, prompt_len)
-    flops_per_step = metrics_lib.train_flops_per_step(cfg, rows, seq)
+    shared = config.data.get("pref_shared_len", 0) if args.stage == "pref" else 0
+    # FLOPs of the work actually done: with prompt sharing, one row of `shared` tokens per pair.
+    flops_per_step = metrics_lib.train_flops_per_step(cfg, args.batch, shared) if shared else None
+    flops_per_step = flops_per_step or metrics_lib.train_flops_per_step(cfg, rows, seq)
     run_jax()  # compile
     run_jax()
     trl_run = None
@@ -270,6 +278,7 @@ def main(argv=None) -> int:
         "rows_per_step": rows,
         "seq_len": seq,
         "threads": args.threads,
+        "pref_shared_len": shared,
         "roofline_gflops": roof / 1e9,
         "oyster_jax": {
             "step_seconds_median": jax_step,
@@ -291,8 +300,10 @@ def main(argv=None) -> int:
         }
         result["speedup_vs_trl"] = trl_step / jax_step
     ours = result["oyster_jax"]
+    layout = f" (prompt sharing: {args.batch} rows x {shared} tokens run)" if shared else ""
     print(
-        f"{args.stage} step, {cfg.num_params() / 1e6:.1f}M params, {rows} rows x {seq} tokens, {args.threads} threads: "
+        f"{args.stage} step, {cfg.num_params() / 1e6:.1f}M params, {rows} rows x {seq} tokens{layout}, "
+        f"{args.threads} threads: "
         f"oyster_jax {ours['steps_per_s']:.3f} steps/s, {ours['tokens_per_s']:.0f} tokens/s, "
         f"{ours['gflops']:.1f} GFLOP/s = {100 * ours['fraction_of_roofline']:.1f}% of the f32 matmul roofline "
         f"measured beside it ({roof / 1e9:.1f} GFLOP/s; median over rounds); load average {os.getloadavg()[0]:.1f}"

@@ -30,8 +30,13 @@ def attention_mask(
     T: int,
     S: int,
     causal: bool,
+    branch_ids: jax.Array | None = None,  # [B, T], T == S
 ) -> jax.Array | None:
-    """Boolean [B|1, T, S] mask: causal by index, same non-zero segment id (0 = padding)."""
+    """Boolean [B|1, T, S] mask: causal by index, same non-zero segment id (0 = padding).
+
+    `branch_ids` (prompt sharing, `train/batches.share_prompts`): 0 marks a shared trunk that every token of
+    the segment may see; tokens of branch b > 0 see the trunk and branch b only, so a rejected completion
+    packed after its chosen one never attends to it."""
     mask = None
     if causal:
         # Right-aligned so that decoding (T < S) lets the last query see every key.
@@ -40,6 +45,9 @@ def attention_mask(
     if segment_ids_q is not None:
         seg = (segment_ids_q[:, :, None] == segment_ids_k[:, None, :]) & (segment_ids_q[:, :, None] != 0)
         mask = seg if mask is None else mask & seg
+    if branch_ids is not None:
+        same = (branch_ids[:, None, :] == 0) | (branch_ids[:, :, None] == branch_ids[:, None, :])
+        mask = same if mask is None else mask & same
     return mask
 
 
@@ -51,6 +59,7 @@ def xla_attention(
     causal: bool = True,
     segment_ids: jax.Array | None = None,  # [B, T], T == S
     sm_scale: float | None = None,
+    branch_ids: jax.Array | None = None,  # [B, T]: see attention_mask
 ) -> jax.Array:  # [B, T, N, H]
     """Reference attention that materializes the [T, S] scores; grouped heads share K/V without copies."""
     B, T, N, H = q.shape
@@ -59,7 +68,7 @@ def xla_attention(
     sm_scale = H**-0.5 if sm_scale is None else sm_scale
     qg = q.reshape(B, T, K, G, H)
     scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k, preferred_element_type=jnp.float32) * sm_scale
-    mask = attention_mask(segment_ids, segment_ids, T, S, causal)
+    mask = attention_mask(segment_ids, segment_ids, T, S, causal, branch_ids)
     if mask is not None:
         scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1)
@@ -183,8 +192,15 @@ def attention(
     causal: bool = True,
     segment_ids: jax.Array | None = None,  # [B, T]
     sm_scale: float | None = None,
+    branch_ids: jax.Array | None = None,  # [B, T]: shared-prompt branches, see attention_mask
 ) -> jax.Array:  # [B, T, N, H]
     backend = resolve_impl(impl)
+    if branch_ids is not None and backend != "xla":
+        # The flash kernel and cuDNN know segments, not branches.
+        if impl != "auto":
+            raise AttentionBackendError(f"attention_impl={impl!r} cannot mask shared-prompt branches; use xla")
+        _warn_once("attention_impl=auto: shared-prompt batches (branch_ids) run the xla attention path")
+        backend = "xla"
     if impl == "auto" and backend == "pallas":
         problem = _pallas_problem(jax.default_backend(), jnp.dtype(q.dtype).name, q.shape[-1])
         if problem:
@@ -197,6 +213,8 @@ def attention(
         # Same math as xla_attention (the reference), with a hand-written backward laid out for XLA:CPU.
         from oyster_jax.models.attention_fused import fused_attention
 
-        return fused_attention(q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale)
+        return fused_attention(
+            q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale, branch_ids=branch_ids
+        )
     kernel = _pallas if backend == "pallas" else _cudnn
     return kernel(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)

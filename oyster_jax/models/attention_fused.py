@@ -124,10 +124,11 @@ def fused_attention(
     causal: bool = True,
     segment_ids: jax.Array | None = None,  # [B, T], T == S
     sm_scale: float | None = None,
+    branch_ids: jax.Array | None = None,  # [B, T]: shared-prompt branches (attention.attention_mask)
 ) -> jax.Array:  # [B, T, N, H]
     """Drop-in for `xla_attention` (same masking rules: causal, same non-zero segment; padding rows -> 0)."""
     T, S, H = q.shape[1], k.shape[1], q.shape[3]
     scale = float(H**-0.5 if sm_scale is None else sm_scale)
-    mask = attention_mask(segment_ids, segment_ids, T, S, causal)
+    mask = attention_mask(segment_ids, segment_ids, T, S, causal, branch_ids)
     keep = jnp.ones((1, T, S), jnp.float32) if mask is None else mask.astype(jnp.float32)
     return _attend(q, k, v, keep, scale, bool(causal))

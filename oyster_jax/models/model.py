@@ -47,10 +47,12 @@ def forward(cfg: ModelConfig, params, tokens, positions=None, segment_ids=None) 
     return Transformer(cfg).apply({"params": params}, tokens, positions, segment_ids)
 
 
-def hidden_states(cfg: ModelConfig, params, tokens, positions=None, segment_ids=None) -> jax.Array:
+def hidden_states(cfg: ModelConfig, params, tokens, positions=None, segment_ids=None, branch_ids=None) -> jax.Array:
     """Final-normed hidden states [B, T, D] in the compute dtype (for chunked losses over large vocabs)."""
     tokens, positions, segment_ids = _inputs(tokens, positions, segment_ids)
-    return Transformer(cfg).apply({"params": params}, tokens, positions, segment_ids, method=Transformer.hidden_states)
+    return Transformer(cfg).apply(
+        {"params": params}, tokens, positions, segment_ids, branch_ids, method=Transformer.hidden_states
+    )
 
 
 def logits_from_hidden(cfg: ModelConfig, params, h: jax.Array) -> jax.Array:

@@ -86,7 +86,7 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids):  # x [B, T, D] -> [B, T, D]
+    def __call__(self, x, positions, segment_ids, branch_ids=None):  # x [B, T, D] -> [B, T, D]
         cfg = self.cfg
         D, N, K, H = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         pdt, dt = dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
@@ -115,7 +115,7 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(q, (BATCH, LENGTH, ACT_HEADS, None))
         k = nn.with_logical_constraint(k, (BATCH, LENGTH, ACT_KV_HEADS, None))
         v = nn.with_logical_constraint(v, (BATCH, LENGTH, ACT_KV_HEADS, None))
-        out = attention(q, k, v, impl=cfg.attention_impl, causal=True, segment_ids=segment_ids)
+        out = attention(q, k, v, impl=cfg.attention_impl, causal=True, segment_ids=segment_ids, branch_ids=branch_ids)
         out = nn.with_logical_constraint(out, (BATCH, LENGTH, ACT_HEADS, None))
         out = (out.reshape(B * T, N * H) @ wo.astype(dt).reshape(N * H, D)).reshape(B, T, D)
         if cfg.o_bias:
@@ -148,11 +148,11 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids):  # x [B, T, D] -> [B, T, D]
+    def __call__(self, x, positions, segment_ids, branch_ids=None):  # x [B, T, D] -> [B, T, D]
         cfg = self.cfg
         pdt = dtype_of(cfg.param_dtype)
         h = RMSNorm(cfg.rms_norm_eps, pdt, name="input_layernorm")(x)
-        x = x + Attention(cfg, name="self_attn")(h, positions, segment_ids)
+        x = x + Attention(cfg, name="self_attn")(h, positions, segment_ids, branch_ids)
         h = RMSNorm(cfg.rms_norm_eps, pdt, name="post_attention_layernorm")(x)
         x = x + MLP(cfg, name="mlp")(h)
         return nn.with_logical_constraint(x, (BATCH, LENGTH, ACT_EMBED))
@@ -162,8 +162,8 @@ class _ScannedLayer(DecoderLayer):
     """`nn.scan` wants (carry, x) -> (carry, y)."""
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids):
-        return super().__call__(x, positions, segment_ids), None
+    def __call__(self, x, positions, segment_ids, branch_ids=None):
+        return super().__call__(x, positions, segment_ids, branch_ids), None
 
 
 class Transformer(nn.Module):
@@ -194,22 +194,22 @@ class Transformer(nn.Module):
                 layer_cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, name="layers")
         else:
             self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
 
-    def hidden_states(self, tokens, positions, segment_ids):  # tokens [B, T] -> [B, T, D] (final-normed)
+    def hidden_states(self, tokens, positions, segment_ids, branch_ids=None):  # [B, T] -> [B, T, D] (final-normed)
         dt = dtype_of(self.cfg.dtype)
         x = jnp.take(self.embed_tokens, tokens, axis=0).astype(dt)
         x = nn.with_logical_constraint(x, (BATCH, LENGTH, ACT_EMBED))
         if self.cfg.scan_layers:
-            x, _ = self.layers(x, positions, segment_ids)
+            x, _ = self.layers(x, positions, segment_ids, branch_ids)
         else:
             for layer in self.layers:
-                x = layer(x, positions, segment_ids)
+                x = layer(x, positions, segment_ids, branch_ids)
         return self.norm(x)
 
     def logits(self, h):  # [B, T, D] -> float32 [B, T, V]

@@ -25,17 +25,91 @@ def pairs_from_rows(batch: dict) -> dict:
     return out
 
 
-class PrefPairs:
-    """Wraps a data-pipeline preference iterator, yielding [P, 2, T] batches."""
+# Keys of a shared-prompt batch (`share_prompts`): per row [P, L] ...
+SHARED_ROW_KEYS = (
+    "tokens", "segment_ids", "positions", "branch_ids",
+    "chosen_weights", "rejected_weights", "chosen_all_weights", "rejected_all_weights",
+)  # fmt: skip
+# ... and per pair [P]: where the rejected branch forks off the prompt, and what it predicts there.
+SHARED_PAIR_KEYS = ("fork_index", "fork_target", "fork_weight", "fork_all_weight")
 
-    def __init__(self, rows_iterator):
+
+def share_prompts(pairs: dict, shared_len: int) -> dict:
+    """[P, 2, T] pairs -> one row per pair of `shared_len` tokens: prompt | chosen completion | rejected completion.
+
+    The prompt's hidden states are the same in both rows of a pair (causal attention, same positions), so it
+    is run once: the rejected tokens keep their original positions and attend to the prompt and themselves
+    only (`branch_ids`: 0 prompt, 1 chosen, 2 rejected). Target weights are per position t (predicting token
+    t + 1), as in `step.shifted_targets`: `*_weights` from the completion mask, `*_all_weights` for every
+    real token (ORPO's NLL with `nll_on_prompt`). The rejected completion's first token is predicted from the
+    prompt's last position, which in this layout is followed by the chosen completion: that one prediction is
+    given per pair (`fork_index`, `fork_target`, `fork_weight`, `fork_all_weight`). Same log-probs, fewer
+    tokens: with prompts half the row, a pair costs 3/4 of two rows.
+    """
+    tokens, mask, seg, pos = (pairs[k] for k in ("tokens", "completion_mask", "segment_ids", "positions"))
+    P, _, T = tokens.shape
+    L = int(shared_len)
+    out = {k: np.zeros((P, L), np.int32) for k in SHARED_ROW_KEYS if not k.endswith("weights")}
+    out |= {k: np.zeros((P, L), np.float32) for k in SHARED_ROW_KEYS if k.endswith("weights")}
+    out |= {k: np.zeros((P,), np.int32) for k in ("fork_index", "fork_target")}
+    out |= {k: np.zeros((P,), np.float32) for k in ("fork_weight", "fork_all_weight")}
+    for i in range(P):
+        n = [int(np.count_nonzero(seg[i, j])) for j in (0, 1)]  # real tokens lead each row, padding after
+        if n == [0, 0]:
+            continue  # an empty (padding) pair stays all zeros
+        for j in (0, 1):
+            if np.any(seg[i, j, : n[j]] != seg[i, j, 0]) or np.any(seg[i, j, n[j] :] != 0):
+                raise DataError(f"pair {i}: a preference row must hold one left-aligned sequence to share its prompt")
+        starts = [int(np.argmax(mask[i, j, : n[j]] > 0)) if mask[i, j, : n[j]].any() else n[j] for j in (0, 1)]
+        lp = starts[0]
+        if starts[1] != lp or not np.array_equal(tokens[i, 0, :lp], tokens[i, 1, :lp]):
+            raise DataError(f"pair {i}: chosen and rejected prompts differ; they cannot share one prompt")
+        lc, lr = n[0] - lp, n[1] - lp
+        need = lp + lc + lr
+        if need > L:
+            raise DataError(
+                f"pair {i}: prompt {lp} + chosen {lc} + rejected {lr} tokens = {need} > {L} "
+                f"(config.data.pref_shared_len); raise it or set it to 0 (no prompt sharing)"
+            )
+        chosen, rejected = slice(0, lp + lc), slice(lp + lc, need)
+        out["tokens"][i, chosen] = tokens[i, 0, : n[0]]
+        out["tokens"][i, rejected] = tokens[i, 1, lp : n[1]]
+        out["positions"][i, chosen] = pos[i, 0, : n[0]]
+        out["positions"][i, rejected] = pos[i, 1, lp : n[1]]
+        out["segment_ids"][i, :need] = 1
+        out["branch_ids"][i, lp : lp + lc] = 1
+        out["branch_ids"][i, rejected] = 2
+        # Position t predicts token t + 1 of its own branch; the last token of each branch predicts nothing.
+        if n[0] > 1:
+            out["chosen_weights"][i, : n[0] - 1] = mask[i, 0, 1 : n[0]]
+            out["chosen_all_weights"][i, : n[0] - 1] = 1
+        if lp > 1:
+            out["rejected_all_weights"][i, : lp - 1] = 1  # the prompt, as part of the rejected row
+        if lr > 1:
+            out["rejected_weights"][i, lp + lc : need - 1] = mask[i, 1, lp + 1 : n[1]]
+            out["rejected_all_weights"][i, lp + lc : need - 1] = 1
+        if lp >= 1 and lr >= 1:
+            out["fork_index"][i] = lp - 1
+            out["fork_target"][i] = tokens[i, 1, lp]
+            out["fork_weight"][i] = mask[i, 1, lp]
+            out["fork_all_weight"][i] = 1
+    return out
+
+
+class PrefPairs:
+    """Wraps a data-pipeline preference iterator, yielding [P, 2, T] batches, or shared-prompt rows
+    [P, shared_len] (`share_prompts`) when `shared_len` > 0."""
+
+    def __init__(self, rows_iterator, shared_len: int = 0):
         self.rows = rows_iterator
+        self.shared_len = int(shared_len)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        return pairs_from_rows(next(self.rows))
+        pairs = pairs_from_rows(next(self.rows))
+        return share_prompts(pairs, self.shared_len) if self.shared_len else pairs
 
     def get_state(self):
         return self.rows.get_state()
@@ -51,9 +125,9 @@ class PrefPairs:
 class SyntheticIterator:
     """Random token batches, a pure function of (seed, batch index): no input pipeline cost."""
 
-    def __init__(self, kind: str, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0):
+    def __init__(self, kind: str, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0, shared_len: int = 0):
         self.kind, self.batch_size, self.seq_len = kind, batch_size, seq_len
-        self.vocab_size, self.seed = vocab_size, seed
+        self.vocab_size, self.seed, self.shared_len = vocab_size, seed, int(shared_len)
         self.index = 0
 
     def __iter__(self):
@@ -70,7 +144,12 @@ class SyntheticIterator:
         weights = np.zeros(lead + (T,), np.int32)
         weights[..., T // 2 :] = 1  # the second half is the "completion"
         key = "loss_weights" if self.kind == "sft" else "completion_mask"
-        return {"tokens": tokens, key: weights, "segment_ids": segment_ids, "positions": positions}
+        batch = {"tokens": tokens, key: weights, "segment_ids": segment_ids, "positions": positions}
+        if self.kind != "sft":
+            tokens[:, 1, : T // 2] = tokens[:, 0, : T // 2]  # one prompt per pair
+            if self.shared_len:
+                return share_prompts(batch, self.shared_len)
+        return batch
 
     def get_state(self):
         return {"synthetic_index": self.index, "seed": self.seed}
@@ -100,7 +179,8 @@ def make_train_iterator(config, stage: str, model_cfg, *, process_index: int = 0
     local = s.batch_size // process_count
     if config.synthetic_data:
         seq_len = config.data.seq_len if stage == "sft" else config.data.pref_seq_len
-        return SyntheticIterator(stage, local, seq_len, model_cfg.vocab_size, config.seed + process_index)
+        shared = 0 if stage == "sft" else config.data.get("pref_shared_len", 0)
+        return SyntheticIterator(stage, local, seq_len, model_cfg.vocab_size, config.seed + process_index, shared)
     from oyster_jax import data
 
     vocab = _vocab(config)
@@ -135,7 +215,7 @@ def make_train_iterator(config, stage: str, model_cfg, *, process_index: int = 0
                 f"config.data.pref_task={task!r} has {rows.num_examples} preference pairs, fewer than one batch "
                 f"(config.pref.batch_size={s.batch_size} pairs); lower the batch size or add data"
             )
-        it = PrefPairs(rows)
+        it = PrefPairs(rows, config.data.get("pref_shared_len", 0))
     _check_vocab(it, model_cfg, task)
     return it
 

@@ -95,6 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.seq_len = 256  # SFT packed row length
     c.data.pref_seq_len = 256  # prompt + completion
     c.data.max_prompt_len = 0  # 0: the data pipeline's default (pref_seq_len // 2)
+    # > 0: run each pair as one row of this many tokens, prompt | chosen | rejected, the prompt computed once
+    # (train/batches.share_prompts; same losses and gradients; xla attention). A pair that does not fit is an
+    # error naming it. 0: chosen and rejected as two rows of pref_seq_len.
+    c.data.pref_shared_len = 0
     c.data.tokenizer = ""  # "" = the task's (the bundled tiny tokenizer); else a tokenizer.json (the model's)
     c.data.chat_format = ""  # "" = the task's; "chatml" (Qwen3) | "deepseek_r1"
     c.sft = stage_defaults()

@@ -90,12 +90,36 @@ def sft_microbatch_loss(cfg, stage, params, mb, totals, num_micro):
     return loss, {"loss": loss, "loss_tokens": jnp.sum(tw) * num_micro}
 
 
+def _shared_pair_logprobs(cfg, params, rows: dict, chunk_tokens: int, with_prompt: bool):
+    """`pair_logprobs` of shared-prompt rows [M, L] (`batches.share_prompts`): one pass per pair."""
+    tokens = rows["tokens"]
+    targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=-1)
+    h = models.hidden_states(cfg, params, tokens, rows["positions"], rows["segment_ids"], rows["branch_ids"])
+    logp = target_logprobs(cfg, params, h, targets, chunk_tokens)  # [M, L]
+    # The rejected completion's first token, predicted from the prompt's last position.
+    h_fork = jnp.take_along_axis(h, rows["fork_index"][:, None, None], axis=1)[:, 0]  # [M, D]
+    fork_logp = head_logprobs(cfg, params, h_fork, rows["fork_target"])  # [M]
+
+    def both(chosen_w, rejected_w, fork_w):
+        sums = jnp.stack([jnp.sum(logp * chosen_w, -1), jnp.sum(logp * rejected_w, -1) + fork_logp * fork_w], -1)
+        counts = jnp.stack([jnp.sum(chosen_w, -1), jnp.sum(rejected_w, -1) + fork_w], -1)
+        return sums, counts
+
+    out = both(rows["chosen_weights"], rows["rejected_weights"], rows["fork_weight"])
+    if with_prompt:
+        out += both(rows["chosen_all_weights"], rows["rejected_all_weights"], rows["fork_all_weight"])
+    return out
+
+
 def pair_logprobs(cfg, params, pairs: dict, chunk_tokens: int = 0, with_prompt: bool = False):
     """Pairs [M, 2, T] -> (summed completion log-prob, completion target count), each [M, (chosen, rejected)].
 
     Chosen and rejected rows run through one forward pass ([2M, T]). With `with_prompt`, also the sum and
-    count over every real target token (prompt + completion) of each row.
+    count over every real target token (prompt + completion) of each row. Shared-prompt rows [M, L] (a batch
+    with `branch_ids`, from `batches.share_prompts`) give the same values from one row per pair.
     """
+    if "branch_ids" in pairs:
+        return _shared_pair_logprobs(cfg, params, pairs, chunk_tokens, with_prompt)
     tokens, mask, seg = (
         pairs[k].reshape((-1,) + pairs[k].shape[2:]) for k in ("tokens", "completion_mask", "segment_ids")
     )
@@ -148,6 +172,12 @@ def _batch_totals(kind: str, batch, nll_on_prompt: bool = False) -> dict:
     if kind == "sft":
         _, tw = shifted_targets(batch["tokens"], batch["loss_weights"], batch["segment_ids"])
         return {"weight": jnp.maximum(jnp.sum(tw), 1.0)}
+    if "branch_ids" in batch:  # shared-prompt rows: the chosen target weights are given
+        return {
+            "chosen_tokens": jnp.maximum(
+                jnp.sum(batch["chosen_all_weights" if nll_on_prompt else "chosen_weights"]), 1.0
+            )
+        }
     weights = jnp.ones_like(batch["completion_mask"][:, 0]) if nll_on_prompt else batch["completion_mask"][:, 0]
     _, tw = shifted_targets(batch["tokens"][:, 0], weights, batch["segment_ids"][:, 0])
     return {"chosen_tokens": jnp.maximum(jnp.sum(tw), 1.0)}

@@ -1,0 +1,85 @@
+"""Prompt sharing (`train.batches.share_prompts`): one row per pair gives the same losses, metrics and
+gradients as the [P, 2, T] chosen/rejected rows, with fewer tokens."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from oyster_jax import models
+from oyster_jax.train import step as step_lib
+from oyster_jax.train.batches import DataError, share_prompts
+
+CFG = models.ModelConfig(
+    arch="qwen3", vocab_size=61, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+    num_kv_heads=2, head_dim=8, tie_word_embeddings=True,
+)  # fmt: skip
+T = 24
+
+
+def _pairs(seed=0):
+    """Pairs of different prompt and completion lengths (one with no rejected tail, one empty pair), padded."""
+    rng = np.random.default_rng(seed)
+    lengths = [(5, 9, 4), (1, 6, 11), (11, 2, 1), (7, 13, 10), (0, 0, 0)]  # (prompt, chosen, rejected)
+    P = len(lengths)
+    batch = {k: np.zeros((P, 2, T), np.int32) for k in ("tokens", "completion_mask", "segment_ids", "positions")}
+    for i, (lp, lc, lr) in enumerate(lengths):
+        prompt = rng.integers(1, 61, lp)
+        for j, comp in enumerate((rng.integers(1, 61, lc), rng.integers(1, 61, lr))):
+            n = lp + len(comp)
+            batch["tokens"][i, j, :n] = np.concatenate([prompt, comp])
+            batch["completion_mask"][i, j, lp:n] = 1
+            batch["segment_ids"][i, j, :n] = 1
+            batch["positions"][i, j, :n] = np.arange(n)
+    batch["completion_mask"][3, 0, 9] = 0  # a completion token that is not trained on
+    return batch
+
+
+def _stage(loss, **kw):
+    return ml_collections.ConfigDict(
+        dict(loss=loss, logits_chunk=0, orpo_lambda=0.1, beta=0.1, simpo_gamma=0.5, label_smoothing=0.0, **kw)
+    )
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [_stage("orpo"), _stage("orpo", nll_on_prompt=True), _stage("simpo"), _stage("dpo"), _stage("ipo")],
+    ids=["orpo", "orpo_nll_on_prompt", "simpo", "dpo", "ipo"],
+)
+def test_shared_rows_give_the_same_loss_metrics_and_gradients(stage):
+    params = models.init_params(CFG, jax.random.key(0))
+    ref_params = models.init_params(CFG, jax.random.key(1))
+    pairs = _pairs()
+    shared = share_prompts(pairs, shared_len=30)
+    assert shared["tokens"].shape == (5, 30)  # 5 x 30 tokens instead of 5 x 2 x 24
+    nll_on_prompt = bool(stage.get("nll_on_prompt", False))
+
+    def run(batch):
+        totals = step_lib._batch_totals("pref", batch, nll_on_prompt)
+
+        def loss(p):
+            return step_lib.pref_microbatch_loss(CFG, stage, p, batch, totals, 1, ref_params)
+
+        (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return value, metrics, grads
+
+    v0, m0, g0 = run(pairs)
+    v1, m1, g1 = run(shared)
+    np.testing.assert_allclose(v1, v0, rtol=2e-5, atol=1e-6)
+    for k in m0:
+        np.testing.assert_allclose(m1[k], m0[k], rtol=2e-5, atol=2e-6, err_msg=k)
+    flat0 = dict(jax.tree_util.tree_leaves_with_path(g0))
+    flat1 = dict(jax.tree_util.tree_leaves_with_path(g1))
+    for path, a in flat0.items():
+        scale = float(np.max(np.abs(a))) or 1.0
+        np.testing.assert_allclose(flat1[path], a, rtol=0, atol=2e-5 * scale, err_msg=jax.tree_util.keystr(path))
+    assert float(v0) != 0.0
+
+
+def test_pairs_that_do_not_fit_or_do_not_share_a_prompt_are_refused():
+    pairs = _pairs()
+    with pytest.raises(DataError, match=r"pair 3: prompt 7 \+ chosen 13 \+ rejected 10 tokens = 30 > 29"):
+        share_prompts(pairs, shared_len=29)
+    pairs["tokens"][1, 1, 0] += 1
+    with pytest.raises(DataError, match="pair 1: chosen and rejected prompts differ"):
+        share_prompts(pairs, shared_len=30)
