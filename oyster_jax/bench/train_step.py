@@ -2,6 +2,7 @@
 optionally side by side with TRL's ORPOTrainer (PyTorch, float32) on the same model shape and batch.
 
     python -m oyster_jax.bench.train_step --config configs/experiments/tiny_csa.py --stage pref --trl
+    (tiny_csa shares each pair's prompt, data.pref_shared_len; --config.data.pref_shared_len=0 runs two rows)
     python -m oyster_jax.bench.train_step --config configs/experiments/tiny_csa.py --stage sft \\
         --model configs/models/bench_25m.py --seq 512 --batch 8
 
@@ -239,6 +240,10 @@ def main(argv=None) -> int:
         config.data.seq_len = args.seq
         config.data.pref_seq_len = args.seq
     prompt_len = args.prompt_len or args.seq // 2
+    if args.stage == "pref" and config.data.get("pref_shared_len", 0):
+        # Prompt sharing on (the experiment's setting): one row per pair, exactly as long as these pairs need.
+        with config.unlocked():
+            config.data.pref_shared_len = prompt_len + 2 * (args.seq - prompt_len)
 
     import numpy as np
 
