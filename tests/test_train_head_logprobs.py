@@ -52,3 +52,30 @@ def test_values_and_gradients_match_autodiff(tied):
     # The head weight really gets a gradient (not a zero that would also "match" a broken reference).
     head = "embed_tokens" if tied else "lm_head"
     assert float(jnp.max(jnp.abs(g_new[0][head]))) > 1e-3
+
+
+@pytest.mark.parametrize("chunk", [4, 5, 16])
+def test_chunked_log_probs_match_unchunked_for_any_length(chunk):
+    from oyster_jax.train.step import target_logprobs
+
+    cfg = models.ModelConfig(
+        arch="qwen3", vocab_size=53, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+        num_kv_heads=1, head_dim=8,
+    )  # fmt: skip
+    params = models.init_params(cfg, jax.random.key(0))
+    h = jax.random.normal(jax.random.key(1), (2, 13, 16))  # 13 tokens: not a multiple of any chunk here
+    targets = jax.random.randint(jax.random.key(2), (2, 13), 0, 53)
+
+    def total(p, h, c):
+        return jnp.sum(target_logprobs(cfg, p, h, targets, c) * jnp.arange(13.0))
+
+    np.testing.assert_allclose(
+        target_logprobs(cfg, params, h, targets, chunk),
+        target_logprobs(cfg, params, h, targets, 0),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    g_chunk = jax.grad(total, argnums=(0, 1))(params, h, chunk)
+    g_full = jax.grad(total, argnums=(0, 1))(params, h, 0)
+    for a, b in zip(jax.tree.leaves(g_chunk), jax.tree.leaves(g_full), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

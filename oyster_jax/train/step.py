@@ -47,8 +47,11 @@ def target_logprobs(cfg: models.ModelConfig, params, h: jax.Array, targets: jax.
     B, T, D = h.shape
     if not chunk_tokens or chunk_tokens >= T:
         return head_logprobs(cfg, params, h, targets)
-    if T % chunk_tokens:
-        raise ValueError(f"logits_chunk={chunk_tokens} must divide the sequence length {T}")
+    if T % chunk_tokens:  # pad to whole slabs; the padded positions' log-probs are dropped below
+        pad = chunk_tokens - T % chunk_tokens
+        h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+        return target_logprobs(cfg, params, h, targets, chunk_tokens)[:, :T]
     n = T // chunk_tokens
 
     @jax.checkpoint
