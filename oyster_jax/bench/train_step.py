@@ -250,8 +250,8 @@ def main(argv=None) -> int:
     run_jax, cfg, rows, seq = make_jax_runner(config, args.stage, prompt_len)
     shared = config.data.get("pref_shared_len", 0) if args.stage == "pref" else 0
     # FLOPs of the work actually done: with prompt sharing, one row of `shared` tokens per pair.
-    flops_per_step = metrics_lib.train_flops_per_step(cfg, args.batch, shared) if shared else None
-    flops_per_step = flops_per_step or metrics_lib.train_flops_per_step(cfg, rows, seq)
+    done_rows, done_seq = (args.batch, shared) if shared else (rows, seq)
+    flops_per_step = metrics_lib.train_flops_per_step(cfg, done_rows, done_seq)
     run_jax()  # compile
     run_jax()
     trl_run = None

@@ -25,13 +25,18 @@ def pairs_from_rows(batch: dict) -> dict:
     return out
 
 
-# Keys of a shared-prompt batch (`share_prompts`): per row [P, L] ...
-SHARED_ROW_KEYS = (
-    "tokens", "segment_ids", "positions", "branch_ids",
-    "chosen_weights", "rejected_weights", "chosen_all_weights", "rejected_all_weights",
-)  # fmt: skip
-# ... and per pair [P]: where the rejected branch forks off the prompt, and what it predicts there.
-SHARED_PAIR_KEYS = ("fork_index", "fork_target", "fork_weight", "fork_all_weight")
+def shared_layout(pairs: int, shared_len: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    """{key: (shape, dtype)} of a shared-prompt batch (`share_prompts`): per row [P, L] the tokens and target
+    weights, per pair [P] where the rejected branch forks off the prompt and what it predicts there."""
+    P, L = int(pairs), int(shared_len)
+    rows = ("tokens", "segment_ids", "positions", "branch_ids")
+    weights = ("chosen_weights", "rejected_weights", "chosen_all_weights", "rejected_all_weights")
+    return (
+        {k: ((P, L), np.int32) for k in rows}
+        | {k: ((P, L), np.float32) for k in weights}
+        | {k: ((P,), np.int32) for k in ("fork_index", "fork_target")}
+        | {k: ((P,), np.float32) for k in ("fork_weight", "fork_all_weight")}
+    )
 
 
 def share_prompts(pairs: dict, shared_len: int) -> dict:
@@ -49,10 +54,7 @@ def share_prompts(pairs: dict, shared_len: int) -> dict:
     tokens, mask, seg, pos = (pairs[k] for k in ("tokens", "completion_mask", "segment_ids", "positions"))
     P, _, T = tokens.shape
     L = int(shared_len)
-    out = {k: np.zeros((P, L), np.int32) for k in SHARED_ROW_KEYS if not k.endswith("weights")}
-    out |= {k: np.zeros((P, L), np.float32) for k in SHARED_ROW_KEYS if k.endswith("weights")}
-    out |= {k: np.zeros((P,), np.int32) for k in ("fork_index", "fork_target")}
-    out |= {k: np.zeros((P,), np.float32) for k in ("fork_weight", "fork_all_weight")}
+    out = {k: np.zeros(shape, dtype) for k, (shape, dtype) in shared_layout(P, L).items()}
     for i in range(P):
         n = [int(np.count_nonzero(seg[i, j])) for j in (0, 1)]  # real tokens lead each row, padding after
         if n == [0, 0]:

@@ -343,14 +343,8 @@ def abstract_batch(config, stage: str) -> dict:
     batch = {k: jax.ShapeDtypeStruct(lead + (seq,), jnp.int32) for k in ("tokens", mask, "segment_ids", "positions")}
     shared = config.data.get("pref_shared_len", 0) if stage == "pref" else 0
     if shared:  # one row per pair (batches.share_prompts)
-        batch = {
-            k: jax.ShapeDtypeStruct((s.batch_size, shared), jnp.float32 if k.endswith("weights") else jnp.int32)
-            for k in batches_lib.SHARED_ROW_KEYS
-        }
-        batch |= {
-            k: jax.ShapeDtypeStruct((s.batch_size,), jnp.float32 if k.endswith("weight") else jnp.int32)
-            for k in batches_lib.SHARED_PAIR_KEYS
-        }
+        layout = batches_lib.shared_layout(s.batch_size, shared)
+        batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in layout.items()}
     if stage == "pref" and s.loss in ("dpo", "ipo") and s.reference == "precomputed":
         batch["ref_logps"] = jax.ShapeDtypeStruct((s.batch_size, 2), jnp.float32)
     return batch
