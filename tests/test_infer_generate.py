@@ -211,8 +211,16 @@ def test_rows_are_grouped_by_length_under_a_token_budget():
     assert group([3000], None, 1024) == [[0]]  # a single row always runs
 
 
-def test_unknown_parameters_are_refused(tiny):
+def test_params_that_do_not_match_the_model_are_refused(tiny):
+    # Linen ignores tensors a module does not use: without the check these would run with weights dropped.
     cfg, params = tiny
-    extra = {**params, "layers_0": {**params["layers_0"], "mlp": {**params["layers_0"]["mlp"], "gate_bias": 0.0}}}
-    with pytest.raises(ValueError, match="mlp/gate_bias"):
+    mlp = params["layers_0"]["mlp"]
+    extra = {**params, "layers_0": {**params["layers_0"], "mlp": {**mlp, "gate_bias": 0.0}}}
+    with pytest.raises(ValueError, match="unexpected layers_0/mlp/gate_bias"):
         infer.generate(cfg, extra, [[1]], 2)
+    missing = {**params, "layers_0": {**params["layers_0"], "mlp": {k: v for k, v in mlp.items() if k != "up_proj"}}}
+    with pytest.raises(ValueError, match="missing layers_0/mlp/up_proj"):
+        infer.generate(cfg, missing, [[1]], 2)
+    wrong = {**params, "norm": {"scale": params["norm"]["scale"][:-1]}}
+    with pytest.raises(ValueError, match=r"norm/scale: shape \(\d+,\), expected"):
+        infer.generate(cfg, wrong, [[1]], 2)

@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from oyster_jax.infer.decoder import CACHE_AXES, KVCache, check_params, constrain, decode, init_cache
+from oyster_jax.infer.decoder import CACHE_AXES, KVCache, constrain, decode, init_cache
 from oyster_jax.infer.sampling import choose_tokens, row_keys
+from oyster_jax.models import check_params
 from oyster_jax.models.config import ModelConfig
 
 

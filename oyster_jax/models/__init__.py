@@ -10,6 +10,7 @@ from oyster_jax.models.attention import AttentionBackendError, attention, resolv
 from oyster_jax.models.config import ConfigError, ModelConfig, model_config_from_file
 from oyster_jax.models.model import (
     abstract_params,
+    check_params,
     default_positions,
     forward,
     hidden_states,
@@ -24,6 +25,7 @@ __all__ = [
     "ModelConfig",
     "abstract_params",
     "attention",
+    "check_params",
     "default_positions",
     "forward",
     "hidden_states",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -73,6 +75,29 @@ def init_params(cfg: ModelConfig, rng) -> dict:
 def abstract_params(cfg: ModelConfig) -> dict:
     """jax.ShapeDtypeStruct for every parameter, without allocating anything."""
     return nn.meta.unbox(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.key(0))))
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    flat = jax.tree_util.tree_flatten_with_path(abstract_params(cfg))[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): s.shape for path, s in flat}
+
+
+def check_params(cfg: ModelConfig, params) -> None:
+    """Raise ValueError naming every tensor that is missing, unexpected or mis-shaped for `cfg`.
+
+    Linen's `apply` ignores tensors the model does not use, so params from another model (or a converter
+    that grew a tensor) would otherwise run silently with part of their weights dropped."""
+    want = _param_shapes(cfg)
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    have = {jax.tree_util.keystr(path, simple=True, separator="/"): jnp.shape(x) for path, x in flat}
+    problems = [f"unexpected {k}" for k in sorted(set(have) - set(want))]
+    problems += [f"missing {k}" for k in sorted(set(want) - set(have))]
+    shared = sorted(set(want) & set(have))
+    problems += [f"{k}: shape {have[k]}, expected {want[k]}" for k in shared if have[k] != want[k]]
+    if problems:
+        more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
+        raise ValueError(f"params do not match the model config: {'; '.join(problems[:8])}{more}")
 
 
 def logical_axes(cfg: ModelConfig) -> dict:

@@ -8,6 +8,7 @@ Parameter names follow Hugging Face's where they exist, so conversion is a table
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -83,10 +84,14 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 
 
 class Attention(nn.Module):
+    """Grouped-query self-attention. `attend(q [B, T, N, H], k [B, T, K, H], v) -> [B, T, N, H]`, when given,
+    replaces attention over the call's own keys: the KV-cache decoder (`infer.decoder`) passes one that writes
+    k/v into its cache and attends over all cached keys, so generation runs this very module."""
+
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, branch_ids=None):  # x [B, T, D] -> [B, T, D]
+    def __call__(self, x, positions, segment_ids, branch_ids=None, attend=None):  # x [B, T, D] -> [B, T, D]
         cfg = self.cfg
         D, N, K, H = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         pdt, dt = dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
@@ -115,7 +120,11 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(q, (BATCH, LENGTH, ACT_HEADS, None))
         k = nn.with_logical_constraint(k, (BATCH, LENGTH, ACT_KV_HEADS, None))
         v = nn.with_logical_constraint(v, (BATCH, LENGTH, ACT_KV_HEADS, None))
-        out = attention(q, k, v, impl=cfg.attention_impl, causal=True, segment_ids=segment_ids, branch_ids=branch_ids)
+        if attend is None:
+            attend = functools.partial(
+                attention, impl=cfg.attention_impl, causal=True, segment_ids=segment_ids, branch_ids=branch_ids
+            )
+        out = attend(q, k, v)
         out = nn.with_logical_constraint(out, (BATCH, LENGTH, ACT_HEADS, None))
         out = (out.reshape(B * T, N * H) @ wo.astype(dt).reshape(N * H, D)).reshape(B, T, D)
         if cfg.o_bias:
@@ -148,11 +157,11 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, branch_ids=None):  # x [B, T, D] -> [B, T, D]
+    def __call__(self, x, positions, segment_ids, branch_ids=None, attend=None):  # x [B, T, D] -> [B, T, D]
         cfg = self.cfg
         pdt = dtype_of(cfg.param_dtype)
         h = RMSNorm(cfg.rms_norm_eps, pdt, name="input_layernorm")(x)
-        x = x + Attention(cfg, name="self_attn")(h, positions, segment_ids, branch_ids)
+        x = x + Attention(cfg, name="self_attn")(h, positions, segment_ids, branch_ids, attend)
         h = RMSNorm(cfg.rms_norm_eps, pdt, name="post_attention_layernorm")(x)
         x = x + MLP(cfg, name="mlp")(h)
         return nn.with_logical_constraint(x, (BATCH, LENGTH, ACT_EMBED))
@@ -201,10 +210,12 @@ class Transformer(nn.Module):
         else:
             self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
 
+    def embed(self, tokens):  # [B, T] int32 -> [B, T, D] in the compute dtype
+        x = jnp.take(self.embed_tokens, tokens, axis=0).astype(dtype_of(self.cfg.dtype))
+        return nn.with_logical_constraint(x, (BATCH, LENGTH, ACT_EMBED))
+
     def hidden_states(self, tokens, positions, segment_ids, branch_ids=None):  # [B, T] -> [B, T, D] (final-normed)
-        dt = dtype_of(self.cfg.dtype)
-        x = jnp.take(self.embed_tokens, tokens, axis=0).astype(dt)
-        x = nn.with_logical_constraint(x, (BATCH, LENGTH, ACT_EMBED))
+        x = self.embed(tokens)
         if self.cfg.scan_layers:
             x, _ = self.layers(x, positions, segment_ids, branch_ids)
         else:
@@ -219,6 +230,9 @@ class Transformer(nn.Module):
         else:
             out = jnp.einsum("BTD,DV->BTV", h, self.lm_head.astype(dt), preferred_element_type=jnp.float32)
         return nn.with_logical_constraint(out, (BATCH, LENGTH, ACT_VOCAB))
+
+    def head(self, x):  # last layer's output [B, T, D] -> float32 [B, T, V]: final norm, then the LM head
+        return self.logits(self.norm(x))
 
     def __call__(self, tokens, positions, segment_ids):
         return self.logits(self.hidden_states(tokens, positions, segment_ids))
