@@ -9,6 +9,7 @@ rejects fails here rather than on the first accelerator run.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,14 @@ import pytest
 from jax import export
 
 from oyster_jax.kernels import flash_attention
-from oyster_jax.kernels.flash_attention import api, attention_reference, flash_attention_with_style, gpu
+from oyster_jax.kernels.flash_attention import (
+    BlockSizes,
+    KernelTuning,
+    api,
+    attention_reference,
+    flash_attention_with_style,
+    gpu,
+)
 from tests.tolerances import KERNEL_BF16, KERNEL_F32
 
 
@@ -70,7 +78,7 @@ def inputs(case: Case):
     return q, k, v, d_out
 
 
-def check_against_reference(case: Case, style: str):
+def check_against_reference(case: Case, style: str, tuning: KernelTuning | None = None):
     q, k, v, d_out = inputs(case)
     seg = segment_ids(case)
     seg = None if seg is None else jnp.asarray(seg)
@@ -78,7 +86,7 @@ def check_against_reference(case: Case, style: str):
     def kernel(q, k, v):
         return flash_attention_with_style(
             q, k, v, style=style, causal=case.causal, segment_ids=seg,
-            block_q=case.block_q, block_k=case.block_k, interpret=True,
+            block_q=case.block_q, block_k=case.block_k, interpret=True, tuning=tuning,
         )  # fmt: skip
 
     def reference(q, k, v):
@@ -226,3 +234,96 @@ def test_real_kernels_lower_for_accelerators(style, platform, causal, with_segme
     text = exported.mlir_module()
     for kernel in ("oyster_flash_fwd", "oyster_flash_dq", "oyster_flash_dkv"):
         assert kernel in text, f"{kernel} missing from the {platform} lowering"
+
+
+# -- The tuning hook (internal: the benchmark's --tune) ------------------------------------------------
+
+
+def _gpu_problem(T: int, H: int, tuning: KernelTuning | None, *, interpret: bool = False, style: str = "gpu"):
+    q = jax.ShapeDtypeStruct((1, T, 4, H), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct((1, T, 2, H), jnp.bfloat16)
+    return api._problem(
+        q, k, None, causal=True, sm_scale=None, block_q=None, block_k=None, interpret=interpret, style=style,
+        tuning=tuning,
+    )  # fmt: skip
+
+
+def _launch(p) -> dict:
+    params = {kernel: gpu._compiler_params(p, kernel) for kernel in ("fwd", "dq", "dkv")}
+    return {kernel: (c.num_warps, c.num_stages) for kernel, c in params.items()}
+
+
+def test_tuning_overrides_compiler_params_and_blocks():
+    default = _gpu_problem(1024, 128, None)
+    assert _launch(default) == {"fwd": (8, 3), "dq": (8, 2), "dkv": (8, 2)}  # the built-in choice, H > 64
+    tuning = KernelTuning(
+        blocks=BlockSizes(fwd_q=100, fwd_k=64, dq_q=64, dq_k=4096, dkv_q=32, dkv_k=128),
+        fwd_warps=4, fwd_stages=4, dkv_stages=3,
+    )  # fmt: skip
+    p = _gpu_problem(1024, 128, tuning)
+    hash(p)  # a custom_vjp nondiff argument must stay hashable
+    assert p != default and p.tuning == tuning
+    # None entries keep the built-in choice; the rest override it per kernel.
+    assert _launch(p) == {"fwd": (4, 4), "dq": (8, 2), "dkv": (8, 3)}
+    # Tiles go through fit_block as before: 100 -> next power of two, 4096 -> the (padded) sequence.
+    assert p.blocks == BlockSizes(fwd_q=128, fwd_k=64, dq_q=64, dq_k=1024, dkv_q=32, dkv_k=128)
+    assert gpu._compiler_params(_gpu_problem(1024, 128, tuning, interpret=True), "fwd") is None
+    # An explicit block_q / block_k still applies to all three kernels, on top of the tuned tiles.
+    q, k = jax.ShapeDtypeStruct((1, 1024, 4, 128), jnp.bfloat16), jax.ShapeDtypeStruct((1, 1024, 2, 128), jnp.bfloat16)
+    both = api._problem(
+        q, k, None, causal=True, sm_scale=None, block_q=32, block_k=None, interpret=False, style="gpu", tuning=tuning
+    )
+    assert both.blocks == BlockSizes(fwd_q=32, fwd_k=64, dq_q=32, dq_k=1024, dkv_q=32, dkv_k=128)
+
+
+def test_tuning_rejects_launch_settings_it_cannot_apply():
+    with pytest.raises(ValueError, match="power of two"):
+        KernelTuning(dq_warps=3)
+    with pytest.raises(ValueError, match=">= 1"):
+        KernelTuning(fwd_stages=0)
+    with pytest.raises(ValueError, match="GPU family only"):
+        _gpu_problem(1024, 128, KernelTuning(fwd_warps=4), style="tpu")
+    tpu = _gpu_problem(1024, 128, KernelTuning(blocks=BlockSizes.uniform(256, 1024)), style="tpu")
+    assert tpu.blocks == BlockSizes.uniform(256, 1024)
+
+
+def test_tuning_reaches_the_triton_lowering():
+    """The non-interpreted lowering carries the tuned num_warps / num_stages and grid of each kernel."""
+    tuning = KernelTuning(
+        blocks=BlockSizes(fwd_q=64, fwd_k=64, dq_q=32, dq_k=64, dkv_q=64, dkv_k=32),
+        fwd_warps=4, fwd_stages=5, dq_warps=2, dkv_stages=4,
+    )  # fmt: skip
+    T, N, K, H = 256, 8, 2, 128
+
+    def loss(q, k, v):
+        return jnp.sum(flash_attention_with_style(q, k, v, style="gpu", tuning=tuning).astype(jnp.float32))
+
+    bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+    exported = export.export(
+        jax.jit(jax.grad(loss, argnums=(0, 1, 2))),
+        platforms=["cuda"],
+        disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(bf16(1, T, N, H), bf16(1, T, K, H), bf16(1, T, K, H))
+    text = re.sub(r'ir = "(\\.|[^"\\])*"', "ir = ...", exported.mlir_module())  # drop the serialized kernels
+    found = {
+        name: (int(grid_x), int(warps), int(stages))
+        for grid_x, name, stages, warps in re.findall(
+            r'grid_x = (\d+) : i32.*?name = "(oyster_flash_\w+)", num_stages = (\d+) : i32, num_warps = (\d+) : i32',
+            text,
+        )
+    }
+    # grid_x: query tiles (forward, dq) or key tiles (dk/dv) of T = 256.
+    assert found == {
+        "oyster_flash_fwd": (T // 64, 4, 5),
+        "oyster_flash_dq": (T // 32, 2, 2),
+        "oyster_flash_dkv": (T // 32, 8, 4),
+    }, found
+
+
+def test_tuned_blocks_match_reference():
+    """Different tiles per kernel (so the padded length is set by the largest) and launch settings, which
+    the interpreter ignores: values and gradients still match the reference."""
+    tuning = KernelTuning(
+        blocks=BlockSizes(fwd_q=32, fwd_k=16, dq_q=16, dq_k=64, dkv_q=64, dkv_k=32), fwd_warps=4, dkv_stages=3
+    )
+    check_against_reference(Case(T=200, H=64, N=4, K=2, causal=True, segments="packed"), "gpu", tuning)

@@ -17,6 +17,7 @@ from oyster_jax.kernels.flash_attention.common import (
     TPU_BLOCKS,
     TPU_MIN_BLOCK,
     BlockSizes,
+    KernelTuning,
     Problem,
     fit_block,
     next_power_of_2,
@@ -57,9 +58,16 @@ def _check(q, k, v, segment_ids) -> None:
             raise ValueError(f"flash_attention: segment_ids must be integer; got {segment_ids.dtype}")
 
 
-def _problem(q, k, segment_ids, *, causal, sm_scale, block_q, block_k, interpret, style) -> Problem:
+def _problem(
+    q, k, segment_ids, *, causal, sm_scale, block_q, block_k, interpret, style, tuning: KernelTuning | None = None
+) -> Problem:
     (B, T, N, H), (S, K) = q.shape, k.shape[1:3]
     defaults, minimum = (GPU_BLOCKS, GPU_MIN_BLOCK) if style == "gpu" else (TPU_BLOCKS, TPU_MIN_BLOCK)
+    if tuning is not None:
+        if style != "gpu" and tuning.sets_launch():
+            raise ValueError(f"flash_attention: num_warps/num_stages apply to the GPU family only; got {tuning}")
+        if tuning.blocks is not None:
+            defaults = tuning.blocks
     requested = defaults
     if block_q is not None or block_k is not None:  # an explicit choice applies to all three kernels
         requested = BlockSizes(
@@ -88,7 +96,7 @@ def _problem(q, k, segment_ids, *, causal, sm_scale, block_q, block_k, interpret
         dtype=jnp.dtype(q.dtype).name, causal=bool(causal), has_segments=segment_ids is not None,
         sm_scale=float(H**-0.5 if sm_scale is None else sm_scale), blocks=blocks,
         q_len_padded=round_up(T, q_mult), kv_len_padded=round_up(S, k_mult), style=style,
-        interpret=bool(interpret),
+        interpret=bool(interpret), tuning=tuning,
     )  # fmt: skip
 
 
@@ -188,18 +196,21 @@ def flash_attention_with_style(
     block_q: int | None = None,
     block_k: int | None = None,
     interpret: bool = False,
+    tuning: KernelTuning | None = None,
 ) -> jax.Array:  # [B, T, N, H]
     """`flash_attention` with the kernel family chosen explicitly ("gpu" = Triton, "tpu" = Mosaic).
 
     Tests use it to run the TPU kernels under Pallas' TPU interpreter on a CPU host, and to lower the
     real (non-interpreted) kernels for a platform this host does not have. `interpret` is taken as is.
+    `tuning` overrides tiles and (GPU) warps/stages per kernel, for the benchmark's --tune search;
+    None runs the built-in defaults.
     """
     if style not in _KERNELS:
         raise ValueError(f"flash_attention: style must be 'gpu' or 'tpu'; got {style!r}")
     _check(q, k, v, segment_ids)
     p = _problem(
         q, k, segment_ids, causal=causal, sm_scale=sm_scale, block_q=block_q, block_k=block_k,
-        interpret=interpret, style=style,
+        interpret=interpret, style=style, tuning=tuning,
     )  # fmt: skip
     return _attention(p, q, k, v, segment_ids)
 

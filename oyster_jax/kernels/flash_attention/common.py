@@ -43,6 +43,44 @@ class BlockSizes:
 GPU_BLOCKS = BlockSizes(fwd_q=128, fwd_k=64, dq_q=128, dq_k=64, dkv_q=64, dkv_k=128)
 TPU_BLOCKS = BlockSizes(fwd_q=512, fwd_k=512, dq_q=512, dq_k=512, dkv_q=512, dkv_k=512)
 
+KERNELS = ("fwd", "dq", "dkv")  # the three kernels of each family, in the order they run
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelTuning:
+    """Per-kernel launch overrides for tuning (internal: `flash_attention_with_style(tuning=...)`).
+
+    `blocks` replaces the per-backend default tiles (an explicit block_q/block_k still applies on top),
+    and goes through the same `fit_block` clamping. `*_warps` / `*_stages` set Triton's num_warps and
+    num_stages of the forward, dq and dk/dv kernels (GPU family only); None keeps the built-in choice.
+    Frozen and hashable: it is part of `Problem`, a custom_vjp nondiff argument.
+    """
+
+    blocks: BlockSizes | None = None
+    fwd_warps: int | None = None
+    fwd_stages: int | None = None
+    dq_warps: int | None = None
+    dq_stages: int | None = None
+    dkv_warps: int | None = None
+    dkv_stages: int | None = None
+
+    def __post_init__(self):
+        for kernel in KERNELS:
+            warps, stages = self.launch(kernel)
+            # Triton splits a tile across warps in powers of two; a pipeline needs at least one stage.
+            if warps is not None and (warps < 1 or warps & (warps - 1)):
+                raise ValueError(f"KernelTuning: {kernel}_warps must be a power of two; got {warps}")
+            if stages is not None and stages < 1:
+                raise ValueError(f"KernelTuning: {kernel}_stages must be >= 1; got {stages}")
+
+    def launch(self, kernel: str) -> tuple[int | None, int | None]:
+        """(num_warps, num_stages) requested for `kernel` ("fwd" | "dq" | "dkv"); None = built-in."""
+        return getattr(self, f"{kernel}_warps"), getattr(self, f"{kernel}_stages")
+
+    def sets_launch(self) -> bool:
+        return any(x is not None for kernel in KERNELS for x in self.launch(kernel))
+
+
 GPU_MIN_BLOCK = 16  # tl.dot needs every dimension >= 16, and Triton tiles are powers of two
 TPU_MIN_BLOCK = 128  # a key tile is the lane dimension of the score tile
 
@@ -67,6 +105,8 @@ class Problem:
     kv_len_padded: int  # Sp
     style: str  # "gpu" | "tpu"
     interpret: bool
+    # Overrides as requested (`blocks` above is what the kernels use, already fitted); None = built-in.
+    tuning: KernelTuning | None = None
 
     @property
     def group(self) -> int:  # G = N // K

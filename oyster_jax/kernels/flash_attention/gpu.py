@@ -58,12 +58,22 @@ def _visible(p: Problem, q_pos, k_pos, q_seg, k_seg, *, position_mask: bool):
     return mask
 
 
-def _compiler_params(p: Problem, kernel: str):
-    if p.interpret:
-        return None
+def launch_config(p: Problem, kernel: str) -> tuple[int, int]:
+    """(num_warps, num_stages) of `kernel` ("fwd" | "dq" | "dkv"): by head size, unless p.tuning overrides."""
     big_head = p.padded_head_dim > 64
     warps = {"fwd": 8 if big_head else 4, "dq": 8 if big_head else 4, "dkv": 8 if big_head else 4}[kernel]
     stages = {"fwd": 3, "dq": 2, "dkv": 2}[kernel]
+    if p.tuning is not None:  # the benchmark's --tune search; None entries keep the choice above
+        tuned_warps, tuned_stages = p.tuning.launch(kernel)
+        warps = warps if tuned_warps is None else tuned_warps
+        stages = stages if tuned_stages is None else tuned_stages
+    return warps, stages
+
+
+def _compiler_params(p: Problem, kernel: str):
+    if p.interpret:
+        return None
+    warps, stages = launch_config(p, kernel)
     return plgpu.CompilerParams(num_warps=warps, num_stages=stages)
 
 
