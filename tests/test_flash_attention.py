@@ -36,7 +36,8 @@ class Case:
     N: int  # query heads
     K: int  # kv heads
     causal: bool
-    segments: str | None = None  # None | "packed" (three segments + padding in one row) | "ragged"
+    # None | "packed" (three segments + padding in one row) | "branched" (prompt | chosen | rejected pairs)
+    segments: str | None = None
     S: int | None = None  # key length when it differs from T
     dtype: str = "float32"
     B: int = 1
@@ -67,6 +68,26 @@ def segment_ids(case: Case) -> np.ndarray | None:
     return np.stack(rows)
 
 
+def branch_ids(case: Case) -> np.ndarray | None:
+    """[B, T] for "branched" cases: each segment of `segment_ids(case)` is split into a shared prompt
+    (branch 0), a chosen (1) and a rejected (2) completion, as `train.batches.share_prompts` lays out
+    pairs; one padding token carries stray branch bits, which must not make it visible."""
+    if case.segments != "branched":
+        return None
+    seg = segment_ids(case)
+    out = np.zeros_like(seg)
+    for b in range(seg.shape[0]):
+        for s_id in np.unique(seg[b][seg[b] != 0]):
+            idx = np.flatnonzero(seg[b] == s_id)
+            third = max(1, len(idx) // 3)
+            out[b, idx[third : 2 * third]] = 1
+            out[b, idx[2 * third :]] = 2
+        pads = np.flatnonzero(seg[b] == 0)
+        if len(pads):
+            out[b, pads[0]] = 2
+    return out
+
+
 def inputs(case: Case):
     S = case.S or case.T
     dtype = jnp.dtype(case.dtype)
@@ -82,15 +103,17 @@ def check_against_reference(case: Case, style: str, tuning: KernelTuning | None 
     q, k, v, d_out = inputs(case)
     seg = segment_ids(case)
     seg = None if seg is None else jnp.asarray(seg)
+    branches = branch_ids(case)
+    branches = None if branches is None else jnp.asarray(branches)
 
     def kernel(q, k, v):
         return flash_attention_with_style(
-            q, k, v, style=style, causal=case.causal, segment_ids=seg,
+            q, k, v, style=style, causal=case.causal, segment_ids=seg, branch_ids=branches,
             block_q=case.block_q, block_k=case.block_k, interpret=True, tuning=tuning,
         )  # fmt: skip
 
     def reference(q, k, v):
-        return attention_reference(q, k, v, causal=case.causal, segment_ids=seg)
+        return attention_reference(q, k, v, causal=case.causal, segment_ids=seg, branch_ids=branches)
 
     @jax.jit
     def values_and_grads(q, k, v, d_out):
@@ -131,6 +154,9 @@ GPU_CASES = [
     Case(T=7, S=200, H=64, N=2, K=1, causal=True),  # decoding-like: right-aligned causal mask
     Case(T=200, S=7, H=64, N=2, K=2, causal=True),  # T > S: the first rows see no key at all
     Case(T=7, S=130, H=128, N=4, K=1, causal=False, dtype="bfloat16"),
+    Case(T=200, H=64, N=4, K=2, causal=True, segments="branched", B=2, block_q=32, block_k=32),
+    Case(T=130, H=128, N=5, K=1, causal=True, segments="branched", dtype="bfloat16"),
+    Case(T=77, H=64, N=2, K=2, causal=False, segments="branched"),
 ]
 
 TPU_CASES = [
@@ -140,6 +166,7 @@ TPU_CASES = [
     Case(T=300, H=64, N=2, K=1, causal=True, block_q=128, block_k=128),  # several tiles, skipped tiles
     Case(T=7, S=200, H=64, N=2, K=2, causal=True, dtype="bfloat16"),
     Case(T=200, S=7, H=64, N=2, K=1, causal=True),
+    Case(T=300, H=64, N=4, K=2, causal=True, segments="branched", B=2),
 ]
 
 
@@ -214,15 +241,18 @@ def test_bad_input_names_the_tensor(bad, message):
 
 
 @pytest.mark.parametrize("style, platform", [("gpu", "cuda"), ("tpu", "tpu")])
-@pytest.mark.parametrize("causal, with_segments", [(True, True), (False, False)])
-def test_real_kernels_lower_for_accelerators(style, platform, causal, with_segments):
+@pytest.mark.parametrize(
+    "causal, with_segments, with_branches", [(True, True, False), (False, False, False), (True, True, True)]
+)
+def test_real_kernels_lower_for_accelerators(style, platform, causal, with_segments, with_branches):
     """Lower forward + backward of the non-interpreted kernels (Triton IR / Mosaic MLIR) on this host."""
     T, N, K, H = 1100, 8, 2, 128  # padded head-major length 1152: not a power of two
 
     def loss(q, k, v, seg):
         out = flash_attention_with_style(
-            q, k, v, style=style, causal=causal, segment_ids=seg if with_segments else None
-        )
+            q, k, v, style=style, causal=causal, segment_ids=seg if with_segments else None,
+            branch_ids=seg % 3 if with_branches else None,
+        )  # fmt: skip
         return jnp.sum(out.astype(jnp.float32))
 
     bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
@@ -327,3 +357,18 @@ def test_tuned_blocks_match_reference():
         blocks=BlockSizes(fwd_q=32, fwd_k=16, dq_q=16, dq_k=64, dkv_q=64, dkv_k=32), fwd_warps=4, dkv_stages=3
     )
     check_against_reference(Case(T=200, H=64, N=4, K=2, causal=True, segments="packed"), "gpu", tuning)
+
+
+@pytest.mark.parametrize(
+    "branches, message",
+    [
+        (np.ones((1, 7), np.int32), r"branch_ids must be \[B, T\]"),
+        (np.full((1, 8), 8, np.int32), r"branch_ids must lie in \[0, 7\]; got \[8, 8\]"),
+        (np.full((1, 8), -1, np.int32), r"must lie in \[0, 7\]"),
+        (np.zeros((1, 8), np.float32), "branch_ids must be integer"),
+    ],
+)
+def test_bad_branch_ids_are_named(branches, message):
+    q = jnp.zeros((1, 8, 2, 64))
+    with pytest.raises(ValueError, match=message):
+        flash_attention(q, q, q, branch_ids=jnp.asarray(branches))

@@ -41,6 +41,29 @@ def _stage(loss, **kw):
     )
 
 
+def _run(cfg, stage, batch, params, ref_params):
+    totals = step_lib._batch_totals("pref", batch, bool(stage.get("nll_on_prompt", False)))
+
+    def loss(p):
+        return step_lib.pref_microbatch_loss(cfg, stage, p, batch, totals, 1, ref_params)
+
+    (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return value, metrics, grads
+
+
+def _assert_same(got, want):
+    (v1, m1, g1), (v0, m0, g0) = got, want
+    np.testing.assert_allclose(v1, v0, rtol=2e-5, atol=1e-6)
+    for k in m0:
+        np.testing.assert_allclose(m1[k], m0[k], rtol=2e-5, atol=2e-6, err_msg=k)
+    flat0 = dict(jax.tree_util.tree_leaves_with_path(g0))
+    flat1 = dict(jax.tree_util.tree_leaves_with_path(g1))
+    for path, a in flat0.items():
+        scale = float(np.max(np.abs(a))) or 1.0
+        np.testing.assert_allclose(flat1[path], a, rtol=0, atol=2e-5 * scale, err_msg=jax.tree_util.keystr(path))
+    assert float(v0) != 0.0
+
+
 @pytest.mark.parametrize(
     "stage",
     [_stage("orpo"), _stage("orpo", nll_on_prompt=True), _stage("simpo"), _stage("dpo"), _stage("ipo")],
@@ -52,28 +75,16 @@ def test_shared_rows_give_the_same_loss_metrics_and_gradients(stage):
     pairs = _pairs()
     shared = share_prompts(pairs, shared_len=30)
     assert shared["tokens"].shape == (5, 30)  # 5 x 30 tokens instead of 5 x 2 x 24
-    nll_on_prompt = bool(stage.get("nll_on_prompt", False))
+    _assert_same(_run(CFG, stage, shared, params, ref_params), _run(CFG, stage, pairs, params, ref_params))
 
-    def run(batch):
-        totals = step_lib._batch_totals("pref", batch, nll_on_prompt)
 
-        def loss(p):
-            return step_lib.pref_microbatch_loss(CFG, stage, p, batch, totals, 1, ref_params)
-
-        (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        return value, metrics, grads
-
-    v0, m0, g0 = run(pairs)
-    v1, m1, g1 = run(shared)
-    np.testing.assert_allclose(v1, v0, rtol=2e-5, atol=1e-6)
-    for k in m0:
-        np.testing.assert_allclose(m1[k], m0[k], rtol=2e-5, atol=2e-6, err_msg=k)
-    flat0 = dict(jax.tree_util.tree_leaves_with_path(g0))
-    flat1 = dict(jax.tree_util.tree_leaves_with_path(g1))
-    for path, a in flat0.items():
-        scale = float(np.max(np.abs(a))) or 1.0
-        np.testing.assert_allclose(flat1[path], a, rtol=0, atol=2e-5 * scale, err_msg=jax.tree_util.keystr(path))
-    assert float(v0) != 0.0
+def test_shared_rows_through_the_flash_kernel_match_two_rows():
+    """The Pallas kernel masks branches itself (interpreted here): shared rows need not fall back to xla."""
+    stage = _stage("orpo")
+    params = models.init_params(CFG, jax.random.key(0))
+    shared = share_prompts(_pairs(), shared_len=30)
+    got = _run(CFG.replace(attention_impl="pallas"), stage, shared, params, None)
+    _assert_same(got, _run(CFG, stage, _pairs(), params, None))
 
 
 def test_pairs_that_do_not_fit_or_do_not_share_a_prompt_are_refused():

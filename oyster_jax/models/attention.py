@@ -144,39 +144,45 @@ def _on_mesh(kernel):
     """Pallas and cuDNN calls are opaque to XLA's partitioner: under a mesh, run them per shard."""
 
     @functools.wraps(kernel)
-    def call(q, k, v, *, segment_ids=None, **kwargs):
+    def call(q, k, v, *, segment_ids=None, branch_ids=None, **kwargs):
         mesh = jax.sharding.get_abstract_mesh()
         if mesh.empty or mesh.size == 1:
-            return kernel(q, k, v, segment_ids=segment_ids, **kwargs)
-        qkv_spec, seg_spec = _kernel_specs(mesh, q, k)
-        if segment_ids is None:
-            fn = functools.partial(kernel, segment_ids=None, **kwargs)
-            return jax.shard_map(fn, in_specs=(qkv_spec,) * 3, out_specs=qkv_spec, check_vma=False)(q, k, v)
-        fn = lambda q, k, v, seg: kernel(q, k, v, segment_ids=seg, **kwargs)
-        return jax.shard_map(fn, in_specs=(qkv_spec,) * 3 + (seg_spec,), out_specs=qkv_spec, check_vma=False)(
-            q, k, v, segment_ids
-        )
+            return kernel(q, k, v, segment_ids=segment_ids, branch_ids=branch_ids, **kwargs)
+        qkv_spec, row_spec = _kernel_specs(mesh, q, k)
+        rows = {name: x for name, x in (("segment_ids", segment_ids), ("branch_ids", branch_ids)) if x is not None}
+        absent = {name: None for name in ("segment_ids", "branch_ids") if name not in rows}
+
+        def per_shard(q, k, v, *row_arrays):
+            return kernel(q, k, v, **dict(zip(rows, row_arrays)), **absent, **kwargs)
+
+        in_specs = (qkv_spec,) * 3 + (row_spec,) * len(rows)
+        return jax.shard_map(per_shard, in_specs=in_specs, out_specs=qkv_spec, check_vma=False)(q, k, v, *rows.values())
 
     return call
 
 
 @_on_mesh
-def _pallas(q, k, v, *, segment_ids, causal, sm_scale):
+def _pallas(q, k, v, *, segment_ids, branch_ids, causal, sm_scale):
     from oyster_jax.kernels import flash_attention
 
     interpret = jax.default_backend() == "cpu"  # CPU has no Pallas lowering: run the kernel interpreted
-    return flash_attention(q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale, interpret=interpret)
+    return flash_attention(
+        q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale, interpret=interpret, branch_ids=branch_ids
+    )
 
 
 @_on_mesh
-def _cudnn(q, k, v, *, segment_ids, causal, sm_scale):
+def _cudnn(q, k, v, *, segment_ids, branch_ids, causal, sm_scale):
     # Padding tokens (segment 0) must not match each other: give each a distinct negative id (it then sees
-    # only itself) and zero those rows afterwards.
+    # only itself) and zero those rows afterwards. Branches can only be said with an explicit [T, S] mask.
     mask = None
     if segment_ids is not None:
         pad_ids = -1 - jnp.arange(segment_ids.shape[1], dtype=segment_ids.dtype)[None]
         seg = jnp.where(segment_ids == 0, pad_ids, segment_ids)
         mask = seg[:, None, :, None] == seg[:, None, None, :]  # [B, 1, T, S]
+    if branch_ids is not None:
+        seen = (branch_ids[:, None, None, :] == 0) | (branch_ids[:, None, :, None] == branch_ids[:, None, None, :])
+        mask = seen if mask is None else mask & seen
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=sm_scale, is_causal=causal, implementation="cudnn")
     if segment_ids is not None:
         out = jnp.where((segment_ids != 0)[:, :, None, None], out, 0).astype(out.dtype)
@@ -195,12 +201,6 @@ def attention(
     branch_ids: jax.Array | None = None,  # [B, T]: shared-prompt branches, see attention_mask
 ) -> jax.Array:  # [B, T, N, H]
     backend = resolve_impl(impl)
-    if branch_ids is not None and backend != "xla":
-        # The flash kernel and cuDNN know segments, not branches.
-        if impl != "auto":
-            raise AttentionBackendError(f"attention_impl={impl!r} cannot mask shared-prompt branches; use xla")
-        _warn_once("attention_impl=auto: shared-prompt batches (branch_ids) run the xla attention path")
-        backend = "xla"
     if impl == "auto" and backend == "pallas":
         problem = _pallas_problem(jax.default_backend(), jnp.dtype(q.dtype).name, q.shape[-1])
         if problem:
@@ -217,4 +217,4 @@ def attention(
             q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale, branch_ids=branch_ids
         )
     kernel = _pallas if backend == "pallas" else _cudnn
-    return kernel(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
+    return kernel(q, k, v, segment_ids=segment_ids, branch_ids=branch_ids, causal=causal, sm_scale=sm_scale)

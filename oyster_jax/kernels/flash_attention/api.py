@@ -12,8 +12,10 @@ import numpy as np
 
 from oyster_jax.kernels.flash_attention import gpu, tpu
 from oyster_jax.kernels.flash_attention.common import (
+    BRANCH_BITS,
     GPU_BLOCKS,
     GPU_MIN_BLOCK,
+    MAX_BRANCH,
     TPU_BLOCKS,
     TPU_MIN_BLOCK,
     BlockSizes,
@@ -34,7 +36,7 @@ def default_style(platform: str | None = None) -> str:
     return "tpu" if platform == "tpu" else "gpu"
 
 
-def _check(q, k, v, segment_ids) -> None:
+def _check(q, k, v, segment_ids, branch_ids=None) -> None:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ValueError(f"flash_attention: {name} must be [B, T|S, heads, head_dim]; got shape {x.shape}")
@@ -56,10 +58,39 @@ def _check(q, k, v, segment_ids) -> None:
             raise ValueError(f"flash_attention: segment_ids must be [B, T] = {(B, T)}; got {segment_ids.shape}")
         if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
             raise ValueError(f"flash_attention: segment_ids must be integer; got {segment_ids.dtype}")
+    if branch_ids is not None:
+        if T != S:
+            raise ValueError(f"flash_attention: branch_ids need T == S; got T={T}, S={S}")
+        if branch_ids.shape != (B, T):
+            raise ValueError(f"flash_attention: branch_ids must be [B, T] = {(B, T)}; got {branch_ids.shape}")
+        if not jnp.issubdtype(branch_ids.dtype, jnp.integer):
+            raise ValueError(f"flash_attention: branch_ids must be integer; got {branch_ids.dtype}")
+        if not isinstance(branch_ids, jax.core.Tracer):  # values can only be checked outside jit
+            values = np.asarray(branch_ids)  # numpy: a jnp reduction here would be traced under an outer jit
+            low, high = int(values.min()), int(values.max())
+            if low < 0 or high > MAX_BRANCH:
+                raise ValueError(f"flash_attention: branch_ids must lie in [0, {MAX_BRANCH}]; got [{low}, {high}]")
+
+
+def _with_branches(segment_ids, branch_ids, shape):
+    """One id array for the kernels: segment * 2**BRANCH_BITS + branch (no segments: one segment, id 1)."""
+    seg = jnp.ones(shape, jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    return seg * (2**BRANCH_BITS) + branch_ids.astype(jnp.int32)
 
 
 def _problem(
-    q, k, segment_ids, *, causal, sm_scale, block_q, block_k, interpret, style, tuning: KernelTuning | None = None
+    q,
+    k,
+    segment_ids,
+    *,
+    causal,
+    sm_scale,
+    block_q,
+    block_k,
+    interpret,
+    style,
+    tuning: KernelTuning | None = None,
+    has_branches: bool = False,
 ) -> Problem:
     (B, T, N, H), (S, K) = q.shape, k.shape[1:3]
     defaults, minimum = (GPU_BLOCKS, GPU_MIN_BLOCK) if style == "gpu" else (TPU_BLOCKS, TPU_MIN_BLOCK)
@@ -94,6 +125,7 @@ def _problem(
     return Problem(
         batch=B, q_len=T, kv_len=S, q_heads=N, kv_heads=K, head_dim=H, padded_head_dim=head_dim,
         dtype=jnp.dtype(q.dtype).name, causal=bool(causal), has_segments=segment_ids is not None,
+        has_branches=has_branches,
         sm_scale=float(H**-0.5 if sm_scale is None else sm_scale), blocks=blocks,
         q_len_padded=round_up(T, q_mult), kv_len_padded=round_up(S, k_mult), style=style,
         interpret=bool(interpret), tuning=tuning,
@@ -197,6 +229,7 @@ def flash_attention_with_style(
     block_k: int | None = None,
     interpret: bool = False,
     tuning: KernelTuning | None = None,
+    branch_ids: jax.Array | None = None,  # [B, T]
 ) -> jax.Array:  # [B, T, N, H]
     """`flash_attention` with the kernel family chosen explicitly ("gpu" = Triton, "tpu" = Mosaic).
 
@@ -207,10 +240,12 @@ def flash_attention_with_style(
     """
     if style not in _KERNELS:
         raise ValueError(f"flash_attention: style must be 'gpu' or 'tpu'; got {style!r}")
-    _check(q, k, v, segment_ids)
+    _check(q, k, v, segment_ids, branch_ids)
+    if branch_ids is not None:
+        segment_ids = _with_branches(segment_ids, branch_ids, q.shape[:2])
     p = _problem(
         q, k, segment_ids, causal=causal, sm_scale=sm_scale, block_q=block_q, block_k=block_k,
-        interpret=interpret, style=style, tuning=tuning,
+        interpret=interpret, style=style, tuning=tuning, has_branches=branch_ids is not None,
     )  # fmt: skip
     return _attention(p, q, k, v, segment_ids)
 
@@ -226,6 +261,7 @@ def flash_attention(
     block_q: int | None = None,
     block_k: int | None = None,
     interpret: bool = False,
+    branch_ids: jax.Array | None = None,  # [B, T], T == S; 0 = shared trunk, 1..7 = branches
 ) -> jax.Array:  # [B, T, N, H] in q.dtype
     """Memory-efficient exact attention with our own Pallas kernels (forward and backward).
 
@@ -237,6 +273,11 @@ def flash_attention(
     need not be multiples of the blocks: inputs are padded internally. block_q/block_k override the
     per-backend defaults for all three kernels (forward, dq, dk/dv).
 
+    branch_ids int [B, T] in [0, 7] (prompt sharing, `train.batches.share_prompts`): within a segment a
+    token of branch 0 (the shared prompt) is seen by all, a token of branch b > 0 sees branch 0 and branch
+    b only, so a rejected completion packed after the chosen one never attends to it. Segment ids must
+    then stay below 2**28 (the kernels see segment * 8 + branch).
+
     The kernel family follows `jax.default_backend()`: Mosaic on TPU, Triton on GPU; on CPU the Triton
     kernels run in Pallas interpret mode (whatever `interpret` says, since nothing else can run there).
     """
@@ -244,5 +285,5 @@ def flash_attention(
         interpret = True  # Pallas has no CPU lowering: the kernels can only be interpreted there
     return flash_attention_with_style(
         q, k, v, style=default_style(), causal=causal, segment_ids=segment_ids, sm_scale=sm_scale,
-        block_q=block_q, block_k=block_k, interpret=interpret,
+        block_q=block_q, block_k=block_k, interpret=interpret, branch_ids=branch_ids,
     )  # fmt: skip

@@ -99,6 +99,7 @@ class Problem:
     dtype: str
     causal: bool
     has_segments: bool
+    has_branches: bool  # segment ids carry branch ids in their low BRANCH_BITS bits (see segment_visible)
     sm_scale: float
     blocks: BlockSizes
     q_len_padded: int  # Tp
@@ -142,6 +143,25 @@ def fit_block(requested: int, length: int, minimum: int, style: str) -> int:
         return max(minimum, min(requested, next_power_of_2(length)))
     requested = round_up(requested, minimum)
     return max(minimum, min(requested, round_up(length, minimum)))
+
+
+# Prompt sharing packs `prompt | chosen | rejected` in one row: branch 0 (the prompt) is seen by every
+# token of its segment, a token of branch b > 0 sees branch 0 and b only. The kernels get one id array,
+# segment * 2**BRANCH_BITS + branch, so branches ride through the same loads, padding and index maps as
+# segment ids.
+BRANCH_BITS = 3
+MAX_BRANCH = 2**BRANCH_BITS - 1
+
+
+def segment_visible(p: Problem, q_seg, k_seg):
+    """bool, broadcast of q_seg and k_seg: may a query with id q_seg see a key with id k_seg?
+
+    Plain segments: the same non-zero id. With branches: the same id, or the key is the trunk (branch 0)
+    of the query's segment; segment 0 (padding) sees nothing whatever its branch bits."""
+    if not p.has_branches:
+        return (q_seg == k_seg) & (q_seg != 0)
+    trunk = jnp.bitwise_and(q_seg, jnp.int32(-(2**BRANCH_BITS)))  # clear the branch bits
+    return ((k_seg == q_seg) | (k_seg == trunk)) & (trunk != 0)
 
 
 # -- Block ranges. All arguments may be traced int32 scalars (program ids, loop counters). -------------

@@ -21,7 +21,13 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from oyster_jax.kernels.flash_attention.common import Problem, idiv, kv_blocks_for_q_block, q_blocks_for_kv_block
+from oyster_jax.kernels.flash_attention.common import (
+    Problem,
+    idiv,
+    kv_blocks_for_q_block,
+    q_blocks_for_kv_block,
+    segment_visible,
+)
 
 HEAD_MAJOR = False
 
@@ -53,7 +59,7 @@ def _visible(p: Problem, q_pos, k_pos, q_seg, k_seg, *, position_mask: bool):
         elif p.mask_padded_keys:
             mask = k_pos[None, :] < p.kv_len  # [1, bk], broadcast by the select
     if p.has_segments:
-        same = (q_seg[:, None] == k_seg[None, :]) & (q_seg[:, None] != 0)
+        same = segment_visible(p, q_seg[:, None], k_seg[None, :])
         mask = same if mask is None else mask & same
     return mask
 

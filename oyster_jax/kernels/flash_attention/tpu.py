@@ -21,7 +21,13 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from oyster_jax.kernels.flash_attention.common import Problem, idiv, kv_blocks_for_q_block, q_blocks_for_kv_block
+from oyster_jax.kernels.flash_attention.common import (
+    Problem,
+    idiv,
+    kv_blocks_for_q_block,
+    q_blocks_for_kv_block,
+    segment_visible,
+)
 
 HEAD_MAJOR = True  # q [B, N, Tp, H], k/v [B, K, Sp, H]
 
@@ -44,7 +50,7 @@ def _visible(p: Problem, q_pos, k_pos, q_seg, k_seg, *, position_mask: bool):
         elif p.mask_padded_keys:
             mask = k_pos < p.kv_len
     if p.has_segments:
-        same = (q_seg == k_seg) & (q_seg != 0)
+        same = segment_visible(p, q_seg, k_seg)
         mask = same if mask is None else mask & same
     return mask
 
