@@ -360,6 +360,17 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
+def max_over_processes(value: int) -> int:
+    """The largest `value` of all processes, on every process (collective: all processes must call it).
+
+    For sizes that fix global array shapes but are measured on each process's own data shard."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.asarray(int(value), np.int64))))
+
+
 # ------------------------------------------------------------------------------------------------
 # Data: which rows of the global batch this process feeds.
 # ------------------------------------------------------------------------------------------------

@@ -247,6 +247,27 @@ def test_pref_layout_chosen_then_rejected_with_completion_masks():
         np.testing.assert_array_equal(batch["tokens"][i, :p], batch["tokens"][B + i, :p])
 
 
+def test_shared_row_lengths_are_what_the_batches_hold():
+    """One shared-prompt row per pair needs prompt + chosen + rejected tokens: measured from the lengths
+    without building batches, equal to what one ordered pass of the batches holds (truncation included)."""
+    B, T = 16, 96  # short rows: many pairs are truncated
+    it = pipeline.make_pref_iterator(
+        "oyster_csa_seed_pref", split="test", batch_size=B, seq_len=T, shard_index=0, shard_count=1,
+        shuffle=False, repeat=False,
+    )  # fmt: skip
+    want = it.shared_row_lengths()
+    got = []
+    for batch in it:
+        for i in range(B):
+            chosen, rejected = (int((batch["segment_ids"][r] > 0).sum()) for r in (i, B + i))
+            if chosen:
+                prompt = chosen - int(batch["loss_weights"][i].sum())
+                got.append(chosen + rejected - prompt)
+    assert len(want) == it.num_examples == 384
+    np.testing.assert_array_equal(want, got)
+    assert want.max() <= 2 * T and want.max() > T
+
+
 def test_truncation_policy_hand_computed():
     prompt, chosen, rejected = np.arange(10), np.arange(100, 108), np.arange(200, 203)
     p, c, r = features.truncate_pref(prompt, chosen, rejected, seq_len=12)

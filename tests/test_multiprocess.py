@@ -171,3 +171,39 @@ def test_two_processes_match_one_process(tmp_path):
     if problems and not TRAINER_IS_MULTIHOST_AWARE:
         pytest.xfail("trainer not yet multi-host aware (see the issue-8 report): " + "; ".join(problems))
     assert not problems, problems
+
+
+_MAX_OVER_PROCESSES = """
+import jax
+from oyster_jax import distributed
+distributed.initialize()
+rank = jax.process_index()
+print("RESULT", rank, distributed.max_over_processes([5, 11][rank]), distributed.any_process(rank == 1))
+"""
+
+
+def test_collectives_that_size_global_shapes_agree_across_processes(tmp_path):
+    """`distributed.max_over_processes` (the shared-prompt row length measured on each process's data shard)
+    and `any_process` give every process the same answer."""
+    port = free_port()
+    procs = []
+    for i in range(2):
+        cluster = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _MAX_OVER_PROCESSES],
+                env=_env(1, cluster),
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )  # fmt: skip
+        )
+    try:
+        outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            _kill(proc)
+    results = sorted(line.split()[1:] for out in outputs for line in out.splitlines() if line.startswith("RESULT"))
+    assert results == [["0", "11", "True"], ["1", "11", "True"]], outputs

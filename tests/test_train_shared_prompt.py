@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from oyster_jax import models
+from oyster_jax.train import batches as batches_lib
+from oyster_jax.train import config as config_lib
 from oyster_jax.train import step as step_lib
-from oyster_jax.train.batches import DataError, share_prompts
+from oyster_jax.train.batches import DataError, resolve_shared_len, share_prompts
 
 CFG = models.ModelConfig(
     arch="qwen3", vocab_size=61, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
@@ -94,3 +96,35 @@ def test_pairs_that_do_not_fit_or_do_not_share_a_prompt_are_refused():
     pairs["tokens"][1, 1, 0] += 1
     with pytest.raises(DataError, match="pair 1: chosen and rejected prompts differ"):
         share_prompts(pairs, shared_len=30)
+
+
+def test_resolve_shared_len():
+    assert resolve_shared_len(0, 500, 256, "t") == 0  # off
+    assert resolve_shared_len(300, 300, 256, "t") == 300  # fixed and long enough
+    assert resolve_shared_len(-1, 258, 192, "t") == 320  # auto: the longest pair rounded up to 64
+    assert resolve_shared_len(-1, 64, 192, "t") == 64
+    assert resolve_shared_len(-1, 500, 256, "t") == 0  # 512 would be no shorter than two rows of 256
+    with pytest.raises(DataError, match=r"task 't'.*needs 301 tokens.*pref_shared_len=300"):
+        resolve_shared_len(300, 301, 256, "t")
+    with pytest.raises(DataError, match="use 0 .off., -1 .auto."):
+        resolve_shared_len(-2, 10, 256, "t")
+
+
+def _tiny_csa(**overrides):
+    config = config_lib.load_experiment("configs/experiments/tiny_csa.py")
+    for key, value in overrides.items():
+        config.data[key] = value
+    return config, config_lib.model_config(config)
+
+
+def test_a_short_shared_row_fails_when_the_iterator_is_made_not_at_the_long_pair():
+    config, cfg = _tiny_csa(pref_shared_len=128)
+    longest = int(
+        batches_lib.make_train_iterator(_tiny_csa(pref_shared_len=0)[0], "pref", cfg).rows.shared_row_lengths().max()
+    )
+    with pytest.raises(DataError, match=f"needs {longest} tokens.*pref_shared_len=128"):
+        batches_lib.make_train_iterator(config, "pref", cfg)
+    config, cfg = _tiny_csa(pref_shared_len=-1)
+    it = batches_lib.make_train_iterator(config, "pref", cfg)
+    assert it.shared_len == -(-longest // 64) * 64 and it.shared_len < 2 * config.data.pref_seq_len
+    assert next(it)["tokens"].shape == (config.pref.batch_size, it.shared_len)

@@ -414,8 +414,24 @@ class PrefIterator(_BaseIterator):
         super().__init__(*args, **kwargs)
         self.max_prompt_len = max_prompt_len
 
+    def _pair(self, ex: _Examples, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Example i of `ex` as (prompt, chosen, rejected) tokens, truncated to fit `seq_len`."""
+        parts = [
+            ex.fields[f][ex.starts[f][i] : ex.starts[f][i] + ex.lengths[f][i]] for f in ("prompt", "chosen", "rejected")
+        ]
+        return features.truncate_pref(*parts, self.seq_len, self.max_prompt_len)
+
+    def shared_row_lengths(self) -> np.ndarray:
+        """int64 [pairs of this shard]: the tokens each pair needs as one shared-prompt row (prompt + chosen +
+        rejected after truncation), which sizes `config.data.pref_shared_len`."""
+        return np.fromiter(
+            (sum(map(len, self._pair(ex, i))) for ex in self.sources for i in range(len(ex))),
+            dtype=np.int64,
+            count=self.num_examples,
+        )
+
     def __next__(self) -> dict[str, np.ndarray]:
-        B, T = self.batch_size, self.seq_len
+        B = self.batch_size
         batch = self._empty_batch(2 * B)
         tokens, loss_weights, segment_ids, positions = (batch[k] for k in _BATCH_KEYS)
         stream, placed = self._stream, 0
@@ -424,14 +440,7 @@ class PrefIterator(_BaseIterator):
             if nxt is None:
                 break
             k, i = nxt
-            ex = self.sources[k]
-            parts = {
-                f: ex.fields[f][ex.starts[f][i] : ex.starts[f][i] + ex.lengths[f][i]]
-                for f in ("prompt", "chosen", "rejected")
-            }
-            prompt, chosen, rejected = features.truncate_pref(
-                parts["prompt"], parts["chosen"], parts["rejected"], T, self.max_prompt_len
-            )
+            prompt, chosen, rejected = self._pair(self.sources[k], i)
             for row, completion in ((b, chosen), (B + b, rejected)):
                 p, n = len(prompt), len(prompt) + len(completion)
                 tokens[row, :p] = prompt

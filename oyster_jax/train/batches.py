@@ -8,7 +8,13 @@ Every iterator has `get_state()` / `set_state()` for an exact resume.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+from oyster_jax import distributed
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -98,6 +104,31 @@ def share_prompts(pairs: dict, shared_len: int) -> dict:
     return out
 
 
+AUTO_SHARED_LEN = -1  # config.data.pref_shared_len: size the shared row from the data
+SHARED_LEN_MULTIPLE = 64  # an automatic row length is rounded up to this many tokens
+
+
+def resolve_shared_len(requested: int, longest: int, seq_len: int, task: str) -> int:
+    """The shared-prompt row length to run: `requested` (config.data.pref_shared_len) checked against the
+    `longest` pair of the whole data set before any step, so a short setting fails at start-up, not at the
+    batch that holds the long pair. AUTO_SHARED_LEN picks the longest pair rounded up to SHARED_LEN_MULTIPLE,
+    or 0 (two rows of seq_len) when one row would not be shorter than two."""
+    if requested == 0:
+        return 0
+    if requested == AUTO_SHARED_LEN:
+        rounded = -(-max(longest, 1) // SHARED_LEN_MULTIPLE) * SHARED_LEN_MULTIPLE
+        return rounded if rounded < 2 * seq_len else 0
+    if requested < 0:
+        raise DataError(f"config.data.pref_shared_len={requested}: use 0 (off), {AUTO_SHARED_LEN} (auto) or a length")
+    if longest > requested:
+        raise DataError(
+            f"task {task!r}: its longest preference pair needs {longest} tokens as one shared-prompt row (prompt + "
+            f"chosen + rejected), more than config.data.pref_shared_len={requested}; raise it, set "
+            f"{AUTO_SHARED_LEN} (auto) or 0 (no prompt sharing)"
+        )
+    return int(requested)
+
+
 class PrefPairs:
     """Wraps a data-pipeline preference iterator, yielding [P, 2, T] batches, or shared-prompt rows
     [P, shared_len] (`share_prompts`) when `shared_len` > 0."""
@@ -181,7 +212,10 @@ def make_train_iterator(config, stage: str, model_cfg, *, process_index: int = 0
     local = s.batch_size // process_count
     if config.synthetic_data:
         seq_len = config.data.seq_len if stage == "sft" else config.data.pref_seq_len
-        shared = 0 if stage == "sft" else config.data.get("pref_shared_len", 0)
+        shared = 0
+        if stage != "sft":  # synthetic pairs: half the row prompt, two completions of the other half
+            longest = seq_len // 2 + 2 * (seq_len - seq_len // 2)
+            shared = resolve_shared_len(config.data.get("pref_shared_len", 0), longest, seq_len, "synthetic")
         return SyntheticIterator(stage, local, seq_len, model_cfg.vocab_size, config.seed + process_index, shared)
     from oyster_jax import data
 
@@ -217,9 +251,22 @@ def make_train_iterator(config, stage: str, model_cfg, *, process_index: int = 0
                 f"config.data.pref_task={task!r} has {rows.num_examples} preference pairs, fewer than one batch "
                 f"(config.pref.batch_size={s.batch_size} pairs); lower the batch size or add data"
             )
-        it = PrefPairs(rows, config.data.get("pref_shared_len", 0))
+        it = PrefPairs(rows, _shared_len(config, rows, task))
     _check_vocab(it, model_cfg, task)
     return it
+
+
+def _shared_len(config, rows, task) -> int:
+    requested = int(config.data.get("pref_shared_len", 0))
+    if not requested:
+        return 0
+    local = int(rows.shared_row_lengths().max(initial=0))
+    longest = distributed.max_over_processes(local)  # one row length for the global batch
+    shared = resolve_shared_len(requested, longest, rows.seq_len, task)
+    if requested == AUTO_SHARED_LEN:
+        plan = f"one row of {shared} tokens per pair" if shared else f"two rows of {rows.seq_len} (no saving)"
+        log.info("config.data.pref_shared_len=auto: longest pair needs %d tokens -> %s", longest, plan)
+    return shared
 
 
 def _check_sft_size(it, task, seq_len, rows):

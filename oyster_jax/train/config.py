@@ -96,8 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.pref_seq_len = 256  # prompt + completion
     c.data.max_prompt_len = 0  # 0: the data pipeline's default (pref_seq_len // 2)
     # > 0: run each pair as one row of this many tokens, prompt | chosen | rejected, the prompt computed once
-    # (train/batches.share_prompts; same losses and gradients; xla attention). A pair that does not fit is an
-    # error naming it. 0: chosen and rejected as two rows of pref_seq_len.
+    # (train/batches.share_prompts; same losses and gradients). Checked against the longest pair of the data
+    # at start-up. -1: the longest pair rounded up to 64 (two rows when that saves nothing). 0: chosen and
+    # rejected as two rows of pref_seq_len.
     c.data.pref_shared_len = 0
     c.data.tokenizer = ""  # "" = the task's (the bundled tiny tokenizer); else a tokenizer.json (the model's)
     c.data.chat_format = ""  # "" = the task's; "chatml" (Qwen3) | "deepseek_r1"

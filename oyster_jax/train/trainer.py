@@ -342,6 +342,8 @@ def abstract_batch(config, stage: str) -> dict:
         lead, seq, mask = (s.batch_size, 2), config.data.pref_seq_len, "completion_mask"
     batch = {k: jax.ShapeDtypeStruct(lead + (seq,), jnp.int32) for k in ("tokens", mask, "segment_ids", "positions")}
     shared = config.data.get("pref_shared_len", 0) if stage == "pref" else 0
+    if shared == batches_lib.AUTO_SHARED_LEN:  # sized from the data at run time; here the longest it may pick
+        shared = (2 * seq - 1) // batches_lib.SHARED_LEN_MULTIPLE * batches_lib.SHARED_LEN_MULTIPLE
     if shared:  # one row per pair (batches.share_prompts)
         layout = batches_lib.shared_layout(s.batch_size, shared)
         batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in layout.items()}
