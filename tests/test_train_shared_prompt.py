@@ -55,6 +55,8 @@ def _run(cfg, stage, batch, params, ref_params):
 
 def _assert_same(got, want):
     (v1, m1, g1), (v0, m0, g0) = got, want
+    for name, x in [("loss", v0)] + list(m0.items()) + list(jax.tree_util.tree_leaves_with_path(g0)):
+        assert np.all(np.isfinite(x)), f"{name}: not finite"  # NaN == NaN would pass assert_allclose
     np.testing.assert_allclose(v1, v0, rtol=2e-5, atol=1e-6)
     for k in m0:
         np.testing.assert_allclose(m1[k], m0[k], rtol=2e-5, atol=2e-6, err_msg=k)
@@ -66,11 +68,22 @@ def _assert_same(got, want):
     assert float(v0) != 0.0
 
 
-@pytest.mark.parametrize(
-    "stage",
-    [_stage("orpo"), _stage("orpo", nll_on_prompt=True), _stage("simpo"), _stage("dpo"), _stage("ipo")],
-    ids=["orpo", "orpo_nll_on_prompt", "simpo", "dpo", "ipo"],
-)
+STAGES = [_stage("orpo"), _stage("orpo", nll_on_prompt=True), _stage("simpo"), _stage("dpo"), _stage("ipo")]
+STAGE_IDS = ["orpo", "orpo_nll_on_prompt", "simpo", "dpo", "ipo"]
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
+def test_an_empty_pair_changes_nothing(stage):
+    """Batch padding (a pair with no tokens) is left out of every mean over pairs, and yields no NaN."""
+    params = models.init_params(CFG, jax.random.key(0))
+    ref_params = models.init_params(CFG, jax.random.key(1))
+    pairs = _pairs()
+    assert not pairs["segment_ids"][-1].any()  # the last pair is the empty one
+    without = {k: v[:-1] for k, v in pairs.items()}
+    _assert_same(_run(CFG, stage, pairs, params, ref_params), _run(CFG, stage, without, params, ref_params))
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=STAGE_IDS)
 def test_shared_rows_give_the_same_loss_metrics_and_gradients(stage):
     params = models.init_params(CFG, jax.random.key(0))
     ref_params = models.init_params(CFG, jax.random.key(1))

@@ -11,7 +11,9 @@ ORPOTrainer), including the logged metrics, so numbers are comparable with runs 
 Inputs are per-pair vectors [P] (P = number of pairs): `pc`/`pr` are the policy's log-probs of the
 chosen/rejected completion, `rc`/`rr` the reference model's. DPO takes *summed* completion log-probs;
 SimPO and ORPO take *mean* (length-normalised) ones; IPO takes whatever the caller gives (TRL and our
-trainer pass mean log-probs for IPO). Losses are means over pairs.
+trainer pass mean log-probs for IPO). Losses are means over pairs; with `weights` [P] (the trainer passes
+0 for an empty padding pair, 1 otherwise) weighted means, and a pair of weight 0 adds nothing, not even
+a NaN (ORPO's log-odds of an empty completion, log P = 0, would be inf − inf).
 
 Inputs may be jax arrays (inside jit; computed in float32 or the arrays' dtype) or host numpy arrays
 (computed with numpy in their own precision, so float64 inputs give float64 results).
@@ -77,20 +79,29 @@ def _log_sigmoid(xp, x):
     return -xp.logaddexp(0.0, -x)  # log σ(x) = −log(1 + e^−x), stable for both signs
 
 
-def _reward_metrics(xp, chosen_rewards, rejected_rewards) -> dict:
+def _pair_mean(xp, x, weights):
+    """Mean over pairs, or the `weights`-weighted mean (0 when every weight is 0); a weight-0 entry is
+    selected away rather than multiplied, so a non-finite value there cannot leak in."""
+    if weights is None:
+        return xp.mean(x)
+    return xp.sum(xp.where(weights > 0, x * weights, 0.0)) / xp.maximum(xp.sum(weights), 1.0)
+
+
+def _reward_metrics(xp, chosen_rewards, rejected_rewards, weights=None) -> dict:
+    wins = (chosen_rewards > rejected_rewards).astype(chosen_rewards.dtype)
     return {
-        "rewards/chosen": xp.mean(chosen_rewards),
-        "rewards/rejected": xp.mean(rejected_rewards),
-        "rewards/accuracies": xp.mean((chosen_rewards > rejected_rewards).astype(chosen_rewards.dtype)),
-        "rewards/margins": xp.mean(chosen_rewards - rejected_rewards),
+        "rewards/chosen": _pair_mean(xp, chosen_rewards, weights),
+        "rewards/rejected": _pair_mean(xp, rejected_rewards, weights),
+        "rewards/accuracies": _pair_mean(xp, wins, weights),
+        "rewards/margins": _pair_mean(xp, chosen_rewards - rejected_rewards, weights),
     }
 
 
-def _logp_metrics(xp, pc, pr) -> dict:
-    return {"logps/chosen": xp.mean(pc), "logps/rejected": xp.mean(pr)}
+def _logp_metrics(xp, pc, pr, weights=None) -> dict:
+    return {"logps/chosen": _pair_mean(xp, pc, weights), "logps/rejected": _pair_mean(xp, pr, weights)}
 
 
-def dpo_loss(pc, pr, rc, rr, beta: float = 0.1, label_smoothing: float = 0.0) -> tuple:
+def dpo_loss(pc, pr, rc, rr, beta: float = 0.1, label_smoothing: float = 0.0, weights=None) -> tuple:
     """DPO (sigmoid loss, optionally conservative with `label_smoothing`) on summed completion log-probs.
 
     loss = mean[ −(1−ε)·log σ(β·h) − ε·log σ(−β·h) ],  h = (pc − pr) − (rc − rr).
@@ -99,30 +110,38 @@ def dpo_loss(pc, pr, rc, rr, beta: float = 0.1, label_smoothing: float = 0.0) ->
     pc, pr, rc, rr = (_as(xp, a) for a in (pc, pr, rc, rr))
     h = (pc - pr) - (rc - rr)
     losses = -_log_sigmoid(xp, beta * h) * (1.0 - label_smoothing) - _log_sigmoid(xp, -beta * h) * label_smoothing
-    loss = xp.mean(losses)
-    metrics = {"loss": loss} | _reward_metrics(xp, beta * (pc - rc), beta * (pr - rr)) | _logp_metrics(xp, pc, pr)
+    loss = _pair_mean(xp, losses, weights)
+    metrics = (
+        {"loss": loss}
+        | _reward_metrics(xp, beta * (pc - rc), beta * (pr - rr), weights)
+        | _logp_metrics(xp, pc, pr, weights)
+    )
     return loss, metrics
 
 
-def ipo_loss(pc, pr, rc, rr, beta: float) -> tuple:
+def ipo_loss(pc, pr, rc, rr, beta: float, weights=None) -> tuple:
     """IPO: loss = mean[(h − 1/(2β))²],  h = (pc − pr) − (rc − rr); rewards as in DPO."""
     xp = _xp(pc, pr, rc, rr)
     pc, pr, rc, rr = (_as(xp, a) for a in (pc, pr, rc, rr))
     h = (pc - pr) - (rc - rr)
-    loss = xp.mean(xp.square(h - 1.0 / (2.0 * beta)))
-    metrics = {"loss": loss} | _reward_metrics(xp, beta * (pc - rc), beta * (pr - rr)) | _logp_metrics(xp, pc, pr)
+    loss = _pair_mean(xp, xp.square(h - 1.0 / (2.0 * beta)), weights)
+    metrics = (
+        {"loss": loss}
+        | _reward_metrics(xp, beta * (pc - rc), beta * (pr - rr), weights)
+        | _logp_metrics(xp, pc, pr, weights)
+    )
     return loss, metrics
 
 
-def simpo_loss(pc_avg, pr_avg, beta: float, gamma: float) -> tuple:
+def simpo_loss(pc_avg, pr_avg, beta: float, gamma: float, weights=None) -> tuple:
     """SimPO on mean completion log-probs: loss = mean[ −log σ(β·(pc_avg − pr_avg) − γ) ].
 
     `gamma` is the target reward margin (TRL's `simpo_gamma`); rewards are β·pc_avg and β·pr_avg.
     """
     xp = _xp(pc_avg, pr_avg)
     pc, pr = _as(xp, pc_avg), _as(xp, pr_avg)
-    loss = xp.mean(-_log_sigmoid(xp, beta * (pc - pr) - gamma))
-    metrics = {"loss": loss} | _reward_metrics(xp, beta * pc, beta * pr) | _logp_metrics(xp, pc, pr)
+    loss = _pair_mean(xp, -_log_sigmoid(xp, beta * (pc - pr) - gamma), weights)
+    metrics = {"loss": loss} | _reward_metrics(xp, beta * pc, beta * pr, weights) | _logp_metrics(xp, pc, pr, weights)
     return loss, metrics
 
 
@@ -137,7 +156,7 @@ def log1mexp(x):
     return xp.where(near_zero, xp.log(-xp.expm1(safe_near)), xp.log1p(-xp.exp(safe_far)))
 
 
-def orpo_loss(pc_avg, pr_avg, chosen_nll, lam: float = 0.1) -> tuple:
+def orpo_loss(pc_avg, pr_avg, chosen_nll, lam: float = 0.1, weights=None) -> tuple:
     """ORPO: loss = NLL(chosen) − λ·mean[log σ(log odds(chosen) − log odds(rejected))].
 
     `pc_avg`, `pr_avg` [P]: mean completion log-probs (log P of a completion, length-normalised);
@@ -149,12 +168,16 @@ def orpo_loss(pc_avg, pr_avg, chosen_nll, lam: float = 0.1) -> tuple:
     xp = _xp(pc_avg, pr_avg, chosen_nll)
     pc, pr = _as(xp, pc_avg), _as(xp, pr_avg)
     nll = xp.mean(_as(xp, chosen_nll))
-    log_odds = (pc - pr) - (log1mexp(pc) - log1mexp(pr))
+    # A weight-0 pair's log-probs are replaced before log1mexp: its gradient would be NaN, not 0.
+    safe = (lambda x: x) if weights is None else (lambda x: xp.where(weights > 0, x, -1.0))
+    log_odds = (pc - pr) - (log1mexp(safe(pc)) - log1mexp(safe(pr)))
     ratio = _log_sigmoid(xp, log_odds)
-    loss = nll - lam * xp.mean(ratio)
+    mean_ratio = _pair_mean(xp, ratio, weights)
+    loss = nll - lam * mean_ratio
     metrics = (
-        {"loss": loss, "nll_loss": nll, "log_odds_ratio": xp.mean(ratio), "log_odds_chosen": xp.mean(log_odds)}
-        | _reward_metrics(xp, lam * pc, lam * pr)
-        | _logp_metrics(xp, pc, pr)
+        {"loss": loss, "nll_loss": nll, "log_odds_ratio": mean_ratio}
+        | {"log_odds_chosen": _pair_mean(xp, log_odds, weights)}
+        | _reward_metrics(xp, lam * pc, lam * pr, weights)
+        | _logp_metrics(xp, pc, pr, weights)
     )
     return loss, metrics

@@ -141,14 +141,18 @@ def pref_microbatch_loss(cfg, stage, params, mb, totals, num_micro, ref_params=N
     sums, counts, *all_tokens = pair_logprobs(cfg, params, mb, stage.logits_chunk, with_prompt=nll_on_prompt)
     safe_counts = jnp.maximum(counts, 1.0)
     policy = sums / safe_counts if stage.loss in _MEAN_LOGPS else sums
+    # An empty pair (batch padding) has no completion tokens: it must not enter the means over pairs.
+    real = jnp.all(counts > 0, axis=-1).astype(jnp.float32)  # [P]
     if kind == "orpo":
         # The NLL is the token-mean over the chosen completions of the whole batch; with `nll_on_prompt`,
         # over chosen prompt + completion tokens, as TRL's ORPOTrainer computes it.
         nll_sums = all_tokens[0] if nll_on_prompt else sums
         chosen_nll = -jnp.sum(nll_sums[:, 0]) * num_micro / totals["chosen_tokens"]
-        loss, metrics = losses.orpo_loss(policy[:, 0], policy[:, 1], chosen_nll, lam=stage.orpo_lambda)
+        loss, metrics = losses.orpo_loss(policy[:, 0], policy[:, 1], chosen_nll, lam=stage.orpo_lambda, weights=real)
     elif kind == "simpo":
-        loss, metrics = losses.simpo_loss(policy[:, 0], policy[:, 1], beta=stage.beta, gamma=stage.simpo_gamma)
+        loss, metrics = losses.simpo_loss(
+            policy[:, 0], policy[:, 1], beta=stage.beta, gamma=stage.simpo_gamma, weights=real
+        )
     else:
         if "ref_logps" in mb:
             ref = mb["ref_logps"]
@@ -158,10 +162,13 @@ def pref_microbatch_loss(cfg, stage, params, mb, totals, num_micro, ref_params=N
         ref = jax.lax.stop_gradient(ref)
         if kind == "dpo":
             loss, metrics = losses.dpo_loss(
-                policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=stage.beta, label_smoothing=stage.label_smoothing
-            )
+                policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=stage.beta,
+                label_smoothing=stage.label_smoothing, weights=real,
+            )  # fmt: skip
         else:
-            loss, metrics = losses.ipo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=stage.beta)
+            loss, metrics = losses.ipo_loss(
+                policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=stage.beta, weights=real
+            )
     metrics = dict(metrics, loss_tokens=jnp.sum(counts) * num_micro)
     return loss, metrics
 
