@@ -372,3 +372,78 @@ def test_bad_branch_ids_are_named(branches, message):
     q = jnp.zeros((1, 8, 2, 64))
     with pytest.raises(ValueError, match=message):
         flash_attention(q, q, q, branch_ids=jnp.asarray(branches))
+
+
+# -- Tile skipping by segment (GPU family) --------------------------------------------------------------
+
+
+def test_segment_extents_are_first_and_last_occurrence():
+    from oyster_jax.kernels.flash_attention.common import segment_extents
+
+    rng = np.random.default_rng(0)
+    seg = rng.integers(0, 4, (3, 41)).astype(np.int32)  # ids repeat after other ids and padding
+    seg[2] = 5  # one segment only
+    first, last = (np.asarray(x) for x in segment_extents(jnp.asarray(seg)))
+    for b in range(3):
+        for t in range(41):
+            where = np.flatnonzero(seg[b] == seg[b, t])
+            assert (first[b, t], last[b, t]) == (where[0], where[-1]), (b, t)
+
+
+def _visited_and_needed(seg: np.ndarray, causal: bool, bq: int, bk: int, branches=None):
+    """(forward tile pairs the GPU kernels visit, tile pairs holding at least one visible (query, key) pair,
+    dk/dv tile pairs visited) for one row of segment ids."""
+    from oyster_jax.kernels.flash_attention.reference import attention_mask
+
+    T = seg.shape[0]
+    x = jax.ShapeDtypeStruct((1, T, 1, 64), jnp.float32)
+    seg_ids = jnp.asarray(seg[None])
+    if branches is not None:
+        seg_ids = api._with_branches(seg_ids, jnp.asarray(branches[None]), (1, T))
+    p = api._problem(
+        x, x, seg_ids, causal=causal, sm_scale=None, block_q=bq, block_k=bk, interpret=True, style="gpu",
+        has_branches=branches is not None,
+    )  # fmt: skip
+    segs = api._segments(p, seg_ids)
+    rows = lambda a, i, n: np.asarray(a[0, i * n : (i + 1) * n])
+    fwd = set()
+    for i in range(p.q_len_padded // bq):
+        start, _, end = gpu.key_tiles(
+            p, i, bq, bk, rows(segs.q, i, bq), rows(segs.q_first, i, bq), rows(segs.q_last, i, bq)
+        )
+        fwd |= {(i, j) for j in range(int(start), int(end))}
+    dkv = set()
+    for j in range(p.kv_len_padded // bk):
+        start, _, end = gpu.query_tiles(
+            p, j, bq, bk, rows(segs.k, j, bk), rows(segs.k_first, j, bk), rows(segs.k_last, j, bk)
+        )
+        dkv |= {(i, j) for i in range(int(start), int(end))}
+    branch_ids = None if branches is None else jnp.asarray(branches[None])
+    mask = np.asarray(attention_mask(T, T, causal=causal, segment_ids=jnp.asarray(seg[None]), branch_ids=branch_ids)[0])
+    needed = {(t // bq, s // bk) for t, s in zip(*np.nonzero(mask))}
+    return fwd, needed, dkv
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_gpu_kernels_visit_exactly_the_tiles_with_visible_pairs(causal):
+    # A packed row of ten documents of different lengths, then padding: with contiguous segments the
+    # segment extents leave exactly the tiles that hold a visible pair (the backward's too).
+    lengths = [37, 5, 60, 12, 90, 3, 41, 70, 22, 50]
+    seg = np.concatenate([np.full(n, i + 1, np.int32) for i, n in enumerate(lengths)] + [np.zeros(30, np.int32)])
+    fwd, needed, dkv = _visited_and_needed(seg, causal, bq=32, bk=16)
+    assert fwd == needed and dkv == needed
+    one_document, _, _ = _visited_and_needed(np.ones_like(seg), causal, bq=32, bk=16)
+    print(f"packed row of {len(lengths)} documents + padding, T={len(seg)}, causal={causal}: {len(fwd)} tile pairs")
+    print(f"  visited, against {len(one_document)} for one document of the same length")
+    assert len(fwd) < len(one_document) / 3
+
+
+def test_gpu_tile_ranges_cover_every_visible_pair_for_any_ids():
+    """Non-contiguous ids (a segment resumed after padding or another id) and shared-prompt branches: the
+    ranges may be loose, never short."""
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        seg = rng.integers(0, 4, 150).astype(np.int32)
+        branches = rng.integers(0, 3, 150).astype(np.int32) if trial % 2 else None
+        fwd, needed, dkv = _visited_and_needed(seg, causal=bool(trial % 3), bq=16, bk=32, branches=branches)
+        assert needed <= fwd and needed <= dkv, trial

@@ -21,9 +21,12 @@ from oyster_jax.kernels.flash_attention.common import (
     BlockSizes,
     KernelTuning,
     Problem,
+    Segments,
     fit_block,
     next_power_of_2,
     round_up,
+    segment_base,
+    segment_extents,
 )
 
 _KERNELS = {"gpu": gpu, "tpu": tpu}
@@ -157,13 +160,16 @@ def _from_kernel_layout(p: Problem, x, length: int):
     return x[:, :length, :, : p.head_dim]
 
 
-def _segments(p: Problem, segment_ids):
+def _segments(p: Problem, segment_ids) -> Segments | None:
     if segment_ids is None:
-        return None, None
+        return None
     seg = segment_ids.astype(jnp.int32)
-    q_seg = jnp.pad(seg, ((0, 0), (0, p.q_len_padded - p.q_len)))  # padded rows and keys get id 0
-    k_seg = jnp.pad(seg, ((0, 0), (0, p.kv_len_padded - p.kv_len)))
-    return q_seg, k_seg
+    q_pad = lambda x: jnp.pad(x, ((0, 0), (0, p.q_len_padded - p.q_len)))  # padded rows and keys get id 0
+    k_pad = lambda x: jnp.pad(x, ((0, 0), (0, p.kv_len_padded - p.kv_len)))
+    if not _KERNELS[p.style].SKIPS_SEGMENT_TILES:
+        return Segments(q_pad(seg), k_pad(seg))
+    first, last = segment_extents(segment_base(p, seg))  # T == S: one row serves queries and keys
+    return Segments(q_pad(seg), k_pad(seg), q_pad(first), q_pad(last), k_pad(first), k_pad(last))
 
 
 def _forward(p: Problem, q, k, v, segment_ids):
@@ -171,7 +177,7 @@ def _forward(p: Problem, q, k, v, segment_ids):
     qk = _to_kernel_layout(p, q, p.q_len_padded)
     kk = _to_kernel_layout(p, k, p.kv_len_padded)
     vk = _to_kernel_layout(p, v, p.kv_len_padded)
-    return kernels.forward(p, qk, kk, vk, *_segments(p, segment_ids))  # o (kernel layout), lse [B, N, Tp]
+    return kernels.forward(p, qk, kk, vk, _segments(p, segment_ids))  # o (kernel layout), lse [B, N, Tp]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -197,9 +203,9 @@ def _attention_bwd(p: Problem, residuals, d_out):
     delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
     if not kernels.HEAD_MAJOR:
         delta = jnp.swapaxes(delta, 1, 2)  # [B, Tp, N] -> [B, N, Tp]
-    q_seg, k_seg = _segments(p, segment_ids)
-    dq = kernels.backward_dq(p, qk, kk, vk, do, lse, delta, q_seg, k_seg)
-    dk, dv = kernels.backward_dkv(p, qk, kk, vk, do, lse, delta, q_seg, k_seg)
+    segs = _segments(p, segment_ids)
+    dq = kernels.backward_dq(p, qk, kk, vk, do, lse, delta, segs)
+    dk, dv = kernels.backward_dkv(p, qk, kk, vk, do, lse, delta, segs)
     d_segments = None if segment_ids is None else _integer_zero_cotangent(segment_ids)
     return (
         _from_kernel_layout(p, dq, p.q_len),

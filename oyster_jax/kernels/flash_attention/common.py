@@ -10,6 +10,7 @@ for the backward pass is always natural-log, [B, N, Tp] float32, +inf for a row 
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -162,6 +163,58 @@ def segment_visible(p: Problem, q_seg, k_seg):
         return (q_seg == k_seg) & (q_seg != 0)
     trunk = jnp.bitwise_and(q_seg, jnp.int32(-(2**BRANCH_BITS)))  # clear the branch bits
     return ((k_seg == q_seg) | (k_seg == trunk)) & (trunk != 0)
+
+
+def segment_base(p: Problem, seg):
+    """The segment part of the kernels' ids (0 = padding), without branch bits."""
+    return jnp.right_shift(seg, BRANCH_BITS) if p.has_branches else seg
+
+
+class Segments(NamedTuple):
+    """The kernels' segment inputs: ids padded to the kernel lengths (padding = 0) and, for tile skipping,
+    each token's segment extent: the first and last index holding its segment (branch bits ignored)."""
+
+    q: jax.Array  # [B, Tp] int32
+    k: jax.Array  # [B, Sp] int32
+    q_first: jax.Array | None = None  # [B, Tp] int32
+    q_last: jax.Array | None = None  # [B, Tp]
+    k_first: jax.Array | None = None  # [B, Sp]
+    k_last: jax.Array | None = None  # [B, Sp]
+
+
+def segment_extents(seg: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """seg int32 [B, L] -> (first, last) [B, L]: the smallest and largest index holding seg[b, t].
+
+    A token can only attend within its segment, so keys before `first` and queries after `last` are
+    never visible to it: the GPU kernels skip whole tiles outside those ranges (packed rows of many short
+    documents do a fraction of the causal work). Ids need not be contiguous: a stable sort groups each id
+    with its indices in order, so a run's ends are its first and last occurrence."""
+    B, L = seg.shape
+    order = jnp.argsort(seg, axis=1, stable=True)
+    ids = jnp.take_along_axis(seg, order, axis=1)
+    idx = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+    starts = jnp.concatenate([jnp.ones((B, 1), bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+    ends = jnp.concatenate([ids[:, 1:] != ids[:, :-1], jnp.ones((B, 1), bool)], axis=1)
+    run_start = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    run_end = jax.lax.cummin(jnp.where(ends, idx, L - 1), axis=1, reverse=True)
+    rows = jnp.arange(B)[:, None]
+    first = jnp.zeros((B, L), jnp.int32).at[rows, order].set(jnp.take_along_axis(order, run_start, axis=1))
+    last = jnp.zeros((B, L), jnp.int32).at[rows, order].set(jnp.take_along_axis(order, run_end, axis=1))
+    return first, last
+
+
+_FAR = 1 << 30  # "no real token here": beyond any tile index times any block size
+
+
+def segment_tile_range(p: Problem, seg, first, last, block: int):
+    """[lo, hi) of the tiles (of `block` rows along the other axis) that the tokens of one tile can reach
+    through their segments; (far, 0) when the tile holds padding only. seg/first/last: that tile's [rows]
+    ids and extents. Integer arithmetic rather than selects: the Triton lowering mistypes selects used as
+    loop bounds."""
+    real = (segment_base(p, seg) != 0).astype(jnp.int32)
+    lo = jnp.min(first + (1 - real) * _FAR)
+    hi = jnp.max((last + 1) * real) - 1  # -1 when no token is real
+    return idiv(lo, block), idiv(hi + block, block)
 
 
 # -- Block ranges. All arguments may be traced int32 scalars (program ids, loop counters). -------------

@@ -23,13 +23,17 @@ from jax.experimental.pallas import triton as plgpu
 
 from oyster_jax.kernels.flash_attention.common import (
     Problem,
+    Segments,
     idiv,
     kv_blocks_for_q_block,
     q_blocks_for_kv_block,
+    segment_tile_range,
     segment_visible,
 )
 
 HEAD_MAJOR = False
+# Besides the causal structure, tiles outside the segments of a tile's tokens are skipped (Segments extents).
+SKIPS_SEGMENT_TILES = True
 
 # The dk/dv grid has one program per (key tile, K/V head); with grouped heads that is G times fewer
 # programs than the forward has. When that would leave SMs idle (fewer than ~2 waves on an H100/H200
@@ -76,6 +80,30 @@ def launch_config(p: Problem, kernel: str) -> tuple[int, int]:
     return warps, stages
 
 
+def key_tiles(p: Problem, i, bq: int, bk: int, q_seg=None, q_first=None, q_last=None):
+    """(start, full_end, end) for query tile i: key tiles [start, full_end) are visited without a position
+    mask, [max(start, full_end), end) with one. The causal range, narrowed (with segments) to the keys that
+    the segments of the tile's tokens span; q_seg/q_first/q_last are the tile's [bq] ids and extents."""
+    full_end, end = kv_blocks_for_q_block(p, i, bq, bk)
+    if not p.has_segments:
+        return 0, full_end, end
+    lo, hi = segment_tile_range(p, q_seg, q_first, q_last, bk)
+    end = jnp.minimum(end, hi)
+    return jnp.minimum(lo, end), jnp.minimum(full_end, end), end
+
+
+def query_tiles(p: Problem, j, bq: int, bk: int, k_seg=None, k_first=None, k_last=None):
+    """(start, full_start, end) for key tile j: query tiles [start, min(full_start, end)) are visited with a
+    position mask, [max(full_start, start), end) without. The causal range, narrowed (with segments) to
+    the queries that the segments of the tile's keys span."""
+    start, full_start, end = q_blocks_for_kv_block(p, j, bq, bk)
+    if p.has_segments:
+        lo, hi = segment_tile_range(p, k_seg, k_first, k_last, bq)
+        end = jnp.minimum(end, hi)
+        start = jnp.minimum(jnp.maximum(start, lo), end)
+    return start, full_start, end
+
+
 def _compiler_params(p: Problem, kernel: str):
     if p.interpret:
         return None
@@ -90,7 +118,7 @@ def _compiler_params(p: Problem, kernel: str):
 
 def _fwd_kernel(q_ref, k_ref, v_ref, *refs, p: Problem, bq: int, bk: int):
     if p.has_segments:
-        q_seg_ref, k_seg_ref, o_ref, lse_ref = refs
+        q_seg_ref, k_seg_ref, q_first_ref, q_last_ref, o_ref, lse_ref = refs
     else:
         o_ref, lse_ref = refs
     nq = p.q_len_padded // bq
@@ -123,9 +151,10 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, p: Problem, bq: int, bk: int):
         jnp.full((bq,), -jnp.inf, jnp.float32),
         jnp.zeros((bq,), jnp.float32),
     )
-    full_end, end = kv_blocks_for_q_block(p, i, bq, bk)
-    carry = jax.lax.fori_loop(0, full_end, functools.partial(tile, position_mask=False), carry)
-    acc, m, l = jax.lax.fori_loop(full_end, end, functools.partial(tile, position_mask=True), carry)
+    extents = (q_first_ref[...], q_last_ref[...]) if p.has_segments else (None, None)
+    start, full_end, end = key_tiles(p, i, bq, bk, q_seg, *extents)
+    carry = jax.lax.fori_loop(start, full_end, functools.partial(tile, position_mask=False), carry)
+    acc, m, l = jax.lax.fori_loop(jnp.maximum(start, full_end), end, functools.partial(tile, position_mask=True), carry)
     empty = l == 0.0
     o_ref[...] = (acc / jnp.where(empty, 1.0, l)[:, None]).astype(o_ref.dtype)
     lse_ref[...] = jnp.where(empty, jnp.inf, (m + jnp.log2(jnp.where(empty, 1.0, l))) * LN_2)
@@ -143,7 +172,7 @@ def _row_specs(p: Problem, bq: int, nq: int):
     return tile, kv, row, q_seg, k_seg
 
 
-def forward(p: Problem, q, k, v, q_seg, k_seg):
+def forward(p: Problem, q, k, v, segs: Segments | None):
     """q [B, Tp, N, H], k/v [B, Sp, K, H], segs [B, Tp]/[B, Sp] -> (o [B, Tp, N, H], lse [B, N, Tp])."""
     bq, bk = p.blocks.fwd_q, p.blocks.fwd_k
     B, Tp, N, H = q.shape
@@ -151,8 +180,8 @@ def forward(p: Problem, q, k, v, q_seg, k_seg):
     tile, kv, row, q_seg_spec, k_seg_spec = _row_specs(p, bq, nq)
     in_specs, args = [tile, kv, kv], [q, k, v]
     if p.has_segments:
-        in_specs += [q_seg_spec, k_seg_spec]
-        args += [q_seg, k_seg]
+        in_specs += [q_seg_spec, k_seg_spec, q_seg_spec, q_seg_spec]
+        args += [segs.q, segs.k, segs.q_first, segs.q_last]
     return pl.pallas_call(
         functools.partial(_fwd_kernel, p=p, bq=bq, bk=bk),
         grid=(nq, N, B),  # consecutive programs share one head's K/V in L2
@@ -175,7 +204,7 @@ def forward(p: Problem, q, k, v, q_seg, k_seg):
 
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Problem, bq: int, bk: int):
     if p.has_segments:
-        q_seg_ref, k_seg_ref, dq_ref = refs
+        q_seg_ref, k_seg_ref, q_first_ref, q_last_ref, dq_ref = refs
     else:
         (dq_ref,) = refs
     nq = p.q_len_padded // bq
@@ -202,21 +231,22 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Proble
         return dq + _dot(ds.astype(k.dtype), k)
 
     dq = jnp.zeros((bq, p.padded_head_dim), jnp.float32)
-    full_end, end = kv_blocks_for_q_block(p, i, bq, bk)
-    dq = jax.lax.fori_loop(0, full_end, functools.partial(tile, position_mask=False), dq)
-    dq = jax.lax.fori_loop(full_end, end, functools.partial(tile, position_mask=True), dq)
+    extents = (q_first_ref[...], q_last_ref[...]) if p.has_segments else (None, None)
+    start, full_end, end = key_tiles(p, i, bq, bk, q_seg, *extents)
+    dq = jax.lax.fori_loop(start, full_end, functools.partial(tile, position_mask=False), dq)
+    dq = jax.lax.fori_loop(jnp.maximum(start, full_end), end, functools.partial(tile, position_mask=True), dq)
     dq_ref[...] = (dq * p.sm_scale).astype(dq_ref.dtype)
 
 
-def backward_dq(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
+def backward_dq(p: Problem, q, k, v, do, lse, delta, segs: Segments | None):
     bq, bk = p.blocks.dq_q, p.blocks.dq_k
     B, Tp, N, H = q.shape
     nq = Tp // bq
     tile, kv, row, q_seg_spec, k_seg_spec = _row_specs(p, bq, nq)
     in_specs, args = [tile, kv, kv, tile, row, row], [q, k, v, do, lse, delta]
     if p.has_segments:
-        in_specs += [q_seg_spec, k_seg_spec]
-        args += [q_seg, k_seg]
+        in_specs += [q_seg_spec, k_seg_spec, q_seg_spec, q_seg_spec]
+        args += [segs.q, segs.k, segs.q_first, segs.q_last]
     return pl.pallas_call(
         functools.partial(_dq_kernel, p=p, bq=bq, bk=bk),
         grid=(nq, N, B),
@@ -237,7 +267,7 @@ def backward_dq(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
 
 def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Problem, bq: int, bk: int, heads: int):
     if p.has_segments:
-        q_seg_ref, k_seg_ref, dk_ref, dv_ref = refs
+        q_seg_ref, k_seg_ref, k_first_ref, k_last_ref, dk_ref, dv_ref = refs
     else:
         dk_ref, dv_ref = refs
     j = pl.program_id(0)  # causal: low key tiles see the most query tiles and come first anyway
@@ -246,7 +276,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Probl
     k_pos = j * bk + jnp.arange(bk, dtype=jnp.int32)
     k_seg = k_seg_ref[...] if p.has_segments else None
     qk_scale = p.sm_scale * LOG2_E
-    start, full_start, end = q_blocks_for_kv_block(p, j, bq, bk)
+    extents = (k_first_ref[...], k_last_ref[...]) if p.has_segments else (None, None)
+    start, full_start, end = query_tiles(p, j, bq, bk, k_seg, *extents)
 
     def tile(i, carry, g, position_mask):
         dk, dv = carry
@@ -267,8 +298,9 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Probl
         return dk, dv
 
     def head(g, carry):
-        carry = jax.lax.fori_loop(start, full_start, functools.partial(tile, g=g, position_mask=True), carry)
-        return jax.lax.fori_loop(full_start, end, functools.partial(tile, g=g, position_mask=False), carry)
+        masked_end, unmasked_start = jnp.minimum(full_start, end), jnp.maximum(full_start, start)
+        carry = jax.lax.fori_loop(start, masked_end, functools.partial(tile, g=g, position_mask=True), carry)
+        return jax.lax.fori_loop(unmasked_start, end, functools.partial(tile, g=g, position_mask=False), carry)
 
     zeros = jnp.zeros((bk, p.padded_head_dim), jnp.float32)
     dk, dv = jax.lax.fori_loop(0, heads, head, (zeros, zeros))
@@ -285,7 +317,7 @@ def dkv_head_split(p: Problem, nk: int) -> int:
     return p.group
 
 
-def backward_dkv(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
+def backward_dkv(p: Problem, q, k, v, do, lse, delta, segs: Segments | None):
     bq, bk = p.blocks.dkv_q, p.blocks.dkv_k
     B, Tp, N, H = q.shape
     K, Sp = p.kv_heads, p.kv_len_padded
@@ -301,11 +333,9 @@ def backward_dkv(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
     in_specs = [group_rows, kv_tile, kv_tile, group_rows, group_lse, group_lse]
     args = [q, k, v, do, lse, delta]
     if p.has_segments:
-        in_specs += [
-            pl.BlockSpec((None, Tp), lambda j, hc, b: (b, 0)),
-            pl.BlockSpec((None, bk), lambda j, hc, b: (b, j)),
-        ]
-        args += [q_seg, k_seg]
+        key_tile = pl.BlockSpec((None, bk), lambda j, hc, b: (b, j))
+        in_specs += [pl.BlockSpec((None, Tp), lambda j, hc, b: (b, 0)), key_tile, key_tile, key_tile]
+        args += [segs.q, segs.k, segs.k_first, segs.k_last]
     # With a split, each program writes its own float32 partial (head axis K * split), summed below.
     out_spec = pl.BlockSpec((None, bk, None, H), lambda j, hc, b: (b, j, hc, 0))
     out_dtype = (k.dtype, v.dtype) if split == 1 else (jnp.float32, jnp.float32)

@@ -23,6 +23,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from oyster_jax.kernels.flash_attention.common import (
     Problem,
+    Segments,
     idiv,
     kv_blocks_for_q_block,
     q_blocks_for_kv_block,
@@ -30,6 +31,8 @@ from oyster_jax.kernels.flash_attention.common import (
 )
 
 HEAD_MAJOR = True  # q [B, N, Tp, H], k/v [B, K, Sp, H]
+# Tiles are skipped by the causal structure only; tiles of other segments are computed and masked.
+SKIPS_SEGMENT_TILES = False
 
 _NT = (((1,), (1,)), ((), ()))  # A @ B^T
 _NN = (((1,), (0,)), ((), ()))  # A @ B
@@ -122,7 +125,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, p: Problem, bq: int, bk: int):
         lse_ref[...] = jnp.where(empty, jnp.inf, m_scr[...] + jnp.log(jnp.where(empty, 1.0, l)))
 
 
-def forward(p: Problem, q, k, v, q_seg, k_seg):
+def forward(p: Problem, q, k, v, segs: Segments | None):
     """q [B, N, Tp, H], k/v [B, K, Sp, H], segs [B, Tp]/[B, Sp] -> (o [B, N, Tp, H], lse [B, N, Tp])."""
     bq, bk = p.blocks.fwd_q, p.blocks.fwd_k
     B, N, Tp, H = q.shape
@@ -144,7 +147,7 @@ def forward(p: Problem, q, k, v, q_seg, k_seg):
             pl.BlockSpec((None, bq, 1), lambda b, n, i, j: (b, i, 0)),
             pl.BlockSpec((None, 1, bk), lambda b, n, i, j: (b, 0, kv_tile(i, j))),
         ]
-        args += [q_seg.reshape(B, Tp, 1), k_seg.reshape(B, 1, Sp)]
+        args += [segs.q.reshape(B, Tp, 1), segs.k.reshape(B, 1, Sp)]
     o, lse = pl.pallas_call(
         functools.partial(_fwd_kernel, p=p, bq=bq, bk=bk),
         grid=(B, N, nq, nk),
@@ -210,7 +213,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Proble
         dq_ref[...] = (dq_scr[...] * p.sm_scale).astype(dq_ref.dtype)
 
 
-def backward_dq(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
+def backward_dq(p: Problem, q, k, v, do, lse, delta, segs: Segments | None):
     bq, bk = p.blocks.dq_q, p.blocks.dq_k
     B, N, Tp, H = q.shape
     Sp, G = p.kv_len_padded, p.group
@@ -230,7 +233,7 @@ def backward_dq(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
             pl.BlockSpec((None, bq, 1), lambda b, n, i, j: (b, i, 0)),
             pl.BlockSpec((None, 1, bk), lambda b, n, i, j: (b, 0, kv_tile(i, j))),
         ]
-        args += [q_seg.reshape(B, Tp, 1), k_seg.reshape(B, 1, Sp)]
+        args += [segs.q.reshape(B, Tp, 1), segs.k.reshape(B, 1, Sp)]
     return pl.pallas_call(
         functools.partial(_dq_kernel, p=p, bq=bq, bk=bk),
         grid=(B, N, nq, nk),
@@ -289,7 +292,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Probl
         dv_ref[...] = dv_scr[...].astype(dv_ref.dtype)
 
 
-def backward_dkv(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
+def backward_dkv(p: Problem, q, k, v, do, lse, delta, segs: Segments | None):
     bq, bk = p.blocks.dkv_q, p.blocks.dkv_k
     B, N, Tp, H = q.shape
     K, Sp, G = p.kv_heads, p.kv_len_padded, p.group
@@ -309,7 +312,7 @@ def backward_dkv(p: Problem, q, k, v, do, lse, delta, q_seg, k_seg):
             pl.BlockSpec((None, 1, bq), lambda b, h, j, g, i: (b, 0, q_tile(j, i))),
             pl.BlockSpec((None, bk, 1), lambda b, h, j, g, i: (b, j, 0)),
         ]
-        args += [q_seg.reshape(B, 1, Tp), k_seg.reshape(B, Sp, 1)]
+        args += [segs.q.reshape(B, 1, Tp), segs.k.reshape(B, Sp, 1)]
     return pl.pallas_call(
         functools.partial(_dkv_kernel, p=p, bq=bq, bk=bk),
         grid=(B, K, nk, G, nq),
