@@ -1,7 +1,9 @@
 """GPU (Triton) flash-attention kernels: forward, dq, and dk/dv.
 
 Each program owns one output tile and walks the tiles it needs with a `fori_loop` whose bounds come
-from the causal structure, so key tiles that a query tile cannot see are never loaded. The loop is split
+from the causal structure and, with segment ids, from the extent of the segments its tokens belong to
+(`Segments.q_first` ... `k_last`), so key tiles that a query tile cannot see are never loaded: a row
+packed with many short documents costs about what the documents would cost alone. The loop is split
 in two: tiles entirely below the diagonal run without building a position mask, only the diagonal band
 pays for it. Whole K/V (forward, dq) or Q/dO (dk/dv) rows of one head stay in global memory and are
 sliced inside the loop; grouped query heads index their K/V head in the BlockSpec, so K/V are never
