@@ -37,6 +37,7 @@ class Case:
     K: int  # kv heads
     causal: bool
     # None | "packed" (three segments + padding in one row) | "branched" (prompt | chosen | rejected pairs)
+    # | "documents" (many short documents + padding: most tiles are skipped)
     segments: str | None = None
     S: int | None = None  # key length when it differs from T
     dtype: str = "float32"
@@ -57,6 +58,8 @@ def segment_ids(case: Case) -> np.ndarray | None:
     if case.segments is None:
         return None
     T = case.T
+    if case.segments == "documents":
+        return np.stack([documents_row(T, shift=r) for r in range(case.B)])
     a, b, pad = max(1, T // 3), max(1, T // 4), max(1, T // 8)
     row0 = np.array([1] * a + [2] * b + [7] * (T - a - b - pad) + [0] * pad, np.int32)[:T]
     rows = [row0]
@@ -66,6 +69,20 @@ def segment_ids(case: Case) -> np.ndarray | None:
         row[-1] = 0
         rows.append(row)
     return np.stack(rows)
+
+
+DOCUMENT_LENGTHS = [37, 5, 60, 12, 90, 3, 41, 70, 22, 50]
+
+
+def documents_row(T: int, shift: int = 0, scale: int = 1) -> np.ndarray:
+    """[T]: documents of DOCUMENT_LENGTHS * scale tokens (rotated by `shift`), ids 1, 2, ..., until about
+    7/8 of the row, then padding."""
+    lengths = [n * scale for n in np.roll(DOCUMENT_LENGTHS, shift)]
+    row, doc = [], 1
+    while len(row) + lengths[(doc - 1) % len(lengths)] <= T * 7 // 8:
+        row += [doc] * lengths[(doc - 1) % len(lengths)]
+        doc += 1
+    return np.array(row + [0] * (T - len(row)), np.int32)
 
 
 def branch_ids(case: Case) -> np.ndarray | None:
@@ -157,6 +174,7 @@ GPU_CASES = [
     Case(T=200, H=64, N=4, K=2, causal=True, segments="branched", B=2, block_q=32, block_k=32),
     Case(T=130, H=128, N=5, K=1, causal=True, segments="branched", dtype="bfloat16"),
     Case(T=77, H=64, N=2, K=2, causal=False, segments="branched"),
+    Case(T=300, H=64, N=4, K=2, causal=True, segments="documents", B=2, block_q=32, block_k=32),
 ]
 
 TPU_CASES = [
@@ -167,6 +185,7 @@ TPU_CASES = [
     Case(T=7, S=200, H=64, N=2, K=2, causal=True, dtype="bfloat16"),
     Case(T=200, S=7, H=64, N=2, K=1, causal=True),
     Case(T=300, H=64, N=4, K=2, causal=True, segments="branched", B=2),
+    Case(T=1100, H=64, N=2, K=1, causal=True, segments="documents", B=2, block_q=128, block_k=128),
 ]
 
 
@@ -390,9 +409,10 @@ def test_segment_extents_are_first_and_last_occurrence():
             assert (first[b, t], last[b, t]) == (where[0], where[-1]), (b, t)
 
 
-def _visited_and_needed(seg: np.ndarray, causal: bool, bq: int, bk: int, branches=None):
-    """(forward tile pairs the GPU kernels visit, tile pairs holding at least one visible (query, key) pair,
-    dk/dv tile pairs visited) for one row of segment ids."""
+def _visited_and_needed(seg: np.ndarray, causal: bool, bq: int, bk: int, branches=None, style: str = "gpu"):
+    """(forward/dq tile pairs the kernels visit, tile pairs holding at least one visible (query, key) pair,
+    dk/dv tile pairs visited) for one row of segment ids, from the range functions the kernels call."""
+    from oyster_jax.kernels.flash_attention import tpu
     from oyster_jax.kernels.flash_attention.reference import attention_mask
 
     T = seg.shape[0]
@@ -401,22 +421,30 @@ def _visited_and_needed(seg: np.ndarray, causal: bool, bq: int, bk: int, branche
     if branches is not None:
         seg_ids = api._with_branches(seg_ids, jnp.asarray(branches[None]), (1, T))
     p = api._problem(
-        x, x, seg_ids, causal=causal, sm_scale=None, block_q=bq, block_k=bk, interpret=True, style="gpu",
+        x, x, seg_ids, causal=causal, sm_scale=None, block_q=bq, block_k=bk, interpret=True, style=style,
         has_branches=branches is not None,
     )  # fmt: skip
     segs = api._segments(p, seg_ids)
-    rows = lambda a, i, n: np.asarray(a[0, i * n : (i + 1) * n])
-    fwd = set()
-    for i in range(p.q_len_padded // bq):
-        start, _, end = gpu.key_tiles(
+    nq, nk = p.q_len_padded // bq, p.kv_len_padded // bk
+    if style == "gpu":
+        rows = lambda a, i, n: np.asarray(a[0, i * n : (i + 1) * n])
+        key_range = lambda i: gpu.key_tiles(
             p, i, bq, bk, rows(segs.q, i, bq), rows(segs.q_first, i, bq), rows(segs.q_last, i, bq)
         )
-        fwd |= {(i, j) for j in range(int(start), int(end))}
-    dkv = set()
-    for j in range(p.kv_len_padded // bk):
-        start, _, end = gpu.query_tiles(
+        query_range = lambda j: gpu.query_tiles(
             p, j, bq, bk, rows(segs.k, j, bk), rows(segs.k_first, j, bk), rows(segs.k_last, j, bk)
         )
+    else:
+        q_bounds = [np.asarray(a) for a in tpu._tile_bounds(p, segs, 1, p.q_len_padded, bq, bk, "q")]
+        k_bounds = [np.asarray(a) for a in tpu._tile_bounds(p, segs, 1, p.kv_len_padded, bk, bq, "k")]
+        key_range = lambda i: tpu._key_range(p, 0, i, bq, bk, nq, *q_bounds)
+        query_range = lambda j: tpu._query_range(p, 0, j, bq, bk, nk, *k_bounds)
+    fwd, dkv = set(), set()
+    for i in range(nq):
+        start, _, end = key_range(i)
+        fwd |= {(i, j) for j in range(int(start), int(end))}
+    for j in range(nk):
+        start, _, end = query_range(j)
         dkv |= {(i, j) for i in range(int(start), int(end))}
     branch_ids = None if branches is None else jnp.asarray(branches[None])
     mask = np.asarray(attention_mask(T, T, causal=causal, segment_ids=jnp.asarray(seg[None]), branch_ids=branch_ids)[0])
@@ -424,26 +452,28 @@ def _visited_and_needed(seg: np.ndarray, causal: bool, bq: int, bk: int, branche
     return fwd, needed, dkv
 
 
+@pytest.mark.parametrize("style, bq, bk, scale", [("gpu", 32, 16, 1), ("tpu", 128, 256, 8)])
 @pytest.mark.parametrize("causal", [True, False])
-def test_gpu_kernels_visit_exactly_the_tiles_with_visible_pairs(causal):
-    # A packed row of ten documents of different lengths, then padding: with contiguous segments the
-    # segment extents leave exactly the tiles that hold a visible pair (the backward's too).
-    lengths = [37, 5, 60, 12, 90, 3, 41, 70, 22, 50]
-    seg = np.concatenate([np.full(n, i + 1, np.int32) for i, n in enumerate(lengths)] + [np.zeros(30, np.int32)])
-    fwd, needed, dkv = _visited_and_needed(seg, causal, bq=32, bk=16)
+def test_kernels_visit_exactly_the_tiles_with_visible_pairs(style, bq, bk, scale, causal):
+    # A packed row of documents of different lengths, then padding: with contiguous segments the segment
+    # extents leave exactly the tiles that hold a visible pair (the backward's too).
+    seg = documents_row(470 * scale, scale=scale)
+    fwd, needed, dkv = _visited_and_needed(seg, causal, bq=bq, bk=bk, style=style)
     assert fwd == needed and dkv == needed
-    one_document, _, _ = _visited_and_needed(np.ones_like(seg), causal, bq=32, bk=16)
-    print(f"packed row of {len(lengths)} documents + padding, T={len(seg)}, causal={causal}: {len(fwd)} tile pairs")
-    print(f"  visited, against {len(one_document)} for one document of the same length")
-    assert len(fwd) < len(one_document) / 3
+    one_document, _, _ = _visited_and_needed(np.ones_like(seg), causal, bq=bq, bk=bk, style=style)
+    print(f"[{style}] {seg.max()} documents + padding, T={len(seg)}, tiles {bq}x{bk}, causal={causal}: {len(fwd)}")
+    print(f"  tile pairs visited, against {len(one_document)} for one document of the same length")
+    assert len(fwd) < len(one_document) / 2
 
 
-def test_gpu_tile_ranges_cover_every_visible_pair_for_any_ids():
+@pytest.mark.parametrize("style, bq, bk", [("gpu", 16, 32), ("tpu", 128, 128)])
+def test_tile_ranges_cover_every_visible_pair_for_any_ids(style, bq, bk):
     """Non-contiguous ids (a segment resumed after padding or another id) and shared-prompt branches: the
     ranges may be loose, never short."""
     rng = np.random.default_rng(1)
     for trial in range(20):
-        seg = rng.integers(0, 4, 150).astype(np.int32)
-        branches = rng.integers(0, 3, 150).astype(np.int32) if trial % 2 else None
-        fwd, needed, dkv = _visited_and_needed(seg, causal=bool(trial % 3), bq=16, bk=32, branches=branches)
+        T = 150 if style == "gpu" else 600
+        seg = np.repeat(rng.integers(0, 4, T // 10), 10).astype(np.int32)  # runs of 10, ids resumed later
+        branches = rng.integers(0, 3, T).astype(np.int32) if trial % 2 else None
+        fwd, needed, dkv = _visited_and_needed(seg, bool(trial % 3), bq, bk, branches=branches, style=style)
         assert needed <= fwd and needed <= dkv, trial

@@ -206,14 +206,14 @@ def segment_extents(seg: jax.Array) -> tuple[jax.Array, jax.Array]:
 _FAR = 1 << 30  # "no real token here": beyond any tile index times any block size
 
 
-def segment_tile_range(p: Problem, seg, first, last, block: int):
+def segment_tile_range(p: Problem, seg, first, last, block: int, axis=None):
     """[lo, hi) of the tiles (of `block` rows along the other axis) that the tokens of one tile can reach
     through their segments; (far, 0) when the tile holds padding only. seg/first/last: that tile's [rows]
-    ids and extents. Integer arithmetic rather than selects: the Triton lowering mistypes selects used as
-    loop bounds."""
+    ids and extents (or [..., rows] for many tiles at once, reduced over `axis`). Integer arithmetic
+    rather than selects: the Triton lowering mistypes selects used as loop bounds."""
     real = (segment_base(p, seg) != 0).astype(jnp.int32)
-    lo = jnp.min(first + (1 - real) * _FAR)
-    hi = jnp.max((last + 1) * real) - 1  # -1 when no token is real
+    lo = jnp.min(first + (1 - real) * _FAR, axis=axis)
+    hi = jnp.max((last + 1) * real, axis=axis) - 1  # -1 when no token is real
     return idiv(lo, block), idiv(hi + block, block)
 
 

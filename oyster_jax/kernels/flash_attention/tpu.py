@@ -27,12 +27,14 @@ from oyster_jax.kernels.flash_attention.common import (
     idiv,
     kv_blocks_for_q_block,
     q_blocks_for_kv_block,
+    segment_tile_range,
     segment_visible,
 )
 
 HEAD_MAJOR = True  # q [B, N, Tp, H], k/v [B, K, Sp, H]
-# Tiles are skipped by the causal structure only; tiles of other segments are computed and masked.
-SKIPS_SEGMENT_TILES = False
+# Besides the causal structure, tiles outside the segments of a tile's tokens are skipped: per-tile bounds
+# (scalar-prefetched into SMEM) gate the compute and clamp the index maps, so no DMA is issued for them.
+SKIPS_SEGMENT_TILES = True
 
 _NT = (((1,), (1,)), ((), ()))  # A @ B^T
 _NN = (((1,), (0,)), ((), ()))  # A @ B
@@ -74,18 +76,53 @@ def _clamp(x, lo, hi):
     return jnp.maximum(jnp.minimum(x, hi), lo)
 
 
+def _visited(x, start, end):
+    """x clamped into the visited range [start, end): a skipped grid step re-uses the index of a visited
+    tile, so its block is not copied again (0 when nothing is visited)."""
+    return _clamp(x, jnp.maximum(jnp.minimum(start, end - 1), 0), end - 1)
+
+
+def _tile_bounds(p: Problem, segs: Segments | None, B: int, L: int, rows: int, block: int, side: str):
+    """Flat int32 [B * tiles] (lo, hi): for each tile of `rows` queries (side "q") or keys ("k"), the
+    tiles of `block` along the other axis that its tokens' segments reach; everything without segments.
+    Flat, because they are scalar-prefetched into SMEM."""
+    if not p.has_segments:
+        return jnp.zeros((B * (L // rows),), jnp.int32), jnp.full((B * (L // rows),), 1 << 30, jnp.int32)
+    ids = segs.q if side == "q" else segs.k
+    first, last = (segs.q_first, segs.q_last) if side == "q" else (segs.k_first, segs.k_last)
+    shape = (B, L // rows, rows)
+    lo, hi = segment_tile_range(p, ids.reshape(shape), first.reshape(shape), last.reshape(shape), block, axis=-1)
+    return lo.reshape(-1), hi.reshape(-1)
+
+
+def _key_range(p: Problem, b, i, bq: int, bk: int, nq: int, lo_ref, hi_ref):
+    """(start, full_end, end): query tile i of row b visits key tiles [start, full_end) without a position
+    mask and [max(start, full_end), end) with one."""
+    full_end, end = kv_blocks_for_q_block(p, i, bq, bk)
+    end = jnp.minimum(end, hi_ref[b * nq + i])
+    return jnp.minimum(lo_ref[b * nq + i], end), jnp.minimum(full_end, end), end
+
+
+def _query_range(p: Problem, b, j, bq: int, bk: int, nk: int, lo_ref, hi_ref):
+    """(start, full_start, end): key tile j of row b visits query tiles [start, min(full_start, end)) with a
+    position mask and [max(full_start, start), end) without."""
+    start, full_start, end = q_blocks_for_kv_block(p, j, bq, bk)
+    end = jnp.minimum(end, hi_ref[b * nk + j])
+    return jnp.minimum(jnp.maximum(start, lo_ref[b * nk + j]), end), full_start, end
+
+
 # ----------------------------------------------------------------------------------------------------
 # Forward: grid (B, N, q tiles, k tiles), reduction over k tiles.
 # ----------------------------------------------------------------------------------------------------
 
 
-def _fwd_kernel(q_ref, k_ref, v_ref, *refs, p: Problem, bq: int, bk: int):
+def _fwd_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, *refs, p: Problem, bq: int, bk: int):
     if p.has_segments:
         q_seg_ref, k_seg_ref, o_ref, lse_ref, m_scr, l_scr, acc_scr = refs
     else:
         o_ref, lse_ref, m_scr, l_scr, acc_scr = refs
-    i, j = pl.program_id(2), pl.program_id(3)
-    nk = pl.num_programs(3)
+    b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+    nq, nk = pl.num_programs(2), pl.num_programs(3)
 
     @pl.when(j == 0)
     def _init():
@@ -112,10 +149,10 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, p: Problem, bq: int, bk: int):
         acc_scr[...] = acc_scr[...] * rescale + _dot(probs.astype(v.dtype), v, _NN)
         m_scr[...] = m_new
 
-    full_end, end = kv_blocks_for_q_block(p, i, bq, bk)
-    pl.when(j < full_end)(lambda: tile(False))
+    start, full_end, end = _key_range(p, b, i, bq, bk, nq, lo_ref, hi_ref)
+    pl.when((j >= start) & (j < full_end))(lambda: tile(False))
     if _needs_position_mask(p):
-        pl.when((j >= full_end) & (j < end))(lambda: tile(True))
+        pl.when((j >= jnp.maximum(start, full_end)) & (j < end))(lambda: tile(True))
 
     @pl.when(j == nk - 1)
     def _finish():
@@ -132,43 +169,47 @@ def forward(p: Problem, q, k, v, segs: Segments | None):
     Sp, G = p.kv_len_padded, p.group
     nq, nk = Tp // bq, Sp // bk
 
-    def kv_tile(i, j):  # hidden tiles re-use the last visible tile's index: no copy is issued
-        _, end = kv_blocks_for_q_block(p, i, bq, bk)
-        return _clamp(j, 0, end - 1)
+    def kv_tile(b, i, j, lo_ref, hi_ref):
+        start, _, end = _key_range(p, b, i, bq, bk, nq, lo_ref, hi_ref)
+        return _visited(j, start, end)
 
     in_specs = [
-        pl.BlockSpec((None, None, bq, H), lambda b, n, i, j: (b, n, i, 0)),
-        pl.BlockSpec((None, None, bk, H), lambda b, n, i, j: (b, idiv(n, G), kv_tile(i, j), 0)),
-        pl.BlockSpec((None, None, bk, H), lambda b, n, i, j: (b, idiv(n, G), kv_tile(i, j), 0)),
+        pl.BlockSpec((None, None, bq, H), lambda b, n, i, j, *_: (b, n, i, 0)),
+        pl.BlockSpec((None, None, bk, H), lambda b, n, i, j, *lh: (b, idiv(n, G), kv_tile(b, i, j, *lh), 0)),
+        pl.BlockSpec((None, None, bk, H), lambda b, n, i, j, *lh: (b, idiv(n, G), kv_tile(b, i, j, *lh), 0)),
     ]
     args = [q, k, v]
     if p.has_segments:
         in_specs += [
-            pl.BlockSpec((None, bq, 1), lambda b, n, i, j: (b, i, 0)),
-            pl.BlockSpec((None, 1, bk), lambda b, n, i, j: (b, 0, kv_tile(i, j))),
+            pl.BlockSpec((None, bq, 1), lambda b, n, i, j, *_: (b, i, 0)),
+            pl.BlockSpec((None, 1, bk), lambda b, n, i, j, *lh: (b, 0, kv_tile(b, i, j, *lh))),
         ]
         args += [segs.q.reshape(B, Tp, 1), segs.k.reshape(B, 1, Sp)]
-    o, lse = pl.pallas_call(
-        functools.partial(_fwd_kernel, p=p, bq=bq, bk=bk),
+    grid_spec = pltpu.PrefetchScalarGridSpec(
+        num_scalar_prefetch=2,
         grid=(B, N, nq, nk),
         in_specs=in_specs,
         out_specs=[
-            pl.BlockSpec((None, None, bq, H), lambda b, n, i, j: (b, n, i, 0)),
-            pl.BlockSpec((None, None, bq, 1), lambda b, n, i, j: (b, n, i, 0)),
-        ],
-        out_shape=[
-            jax.ShapeDtypeStruct((B, N, Tp, H), q.dtype),
-            jax.ShapeDtypeStruct((B, N, Tp, 1), jnp.float32),
+            pl.BlockSpec((None, None, bq, H), lambda b, n, i, j, *_: (b, n, i, 0)),
+            pl.BlockSpec((None, None, bq, 1), lambda b, n, i, j, *_: (b, n, i, 0)),
         ],
         scratch_shapes=[
             pltpu.VMEM((bq, 1), jnp.float32),
             pltpu.VMEM((bq, 1), jnp.float32),
             pltpu.VMEM((bq, H), jnp.float32),
         ],
+    )
+    o, lse = pl.pallas_call(
+        functools.partial(_fwd_kernel, p=p, bq=bq, bk=bk),
+        grid_spec=grid_spec,
+        out_shape=[
+            jax.ShapeDtypeStruct((B, N, Tp, H), q.dtype),
+            jax.ShapeDtypeStruct((B, N, Tp, 1), jnp.float32),
+        ],
         compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
         interpret=_interpret(p),
         name="oyster_flash_fwd",
-    )(*args)
+    )(*_tile_bounds(p, segs, B, Tp, bq, bk, "q"), *args)
     return o, lse.reshape(B, N, Tp)
 
 
@@ -177,13 +218,13 @@ def forward(p: Problem, q, k, v, segs: Segments | None):
 # ----------------------------------------------------------------------------------------------------
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Problem, bq: int, bk: int):
+def _dq_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Problem, bq: int, bk: int):
     if p.has_segments:
         q_seg_ref, k_seg_ref, dq_ref, dq_scr = refs
     else:
         dq_ref, dq_scr = refs
-    i, j = pl.program_id(2), pl.program_id(3)
-    nk = pl.num_programs(3)
+    b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+    nq, nk = pl.num_programs(2), pl.num_programs(3)
 
     @pl.when(j == 0)
     def _init():
@@ -203,10 +244,10 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Proble
         ds = probs * (dp - delta_ref[...])
         dq_scr[...] += _dot(ds.astype(k.dtype), k, _NN)
 
-    full_end, end = kv_blocks_for_q_block(p, i, bq, bk)
-    pl.when(j < full_end)(lambda: tile(False))
+    start, full_end, end = _key_range(p, b, i, bq, bk, nq, lo_ref, hi_ref)
+    pl.when((j >= start) & (j < full_end))(lambda: tile(False))
     if _needs_position_mask(p):
-        pl.when((j >= full_end) & (j < end))(lambda: tile(True))
+        pl.when((j >= jnp.maximum(start, full_end)) & (j < end))(lambda: tile(True))
 
     @pl.when(j == nk - 1)
     def _finish():
@@ -219,32 +260,36 @@ def backward_dq(p: Problem, q, k, v, do, lse, delta, segs: Segments | None):
     Sp, G = p.kv_len_padded, p.group
     nq, nk = Tp // bq, Sp // bk
 
-    def kv_tile(i, j):
-        _, end = kv_blocks_for_q_block(p, i, bq, bk)
-        return _clamp(j, 0, end - 1)
+    def kv_tile(b, i, j, lo_ref, hi_ref):
+        start, _, end = _key_range(p, b, i, bq, bk, nq, lo_ref, hi_ref)
+        return _visited(j, start, end)
 
-    q_spec = pl.BlockSpec((None, None, bq, H), lambda b, n, i, j: (b, n, i, 0))
-    kv_spec = pl.BlockSpec((None, None, bk, H), lambda b, n, i, j: (b, idiv(n, G), kv_tile(i, j), 0))
-    col_spec = pl.BlockSpec((None, None, bq, 1), lambda b, n, i, j: (b, n, i, 0))
+    q_spec = pl.BlockSpec((None, None, bq, H), lambda b, n, i, j, *_: (b, n, i, 0))
+    kv_spec = pl.BlockSpec((None, None, bk, H), lambda b, n, i, j, *lh: (b, idiv(n, G), kv_tile(b, i, j, *lh), 0))
+    col_spec = pl.BlockSpec((None, None, bq, 1), lambda b, n, i, j, *_: (b, n, i, 0))
     in_specs = [q_spec, kv_spec, kv_spec, q_spec, col_spec, col_spec]
     args = [q, k, v, do, lse.reshape(B, N, Tp, 1), delta.reshape(B, N, Tp, 1)]
     if p.has_segments:
         in_specs += [
-            pl.BlockSpec((None, bq, 1), lambda b, n, i, j: (b, i, 0)),
-            pl.BlockSpec((None, 1, bk), lambda b, n, i, j: (b, 0, kv_tile(i, j))),
+            pl.BlockSpec((None, bq, 1), lambda b, n, i, j, *_: (b, i, 0)),
+            pl.BlockSpec((None, 1, bk), lambda b, n, i, j, *lh: (b, 0, kv_tile(b, i, j, *lh))),
         ]
         args += [segs.q.reshape(B, Tp, 1), segs.k.reshape(B, 1, Sp)]
-    return pl.pallas_call(
-        functools.partial(_dq_kernel, p=p, bq=bq, bk=bk),
+    grid_spec = pltpu.PrefetchScalarGridSpec(
+        num_scalar_prefetch=2,
         grid=(B, N, nq, nk),
         in_specs=in_specs,
         out_specs=q_spec,
-        out_shape=jax.ShapeDtypeStruct((B, N, Tp, H), q.dtype),
         scratch_shapes=[pltpu.VMEM((bq, H), jnp.float32)],
+    )
+    return pl.pallas_call(
+        functools.partial(_dq_kernel, p=p, bq=bq, bk=bk),
+        grid_spec=grid_spec,
+        out_shape=jax.ShapeDtypeStruct((B, N, Tp, H), q.dtype),
         compiler_params=_params("parallel", "parallel", "parallel", "arbitrary"),
         interpret=_interpret(p),
         name="oyster_flash_dq",
-    )(*args)
+    )(*_tile_bounds(p, segs, B, Tp, bq, bk, "q"), *args)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -253,13 +298,13 @@ def backward_dq(p: Problem, q, k, v, do, lse, delta, segs: Segments | None):
 # ----------------------------------------------------------------------------------------------------
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Problem, bq: int, bk: int):
+def _dkv_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Problem, bq: int, bk: int):
     if p.has_segments:
         q_seg_ref, k_seg_ref, dk_ref, dv_ref, dk_scr, dv_scr = refs
     else:
         dk_ref, dv_ref, dk_scr, dv_scr = refs
-    j, g, i = pl.program_id(2), pl.program_id(3), pl.program_id(4)
-    G, nq = pl.num_programs(3), pl.num_programs(4)
+    b, j, g, i = pl.program_id(0), pl.program_id(2), pl.program_id(3), pl.program_id(4)
+    nk, G, nq = pl.num_programs(2), pl.num_programs(3), pl.num_programs(4)
 
     @pl.when((g == 0) & (i == 0))
     def _init():
@@ -281,10 +326,10 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, p: Probl
         ds_t = probs_t * (dp_t - delta_ref[...])
         dk_scr[...] += _dot(ds_t.astype(q.dtype), q, _NN)
 
-    start, full_start, end = q_blocks_for_kv_block(p, j, bq, bk)
-    pl.when((i >= full_start) & (i < end))(lambda: tile(False))
+    start, full_start, end = _query_range(p, b, j, bq, bk, nk, lo_ref, hi_ref)
+    pl.when((i >= jnp.maximum(full_start, start)) & (i < end))(lambda: tile(False))
     if _needs_position_mask(p):
-        pl.when((i >= start) & (i < full_start))(lambda: tile(True))
+        pl.when((i >= start) & (i < jnp.minimum(full_start, end)))(lambda: tile(True))
 
     @pl.when((g == G - 1) & (i == nq - 1))
     def _finish():
@@ -298,29 +343,33 @@ def backward_dkv(p: Problem, q, k, v, do, lse, delta, segs: Segments | None):
     K, Sp, G = p.kv_heads, p.kv_len_padded, p.group
     nq, nk = Tp // bq, Sp // bk
 
-    def q_tile(j, i):  # tiles outside [start, end) re-use the nearest visible one's index: no copy
-        start, _, end = q_blocks_for_kv_block(p, j, bq, bk)
-        return _clamp(i, jnp.minimum(start, end - 1), end - 1)
+    def q_tile(b, j, i, lo_ref, hi_ref):
+        start, _, end = _query_range(p, b, j, bq, bk, nk, lo_ref, hi_ref)
+        return _visited(i, start, end)
 
-    q_spec = pl.BlockSpec((None, None, bq, H), lambda b, h, j, g, i: (b, h * G + g, q_tile(j, i), 0))
-    kv_spec = pl.BlockSpec((None, None, bk, H), lambda b, h, j, g, i: (b, h, j, 0))
-    row_spec = pl.BlockSpec((None, None, 1, bq), lambda b, h, j, g, i: (b, h * G + g, 0, q_tile(j, i)))
+    q_spec = pl.BlockSpec((None, None, bq, H), lambda b, h, j, g, i, *lh: (b, h * G + g, q_tile(b, j, i, *lh), 0))
+    kv_spec = pl.BlockSpec((None, None, bk, H), lambda b, h, j, g, i, *_: (b, h, j, 0))
+    row_spec = pl.BlockSpec((None, None, 1, bq), lambda b, h, j, g, i, *lh: (b, h * G + g, 0, q_tile(b, j, i, *lh)))
     in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
     args = [q, k, v, do, lse.reshape(B, N, 1, Tp), delta.reshape(B, N, 1, Tp)]
     if p.has_segments:
         in_specs += [
-            pl.BlockSpec((None, 1, bq), lambda b, h, j, g, i: (b, 0, q_tile(j, i))),
-            pl.BlockSpec((None, bk, 1), lambda b, h, j, g, i: (b, j, 0)),
+            pl.BlockSpec((None, 1, bq), lambda b, h, j, g, i, *lh: (b, 0, q_tile(b, j, i, *lh))),
+            pl.BlockSpec((None, bk, 1), lambda b, h, j, g, i, *_: (b, j, 0)),
         ]
         args += [segs.q.reshape(B, 1, Tp), segs.k.reshape(B, Sp, 1)]
-    return pl.pallas_call(
-        functools.partial(_dkv_kernel, p=p, bq=bq, bk=bk),
+    grid_spec = pltpu.PrefetchScalarGridSpec(
+        num_scalar_prefetch=2,
         grid=(B, K, nk, G, nq),
         in_specs=in_specs,
         out_specs=[kv_spec, kv_spec],
-        out_shape=[jax.ShapeDtypeStruct((B, K, Sp, H), k.dtype), jax.ShapeDtypeStruct((B, K, Sp, H), v.dtype)],
         scratch_shapes=[pltpu.VMEM((bk, H), jnp.float32), pltpu.VMEM((bk, H), jnp.float32)],
+    )
+    return pl.pallas_call(
+        functools.partial(_dkv_kernel, p=p, bq=bq, bk=bk),
+        grid_spec=grid_spec,
+        out_shape=[jax.ShapeDtypeStruct((B, K, Sp, H), k.dtype), jax.ShapeDtypeStruct((B, K, Sp, H), v.dtype)],
         compiler_params=_params("parallel", "parallel", "parallel", "arbitrary", "arbitrary"),
         interpret=_interpret(p),
         name="oyster_flash_dkv",
-    )(*args)
+    )(*_tile_bounds(p, segs, B, Sp, bk, bq, "k"), *args)
