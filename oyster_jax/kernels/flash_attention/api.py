@@ -54,25 +54,20 @@ def _check(q, k, v, segment_ids, branch_ids=None) -> None:
         raise ValueError(f"flash_attention: empty sequence (q {q.shape}, k {k.shape})")
     if not (q.dtype == k.dtype == v.dtype) or not jnp.issubdtype(q.dtype, jnp.floating):
         raise ValueError(f"flash_attention: q, k, v must share one float dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if segment_ids is not None:
+    for name, ids in (("segment_ids", segment_ids), ("branch_ids", branch_ids)):
+        if ids is None:
+            continue
         if T != S:
-            raise ValueError(f"flash_attention: segment_ids need T == S; got T={T}, S={S}")
-        if segment_ids.shape != (B, T):
-            raise ValueError(f"flash_attention: segment_ids must be [B, T] = {(B, T)}; got {segment_ids.shape}")
-        if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-            raise ValueError(f"flash_attention: segment_ids must be integer; got {segment_ids.dtype}")
-    if branch_ids is not None:
-        if T != S:
-            raise ValueError(f"flash_attention: branch_ids need T == S; got T={T}, S={S}")
-        if branch_ids.shape != (B, T):
-            raise ValueError(f"flash_attention: branch_ids must be [B, T] = {(B, T)}; got {branch_ids.shape}")
-        if not jnp.issubdtype(branch_ids.dtype, jnp.integer):
-            raise ValueError(f"flash_attention: branch_ids must be integer; got {branch_ids.dtype}")
-        if not isinstance(branch_ids, jax.core.Tracer):  # values can only be checked outside jit
-            values = np.asarray(branch_ids)  # numpy: a jnp reduction here would be traced under an outer jit
-            low, high = int(values.min()), int(values.max())
-            if low < 0 or high > MAX_BRANCH:
-                raise ValueError(f"flash_attention: branch_ids must lie in [0, {MAX_BRANCH}]; got [{low}, {high}]")
+            raise ValueError(f"flash_attention: {name} need T == S; got T={T}, S={S}")
+        if ids.shape != (B, T):
+            raise ValueError(f"flash_attention: {name} must be [B, T] = {(B, T)}; got {ids.shape}")
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"flash_attention: {name} must be integer; got {ids.dtype}")
+    if branch_ids is not None and not isinstance(branch_ids, jax.core.Tracer):  # values: only outside jit
+        values = np.asarray(branch_ids)  # numpy: a jnp reduction here would be traced under an outer jit
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > MAX_BRANCH:
+            raise ValueError(f"flash_attention: branch_ids must lie in [0, {MAX_BRANCH}]; got [{low}, {high}]")
 
 
 def _with_branches(segment_ids, branch_ids, shape):
