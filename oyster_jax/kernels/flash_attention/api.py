@@ -161,8 +161,6 @@ def _segments(p: Problem, segment_ids) -> Segments | None:
     seg = segment_ids.astype(jnp.int32)
     q_pad = lambda x: jnp.pad(x, ((0, 0), (0, p.q_len_padded - p.q_len)))  # padded rows and keys get id 0
     k_pad = lambda x: jnp.pad(x, ((0, 0), (0, p.kv_len_padded - p.kv_len)))
-    if not _KERNELS[p.style].SKIPS_SEGMENT_TILES:
-        return Segments(q_pad(seg), k_pad(seg))
     first, last = segment_extents(segment_base(p, seg))  # T == S: one row serves queries and keys
     return Segments(q_pad(seg), k_pad(seg), q_pad(first), q_pad(last), k_pad(first), k_pad(last))
 

@@ -176,17 +176,17 @@ class Segments(NamedTuple):
 
     q: jax.Array  # [B, Tp] int32
     k: jax.Array  # [B, Sp] int32
-    q_first: jax.Array | None = None  # [B, Tp] int32
-    q_last: jax.Array | None = None  # [B, Tp]
-    k_first: jax.Array | None = None  # [B, Sp]
-    k_last: jax.Array | None = None  # [B, Sp]
+    q_first: jax.Array  # [B, Tp] int32
+    q_last: jax.Array  # [B, Tp]
+    k_first: jax.Array  # [B, Sp]
+    k_last: jax.Array  # [B, Sp]
 
 
 def segment_extents(seg: jax.Array) -> tuple[jax.Array, jax.Array]:
     """seg int32 [B, L] -> (first, last) [B, L]: the smallest and largest index holding seg[b, t].
 
     A token can only attend within its segment, so keys before `first` and queries after `last` are
-    never visible to it: the GPU kernels skip whole tiles outside those ranges (packed rows of many short
+    never visible to it: the kernels skip whole tiles outside those ranges (packed rows of many short
     documents do a fraction of the causal work). Ids need not be contiguous: a stable sort groups each id
     with its indices in order, so a run's ends are its first and last occurrence."""
     B, L = seg.shape

@@ -34,8 +34,6 @@ from oyster_jax.kernels.flash_attention.common import (
 )
 
 HEAD_MAJOR = False
-# Besides the causal structure, tiles outside the segments of a tile's tokens are skipped (Segments extents).
-SKIPS_SEGMENT_TILES = True
 
 # The dk/dv grid has one program per (key tile, K/V head); with grouped heads that is G times fewer
 # programs than the forward has. When that would leave SMs idle (fewer than ~2 waves on an H100/H200

@@ -2,9 +2,10 @@
 
 Unlike the GPU kernels, which loop inside one program, these put the reduction over tiles on the last
 grid axes ("arbitrary" semantics) and carry running statistics in VMEM scratch; Pallas pipelines the
-HBM->VMEM copies of the next tile behind the current one. Tiles that a causal mask hides are skipped
-twice: `pl.when` skips the compute, and the index maps clamp the tile index to the last (or first)
-visible tile, so the pipeline sees an unchanged block index and issues no copy.
+HBM->VMEM copies of the next tile behind the current one. Tiles that the causal mask hides, or that lie
+outside the segments of a tile's tokens (per-tile bounds from `Segments`, scalar-prefetched into SMEM),
+are skipped twice: `pl.when` skips the compute, and the index maps clamp the tile index to the last (or
+first) visited tile, so the pipeline sees an unchanged block index and issues no copy.
 
 Everything in a kernel is 2-D, as Mosaic wants: per-row statistics are [rows, 1] columns, segment ids
 of keys are [1, keys] rows. The dk/dv kernel works on transposed scores [keys, queries], so that all of
@@ -32,9 +33,6 @@ from oyster_jax.kernels.flash_attention.common import (
 )
 
 HEAD_MAJOR = True  # q [B, N, Tp, H], k/v [B, K, Sp, H]
-# Besides the causal structure, tiles outside the segments of a tile's tokens are skipped: per-tile bounds
-# (scalar-prefetched into SMEM) gate the compute and clamp the index maps, so no DMA is issued for them.
-SKIPS_SEGMENT_TILES = True
 
 _NT = (((1,), (1,)), ((), ()))  # A @ B^T
 _NN = (((1,), (0,)), ((), ()))  # A @ B
