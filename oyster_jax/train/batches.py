@@ -8,6 +8,7 @@ Every iterator has `get_state()` / `set_state()` for an exact resume.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -264,9 +265,14 @@ def _shared_len(config, rows, task) -> int:
     longest = distributed.max_over_processes(local)  # one row length for the global batch
     shared = resolve_shared_len(requested, longest, rows.seq_len, task)
     if requested == AUTO_SHARED_LEN:
-        plan = f"one row of {shared} tokens per pair" if shared else f"two rows of {rows.seq_len} (no saving)"
-        log.info("config.data.pref_shared_len=auto: longest pair needs %d tokens -> %s", longest, plan)
+        _log_auto_shared_len(str(task), longest, shared, rows.seq_len)
     return shared
+
+
+@functools.cache  # the trainer makes the stage's iterator twice (training, shape probe): say it once
+def _log_auto_shared_len(task: str, longest: int, shared: int, seq_len: int) -> None:
+    plan = f"one row of {shared} tokens per pair" if shared else f"two rows of {seq_len} (no saving)"
+    log.info("config.data.pref_shared_len=auto (%s): longest pair needs %d tokens -> %s", task, longest, plan)
 
 
 def _check_sft_size(it, task, seq_len, rows):
