@@ -166,27 +166,30 @@ def _segments(p: Problem, segment_ids) -> Segments | None:
 
 
 def _forward(p: Problem, q, k, v, segment_ids):
+    """-> (o in the kernel layout, lse [B, N, Tp], the kernels' Segments or None)."""
     kernels = _KERNELS[p.style]
     qk = _to_kernel_layout(p, q, p.q_len_padded)
     kk = _to_kernel_layout(p, k, p.kv_len_padded)
     vk = _to_kernel_layout(p, v, p.kv_len_padded)
-    return kernels.forward(p, qk, kk, vk, _segments(p, segment_ids))  # o (kernel layout), lse [B, N, Tp]
+    segs = _segments(p, segment_ids)
+    return *kernels.forward(p, qk, kk, vk, segs), segs
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(p: Problem, q, k, v, segment_ids):
-    o, _ = _forward(p, q, k, v, segment_ids)
+    o, _, _ = _forward(p, q, k, v, segment_ids)
     return _from_kernel_layout(p, o, p.q_len)
 
 
 def _attention_fwd(p: Problem, q, k, v, segment_ids):
-    o, lse = _forward(p, q, k, v, segment_ids)
-    # Residuals are O(T): the inputs as given, the padded output and the log-sum-exp.
-    return _from_kernel_layout(p, o, p.q_len), (q, k, v, segment_ids, o, lse)
+    o, lse, segs = _forward(p, q, k, v, segment_ids)
+    # Residuals are O(T): the inputs as given, the padded output, the log-sum-exp and the padded segment
+    # ids with their extents (kept, so the backward does not sort them again).
+    return _from_kernel_layout(p, o, p.q_len), (q, k, v, segs, o, lse)
 
 
 def _attention_bwd(p: Problem, residuals, d_out):
-    q, k, v, segment_ids, o, lse = residuals
+    q, k, v, segs, o, lse = residuals
     kernels = _KERNELS[p.style]
     qk = _to_kernel_layout(p, q, p.q_len_padded)
     kk = _to_kernel_layout(p, k, p.kv_len_padded)
@@ -196,20 +199,15 @@ def _attention_bwd(p: Problem, residuals, d_out):
     delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
     if not kernels.HEAD_MAJOR:
         delta = jnp.swapaxes(delta, 1, 2)  # [B, Tp, N] -> [B, N, Tp]
-    segs = _segments(p, segment_ids)
     dq = kernels.backward_dq(p, qk, kk, vk, do, lse, delta, segs)
     dk, dv = kernels.backward_dkv(p, qk, kk, vk, do, lse, delta, segs)
-    d_segments = None if segment_ids is None else _integer_zero_cotangent(segment_ids)
+    d_segments = None if segs is None else np.zeros((p.batch, p.q_len), dtype=jax.dtypes.float0)
     return (
         _from_kernel_layout(p, dq, p.q_len),
         _from_kernel_layout(p, dk, p.kv_len),
         _from_kernel_layout(p, dv, p.kv_len),
         d_segments,
     )
-
-
-def _integer_zero_cotangent(x):
-    return np.zeros(x.shape, dtype=jax.dtypes.float0)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
