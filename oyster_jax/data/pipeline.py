@@ -93,6 +93,9 @@ class _Examples:
     fields: dict[str, np.ndarray]
     starts: dict[str, np.ndarray]
     lengths: dict[str, np.ndarray]
+    # (seq_len, max_prompt_len) -> shared-prompt row length per pair; the examples are cached per process,
+    # so every iterator over them (the trainer makes two) measures them once.
+    shared_row_lengths: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(next(iter(self.lengths.values())))
@@ -424,11 +427,12 @@ class PrefIterator(_BaseIterator):
     def shared_row_lengths(self) -> np.ndarray:
         """int64 [pairs of this shard]: the tokens each pair needs as one shared-prompt row (prompt + chosen +
         rejected after truncation), which sizes `config.data.pref_shared_len`."""
-        return np.fromiter(
-            (sum(map(len, self._pair(ex, i))) for ex in self.sources for i in range(len(ex))),
-            dtype=np.int64,
-            count=self.num_examples,
-        )
+        key = (self.seq_len, self.max_prompt_len)
+        for ex in self.sources:
+            if key not in ex.shared_row_lengths:
+                lengths = (sum(map(len, self._pair(ex, i))) for i in range(len(ex)))
+                ex.shared_row_lengths[key] = np.fromiter(lengths, dtype=np.int64, count=len(ex))
+        return np.concatenate([ex.shared_row_lengths[key] for ex in self.sources])
 
     def __next__(self) -> dict[str, np.ndarray]:
         B = self.batch_size
