@@ -5,7 +5,7 @@
          -d '{"model": "ckpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32}'
 
 Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions` (also with "stream": true,
-sent as server-sent events once the reply is complete). The chat template of `oyster_jax.data.chat` is
+sent as server-sent events once the reply is complete). The chat template of `oyster_jax.core.chat` is
 applied; the model's thinking comes back separately as `message.reasoning_content`. Requests are checked
 field by field and bad ones get a 4xx with an OpenAI-style `{"error": {...}}` body naming the field.
 Concurrent requests with the same sampling settings are batched by `LocalJaxBackend`. Unlike OpenAI, a
@@ -134,7 +134,7 @@ class ChatService:
     """Validates chat requests and answers them with a `LocalJaxBackend` (HTTP-free, so tests call it)."""
 
     def __init__(self, backend, model_name: str, *, max_tokens_default: int = 512):
-        from oyster_jax.data import chat  # noqa: PLC0415
+        from oyster_jax.core import chat  # noqa: PLC0415
 
         self.backend = backend
         self.model_name = model_name

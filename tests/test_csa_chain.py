@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from oyster_jax.csa import chain as C
+from oyster_jax.core import chain as C
 from oyster_jax.csa.judges import names_framework
 
 EN = """Let me think.

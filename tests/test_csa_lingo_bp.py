@@ -115,8 +115,8 @@ def test_end_to_end_over_http(tmp_path, capsys):
     b_pair = next(p for p in pairs if p["id"].startswith("b#"))
     assert b_pair["rejected"]["response"] == PLACEHOLDER and b_pair["scores"]["rejected"]["risk"] == 1.0
 
-    # The Data issue's readers accept both files (schemas checked by oyster_jax.data.schemas).
-    from oyster_jax.data import schemas  # noqa: PLC0415
+    # The Data issue's readers accept both files (schemas checked by oyster_jax.core.schemas).
+    from oyster_jax.core import schemas  # noqa: PLC0415
 
     assert len(schemas.read_records(out / "sft.jsonl", "sft")) == 5
     assert len(schemas.read_records(out / "pairs.jsonl", "pref")) == 4

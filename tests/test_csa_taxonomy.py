@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from oyster_jax.csa import taxonomy as tx
+from oyster_jax.core import taxonomy as tx
 
 # The documented mapping, restated by hand (counts per first-level category and a few spot checks).
 EXPECTED_COUNTS = {

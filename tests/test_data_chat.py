@@ -2,7 +2,7 @@
 
 import pytest
 
-from oyster_jax.data import chat
+from oyster_jax.core import chat
 
 MESSAGES = [
     {"role": "system", "content": "You are helpful."},

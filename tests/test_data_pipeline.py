@@ -9,7 +9,8 @@ import pytest
 import seqio
 import tokenizers
 
-from oyster_jax.data import chat, features, pipeline, tasks
+from oyster_jax.core import chat
+from oyster_jax.data import features, pipeline, tasks
 from oyster_jax.data.vocab import default_tokenizer_path, default_vocabulary
 
 MULTI_TURN = {

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from oyster_jax.data import schemas
+from oyster_jax.core import schemas
 
 GOOD = {
     "sft": {

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from oyster_jax.csa import taxonomy
-from oyster_jax.data import SEED_DIR, features, schemas
+from oyster_jax.core import schemas, taxonomy
+from oyster_jax.data import SEED_DIR, features
 from oyster_jax.data.seed import categories, generate
 from oyster_jax.data.vocab import default_vocabulary
 

@@ -5,7 +5,8 @@ import collections
 import pytest
 import seqio
 
-from oyster_jax.data import chat, tasks
+from oyster_jax.core import chat
+from oyster_jax.data import tasks
 from oyster_jax.data.vocab import default_vocabulary
 
 # Counts from the benchmark's documentation (../shared/data/README.md).

@@ -6,7 +6,7 @@ import json
 import pytest
 from eval_fakes import TINY_CHAT_CFG, ScriptedBackend, json_block, random_params
 
-from oyster_jax.csa import taxonomy as tx
+from oyster_jax.core import taxonomy as tx
 from oyster_jax.data.vocab import default_tokenizer_path
 from oyster_jax.eval import strata_sword as ss
 from oyster_jax.eval.common import EvalError, KeywordJudge, LLMJudge, ResultsFile, check_run_meta

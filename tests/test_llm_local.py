@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import pytest
 
 from oyster_jax import convert, models
+from oyster_jax.core import chat
 from oyster_jax.csa import lingo_bp
 from oyster_jax.csa.scripted import ScriptedLingo
-from oyster_jax.data import SEED_DIR, chat
+from oyster_jax.data import SEED_DIR
 from oyster_jax.llm import LocalJaxBackend, backend_from_spec
 from oyster_jax.llm.testing import FakeOpenAIServer
 

@@ -73,7 +73,7 @@ def test_chat_completion_is_greedy_and_applies_the_template(server):
     assert set(choice["message"]) == {"role", "content", "reasoning_content"}
     assert choice["finish_reason"] in ("stop", "length")
     # usage counts the templated prompt (ChatML with the assistant opener) and at most max_tokens new tokens
-    from oyster_jax.data import chat
+    from oyster_jax.core import chat
 
     prompt_text = chat.render_generation_prompt(HELLO)
     assert prompt_text.endswith("<|im_start|>assistant\n")

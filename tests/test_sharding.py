@@ -14,7 +14,8 @@ import pytest
 from tolerances import SHARDED_VS_SINGLE_REL
 
 from oyster_jax import models
-from oyster_jax.sharding import batch_sharding, make_mesh, param_shardings, parse_mesh_spec, replicated, use_rules
+from oyster_jax.models import param_shardings
+from oyster_jax.sharding import batch_sharding, make_mesh, parse_mesh_spec, replicated, use_rules
 from oyster_jax.tools.aot import next_token_loss
 
 CFG = models.ModelConfig(

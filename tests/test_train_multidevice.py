@@ -30,7 +30,7 @@ def _restore(workdir, mesh_spec, steps):
     cfg = config_lib.model_config(config)
     mesh = trainer.mesh_from_config(mesh_spec)
     rules = trainer.resolve_rules(config.sharding)
-    from oyster_jax.sharding import param_shardings
+    from oyster_jax.models import param_shardings
     from oyster_jax.train import optim
 
     abstract = trainer.abstract_train_state(cfg, optim.make_optimizer(config.sft, steps), config.seed)

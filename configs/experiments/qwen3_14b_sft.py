@@ -28,7 +28,7 @@ HF_DIR = "checkpoints/Qwen3-14B"
 
 def get_config():
     c = large_model_config("qwen3_14b", HF_DIR, "chatml", stages="sft")
-    c.data.sft_task = "oyster_csa_sft_mix"  # or a JSONL path of SFT records (oyster_jax.data.schemas)
+    c.data.sft_task = "oyster_csa_sft_mix"  # or a JSONL path of SFT records (oyster_jax.core.schemas)
     c.data.seq_len = 4096
 
     c.sft.num_steps = 2000

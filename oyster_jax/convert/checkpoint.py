@@ -66,7 +66,7 @@ def load_model(ckpt_dir: str | os.PathLike, *, mesh=None, rules=None, **config_o
 
     abstract = models.abstract_params(cfg)
     if mesh is not None:
-        from oyster_jax.sharding import param_shardings
+        from oyster_jax.models import param_shardings
 
         shardings = param_shardings(cfg, mesh, rules)
     else:

@@ -193,7 +193,7 @@ def from_hf(
 def _placer(cfg: ModelConfig, mesh, rules):
     if mesh is None:
         return lambda path, arr: arr
-    from oyster_jax.sharding import param_shardings
+    from oyster_jax.models import param_shardings
 
     shardings = param_shardings(cfg, mesh, rules)
     return lambda path, arr: jax.device_put(arr, _get(shardings, path))

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oyster_jax.csa import taxonomy as tx
+from oyster_jax.core import taxonomy as tx
 
 __all__ = [
     "LeaderStrategy",

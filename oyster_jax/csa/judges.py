@@ -19,8 +19,8 @@ import importlib.resources
 import json
 import re
 
-from oyster_jax.csa import chain as chain_lib
-from oyster_jax.csa import taxonomy as tx
+from oyster_jax.core import chain as chain_lib
+from oyster_jax.core import taxonomy as tx
 from oyster_jax.llm.base import BackendError
 
 __all__ = [

@@ -53,9 +53,10 @@ import sys
 import time
 import traceback
 
-from oyster_jax.csa import chain as chain_lib
+from oyster_jax.core import chain as chain_lib
+from oyster_jax.core import taxonomy as tx
+from oyster_jax.core.schemas import iter_json_lines
 from oyster_jax.csa import game as game_lib
-from oyster_jax.csa import taxonomy as tx
 from oyster_jax.csa.judges import (
     JudgeFailed,
     JudgeParseError,
@@ -69,7 +70,6 @@ from oyster_jax.csa.judges import (
     render_prompt,
     user_feedback_text,
 )
-from oyster_jax.data.schemas import iter_json_lines
 from oyster_jax.llm.base import BackendError
 
 __all__ = [

@@ -24,14 +24,14 @@ Other pieces:
   ``tokenizers`` (``add_special_tokens=False``), works in tf.data graph mode. ``load_vocabulary(path)``
   also takes SentencePiece ``*.model`` files. ``default_tokenizer_path()`` / ``default_vocabulary()``:
   the bundled 4096-id byte-level BPE tokenizer.
-- ``oyster_jax.data.chat``: ChatML (Qwen3) and DeepSeek-R1 rendering/parsing, generation prompts,
+- ``oyster_jax.core.chat``: ChatML (Qwen3) and DeepSeek-R1 rendering/parsing, generation prompts,
   ``split_thinking``, safety-chain rendering (``"prose"`` or ``"tagged"``). No TensorFlow.
-- ``oyster_jax.data.schemas``: JSONL schemas (sft, pref, eval, constructive); ``read_records(path, kind)``
+- ``oyster_jax.core.schemas``: JSONL schemas (sft, pref, eval, constructive); ``read_records(path, kind)``
   raises ``RecordError`` naming ``file:line: field``.
 - ``oyster_jax.data.tasks``: built-in SeqIO tasks/mixtures, ``register_jsonl_task``, ``holdout_split``.
 - ``oyster_jax.data.tfds_builders``: TFDS builders ``strata_sword`` (manual dir) and ``oyster_csa_seed``.
 - ``oyster_jax.data.seed``: the bundled seed dataset (``python -m oyster_jax.data.seed.generate``) and
-  ``seed.categories`` (L2 -> L1 taxonomy map, shared with ``oyster_jax.csa.taxonomy``).
+  ``seed.categories`` (L2 -> L1 taxonomy map, shared with ``oyster_jax.core.taxonomy``).
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ _LAZY = {
     "HfTokenizerVocabulary": "oyster_jax.data.vocab",
     "load_vocabulary": "oyster_jax.data.vocab",
     "default_vocabulary": "oyster_jax.data.vocab",
-    "RecordError": "oyster_jax.data.schemas",
-    "read_records": "oyster_jax.data.schemas",
-    "validate_record": "oyster_jax.data.schemas",
+    "RecordError": "oyster_jax.core.schemas",
+    "read_records": "oyster_jax.core.schemas",
+    "validate_record": "oyster_jax.core.schemas",
     "make_sft_iterator": "oyster_jax.data.pipeline",
     "make_pref_iterator": "oyster_jax.data.pipeline",
     "holdout_split": "oyster_jax.data.tasks",

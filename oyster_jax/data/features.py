@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from oyster_jax.data import chat
+from oyster_jax.core import chat
 
 __all__ = ["sft_segments", "pref_texts", "eval_prompt_text", "tokenize_segments", "tokenize_texts", "truncate_pref"]
 

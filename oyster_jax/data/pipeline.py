@@ -58,7 +58,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import seqio
 
-from oyster_jax.data import features, schemas
+from oyster_jax.core import schemas
+from oyster_jax.data import features
 from oyster_jax.data import tasks as tasks_lib
 
 __all__ = [

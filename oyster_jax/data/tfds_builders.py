@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.utils import py_utils
 
-from oyster_jax.data import chat, schemas
+from oyster_jax.core import chat, schemas
 
 SEED_DIR = pathlib.Path(__file__).resolve().parent / "seed"
 _TEXT = tfds.features.Text

@@ -202,15 +202,15 @@ NO_RISK = "no risk"
 
 
 def _category_list(lang: str) -> str:
-    from oyster_jax.csa import taxonomy as tx  # noqa: PLC0415
+    from oyster_jax.core import taxonomy as tx  # noqa: PLC0415
 
     return "\n".join(f"- {c.name_en if lang == 'en' else c.name_cn}" for c in tx.LEVEL2)
 
 
 def _parse_category(content: str) -> str:
     """Judge answer -> a second-level (or first-level) English category name, 'no risk' or 'unknown'."""
-    from oyster_jax.csa import chain as chain_lib  # noqa: PLC0415
-    from oyster_jax.csa import taxonomy as tx  # noqa: PLC0415
+    from oyster_jax.core import chain as chain_lib  # noqa: PLC0415
+    from oyster_jax.core import taxonomy as tx  # noqa: PLC0415
     from oyster_jax.csa.judges import JudgeParseError  # noqa: PLC0415
 
     try:
@@ -248,7 +248,7 @@ class LLMJudge:
         self.guidelines = guidelines  # {name_en: {"en", "zh"}} from taxonomy.load_official_guidelines
 
     async def _structured(self, prompt: str, parser) -> JudgeCall:
-        from oyster_jax.csa.chain import ChainParseError  # noqa: PLC0415
+        from oyster_jax.core.chain import ChainParseError  # noqa: PLC0415
         from oyster_jax.csa.judges import JudgeParseError  # noqa: PLC0415
 
         last = ""
@@ -270,7 +270,7 @@ class LLMJudge:
 
     def guideline(self, category: str | None, language: str) -> tuple[str, str]:
         """(category as shown to the judge, its guideline or the no-guideline note)."""
-        from oyster_jax.csa import taxonomy as tx  # noqa: PLC0415
+        from oyster_jax.core import taxonomy as tx  # noqa: PLC0415
 
         lang = prompt_language(language)
         if category in (None, UNKNOWN, NO_RISK):

@@ -55,8 +55,8 @@ def _beta_key(beta: float) -> str:
 
 def load_items(path, limit: int | None = None) -> list[dict]:
     """Validated items (errors name file, line and field); `language` defaults from the query's script."""
-    from oyster_jax.csa import taxonomy as tx  # noqa: PLC0415
-    from oyster_jax.data.schemas import iter_records  # noqa: PLC0415
+    from oyster_jax.core import taxonomy as tx  # noqa: PLC0415
+    from oyster_jax.core.schemas import iter_records  # noqa: PLC0415
 
     items = []
     for count, rec in enumerate(iter_records(path, "constructive"), 1):

@@ -34,8 +34,8 @@ def read_documents(path, chat_format: str = "chatml") -> list[str]:
         if not text.strip():
             raise ValueError(f"{path}: the file is empty")
         return [text]
-    from oyster_jax.data import chat  # noqa: PLC0415
-    from oyster_jax.data.schemas import iter_json_lines  # noqa: PLC0415
+    from oyster_jax.core import chat  # noqa: PLC0415
+    from oyster_jax.core.schemas import iter_json_lines  # noqa: PLC0415
 
     docs = []
     for lineno, rec in iter_json_lines(path, ValueError):

@@ -27,7 +27,7 @@ import os
 import pathlib
 import sys
 
-from oyster_jax.data.schemas import iter_json_lines, read_records
+from oyster_jax.core.schemas import iter_json_lines, read_records
 from oyster_jax.eval.common import (
     KEYWORD_LABEL,
     NO_RISK,
@@ -334,7 +334,7 @@ def main(argv=None) -> int:
 
 def _official_guidelines(data_dir):
     """The official numbered guidelines when the data folder has them (else the project's wording)."""
-    from oyster_jax.csa import taxonomy as tx  # noqa: PLC0415
+    from oyster_jax.core import taxonomy as tx  # noqa: PLC0415
 
     path = pathlib.Path(data_dir) / "risk_taxonomy"
     if not path.is_dir():

@@ -168,7 +168,7 @@ def _decode_until(st: _Static, params, state: _State, dyn: _Dynamic, limit) -> _
 # ------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=16)
 def _param_shardings(cfg: ModelConfig, mesh: Mesh, rules: tuple):
-    from oyster_jax.sharding import param_shardings
+    from oyster_jax.models import param_shardings
 
     return param_shardings(cfg, mesh, rules)
 

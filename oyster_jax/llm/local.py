@@ -4,7 +4,7 @@
     thinking, answer = backend.chat([{"role": "user", "content": "hi"}], temperature=0.0, max_tokens=64)
 
 `ckpt` is an Orbax model checkpoint or trainer workdir (`convert.load_model`) or a Hugging Face directory
-(config.json + *.safetensors, `convert.from_hf`). The chat template is `oyster_jax.data.chat` (Qwen3
+(config.json + *.safetensors, `convert.from_hf`). The chat template is `oyster_jax.core.chat` (Qwen3
 ChatML by default); generation is `oyster_jax.infer.generate`. Concurrent `achat` calls are gathered into
 batches (same sampling settings, up to `max_batch`, waiting at most `batch_window_s` for company, and only
 when the previous batch had company or calls are queued, so a lone caller pays no wait) and run one batch at
@@ -62,7 +62,7 @@ class LocalJaxBackend(BaseBackend):
     ):
         import tokenizers  # noqa: PLC0415
 
-        from oyster_jax.data import chat  # noqa: PLC0415
+        from oyster_jax.core import chat  # noqa: PLC0415
 
         self._chat = chat
         self.chat_format = chat.get_format(chat_format).name

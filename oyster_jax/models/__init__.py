@@ -17,6 +17,7 @@ from oyster_jax.models.model import (
     init_params,
     logical_axes,
     logits_from_hidden,
+    param_shardings,
 )
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "logical_axes",
     "logits_from_hidden",
     "model_config_from_file",
+    "param_shardings",
     "resolve_impl",
     "xla_attention",
 ]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from oyster_jax.models.config import ModelConfig
 from oyster_jax.models.transformer import Transformer
+from oyster_jax.sharding import tree_shardings
 
 
 def default_positions(tokens: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
@@ -103,3 +104,8 @@ def check_params(cfg: ModelConfig, params) -> None:
 def logical_axes(cfg: ModelConfig) -> dict:
     """Logical axis names (a PartitionSpec of names) for every parameter."""
     return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(cfg, jax.random.key(0))))
+
+
+def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh, rules=None) -> dict:
+    """NamedSharding for every parameter of `cfg`, from its logical axes and the sharding `rules`."""
+    return tree_shardings(logical_axes(cfg), abstract_params(cfg), mesh, rules)

@@ -1,7 +1,7 @@
 """Device mesh and logical-axis sharding.
 
 mesh = make_mesh({"data": 1, "fsdp": -1, "tensor": 2})      # -1 fills the remaining devices
-shardings = param_shardings(cfg, mesh, rules)               # NamedSharding per parameter
+shardings = models.param_shardings(cfg, mesh, rules)        # NamedSharding per parameter (in models)
 with use_rules(mesh, rules): ...                            # activation constraints inside jit
 """
 
@@ -10,10 +10,10 @@ from oyster_jax.sharding.mesh import (
     batch_sharding,
     logical_to_sharding,
     make_mesh,
-    param_shardings,
     parse_mesh_spec,
     replicated,
     resolve_rules,
+    tree_shardings,
     use_rules,
 )
 
@@ -22,9 +22,9 @@ __all__ = [
     "batch_sharding",
     "logical_to_sharding",
     "make_mesh",
-    "param_shardings",
     "parse_mesh_spec",
     "replicated",
     "resolve_rules",
+    "tree_shardings",
     "use_rules",
 ]

@@ -81,15 +81,15 @@ def logical_to_sharding(logical: PartitionSpec, shape, mesh: Mesh, rules) -> Nam
     return NamedSharding(mesh, PartitionSpec(*out))
 
 
-def param_shardings(cfg, mesh: Mesh, rules=None):
-    """NamedSharding for every parameter of `cfg`, from its logical axes and `rules`."""
-    from oyster_jax import models
+def tree_shardings(logical_axes, shapes, mesh: Mesh, rules=None):
+    """NamedSharding for every leaf of `shapes`, from the matching PartitionSpec of logical axes and `rules`.
 
-    axes = models.logical_axes(cfg)
-    shapes = models.abstract_params(cfg)
+    The parameter shardings of a model are `models.param_shardings(cfg, mesh, rules)`, which calls this
+    with the model's own logical axes (sharding sits below models and knows no model).
+    """
     return jax.tree.map(
         lambda spec, s: logical_to_sharding(spec, s.shape, mesh, rules),
-        axes,
+        logical_axes,
         shapes,
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )

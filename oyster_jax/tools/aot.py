@@ -49,7 +49,8 @@ def compile_train_grad(cfg, mesh, rules, batch: int, seq: int):
     import jax.numpy as jnp
 
     from oyster_jax import models
-    from oyster_jax.sharding import batch_sharding, param_shardings, replicated, use_rules
+    from oyster_jax.models import param_shardings
+    from oyster_jax.sharding import batch_sharding, replicated, use_rules
 
     p_shard = param_shardings(cfg, mesh, rules)
     abstract = jax.tree.map(

@@ -30,7 +30,8 @@ from etils import epath
 from tqdm import tqdm
 
 from oyster_jax import distributed, models
-from oyster_jax.sharding import batch_sharding, make_mesh, param_shardings, replicated, resolve_rules, use_rules
+from oyster_jax.models import param_shardings
+from oyster_jax.sharding import batch_sharding, make_mesh, replicated, resolve_rules, use_rules
 from oyster_jax.train import batches as batches_lib
 from oyster_jax.train import config as config_lib
 from oyster_jax.train import metrics as metrics_lib

@@ -1,6 +1,6 @@
 """Risk categories used by the seed data: the 9 first-level and 32 second-level names and the L2 -> L1 map.
 
-The single definition lives in ``oyster_jax.csa.taxonomy`` (the CSA engine's taxonomy); this module
+The single definition lives in ``oyster_jax.core.taxonomy`` (the CSA engine's taxonomy); this module
 re-exports the pieces the data layer needs so that seed data, tasks and the CSA engine agree.
 The mapping (the project's choice; the released files do not contain it):
 
@@ -21,7 +21,7 @@ The mapping (the project's choice; the released files do not contain it):
 
 from __future__ import annotations
 
-from oyster_jax.csa.taxonomy import LEVEL1, LEVEL2, LEVEL2_TO_LEVEL1
+from oyster_jax.core.taxonomy import LEVEL1, LEVEL2, LEVEL2_TO_LEVEL1
 
 __all__ = ["LEVEL1", "LEVEL2", "LEVEL2_TO_LEVEL1", "LEVEL1_NAMES", "LEVEL2_NAMES", "level1_name", "names_cn"]
 

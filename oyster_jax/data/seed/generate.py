@@ -29,8 +29,8 @@ import time
 
 from tqdm import tqdm
 
-from oyster_jax.data import chat
-from oyster_jax.data.schemas import write_records
+from oyster_jax.core import chat
+from oyster_jax.core.schemas import write_records
 from oyster_jax.data.seed.categories import LEVEL2, level1_name
 from oyster_jax.data.seed.content import CONTENT
 

@@ -18,8 +18,8 @@ import pathlib
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from oyster_jax.data import chat
-from oyster_jax.data.schemas import read_records
+from oyster_jax.core import chat
+from oyster_jax.core.schemas import read_records
 
 SEED_DIR = pathlib.Path(__file__).resolve().parent
 VOCAB_SIZE = 4096

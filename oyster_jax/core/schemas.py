@@ -6,7 +6,7 @@ ignored; ``id`` may be a string or an integer and is returned as a string; ids m
 - ``sft``: ``{id, language, messages: [{role, content}], thinking?, chain?, risk?, persona?}``
   ``messages`` is non-empty, roles in system/user/assistant, and the last message is the assistant
   turn to learn. ``thinking`` (str) is that last turn's reasoning; ``chain`` is the structured safety
-  chain (snake_case dict or the CSA engine's JSON form, see ``oyster_jax.data.chat``); ``risk`` is
+  chain (snake_case dict or the CSA engine's JSON form, see ``oyster_jax.core.chat``); ``risk`` is
   ``{level: R0|R1|R2, category_l1, category_l2, intent}`` (strings); ``persona`` is a string or object.
 - ``pref``: ``{id, language, prompt_messages, chosen: {thinking, response}, rejected: {thinking,
   response}, scores?}``; ``prompt_messages`` ends with a user turn; ``scores`` is an object of numbers
@@ -30,7 +30,7 @@ import os
 import pathlib
 from collections.abc import Iterator
 
-from oyster_jax.data.chat import ROLES, ChatFormatError, validate_chain
+from oyster_jax.core.chat import ROLES, ChatFormatError, validate_chain
 
 __all__ = [
     "KINDS",

@@ -33,7 +33,7 @@ API (all functions take ``fmt``; default ``"chatml"``):
 - ``stop_strings(fmt)``: strings that end an assistant turn.
 
 Safety chain (the structured reasoning of the CSA method, docs/csa_method.md §4): the CSA engine's
-``oyster_jax.csa.chain.SafetyChain``, or a dict in its JSON form or in this snake_case form::
+``oyster_jax.core.chain.SafetyChain``, or a dict in its JSON form or in this snake_case form::
 
     {"user_needs": str, "risk_intent": str, "safety_guidelines": str,
      "safety_strategies": [str, ...], "usefulness_strategies": [str, ...]}
@@ -43,7 +43,7 @@ one merged strategy list. ``render_chain(chain, style, language)`` writes it int
 config choice "how the chain appears"):
 
 - ``style="prose"``: compact natural sentences that do not name the framework (the default);
-- ``style="tagged"``: one ``<node>value</node>`` line per node (``csa.chain.render_tagged``), parsed back
+- ``style="tagged"``: one ``<node>value</node>`` line per node (``core.chain.render_tagged``), parsed back
   by ``parse_chain``.
 """
 
@@ -52,6 +52,8 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
+
+from oyster_jax.core import chain as chain_lib
 
 __all__ = [
     "FORMATS",
@@ -353,17 +355,16 @@ def normalize_chain(chain) -> dict:
     """A chain in canonical snake_case dict form (keys ``CHAIN_KEYS``).
 
     Accepts this dict form, the CSA engine's JSON form (``SafetyChain.to_dict``: "User Needs Analysis",
-    ... or the Chinese keys), or a ``oyster_jax.csa.chain.SafetyChain``; parsing is delegated to
-    ``oyster_jax.csa.chain.chain_from_dict`` so the whole project reads chains one way.
+    ... or the Chinese keys), or a ``oyster_jax.core.chain.SafetyChain``; parsing is delegated to
+    ``oyster_jax.core.chain.chain_from_dict`` so the whole project reads chains one way.
     """
-    from oyster_jax.csa import chain as csa_chain  # noqa: PLC0415  (stdlib-only module)
 
-    if isinstance(chain, csa_chain.SafetyChain):
+    if isinstance(chain, chain_lib.SafetyChain):
         parsed = chain
     elif isinstance(chain, dict):
         try:
-            parsed = csa_chain.chain_from_dict(chain)
-        except csa_chain.ChainParseError as e:
+            parsed = chain_lib.chain_from_dict(chain)
+        except chain_lib.ChainParseError as e:
             raise ChatFormatError(f"chain: {e}") from None
     else:
         raise ChatFormatError(f"chain: expected an object, got {type(chain).__name__}")
@@ -405,14 +406,12 @@ def render_chain(chain, style: str = "prose", language: str = "en") -> str:
     """The chain as thinking text.
 
     ``style="prose"``: compact natural sentences (needs, risk, guideline, "So I will ...", "I will also
-    ..."), no node names. ``style="tagged"``: ``oyster_jax.csa.chain.render_tagged`` (one
+    ..."), no node names. ``style="tagged"``: ``oyster_jax.core.chain.render_tagged`` (one
     ``<node>value</node>`` line per node; a no-risk chain has ``<user_needs>`` and ``<strategies>``).
     """
     c = normalize_chain(chain)
     if style == "tagged":
-        from oyster_jax.csa import chain as csa_chain  # noqa: PLC0415
-
-        return csa_chain.render_tagged(csa_chain.SafetyChain(**c))
+        return chain_lib.render_tagged(chain_lib.SafetyChain(**c))
     if style != "prose":
         raise ChatFormatError(f"chain style {style!r}: expected one of {CHAIN_STYLES}")
     safety = [s.strip() for s in c["safety_strategies"] if s.strip()]

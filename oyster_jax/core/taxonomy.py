@@ -37,6 +37,8 @@ import pathlib
 import re
 from collections.abc import Mapping
 
+from oyster_jax.core.schemas import iter_json_lines
+
 __all__ = [
     "RiskLevel",
     "Intent",
@@ -674,7 +676,6 @@ def load_official_guidelines(path: str | os.PathLike | None = None) -> dict[str,
         path = path / "level2_rules.jsonl"
     if not path.is_file():
         raise TaxonomyError(f"{path}: official rules file not found")
-    from oyster_jax.data.schemas import iter_json_lines  # noqa: PLC0415  (the only oyster_jax import here)
 
     out: dict[str, dict[str, str]] = {}
     for lineno, rec in iter_json_lines(path, TaxonomyError):
