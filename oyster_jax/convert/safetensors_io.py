@@ -8,6 +8,7 @@ the default device. Reading here is an mmap per file and a zero-copy view per te
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import pathlib
@@ -42,19 +43,56 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = pathlib.Path(path)
+        size = self.path.stat().st_size
         with open(self.path, "rb") as f:
             head = f.read(8)
             if len(head) != 8:
                 raise CheckpointFormatError(f"{self.path}: too short to be a safetensors file")
             (n,) = struct.unpack("<Q", head)
+            if n > size - 8:  # checked before reading: a corrupt length must not allocate 2**62 bytes
+                raise CheckpointFormatError(
+                    f"{self.path}: header length {n} runs past the end of the file ({size} bytes); truncated or not "
+                    "a safetensors file"
+                )
             try:
                 header = json.loads(f.read(n))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise CheckpointFormatError(f"{self.path}: unreadable safetensors header ({e})") from e
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.path.stat().st_size else None
+            if not isinstance(header, dict):
+                raise CheckpointFormatError(f"{self.path}: safetensors header is not a JSON object")
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # size >= 8 here
         self.metadata = header.pop("__metadata__", {}) or {}
         self._header = header
         self._data_start = 8 + n
+        self._check_layout(size - self._data_start)
+
+    def _check_layout(self, data_bytes: int) -> None:
+        """Every tensor's byte range lies inside the data section, matches its shape and overlaps no other."""
+        spans = []
+        for name, info in self._header.items():
+            where = f"{self.path}: tensor {name!r}"
+            try:
+                dtype_code, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointFormatError(f"{where}: malformed header entry {info!r}") from e
+            if dtype_code not in DTYPES:
+                raise CheckpointFormatError(f"{where} has unsupported dtype {dtype_code}")
+            if not all(isinstance(d, int) and d >= 0 for d in shape) or not all(
+                isinstance(o, int) for o in (start, end)
+            ):
+                raise CheckpointFormatError(f"{where}: shape {shape} / offsets {[start, end]} are not whole numbers")
+            if not 0 <= start <= end <= data_bytes:
+                raise CheckpointFormatError(
+                    f"{where}: bytes [{start}, {end}) lie outside the data section ({data_bytes} bytes); "
+                    "the file is truncated or corrupt"
+                )
+            if end - start != math.prod(shape) * DTYPES[dtype_code].itemsize:
+                raise CheckpointFormatError(f"{where}: byte range does not match shape {shape} ({dtype_code})")
+            spans.append((start, end, name))
+        spans.sort()
+        for (_, end_a, a), (start_b, end_b, b) in zip(spans, spans[1:]):
+            if start_b < end_a and start_b != end_b:  # empty tensors may share an offset
+                raise CheckpointFormatError(f"{self.path}: tensors {a!r} and {b!r} overlap in the file")
 
     def keys(self) -> list[str]:
         return list(self._header)
@@ -63,15 +101,12 @@ class SafetensorsFile:
         return tuple(self._header[name]["shape"])
 
     def get(self, name: str) -> np.ndarray:
-        info = self._header[name]
-        if info["dtype"] not in DTYPES:
-            raise CheckpointFormatError(f"{self.path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        info = self._header[name]  # checked by _check_layout when the file was opened
         start, end = info["data_offsets"]
         dtype = DTYPES[info["dtype"]]
-        count = (end - start) // dtype.itemsize
-        if count != int(np.prod(info["shape"], dtype=np.int64)):
-            raise CheckpointFormatError(f"{self.path}: tensor {name!r} byte range does not match shape {info['shape']}")
-        arr = np.frombuffer(self._mm, dtype=dtype, count=count, offset=self._data_start + start)
+        arr = np.frombuffer(
+            self._mm, dtype=dtype, count=(end - start) // dtype.itemsize, offset=self._data_start + start
+        )
         return arr.reshape(info["shape"])
 
 
@@ -122,8 +157,18 @@ def write_file(path: str | os.PathLike, tensors: Iterator[tuple[str, np.ndarray]
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for _, arr in tensors:
-            f.write(np.ascontiguousarray(arr).tobytes())
+    # Written beside the target and renamed into place: a crash mid-write never leaves a torn file
+    # under the final name (nor replaces a good one with it).
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for _, arr in tensors:
+                f.write(np.ascontiguousarray(arr).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
