@@ -15,6 +15,11 @@ ignored; ``id`` may be a string or an integer and is returned as a string; ids m
 - ``eval``: ``{id, language: en|cn, level: 1|2|3, attack_method, prompt}`` (the Strata-Sword layout).
 - ``constructive``: ``{id, profile, task, category, risk_level: R0|R1|R2, query}``.
 
+Every string must be encodable as UTF-8 (JSON's ``\\ud800`` escapes can smuggle in lone surrogates); the
+text that training renders into a chat template (sft ``messages``/``thinking``/``chain``, pref
+``prompt_messages``/``chosen``/``rejected``) may not contain a reserved marker of any supported chat format;
+the SFT answer to learn and both responses of a pair must be non-blank.
+
 ``read_records(path, kind)`` returns the validated dicts; ``validate_record(record, kind)`` checks one
 (for records built in memory). Both raise ``RecordError`` (a ``ValueError``) whose message starts with
 ``path:line: field 'name':`` and whose attributes are ``path``, ``line``, ``field``, ``reason``.
@@ -30,7 +35,7 @@ import os
 import pathlib
 from collections.abc import Iterator
 
-from oyster_jax.core.chat import ROLES, ChatFormatError, validate_chain
+from oyster_jax.core.chat import FORMATS, ROLES, ChatFormatError, validate_chain
 
 __all__ = [
     "KINDS",
@@ -44,6 +49,10 @@ __all__ = [
 
 KINDS = ("sft", "pref", "eval", "constructive")
 RISK_LEVELS = ("R0", "R1", "R2")
+# Text that training renders into a chat template may not contain any supported format's markers: the
+# record would otherwise open or close turns of its own. Evaluation prompts are exempt (an attack prompt
+# may quote markers on purpose; it is sent as one user message).
+_RESERVED_MARKERS = tuple(dict.fromkeys(m for f in FORMATS.values() for m in f.special_tokens))
 
 
 class RecordError(ValueError):
@@ -125,6 +134,9 @@ def _check_sft(c: _Checker, r: dict):
         c.fail(f"messages[{len(messages) - 1}].role", "the last message must be the assistant turn to learn")
     if not any(m["role"] == "user" for m in messages):
         c.fail("messages", "needs at least one user message")
+    last = messages[-1]
+    if not last["content"].strip():
+        c.fail(f"messages[{len(messages) - 1}].content", "the assistant answer to learn is empty")
     c.string(r, "thinking", required=False, nonempty=False)
     _check_chain(c, r)
     risk = c.obj(r, "risk", required=False)
@@ -190,6 +202,35 @@ def _check_constructive(c: _Checker, r: dict):
     c.choice(r, "risk_level", RISK_LEVELS)
 
 
+def _check_text(c: _Checker, value, name: str, rendered: bool):
+    """Every string of a record value: encodable as UTF-8 (JSON's ``\\ud800`` escapes give lone surrogates,
+    which no tokenizer can encode) and, where training renders it, free of reserved chat markers."""
+    if isinstance(value, str):
+        _check_utf8(c, value, name)
+        if rendered:
+            for marker in _RESERVED_MARKERS:
+                if marker in value:
+                    c.fail(name, f"contains the reserved chat marker {marker!r}")
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            _check_utf8(c, key, f"{name} (a key)")
+            _check_text(c, inner, f"{name}.{key}", rendered)
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            _check_text(c, inner, f"{name}[{i}]", rendered)
+
+
+def _check_utf8(c: _Checker, text: str, name: str):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        c.fail(name, f"contains a lone surrogate (U+{ord(text[e.start]):04X}) that UTF-8 cannot encode")
+
+
+_RENDERED_FIELDS = {
+    "sft": ("messages", "thinking", "chain"),
+    "pref": ("prompt_messages", "chosen", "rejected"),
+}
 _CHECKS = {"sft": _check_sft, "pref": _check_pref, "eval": _check_eval, "constructive": _check_constructive}
 
 
@@ -202,6 +243,9 @@ def validate_record(record, kind: str, path: str = "<memory>", line: int = 0) ->
         c.fail("<record>", f"expected a JSON object, got {type(record).__name__}")
     record_id = c.identifier(record)
     _CHECKS[kind](c, record)
+    for key, value in record.items():
+        _check_utf8(c, key, f"{key} (a key)")
+        _check_text(c, value, key, rendered=key in _RENDERED_FIELDS.get(kind, ()))
     if record["id"] != record_id:
         record = {**record, "id": record_id}
     return record
