@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import ml_dtypes
 import numpy as np
 
+from oyster_jax.core.files import atomic_output
+
 DTYPES = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -157,18 +159,8 @@ def write_file(path: str | os.PathLike, tensors: Iterator[tuple[str, np.ndarray]
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
-    # Written beside the target and renamed into place: a crash mid-write never leaves a torn file
-    # under the final name (nor replaces a good one with it).
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for _, arr in tensors:
-                f.write(np.ascontiguousarray(arr).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path, "wb") as f:  # a crash mid-write never leaves a torn file under the final name
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for _, arr in tensors:
+            f.write(np.ascontiguousarray(arr).tobytes())

@@ -36,6 +36,7 @@ import pathlib
 from collections.abc import Iterator
 
 from oyster_jax.core.chat import FORMATS, ROLES, ChatFormatError, validate_chain
+from oyster_jax.core.files import atomic_output
 
 __all__ = [
     "KINDS",
@@ -309,9 +310,7 @@ def write_records(path: str | os.PathLike, records, kind: str | None = None) -> 
     if kind is not None:
         for i, r in enumerate(records, 1):
             validate_record(r, kind, str(path), i)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_output(path) as f:  # a failed write never leaves a half-written file in place
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)  # a failed write never leaves a half-written file in place
     return len(records)
