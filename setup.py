@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "tensorboardX==2.6.5",
     "etils[epath]==1.15.0",  # workdir paths: local or gs:// (oyster_jax.train.workdir)
+    "openpyxl==3.1.5",  # the official benchmark releases are spreadsheets (oyster_jax.data.import_release)
 ]
 
 EXTRAS = {
