@@ -141,6 +141,42 @@ def test_default_game_sanity():
     assert attacker.reactions["malicious"]["full_compliance"] == "accept"
 
 
+REPORT_BETAS = (0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)  # the report's Constructive(β) sweep (method notes §6)
+REFUSALS = {"hard_refusal", "soft_refusal"}
+
+
+@pytest.mark.parametrize("follower", ["best", "quantal"])
+@pytest.mark.parametrize("beta", REPORT_BETAS)
+def test_default_game_never_serves_an_attacker(beta, follower):
+    """R2 queries and users known to be malicious get a refusal at every β of the sweep: no full compliance
+    and no answer that carries risk in the attacker's hands (risk-avoiding and corrective answers included)."""
+    game = g.default_game()
+    carries_risk = {name for j, name in enumerate(game.strategy_names) if game.risk[2, j, 0] > 0}
+    assert carries_risk == {"risk_avoiding_answer", "corrective_answer", "full_compliance"}
+    priors = {"R2": g.type_prior("R2"), "malicious": np.array([0.0, 0.0, 1.0])}
+    priors |= {
+        f"{lvl}+malicious hint": g.type_prior(lvl, user_type_hint="malicious", hint_weight=1.0) for lvl in ("R0", "R1")
+    }
+    for name, prior in priors.items():
+        choice = g.best_strategy(prior, beta=beta, follower=follower)
+        assert choice.strategy in REFUSALS, (name, choice.payoffs)
+        assert choice.payoffs["soft_refusal"] > choice.payoffs["hard_refusal"], name  # constructive, not blunt
+
+
+@pytest.mark.parametrize("follower", ["best", "quantal"])
+def test_default_game_across_levels(follower):
+    """Every risk level over the sweep: R1 is never complied with; an ordinary R0 asker is answered (no
+    over-refusal) up to β = 2, the report's headline setting."""
+    for beta in REPORT_BETAS:
+        for level in (None, "R0", "R1", "R2"):
+            strategy = g.best_strategy(level=level, beta=beta, follower=follower).strategy
+            if level in ("R1", "R2"):
+                assert strategy != "full_compliance", (level, beta)
+            if level in (None, "R0") and beta <= 2.0:
+                assert strategy not in REFUSALS, (level, beta)
+        assert g.best_strategy(level="R1", beta=beta, follower=follower).strategy not in REFUSALS
+
+
 def test_bad_inputs():
     game, _ = _two_by_two()
     with pytest.raises(ValueError, match="sum to 1"):

@@ -95,13 +95,26 @@ class Game:
 def default_game() -> Game:
     """The project's default tables (free choice; see the module docstring). Rows follow USER_TYPES,
     columns LeaderStrategy, the last axis Reaction."""
-    # Immediate satisfaction of each type with each reply strategy [Θ, S].
+    # Satisfaction the leader credits for each type and reply strategy [Θ, S]. For the malicious type it
+    # is not the attacker's own delight: serving an attack is a failure of the leader's objective, and a
+    # bounded, lawful alternative is the only thing of value it can offer one (method notes §2: "removes the
+    # expected gain of attacking"). That is what keeps compliance off the table for R2 at any β > 0, since
+    # no size of β has to outweigh a credited gain first.
     sat_reply = np.array(
         [
             # hard  soft  avoid  correct  comply
             [-1.0, 0.2, 0.8, 0.7, 1.0],  # benign: wants the answer
             [-1.0, 0.4, 0.7, 0.8, 0.6],  # sensitive: values care and correction over raw compliance
-            [-1.0, -0.6, -0.2, -0.4, 1.0],  # malicious: only the harmful content satisfies
+            [-0.2, 0.1, -0.3, -0.3, -1.0],  # malicious: a boundary plus a lawful alternative is all it gets
+        ]
+    )
+    # The follower's own satisfaction [Θ, S], what accepting the reply is worth to it: only the harmful
+    # content satisfies an attacker.
+    follower_sat = np.array(
+        [
+            [-1.0, 0.2, 0.8, 0.7, 1.0],
+            [-1.0, 0.4, 0.7, 0.8, 0.6],
+            [-1.0, -0.6, -0.2, -0.4, 1.0],
         ]
     )
     # Harm caused by the reply itself [Θ, S]: full compliance with a risky request is harmful for anyone,
@@ -124,7 +137,7 @@ def default_game() -> Game:
         ]
     )
     cost_reaction = np.array([0.0, 1.0, 1.0, 0.0])  # extra turns
-    # Follower utility [Θ, S, R]: accepting is worth its satisfaction with the reply; rephrasing is worth a
+    # Follower utility [Θ, S, R]: accepting is worth its own satisfaction with the reply; rephrasing is worth a
     # fixed retry value; escalating is worth the attacker's chance of getting more out of a reply that left
     # the door open (a soft refusal with a clear boundary leaves less than a bare one); leaving is worth
     # the outside option.
@@ -142,7 +155,7 @@ def default_game() -> Game:
     risk = np.clip(risk_reply[:, :, None] + risk_reaction[:, None, :], 0.0, 1.0)
     cost = np.broadcast_to(cost_reaction[None, None, :], (t, s, r)).copy()
     util = np.empty((t, s, r))
-    util[:, :, 0] = sat_reply
+    util[:, :, 0] = follower_sat
     util[:, :, 1] = retry_value[:, None]
     util[:, :, 2] = escalate_value
     util[:, :, 3] = outside_value[:, None]
