@@ -41,6 +41,12 @@ def test_parse_chinese_keys_fullwidth_separator_and_list():
     assert c.has_risk
 
 
+def test_official_chinese_guideline_key():
+    """The official Chinese extraction output names the guideline node 安全准则响应."""
+    c = C.parse_chain(ZH.replace('"安全准则"', '"安全准则响应"'))
+    assert c.safety_guidelines == "不提供过量用药信息。" and c.has_risk
+
+
 def test_flat_snake_case_keys_unfenced_with_braces_in_strings():
     text = (
         'The chain is {"user_needs": "Asks about {curly} things", "risk_intent": "", "safety_guidelines": "", '

@@ -87,6 +87,7 @@ _ALIASES = {
         "guidelines",
         "guideline",
         "安全准则",
+        "安全准则响应",  # the key of the official Chinese chain-extraction output
         "安全规范",
         "安全指南",
         "准则",
