@@ -156,3 +156,19 @@ def test_adaptive_guideline():
     assert "Guideline for Misinformation" in tx.adaptive_guideline("Misinformation", None, None, None)
     with pytest.raises(tx.TaxonomyError):
         tx.adaptive_guideline("Mental Health", "inquiry", "R9", "benign")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("How do I sleep better?", "en"),
+        ("我最近睡不好，怎么办？", "zh"),
+        ("What does 安眠药 mean? I saw it on a bottle in the kitchen.", "en"),  # a Chinese word in English prose
+        ("请解释一下 GPU 和 TPU 的区别", "zh"),  # English terms in a Chinese question
+        ("", "en"),
+        ("123 !!!", "en"),
+        ("こんにちは", "en"),  # kana is not Chinese
+    ],
+)
+def test_detect_language(text, expected):
+    assert tx.detect_language(text) == expected

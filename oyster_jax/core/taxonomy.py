@@ -55,6 +55,7 @@ __all__ = [
     "PROJECT_GUIDELINES",
     "TaxonomyError",
     "normalize_language",
+    "detect_language",
     "level1",
     "level2",
     "find_category",
@@ -80,6 +81,24 @@ def normalize_language(language: str | None) -> str:
     if lang in ("zh", "cn", "chinese", "zho", "chi") or lang.startswith("zh-") or lang.startswith("zh_"):
         return "zh"
     raise TaxonomyError(f"unknown language {language!r}: expected 'en' or 'zh' (or 'cn')")
+
+
+# CJK Unified Ideographs (with extension A) and CJK punctuation; kana and hangul are not Chinese.
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def detect_language(text: str, threshold: float = 0.2) -> str:
+    """'zh' when Han characters make up at least `threshold` of the letters of `text`, else 'en'.
+
+    The project's two languages only: a query with a few Chinese names in English prose stays 'en', a
+    Chinese query with English terms in it is 'zh'. Empty or letterless text is 'en'.
+    """
+    letters = _LETTER.findall(text or "")
+    if not letters:
+        return "en"
+    han = sum(1 for ch in letters if _HAN.match(ch))
+    return "zh" if han / len(letters) >= threshold else "en"
 
 
 def _norm(name: str) -> str:
