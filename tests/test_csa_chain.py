@@ -134,52 +134,99 @@ def test_simhash():
     assert 0.0 <= far <= 1.0
 
 
+def test_strategy_similarity():
+    sim = C.strategy_similarity
+    assert sim("Warn about overdose danger.", "warn about the overdose dangers") == 1.0  # plurals, function words
+    assert sim("withhold the exact dosage numbers", "withhold the exact dosage figures") > 0.5  # light rewording
+    assert sim("建议就医", "建议及时就医") > 0.5 and sim("提示危险信号", "提醒注意危险信号") > 0.5
+    assert sim("explain the law", "suggest a sleep diary") == 0.0 and sim("不给剂量", "建议就医") == 0.0
+    assert sim("explain the law", "explain the risks") == 0.5  # half shared: not a paraphrase (needs > 0.5)
+
+
 def test_trust_region_accepts_small_changes():
     old = ["refuse", "explain the law"]
     merged, info = C.trust_region_merge(old, ["Refuse.", "explain the law", "offer resources"])
     assert merged == ["Refuse.", "explain the law", "offer resources"]
-    assert info == {"accepted": True, "symmetric_difference": 1, "added": None}
+    assert info == {"accepted": True, "changes": 1, "paraphrased": ["refuse", "explain the law"], "added": None}
     merged, info = C.trust_region_merge(old, ["refuse", "point to a helpline"])  # 1 removed + 1 added = 2
     assert info["accepted"] and merged == ["refuse", "point to a helpline"]
 
 
-def test_trust_region_keeps_common_and_most_novel():
-    # Hand-made similarity: 'alpha*' items resemble the old ones, 'zeta' does not.
-    sims = {"alpha2": 0.9, "alpha3": 0.8, "zeta": 0.1}
-    sim = lambda a, b: sims[a]
-    old = ["keep", "drop1", "drop2"]
-    new = ["keep", "alpha2", "alpha3", "zeta"]  # symmetric difference = 2 removed + 3 added = 5
-    merged, info = C.trust_region_merge(old, new, similarity=sim)
-    assert merged == ["keep", "zeta"]
-    assert info == {"accepted": False, "symmetric_difference": 5, "added": "zeta"}
-    # With the default SimHash similarity: a near-copy of an old item loses to a genuinely new one.
-    old = ["withhold the exact dosage numbers", "warn about overdose danger"]
-    new = ["withhold the exact dosage figures", "warn about the overdose dangers", "suggest a sleep diary"]
-    merged, info = C.trust_region_merge(old, new)
-    assert not info["accepted"] and merged == ["suggest a sleep diary"]
+ENGLISH_OLD = ["withhold the exact dosage numbers", "warn about overdose danger", "point to a crisis hotline"]
+ENGLISH_REWORDED = [
+    "Withhold the exact dosage figures",
+    "warn about the overdose dangers",
+    "share a crisis hotline number",
+]
+CHINESE_OLD = ["不给出剂量", "提示危险信号", "建议就医"]
+CHINESE_REWORDED = ["不给剂量", "提醒注意危险信号", "建议及时就医"]
+
+
+@pytest.mark.parametrize("old, reworded", [(ENGLISH_OLD, ENGLISH_REWORDED), (CHINESE_OLD, CHINESE_REWORDED)])
+def test_trust_region_treats_paraphrases_as_the_same_items(old, reworded):
+    """A lightly reworded list is no change at all, even with no room for change."""
+    merged, info = C.trust_region_merge(old, reworded, max_changes=0)
+    assert merged == reworded and info["accepted"] and info["changes"] == 0
+    assert info["paraphrased"] == old
+
+
+@pytest.mark.parametrize(
+    "old, reworded, extra",
+    [
+        (
+            ENGLISH_OLD,
+            ENGLISH_REWORDED,
+            ["suggest a sleep diary", "list calming breathing exercises", "mention the dosage risks"],
+        ),
+        (CHINESE_OLD, CHINESE_REWORDED, ["提供睡眠卫生建议", "推荐放松呼吸练习", "说明剂量风险"]),
+    ],
+)
+def test_trust_region_cut_back_keeps_every_old_item(old, reworded, extra):
+    """Three additions exceed the region: the old list stays whole (old wording) plus the most novel addition."""
+    merged, info = C.trust_region_merge(old, reworded[:2] + extra)
+    assert not info["accepted"] and info["changes"] == 1 + 3  # one old item unparaphrased, three added
+    assert info["paraphrased"] == old[:2]
+    assert merged[:3] == old and len(merged) == 4
+    assert info["added"] == merged[3] and info["added"] in extra[:2]  # the dosage item resembles an old one
+
+
+def test_trust_region_picks_the_most_novel_addition():
+    sims = {"alpha2": 0.4, "alpha3": 0.3, "zeta": 0.1}  # hand-made: none is a paraphrase (> 0.5)
+    sim = lambda a, b: 1.0 if a == b else sims.get(a, 0.0)
+    merged, info = C.trust_region_merge(
+        ["keep", "drop1", "drop2"], ["keep", "alpha2", "alpha3", "zeta"], similarity=sim
+    )
+    assert merged == ["keep", "drop1", "drop2", "zeta"]
+    assert info == {"accepted": False, "changes": 5, "paraphrased": ["keep"], "added": "zeta"}
 
 
 def test_trust_region_from_empty_and_to_empty():
     merged, info = C.trust_region_merge([], ["a", "b", "c"])
-    assert merged == ["a"] and info["added"] == "a" and not info["accepted"]
+    assert merged == ["a", "b", "c"] and info["accepted"]  # nothing to protect: the new list whole
     merged, info = C.trust_region_merge(["a", "b", "c"], [])
-    assert merged == [] and info["added"] is None
+    assert merged == ["a", "b", "c"] and not info["accepted"] and info["added"] is None  # too big a step
 
 
 def test_merge_chain_strategies():
-    old = C.SafetyChain("n", "r", "g", ["s1", "s2"], ["u1"])
-    new = C.SafetyChain("n2", "r2", "g2", ["s1", "s2", "s3"], ["x1", "x2", "x3"])
-    merged, info = C.merge_chain_strategies(
-        old, new, similarity=lambda a, b: {"x1": 0.5, "x2": 0.2, "x3": 0.9}.get(a, 0)
+    old = C.SafetyChain("n", "r", "g", ["withhold dosage details", "warn about overdose"], ["offer sleep tips"])
+    new = C.SafetyChain(
+        "n2",
+        "r2",
+        "g2",
+        ["withhold the dosage details", "warn about an overdose", "name warning signs"],
+        ["suggest a sleep diary", "recommend breathing exercises", "mention a doctor visit"],
     )
+    merged, info = C.merge_chain_strategies(old, new)
     assert merged.user_needs == "n2" and merged.safety_guidelines == "g2"
-    assert merged.safety_strategies == ["s1", "s2", "s3"] and info["safety"]["accepted"]
-    assert merged.usefulness_strategies == ["x2"] and not info["usefulness"]["accepted"]
-    # Old chain collapsed, new chain has risk: the merged single list keeps the new split.
-    old_c = C.SafetyChain("n", usefulness_strategies=["a", "b"])
-    new_r = C.SafetyChain("n", "r", "g", ["a"], ["b", "c"])
+    assert merged.safety_strategies == new.safety_strategies and info["safety"]["accepted"]
+    assert not info["usefulness"]["accepted"]  # 1 removed + 3 added
+    assert merged.usefulness_strategies[:1] == ["offer sleep tips"] and len(merged.usefulness_strategies) == 2
+    # Old chain collapsed, new chain has risk: merged items are split by what they paraphrase in the new chain.
+    old_c = C.SafetyChain("n", usefulness_strategies=["refuse the dosage", "sleep hygiene tips"])
+    new_r = C.SafetyChain("n", "r", "g", ["refuse the dosages"], ["sleep hygiene tip", "see a doctor"])
     merged, _ = C.merge_chain_strategies(old_c, new_r)
-    assert merged.has_risk and merged.safety_strategies == ["a"] and merged.usefulness_strategies == ["b", "c"]
+    assert merged.has_risk and merged.safety_strategies == ["refuse the dosages"]
+    assert merged.usefulness_strategies == ["sleep hygiene tip", "see a doctor"]
 
 
 def test_json_dump_of_dict_is_valid():

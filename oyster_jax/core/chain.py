@@ -31,6 +31,9 @@ __all__ = [
     "simhash",
     "simhash_similarity",
     "trust_region_merge",
+    "match_paraphrases",
+    "strategy_similarity",
+    "PARAPHRASE_THRESHOLD",
     "merge_chain_strategies",
     "KEYS",
 ]
@@ -474,54 +477,134 @@ def simhash_similarity(a: str, b: str, bits: int = 64) -> float:
     return 1.0 - bin(simhash(a, bits) ^ simhash(b, bits)).count("1") / bits
 
 
-def trust_region_merge(old: list[str], new: list[str], *, max_changes: int = 2, similarity=simhash_similarity):
-    """Accept the new strategy list when it differs from the old one by at most `max_changes` items
-    (symmetric difference of normalized items); otherwise keep the common items and add only the single
-    most novel new item (lowest mean similarity to the old items; the first new item when `old` is empty).
+# Function words that say nothing about which strategy an item is (English; Chinese is compared by
+# characters and character pairs, where function characters weigh little next to the content ones).
+_STOPWORDS = frozenset(
+    "a an the to of for in on at by with about and or but if then than that this these those it its is are "
+    "be been being as from into their them they you your user users any all some more most very".split()
+)
+_HAN_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+PARAPHRASE_THRESHOLD = 0.5
 
-    Returns (merged list, info dict with 'accepted', 'symmetric_difference', 'added').
+
+def _stem(word: str) -> str:
+    """Crude plural/tense folding so 'dangers' ~ 'danger', 'dosages' ~ 'dosage'; enough for item matching."""
+    for suffix in ("ies", "s", "ing", "ed"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return word
+
+
+def _strategy_features(text: str) -> set[str]:
+    """Content words (stemmed, function words dropped) plus Han characters and Han character pairs."""
+    s = _item_norm(text)
+    feats = {"w:" + _stem(w) for w in re.findall(r"[^\W\d_]+", s) if not _HAN_CHAR.match(w[0]) and w not in _STOPWORDS}
+    for run in re.findall(r"[\u3400-\u4dbf\u4e00-\u9fff]+", s):
+        feats.update("h:" + ch for ch in run)
+        feats.update("h:" + run[i : i + 2] for i in range(len(run) - 1))
+    feats.update("d:" + n for n in re.findall(r"\d+", s))
+    return feats
+
+
+def strategy_similarity(a: str, b: str) -> float:
+    """Dice overlap of the items' content features, in [0, 1]: 1 for the same item up to case, plurals and
+    function words; around 0.5-0.9 for a light rewording; 0 for items that share no content word."""
+    fa, fb = _strategy_features(a), _strategy_features(b)
+    if not fa or not fb:
+        return float(_item_norm(a) == _item_norm(b))
+    return 2.0 * len(fa & fb) / (len(fa) + len(fb))
+
+
+def match_paraphrases(
+    old: list[str], new: list[str], *, similarity=strategy_similarity, threshold: float = PARAPHRASE_THRESHOLD
+):
+    """One-to-one pairs (old index, new index) of items that say the same thing: greedily by descending
+    similarity, each pair more than `threshold` similar (ties go to the earlier items). With the default
+    measure and 0.5, two items must share more than half of their content ("explain the law" and "explain
+    the risks" share exactly half: two strategies, not one)."""
+    scored = sorted(
+        ((similarity(o, n), i, j) for i, o in enumerate(old) for j, n in enumerate(new)),
+        key=lambda t: (-t[0], t[1], t[2]),
+    )
+    used_old, used_new, pairs = set(), set(), []
+    for score, i, j in scored:
+        if score <= threshold:
+            break
+        if i not in used_old and j not in used_new:
+            used_old.add(i)
+            used_new.add(j)
+            pairs.append((i, j))
+    return sorted(pairs)
+
+
+def trust_region_merge(
+    old: list[str],
+    new: list[str],
+    *,
+    max_changes: int = 2,
+    similarity=strategy_similarity,
+    threshold: float = PARAPHRASE_THRESHOLD,
+):
+    """Limit how far one optimization round moves a strategy list (method notes §6 step 4).
+
+    Items are matched by similarity (`match_paraphrases`), never by exact string: a paraphrase of an old
+    item is the same item. Changes = old items with no paraphrase in `new` (removed) + new items with no
+    paraphrase in `old` (added). Within `max_changes` the new list is taken as written. Beyond it the step is
+    cut back to one addition: the old list stays, every item in its old wording (so nothing the new list
+    paraphrases is lost, and nothing is dropped by a step too large to trust), plus the single most novel
+    added item (lowest mean similarity to the old items). An empty old list has nothing to protect: the new
+    list is taken whole.
+
+    Returns (merged list, info dict with 'accepted', 'changes', 'paraphrased' (old items the new list
+    rewords), 'added').
     """
-    old_keys = {_item_norm(x) for x in old if _item_norm(x)}
-    new = _dedup(new)
-    new_keys = {_item_norm(x) for x in new}
-    sym = len(old_keys ^ new_keys)
-    if sym <= max_changes:
-        return list(new), {"accepted": True, "symmetric_difference": sym, "added": None}
-    common = [x for x in new if _item_norm(x) in old_keys]
-    fresh = [x for x in new if _item_norm(x) not in old_keys]
-    added = None
+    old, new = _dedup(old), _dedup(new)
+    if not old:
+        return list(new), {"accepted": True, "changes": len(new), "paraphrased": [], "added": None}
+    pairs = match_paraphrases(old, new, similarity=similarity, threshold=threshold)
+    matched_new = {j for _, j in pairs}
+    paraphrased = [old[i] for i, _ in pairs]
+    fresh = [x for j, x in enumerate(new) if j not in matched_new]
+    changes = (len(old) - len(pairs)) + len(fresh)
+    info = {"accepted": changes <= max_changes, "changes": changes, "paraphrased": paraphrased, "added": None}
+    if info["accepted"]:
+        return list(new), info
     if fresh:
-        if old:
-            scores = [sum(similarity(f, o) for o in old) / len(old) for f in fresh]
-            added = fresh[min(range(len(fresh)), key=lambda i: scores[i])]  # first minimum on ties
-        else:
-            added = fresh[0]
-    merged = common + ([added] if added is not None else [])
-    return merged, {"accepted": False, "symmetric_difference": sym, "added": added}
+        scores = [sum(similarity(f, o) for o in old) / len(old) for f in fresh]
+        info["added"] = fresh[min(range(len(fresh)), key=lambda k: scores[k])]  # first minimum on ties
+    return list(old) + ([info["added"]] if info["added"] is not None else []), info
 
 
-def merge_chain_strategies(old: SafetyChain, new: SafetyChain, *, max_changes: int = 2, similarity=simhash_similarity):
+def merge_chain_strategies(
+    old: SafetyChain,
+    new: SafetyChain,
+    *,
+    max_changes: int = 2,
+    similarity=strategy_similarity,
+    threshold: float = PARAPHRASE_THRESHOLD,
+):
     """Apply the trust region to both strategy lists; the text nodes come from `new`.
 
     When either chain has no risk (collapsed), the merged single list is compared instead and the result
     is collapsed only if `new` is. Returns (chain, info).
     """
+    opts = {"max_changes": max_changes, "similarity": similarity, "threshold": threshold}
     if old.has_risk and new.has_risk:
-        safety, info_s = trust_region_merge(
-            old.safety_strategies, new.safety_strategies, max_changes=max_changes, similarity=similarity
-        )
-        useful, info_u = trust_region_merge(
-            old.usefulness_strategies, new.usefulness_strategies, max_changes=max_changes, similarity=similarity
-        )
+        safety, info_s = trust_region_merge(old.safety_strategies, new.safety_strategies, **opts)
+        useful, info_u = trust_region_merge(old.usefulness_strategies, new.usefulness_strategies, **opts)
         merged = dataclasses.replace(new, safety_strategies=safety, usefulness_strategies=useful)
         return merged, {"safety": info_s, "usefulness": info_u}
-    merged_list, info = trust_region_merge(
-        old.strategies, new.strategies, max_changes=max_changes, similarity=similarity
-    )
+    merged_list, info = trust_region_merge(old.strategies, new.strategies, **opts)
     if new.has_risk:
-        # Old chain was collapsed: keep the new split for items it still holds.
-        keep = {_item_norm(x) for x in merged_list}
-        safety = [x for x in new.safety_strategies if _item_norm(x) in keep]
-        useful = [x for x in merged_list if _item_norm(x) not in {_item_norm(s) for s in safety}]
+        # Old chain was collapsed: an item of the merged list is a safety strategy when it paraphrases one
+        # of the new chain's safety strategies.
+        as_safety = {
+            i
+            for i, _ in match_paraphrases(
+                merged_list, new.safety_strategies, similarity=similarity, threshold=threshold
+            )
+        }
+        safety = [x for i, x in enumerate(merged_list) if i in as_safety]
+        useful = [x for i, x in enumerate(merged_list) if i not in as_safety]
         return dataclasses.replace(new, safety_strategies=safety, usefulness_strategies=useful), {"merged": info}
     return SafetyChain(user_needs=new.user_needs, usefulness_strategies=merged_list), {"merged": info}
