@@ -63,16 +63,29 @@ def test_last_block_wins_and_repairs():
     second = '```\n{"User Needs Analysis": "new", "Response Strategy Formulation": "b; c",}\n```'
     c = C.parse_chain(first + "\nrevised:\n" + second)
     assert c.user_needs == "new" and c.strategies == ["b", "c"]
-    # A broken last block is skipped in favour of an earlier valid one.
-    c2 = C.parse_chain(first + '\n```json\n{"User Needs Analysis": "x", \n```')
-    assert c2.user_needs == "old"
+    # Only the last block counts: a broken one is a parse failure, never a fall-back to an earlier block
+    # (which may be a draft or the prompt's own example echoed back).
+    with pytest.raises(C.ChainParseError, match="the last fenced block is not valid JSON"):
+        C.parse_chain(first + '\n```json\n{"User Needs Analysis": "x", \n```')
+    with pytest.raises(C.ChainParseError, match="the last JSON object is not closed"):
+        C.parse_chain('{"User Needs Analysis": "old", "Response Strategy Formulation": "a"} then {"User Needs')
+
+
+def test_an_echoed_example_is_refused():
+    example = {"User Needs Analysis": "example needs", "Response Strategy Formulation": "example strategy"}
+    echoed = "Here is the format:\n```json\n" + json.dumps(example) + "\n```"
+    assert C.parse_chain(echoed).user_needs == "example needs"  # without the example it parses
+    with pytest.raises(C.ChainParseError, match="repeats the prompt's example"):
+        C.parse_chain(echoed, reject=[example])
+    answer = echoed + '\n```json\n{"User Needs Analysis": "real", "Response Strategy Formulation": "s"}\n```'
+    assert C.parse_chain(answer, reject=[example]).user_needs == "real"
 
 
 @pytest.mark.parametrize(
     "text,match",
     [
         ("no json here at all", "no JSON object"),
-        ('```json\n{"User Needs Analysis": "x",, }\n```', "no fenced block holds a valid JSON object"),
+        ('```json\n{"User Needs Analysis": "x",, }\n```', "the last fenced block is not valid JSON"),
         ("```json\n[1, 2]\n```", "not a JSON object"),
         ('{"foo": 1, "bar": 2}', "no chain keys"),
         ('{"User Needs Analysis": "only needs"}', "no response strategy"),

@@ -4,11 +4,13 @@ A chain has four nodes: User Needs Analysis; Risk Intent Analysis; Safety Guidel
 Formulation with two short lists, Safety Strategies and Usefulness Strategies. When the risk intent or the
 guideline is empty the chain collapses to the needs plus one merged strategy list (no-risk collapse).
 
-The JSON chain is the data engine's working form. Parsing is tolerant: the last fenced ```json block (or
-the last balanced {...} object when there is no fence), English or Chinese keys, snake_case or spaced
+The JSON chain is the data engine's working form. Parsing reads only the last fenced ```json block (or
+the last balanced {...} object when there is no fence): a broken last block is a failure, never a
+fallback to an earlier one. Within that block it is tolerant: English or Chinese keys, snake_case or spaced
 keys, flat or nested strategy fields, lists or ';'/'；'-separated strings, trailing commas and smart
-quotes. What it refuses (ChainParseError): no JSON object at all, JSON that stays invalid after repair,
-or a chain with neither user needs nor any strategy.
+quotes. What it refuses (ChainParseError): no JSON object at all, a last block that stays invalid after
+repair or is cut off, a block equal to the prompt's example, or a chain with neither user needs nor any
+strategy.
 """
 
 from __future__ import annotations
@@ -213,8 +215,9 @@ def split_strategies(value) -> list[str]:
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\r?\n(.*?)```", re.DOTALL)
 
 
-def _balanced_objects(text: str) -> list[str]:
-    """Top-level {...} spans, aware of JSON strings (so braces inside strings do not count)."""
+def _balanced_objects(text: str) -> tuple[list[str], bool]:
+    """Top-level {...} spans, aware of JSON strings (so braces inside strings do not count), and whether an
+    object is still open at the end of the text (a reply cut off mid-object)."""
     spans, depth, start, in_str, escape = [], 0, None, False, False
     for i, ch in enumerate(text):
         if in_str:
@@ -235,7 +238,7 @@ def _balanced_objects(text: str) -> list[str]:
             depth -= 1
             if depth == 0:
                 spans.append(text[start : i + 1])
-    return spans
+    return spans, depth > 0
 
 
 def _repair_json(text: str) -> str:
@@ -262,35 +265,32 @@ def _loads_tolerant(text: str):
         raise ChainParseError(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
 
 
-def extract_json_block(text: str):
-    """The last JSON object in `text`: the last fenced block that parses as an object, else the last
-    balanced {...}. Raises ChainParseError when there is none."""
+def extract_json_block(text: str, reject=()):
+    """The last JSON object in `text`: the last fenced block, or the last balanced {...} when there is no
+    fence. Only the last one counts: when it is broken (or cut off) the text is a parse failure, never an
+    earlier block, which may be a draft or an echo of the prompt's own example. An object equal to one in
+    `reject` (the prompt's examples) is refused too. Raises ChainParseError."""
     if not isinstance(text, str) or not text.strip():
         raise ChainParseError("empty text: no JSON block")
-    errors = []
     fences = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "json", "json5", "jsonc")]
-    for body in reversed(fences):
-        try:
-            obj = _loads_tolerant(body)
-        except ChainParseError as e:
-            errors.append(str(e))
-            continue
-        if isinstance(obj, dict):
-            return obj
-        errors.append("fenced block is not a JSON object")
     if fences:
-        raise ChainParseError(f"no fenced block holds a valid JSON object ({errors[0]})")
-    for span in reversed(_balanced_objects(text)):
-        try:
-            obj = _loads_tolerant(span)
-        except ChainParseError as e:
-            errors.append(str(e))
-            continue
-        if isinstance(obj, dict):
-            return obj
-    if errors:
-        raise ChainParseError(f"no valid JSON object ({errors[0]})")
-    raise ChainParseError("no JSON object found in the text")
+        where, candidate = "the last fenced block", fences[-1]
+    else:
+        spans, unclosed = _balanced_objects(text)
+        if unclosed:
+            raise ChainParseError("the last JSON object is not closed (the reply was cut off or is malformed)")
+        if not spans:
+            raise ChainParseError("no JSON object found in the text")
+        where, candidate = "the last JSON object", spans[-1]
+    try:
+        obj = _loads_tolerant(candidate)
+    except ChainParseError as e:
+        raise ChainParseError(f"{where} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ChainParseError(f"{where} is not a JSON object")
+    if any(obj == example for example in reject):
+        raise ChainParseError(f"{where} repeats the prompt's example instead of answering")
+    return obj
 
 
 def _as_text(value) -> str:
@@ -347,9 +347,10 @@ def chain_from_dict(obj: dict) -> SafetyChain:
     return chain
 
 
-def parse_chain(text: str) -> SafetyChain:
-    """Parse the last JSON chain in a model's output (see module docstring for what is tolerated)."""
-    return chain_from_dict(extract_json_block(text))
+def parse_chain(text: str, reject=()) -> SafetyChain:
+    """Parse the last JSON chain in a model's output (see module docstring for what is tolerated);
+    `reject`: the prompt's example objects, which an answer may not repeat."""
+    return chain_from_dict(extract_json_block(text, reject))
 
 
 # --------------------------------------------------------------------------------------------------
