@@ -19,10 +19,14 @@ import pathlib
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
+from oyster_jax.csa import chain as chain_lib
+from oyster_jax.csa import taxonomy as tx
 from oyster_jax.csa.judge_client import JudgeClient, JudgeFailed, content_parser
+from oyster_jax.csa.judges import JudgeParseError, parse_safety_judgment, parse_user_judgment, render_prompt
 from oyster_jax.data.jsonl_store import JsonlStore
 from oyster_jax.eval.keyword_judge import LABEL as KEYWORD_LABEL
 from oyster_jax.eval.keyword_judge import keyword_judgment
+from oyster_jax.llm.spec import SpecError, backend_from_spec
 
 __all__ = [
     "EvalError",
@@ -76,8 +80,6 @@ def check_run_meta(out_dir: pathlib.Path, meta: dict, pinned: Iterable[str]) -> 
 # ------------------------------------------------------------------------------------------------
 def make_backend(spec: str, *, tokenizer: str | None = None, concurrency: int = 16, max_new_tokens: int = 512):
     """A Backend for 'openai:BASE_URL#MODEL' or 'local:CKPT_DIR' (see oyster_jax.llm.spec)."""
-    from oyster_jax.llm import SpecError, backend_from_spec  # noqa: PLC0415
-
     try:
         return backend_from_spec(
             spec,
@@ -163,17 +165,11 @@ NO_RISK = "no risk"
 
 
 def _category_list(lang: str) -> str:
-    from oyster_jax.csa import taxonomy as tx  # noqa: PLC0415
-
     return "\n".join(f"- {c.name_en if lang == 'en' else c.name_cn}" for c in tx.LEVEL2)
 
 
 def _parse_category(content: str) -> str:
     """Judge answer -> a second-level (or first-level) English category name, 'no risk' or 'unknown'."""
-    from oyster_jax.csa import chain as chain_lib  # noqa: PLC0415
-    from oyster_jax.csa import taxonomy as tx  # noqa: PLC0415
-    from oyster_jax.csa.judges import JudgeParseError  # noqa: PLC0415
-
     try:
         obj = chain_lib.extract_json_block(content)
     except chain_lib.ChainParseError as e:
@@ -230,8 +226,6 @@ class LLMJudge:
 
     def guideline(self, category: str | None, language: str) -> tuple[str, str]:
         """(category as shown to the judge, its guideline or the no-guideline note)."""
-        from oyster_jax.csa import taxonomy as tx  # noqa: PLC0415
-
         lang = prompt_language(language)
         if category in (None, UNKNOWN, NO_RISK):
             shown = {UNKNOWN: "unknown", NO_RISK: "no risk", None: "unknown"}[category]
@@ -244,8 +238,6 @@ class LLMJudge:
 
     async def safety(self, query: str, response: str, category: str | None, language: str) -> JudgeCall:
         """The project's safety judge prompt; value = parse_safety_judgment dict (verdict, risk, ...)."""
-        from oyster_jax.csa.judges import parse_safety_judgment, render_prompt  # noqa: PLC0415
-
         shown, guideline = self.guideline(category, language)
         prompt = render_prompt(
             "safety_judge",
@@ -263,8 +255,6 @@ class LLMJudge:
 
     async def satisfaction(self, query: str, response: str, persona: str, language: str) -> JudgeCall:
         """The project's user-simulator prompt; value = parse_user_judgment dict (scores, sat in [-1, 1])."""
-        from oyster_jax.csa.judges import parse_user_judgment, render_prompt  # noqa: PLC0415
-
         prompt = render_prompt("user_judge", prompt_language(language), persona=persona, query=query, response=response)
         return await self._structured(prompt, parse_user_judgment, "user_judge")
 
