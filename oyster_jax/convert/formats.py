@@ -11,10 +11,10 @@ Formats (`checkpoint_format(path)`):
 - ``trainer_workdir``: a trainer workdir `W` (stage folders below it): its last stage that has a checkpoint,
   in the order of `W/config.json`'s `stages` (or the only stage folder).
 
-The tokenizer (`find_tokenizer`): the one passed (a `tokenizer.json` or a folder holding one); else, for a
-trainer stage, `<stage>/tokenizer/tokenizer.json` (trainer checkpoints carry their tokenizer); else
-`tokenizer.json` in the model folder, its `tokenizer/` folder or the folder above it. Not found is a
-FileNotFoundError that lists where it looked and says to pass one.
+The tokenizer (`find_tokenizer`): the one passed (a `tokenizer.json` or a folder holding one); else the
+`tokenizer.json` in the model folder (HF layout), in its `tokenizer/` folder (what a trainer stage
+`W/<stage>/tokenizer/` carries) or in the folder above it. Not found is a FileNotFoundError that lists where
+it looked and says to pass one.
 """
 
 from __future__ import annotations
@@ -124,14 +124,11 @@ def find_tokenizer(model_path: str | os.PathLike | None = None, tokenizer: str |
     try:
         checkpoint_format(model_path)
     except FileNotFoundError:  # not a model folder (the weights were given in memory): look in it anyway
-        fmt, model_dir = None, pathlib.Path(model_path)
+        model_dir = pathlib.Path(model_path)
     else:
-        fmt, model_dir = resolve_model_dir(model_path)
-    if fmt == "trainer_stage":
-        candidates = [model_dir / TOKENIZER_DIR / TOKENIZER_FILE]
-    else:
-        candidates = [model_dir / TOKENIZER_FILE, model_dir / TOKENIZER_DIR / TOKENIZER_FILE]
-        candidates.append(model_dir.parent / TOKENIZER_FILE)
+        model_dir = resolve_model_dir(model_path)[1]
+    candidates = [model_dir / TOKENIZER_FILE, model_dir / TOKENIZER_DIR / TOKENIZER_FILE]
+    candidates.append(model_dir.parent / TOKENIZER_FILE)
     for c in candidates:
         if c.is_file():
             return c
