@@ -332,8 +332,8 @@ def make_server(service: ChatService, host: str = "127.0.0.1", port: int = 8000)
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oyster_jax.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt", required=True, help="model checkpoint dir (Orbax or Hugging Face)")
-    parser.add_argument("--tokenizer", help="tokenizer.json (default: the one in --ckpt)")
+    parser.add_argument("--ckpt", required=True, help="model: Hugging Face dir, Orbax checkpoint or trainer workdir")
+    parser.add_argument("--tokenizer", help="tokenizer.json (default: the one --ckpt carries)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
     parser.add_argument("--model_name", help="the model id clients send (default: the checkpoint folder's name)")

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from oyster_jax.csa import lingo_bp
-from oyster_jax.csa.scripted import CONSTRUCTIVE, PLACEHOLDER, REFUSAL, ScriptedLingo
+from oyster_jax.csa.scripted import CONSTRUCTIVE, PLACEHOLDER, REFUSAL, ScriptedLingo, identify_task
 from oyster_jax.llm import OpenAICompatibleBackend
 from oyster_jax.llm.testing import FakeOpenAIServer, Reply
 
@@ -295,6 +295,29 @@ def _traj(points):
         "risk": {"level": "R1", "category_l1": "Misinformation", "category_l2": None, "intent": "inquiry"},
         "iterates": its,
     }
+
+
+def test_parse_retries_follow_the_one_judge_client_rule(tmp_path):
+    """The user judge never parses for d: one greedy call, then three sampled retries with seeds 1, 2, 3 (the
+    rule of oyster_jax.csa.judge_client, shared with the evaluation harnesses)."""
+    inp = _write(tmp_path / "q.jsonl", [q for q in QUERIES if q["id"] == "d"])
+    with FakeOpenAIServer(ScriptedLingo()) as server:
+        assert lingo_bp.main(_args(server, inp, tmp_path / "out")) == lingo_bp.EXIT_OK
+    user = [r for r in server.requests if identify_task(r)[0] == "user_judge"]
+    assert [(r.get("temperature"), r.get("seed")) for r in user] == [(0.0, None), (0.7, 1), (0.7, 2), (0.7, 3)]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["judge_parse_failures"] == 4
+
+
+def test_a_damaged_output_line_is_named_and_left_alone(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    damaged = '{"id": "x"}\nnot json\n{"id": "y"}\n'
+    (out / "trajectories.jsonl").write_text(damaged)
+    spec = "openai:http://127.0.0.1:9/v1#m"
+    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    rc = lingo_bp.main(["--input", str(inp), "--policy", spec, "--judge", spec, "--out", str(out), "--no-progress"])
+    assert rc == lingo_bp.EXIT_BAD_INPUT and "trajectories.jsonl:2: not a JSON record" in capsys.readouterr().err
+    assert (out / "trajectories.jsonl").read_text() == damaged
 
 
 def test_build_records_selection_rules():

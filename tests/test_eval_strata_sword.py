@@ -7,9 +7,10 @@ import pytest
 from eval_fakes import TINY_CHAT_CFG, ScriptedBackend, json_block, random_params
 
 from oyster_jax.core import taxonomy as tx
+from oyster_jax.data.jsonl_store import JsonlStore
 from oyster_jax.data.vocab import default_tokenizer_path
 from oyster_jax.eval import strata_sword as ss
-from oyster_jax.eval.common import EvalError, KeywordJudge, LLMJudge, ResultsFile, check_run_meta
+from oyster_jax.eval.common import EvalError, KeywordJudge, LLMJudge, check_run_meta
 from oyster_jax.eval.keyword_judge import keyword_judgment
 
 L2_METHODS = {"Contradictory", "Shuffle", "Long Text", "Opposing", "ASCII Drawing", "Template"}
@@ -197,7 +198,7 @@ def test_resume_runs_only_missing_and_failed_items(data_dir, tmp_path):
             return "", "Sure: [gives the requested instructions]"
 
     ss.evaluate(items[:3], FlakyTarget(), KeywordJudge(), tmp_path, target_sampling={})
-    first = ResultsFile(tmp_path / "responses.jsonl").load()
+    first = JsonlStore(tmp_path / "responses.jsonl").load()
     assert (
         first[items[1]["id"]]["error"].startswith("target: BackendError") and first[items[1]["id"]]["judgment"] is None
     )
@@ -207,7 +208,7 @@ def test_resume_runs_only_missing_and_failed_items(data_dir, tmp_path):
     calls.clear()
     summary = ss.evaluate(items, FlakyTarget(), KeywordJudge(), tmp_path, target_sampling={})
     assert sorted(calls) == sorted([items[1]["prompt"]] + [it["prompt"] for it in items[3:]])
-    records = ResultsFile(tmp_path / "responses.jsonl").load()
+    records = JsonlStore(tmp_path / "responses.jsonl").load()
     assert set(records) == {it["id"] for it in items}
     assert all(r["judgment"] == "Unsafe" and not r.get("error") for r in records.values())
     assert summary["judge"] == "keyword (baseline)" and summary["asr"]["en"]["avg"] == 100.0

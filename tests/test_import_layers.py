@@ -74,7 +74,7 @@ def _imported_modules(path: pathlib.Path, module: str) -> list[tuple[int, str]]:
 
 
 def _top_package(dotted: str) -> str | None:
-    """`oyster_jax.data.chat` -> `data`; the repo's `configs.x` -> `configs`; anything else -> None."""
+    """`oyster_jax.core.chat` -> `data`; the repo's `configs.x` -> `configs`; anything else -> None."""
     parts = dotted.split(".")
     if parts[0] == "configs":
         return "configs"
@@ -120,7 +120,7 @@ def test_no_cycles_between_modules():
         graph[name] = {t for _, t in _imported_modules(path, module) if t.startswith("oyster_jax.")}
     known = set(graph)
 
-    def resolve(target: str) -> str | None:  # `oyster_jax.data.chat.X` -> the longest known module prefix
+    def resolve(target: str) -> str | None:  # `oyster_jax.core.chat.X` -> the longest known module prefix
         parts = target.split(".")
         for n in range(len(parts), 1, -1):
             if ".".join(parts[:n]) in known:

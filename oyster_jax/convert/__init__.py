@@ -1,22 +1,40 @@
 """Checkpoint conversion: Hugging Face safetensors <-> params, and Orbax model checkpoints.
 
 from oyster_jax import convert
+cfg, params, tokenizer = convert.open_model(path)   # HF dir, Orbax checkpoint or trainer workdir
 cfg, params = convert.from_hf(hf_dir)
 convert.to_hf(cfg, params, out_dir, dtype="bfloat16")
 convert.save_model(ckpt_dir, cfg, params); cfg, params = convert.load_model(ckpt_dir)
 """
 
-from oyster_jax.convert.checkpoint import find_model_checkpoint, load_model, save_model
+from oyster_jax.convert.checkpoint import find_model_checkpoint, load_model, model_checkpoints, save_model
+from oyster_jax.convert.formats import (
+    check_tokenizer,
+    checkpoint_format,
+    find_tokenizer,
+    load_tokenizer,
+    load_weights,
+    open_model,
+    resolve_model_dir,
+)
 from oyster_jax.convert.hf import from_hf, hf_tensor_names, read_hf_config, to_hf
 from oyster_jax.convert.safetensors_io import CheckpointFormatError
 
 __all__ = [
     "CheckpointFormatError",
+    "check_tokenizer",
+    "checkpoint_format",
     "find_model_checkpoint",
+    "find_tokenizer",
     "from_hf",
     "hf_tensor_names",
     "load_model",
+    "load_tokenizer",
+    "load_weights",
+    "model_checkpoints",
+    "open_model",
     "read_hf_config",
+    "resolve_model_dir",
     "save_model",
     "to_hf",
 ]

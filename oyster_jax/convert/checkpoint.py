@@ -3,13 +3,14 @@
     save_model(ckpt_dir, cfg, params)
     cfg, params = load_model(ckpt_dir, mesh=None)      # restores straight into the target sharding
 
-`load_model` also accepts a trainer workdir or its `checkpoints/` directory (see oyster_jax.train): it
-then takes the newest step that holds params.
+`load_model` also accepts a trainer stage directory or its `checkpoints/` directory (see oyster_jax.train):
+it then takes the newest step that restores. `convert.open_model` takes any model path (formats.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -17,7 +18,10 @@ import shutil
 import jax
 import orbax.checkpoint as ocp
 
+from oyster_jax.convert.safetensors_io import CheckpointFormatError
 from oyster_jax.models.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
@@ -39,29 +43,62 @@ def save_model(ckpt_dir: str | os.PathLike, cfg: ModelConfig, params) -> pathlib
     return ckpt_dir
 
 
-def find_model_checkpoint(path: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path]:
-    """(params dir, model_config.json) for a model checkpoint, a trainer workdir or its checkpoints dir."""
+def model_checkpoints(path: str | os.PathLike) -> list[tuple[pathlib.Path, pathlib.Path]]:
+    """(params dir, model_config.json) of every checkpoint at `path`, newest first: one for a model checkpoint,
+    one per finished step for a trainer stage dir or its `checkpoints/` dir (a save still in progress has a
+    temporary, non-numeric name and is not listed)."""
     path = pathlib.Path(path).absolute()
     if (path / CONFIG_FILE).exists() and (path / PARAMS_DIR).is_dir():
-        return path / PARAMS_DIR, path / CONFIG_FILE
+        return [(path / PARAMS_DIR, path / CONFIG_FILE)]
+    found = []
     for root in (path, path / "checkpoints"):
         steps = sorted((int(p.name), p) for p in root.glob("*") if p.name.isdigit() and (p / PARAMS_DIR).is_dir())
         for _, step_dir in reversed(steps):
-            for cfg_path in (step_dir / CONFIG_FILE, root / CONFIG_FILE, root.parent / CONFIG_FILE):
-                if cfg_path.exists():
-                    return step_dir / PARAMS_DIR, cfg_path
-    raise FileNotFoundError(
-        f"{path}: no model checkpoint found (expected {PARAMS_DIR}/ + {CONFIG_FILE}, or a trainer workdir)"
-    )
+            cfg_path = next(
+                (c for c in (step_dir / CONFIG_FILE, root / CONFIG_FILE, root.parent / CONFIG_FILE) if c.exists()), None
+            )
+            if cfg_path is not None:
+                found.append((step_dir / PARAMS_DIR, cfg_path))
+    return found
 
 
-def load_model(ckpt_dir: str | os.PathLike, *, mesh=None, rules=None, **config_overrides):
-    """-> (ModelConfig, params). With `mesh`, every array is restored directly into its sharding."""
-    params_dir, cfg_path = find_model_checkpoint(ckpt_dir)
+def find_model_checkpoint(path: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path]:
+    """(params dir, model_config.json) of the newest checkpoint at `path` (see `model_checkpoints`)."""
+    found = model_checkpoints(path)
+    if not found:
+        raise FileNotFoundError(
+            f"{pathlib.Path(path).absolute()}: no model checkpoint found (expected {PARAMS_DIR}/ + {CONFIG_FILE}, "
+            "or a trainer workdir)"
+        )
+    return found[0]
+
+
+def _read_config(cfg_path: pathlib.Path, config_overrides: dict) -> ModelConfig:
     saved = json.loads(cfg_path.read_text())
     saved = saved.get("model", saved) if isinstance(saved.get("model"), dict) else saved
     cfg = ModelConfig.from_dict(saved)
-    cfg = cfg.replace(**config_overrides) if config_overrides else cfg
+    return cfg.replace(**config_overrides) if config_overrides else cfg
+
+
+def load_model(ckpt_dir: str | os.PathLike, *, mesh=None, rules=None, **config_overrides):
+    """-> (ModelConfig, params) of the newest checkpoint that restores (a broken newer step is skipped with a
+    warning and left where it is). With `mesh`, every array is restored directly into its sharding."""
+    find_model_checkpoint(ckpt_dir)  # nothing there: say so
+    broken = []
+    for params_dir, cfg_path in model_checkpoints(ckpt_dir):
+        cfg = _read_config(cfg_path, config_overrides)
+        try:
+            params = _restore(params_dir, cfg, mesh, rules)
+        except Exception as e:  # noqa: BLE001 - any failure to read means this step is unusable
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            log.warning("%s could not be restored (%s); trying the previous checkpoint", params_dir, reason)
+            broken.append(f"{params_dir} ({reason})")
+            continue
+        return cfg, params
+    raise CheckpointFormatError(f"{ckpt_dir}: no checkpoint restores: " + "; ".join(broken))
+
+
+def _restore(params_dir: pathlib.Path, cfg: ModelConfig, mesh, rules):
     from oyster_jax import models
 
     abstract = models.abstract_params(cfg)
@@ -73,5 +110,4 @@ def load_model(ckpt_dir: str | os.PathLike, *, mesh=None, rules=None, **config_o
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: device, abstract)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    params = ocp.StandardCheckpointer().restore(params_dir, target)
-    return cfg, params
+    return ocp.StandardCheckpointer().restore(params_dir, target)

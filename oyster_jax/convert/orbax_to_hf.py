@@ -1,4 +1,4 @@
-"""Orbax checkpoint (model checkpoint or trainer workdir) -> Hugging Face directory for PyTorch serving.
+"""Orbax checkpoint (model checkpoint, trainer workdir or one of its stages) -> Hugging Face directory.
 
     python -m oyster_jax.convert.orbax_to_hf --ckpt /ckpts/qwen3_14b --out /export/qwen3_14b [--dtype bfloat16]
 
@@ -12,19 +12,19 @@ import argparse
 import sys
 import time
 
-from oyster_jax.convert.checkpoint import load_model
+from oyster_jax.convert.formats import load_weights
 from oyster_jax.convert.hf import to_hf
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", required=True, help="Orbax model checkpoint, or a trainer workdir")
+    ap.add_argument("--ckpt", required=True, help="Orbax model checkpoint, trainer workdir W or W/<stage>")
     ap.add_argument("--out", required=True, help="output Hugging Face directory")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--max_shard_gb", type=float, default=4.0)
     args = ap.parse_args(argv)
     t0 = time.time()
-    cfg, params = load_model(args.ckpt)
+    cfg, params = load_weights(args.ckpt)
     out = to_hf(cfg, params, args.out, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 2**30), progress=True)
     print(f"wrote {out}: {cfg.arch}, {cfg.num_params() / 1e6:.1f}M params as {args.dtype}, {time.time() - t0:.1f}s")
     return 0

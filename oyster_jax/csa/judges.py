@@ -2,8 +2,8 @@
 
 The prompt texts live in `oyster_jax/csa/prompts/{en,zh}/<task>.txt` (written by the project) with
 `{{name}}` placeholders. Every model answer that must be structured is a fenced JSON block; the last
-block is parsed, a parse failure is retried (up to `retries` more calls) and a judgment that never parses
-raises `JudgeFailed`: nothing is ever scored by default.
+block is parsed; a parser raises `JudgeParseError` on an answer without the expected structure, and the
+judge client (`oyster_jax.csa.judge_client`) asks again or gives up: nothing is ever scored by default.
 
 - user simulator: five items, each +1 / 0 / −1 (politeness, willingness, completion, logic,
   informativeness); Sat = sum / 5 ∈ [−1, 1].
@@ -21,13 +21,11 @@ import re
 
 from oyster_jax.core import chain as chain_lib
 from oyster_jax.core import taxonomy as tx
-from oyster_jax.llm.base import BackendError
 
 __all__ = [
     "TASKS",
     "USER_ITEMS",
     "JudgeParseError",
-    "JudgeFailed",
     "load_prompt",
     "render_prompt",
     "parse_user_judgment",
@@ -35,7 +33,7 @@ __all__ = [
     "parse_assessment",
     "parse_recombined",
     "names_framework",
-    "call_parsed",
+    "user_feedback_text",
 ]
 
 TASKS = ("assess", "extract_chain", "user_judge", "safety_judge", "backward", "recombine")
@@ -44,15 +42,6 @@ USER_ITEMS = ("politeness", "willingness", "completion", "logic", "informativene
 
 class JudgeParseError(ValueError):
     """A model answer without the expected structure (the message says what is missing)."""
-
-
-class JudgeFailed(RuntimeError):
-    """A structured call whose answer never parsed within its retries."""
-
-    def __init__(self, task: str, attempts: int, last_error: str):
-        super().__init__(f"{task}: no parseable answer in {attempts} attempts (last: {last_error})")
-        self.task = task
-        self.attempts = attempts
 
 
 @functools.cache
@@ -272,36 +261,5 @@ def names_framework(thinking: str) -> bool:
     return bool(_FRAMEWORK_TERMS.search(thinking or ""))
 
 
-# --- calling ---------------------------------------------------------------------------------------
-
-
-async def call_parsed(
-    backend, messages, parser, *, task: str, retries: int, sampling: dict, retry_sampling: dict, stats
-):
-    """Call `backend` and parse its content with `parser`; on a parse error call again, up to `retries`
-    more times (with `retry_sampling` merged in). BackendError propagates (the backend already retried).
-    `stats` is a dict counting calls and parse failures per task. Raises JudgeFailed."""
-    last = ""
-    for attempt in range(retries + 1):
-        params = sampling if attempt == 0 else {**sampling, **retry_sampling}
-        stats["calls"] = stats.get("calls", 0) + 1
-        reasoning, content = await backend.achat(messages, **params)
-        try:
-            return parser(reasoning, content)
-        except (JudgeParseError, chain_lib.ChainParseError) as e:
-            stats.setdefault("parse_failures", {})
-            stats["parse_failures"][task] = stats["parse_failures"].get(task, 0) + 1
-            last = str(e)
-    raise JudgeFailed(task, retries + 1, last)
-
-
-def content_parser(fn):
-    """Adapt a parser of the content text to `call_parsed`'s (reasoning, content) signature."""
-    return lambda reasoning, content: fn(content)
-
-
 def user_feedback_text(judgment: dict) -> str:
     return json.dumps({"scores": judgment["scores"], "suggestions": judgment["suggestions"]}, ensure_ascii=False)
-
-
-__all__ += ["content_parser", "user_feedback_text", "BackendError"]

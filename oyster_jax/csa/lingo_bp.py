@@ -31,13 +31,15 @@ initial one; "unchanged": finished otherwise; "failed": no trajectory (a call ke
 or timeouts after the backend's retries, or an answer that never parsed in 1 + --judge-retries calls).
 A failed query produces no record and nothing is scored by default; sat_*/risk_* are means over finished
 queries (null when none). Rerunning with the same --out resumes: finished ids are skipped, failed ones are
-retried, no line is ever duplicated, and a line cut off by a crash is dropped. A trajectory line is
-written last, after the query's SFT and pair lines, so it marks the query as finished.
+retried, no line is ever duplicated, and a line cut off by a crash is dropped (the JSONL store's rule, see
+oyster_jax.data.jsonl_store). A trajectory line is written last, after the query's SFT and pair lines, so it
+marks the query as finished.
 
 Exit status: 0 when the run completed, even if some or all queries failed (see summary.json "failed");
-2 for bad input (arguments, input file, SPEC, rules file: the message names file, line and field);
-130 when interrupted (finished queries are kept and the summary is written, with the queries not yet
-reached counted as failed; rerun to resume); 1 for an internal error.
+2 for bad input (arguments, input file, SPEC, rules file, an output line other than a torn last one that is
+not a record: the message names file, line and field); 130 when interrupted (finished queries are kept and
+the summary is written, with the queries not yet reached counted as failed; rerun to resume); 1 for an
+internal error.
 """
 
 from __future__ import annotations
@@ -55,13 +57,12 @@ import traceback
 
 from oyster_jax.core import chain as chain_lib
 from oyster_jax.core import taxonomy as tx
+from oyster_jax.core.files import atomic_write_json
 from oyster_jax.core.schemas import iter_json_lines
 from oyster_jax.csa import game as game_lib
+from oyster_jax.csa.judge_client import RETRY_SAMPLING, JudgeClient, JudgeFailed, content_parser
 from oyster_jax.csa.judges import (
-    JudgeFailed,
     JudgeParseError,
-    call_parsed,
-    content_parser,
     names_framework,
     parse_assessment,
     parse_recombined,
@@ -70,6 +71,7 @@ from oyster_jax.csa.judges import (
     render_prompt,
     user_feedback_text,
 )
+from oyster_jax.data.jsonl_store import JsonlError, JsonlStore
 from oyster_jax.llm.base import BackendError
 
 __all__ = [
@@ -203,7 +205,7 @@ class EngineConfig:
     pairs: tuple[str, ...] = ("initial", "worst")  # or ("all",)
     policy_sampling: dict = dataclasses.field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 2048})
     judge_sampling: dict = dataclasses.field(default_factory=lambda: {"temperature": 0.0, "max_tokens": 1024})
-    retry_sampling: dict = dataclasses.field(default_factory=lambda: {"temperature": 0.7})
+    retry_sampling: dict = dataclasses.field(default_factory=lambda: dict(RETRY_SAMPLING))  # merged over parse retries
     system_prompt: str | None = None  # sent to the policy with the query (and kept in the records)
 
     def __post_init__(self):
@@ -253,6 +255,14 @@ class Engine:
         self.config = config or EngineConfig()
         self.guidelines = guidelines
         self.game = game or game_lib.default_game()
+        # One judge client per backend; the same backend object shares one client.
+        self._clients: dict[int, JudgeClient] = {}
+
+    def _client(self, backend) -> JudgeClient:
+        if id(backend) not in self._clients:
+            c = self.config
+            self._clients[id(backend)] = JudgeClient(backend, retries=c.judge_retries, retry_sampling=c.retry_sampling)
+        return self._clients[id(backend)]
 
     # --- helpers ---
     def _payoff(self, sat: float, risk: float, response: str) -> float:
@@ -261,16 +271,9 @@ class Engine:
         return float(game_lib.payoff(sat, risk, c.alpha, c.beta, c.gamma, cost))
 
     async def _structured(self, backend, prompt: str, parser, task: str, stats: dict, sampling: dict):
-        return await call_parsed(
-            backend,
-            [{"role": "user", "content": prompt}],
-            parser,
-            task=task,
-            retries=self.config.judge_retries,
-            sampling=sampling,
-            retry_sampling=self.config.retry_sampling,
-            stats=stats,
-        )
+        messages = [{"role": "user", "content": prompt}]
+        answer = await self._client(backend).ask(messages, parser, task=task, sampling=sampling, stats=stats)
+        return answer.value
 
     def _prompt_messages(self, q: Query) -> list[dict]:
         msgs = [{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else []
@@ -390,16 +393,10 @@ class Engine:
                 raise JudgeParseError("policy returned an empty reply")
             return reasoning.strip(), content.strip()
 
-        thinking, response = await call_parsed(
-            self.policy,
-            self._prompt_messages(q),
-            initial_parser,
-            task="policy",
-            retries=c.judge_retries,
-            sampling=c.policy_sampling,
-            retry_sampling={},
-            stats=stats,
+        initial = await self._client(self.policy).ask(
+            self._prompt_messages(q), initial_parser, task="policy", sampling=c.policy_sampling, stats=stats
         )
+        thinking, response = initial.value
         prompt = render_prompt(
             "extract_chain",
             lang,
@@ -558,37 +555,6 @@ def build_records(traj: dict, pairs: tuple[str, ...] = ("initial", "worst")) -> 
 # --------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_jsonl_tolerant(path: pathlib.Path) -> tuple[list[dict], bool]:
-    """Complete, valid JSON-object lines; `changed` is True when anything had to be dropped."""
-    if not path.exists():
-        return [], False
-    records, changed = [], False
-    with path.open("rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                changed = True  # cut off mid-write
-                continue
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                changed = True
-                continue
-            if not isinstance(rec, dict) or "id" not in rec:
-                changed = True
-                continue
-            records.append(rec)
-    return records, changed
-
-
 def _compact(traj: dict) -> dict:
     return {
         "before": traj["before"],
@@ -599,11 +565,12 @@ def _compact(traj: dict) -> dict:
 
 
 class OutputStore:
-    """trajectories.jsonl (the commit log), sft.jsonl and pairs.jsonl in `out_dir`.
+    """trajectories.jsonl (the commit log), sft.jsonl and pairs.jsonl in `out_dir`, each a `JsonlStore`.
 
-    On open, lines cut off by a crash, duplicate ids, and SFT/pair lines whose trajectory line never got
-    written are removed (each file rewritten atomically). `commit` appends a query's SFT and pair lines,
-    then its trajectory line, each flushed (and fsynced unless fsync=False).
+    On open, a line cut off by a crash is dropped (the store's rule), and duplicate ids and SFT/pair lines
+    whose trajectory line never got written are removed (each file rewritten atomically, only when something
+    is removed). A bad line anywhere else is a `JsonlError` naming the file and line. `commit` appends a
+    query's SFT and pair lines, then its trajectory line, each flushed (and fsynced unless fsync=False).
     """
 
     NAMES = {"traj": "trajectories.jsonl", "sft": "sft.jsonl", "pairs": "pairs.jsonl"}
@@ -614,70 +581,54 @@ class OutputStore:
         self.fsync = fsync
         self.finished: dict[str, dict] = {}
         self.counts = {"sft": 0, "pairs": 0}
+        self._stores = {k: JsonlStore(self.dir / n, fsync=fsync) for k, n in self.NAMES.items()}
         self._recover()
-        self._files = {k: open(self.dir / n, "a", encoding="utf-8") for k, n in self.NAMES.items()}
+        for store in self._stores.values():
+            store.path.touch()  # all three outputs exist after a run, empty when nothing finished
 
     def path(self, kind: str) -> pathlib.Path:
-        return self.dir / self.NAMES[kind]
+        return self._stores[kind].path
 
     def _recover(self) -> None:
-        trajs, changed = _read_jsonl_tolerant(self.path("traj"))
-        kept, allowed = [], {"sft": set(), "pairs": set()}
-        for t in trajs:
-            if t["id"] in self.finished or not all(k in t for k in ("outputs", "before", "after", "outcome")):
-                changed = True
-                continue
-            self.finished[t["id"]] = _compact(t)
+        trajs = self._stores["traj"].records()
+        kept, allowed = {}, {"sft": set(), "pairs": set()}
+        for t in trajs:  # the last complete line of an id wins, as in every JsonlStore
+            if all(k in t for k in ("outputs", "before", "after", "outcome")):
+                kept[str(t["id"])] = t
+        if len(kept) != len(trajs):
+            self._stores["traj"].rewrite(kept.values())
+        for tid, t in kept.items():
+            self.finished[tid] = _compact(t)
             allowed["sft"].update(t["outputs"].get("sft", []))
             allowed["pairs"].update(t["outputs"].get("pairs", []))
-            kept.append(t)
-        if changed:
-            _atomic_write(self.path("traj"), "".join(_dumps(t) for t in kept).encode("utf-8"))
         for kind in ("sft", "pairs"):
-            recs, changed = _read_jsonl_tolerant(self.path(kind))
-            seen, keep = set(), []
+            recs = self._stores[kind].records()
+            keep = {}
             for r in recs:
-                if r["id"] in allowed[kind] and r["id"] not in seen:
-                    seen.add(r["id"])
-                    keep.append(r)
-                else:
-                    changed = True
-            if changed:
-                _atomic_write(self.path(kind), "".join(_dumps(r) for r in keep).encode("utf-8"))
+                if r["id"] in allowed[kind]:
+                    keep[r["id"]] = r
+            if len(keep) != len(recs):
+                self._stores[kind].rewrite(keep.values())
             self.counts[kind] = len(keep)
-
-    def _append(self, kind: str, records: list[dict]) -> None:
-        if not records:
-            return
-        f = self._files[kind]
-        f.write("".join(_dumps(r) for r in records))  # one write per query and file
-        f.flush()
-        if self.fsync:
-            os.fsync(f.fileno())
 
     def commit(self, traj: dict, sft: list[dict], pairs: list[dict]) -> None:
         if traj["id"] in self.finished:
             raise ValueError(f"query {traj['id']!r} is already finished in {self.dir}")
-        self._append("sft", sft)
-        self._append("pairs", pairs)
-        self._append("traj", [traj])
+        self._stores["sft"].extend(sft)
+        self._stores["pairs"].extend(pairs)
+        self._stores["traj"].append(traj)
         self.counts["sft"] += len(sft)
         self.counts["pairs"] += len(pairs)
         self.finished[traj["id"]] = _compact(traj)
 
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
+        pass  # every append opens and closes its file: nothing is held between queries
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _dumps(rec: dict) -> str:
-    return json.dumps(rec, ensure_ascii=False) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -841,7 +792,7 @@ def run(
             interrupted = True
         elapsed = time.monotonic() - t0
         summary = compute_summary(queries, store, state["failures"])
-        _atomic_write(store.dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+        atomic_write_json(store.dir / "summary.json", summary)
         if plot:
             ids = {q.id for q in queries}
             plot_pearl_point([d for i, d in store.finished.items() if i in ids], store.dir / "pearl_point.png")
@@ -960,6 +911,9 @@ def main(argv=None) -> int:
     try:
         engine = Engine(policy, judge, optimizer, config, guidelines)
         result = run(queries, engine, args.out, concurrency=args.concurrency, progress=not args.no_progress)
+    except JsonlError as e:  # a damaged output file: named, and left for a person to look at
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception:
         traceback.print_exc()
         return EXIT_INTERNAL

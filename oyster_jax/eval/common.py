@@ -1,10 +1,11 @@
-"""Pieces shared by the evaluation harnesses: resumable JSONL results, run metadata, backends, the async
-runner with a progress bar, and the LLM / keyword judges.
+"""Pieces shared by the evaluation harnesses: run metadata, backends, the async runner with a progress bar,
+and the LLM / keyword judges.
 
-Resume: results are appended one JSON line per finished item and flushed, so a killed run loses at most
-the line being written (a torn last line is dropped on restart). Restarting with the same `--out` skips
-every id already recorded without an `error`; items whose target or judge call failed are run again
-(the newer line wins). `run.json` pins the target and judge: resuming with other ones is refused.
+Resume: results go to a `JsonlStore` (`oyster_jax.data.jsonl_store`), one JSON line per finished item,
+flushed, so a killed run loses at most the line being written (a torn last line is dropped on restart).
+Restarting with the same `--out` skips every id already recorded without an `error`; items whose target or
+judge call failed are run again (the newer line wins). `run.json` pins the target and judge: resuming with
+other ones is refused.
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import pathlib
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
+from oyster_jax.core import chain as chain_lib
+from oyster_jax.core import taxonomy as tx
+from oyster_jax.csa.judge_client import JudgeClient, JudgeFailed, content_parser
+from oyster_jax.csa.judges import JudgeParseError, parse_safety_judgment, parse_user_judgment, render_prompt
+from oyster_jax.data.jsonl_store import JsonlStore
 from oyster_jax.eval.keyword_judge import LABEL as KEYWORD_LABEL
 from oyster_jax.eval.keyword_judge import keyword_judgment
+from oyster_jax.llm.spec import SpecError, backend_from_spec
 
 __all__ = [
     "EvalError",
-    "ResultsFile",
     "check_run_meta",
     "make_backend",
     "run_items",
@@ -50,48 +55,8 @@ def prompt_language(language: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Results file and run metadata
+# Run metadata
 # ------------------------------------------------------------------------------------------------
-class ResultsFile:
-    """An append-only JSONL of per-item records, keyed by `id` (the last line for an id wins)."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = pathlib.Path(path)
-
-    def load(self, *, repair: bool = True) -> dict[str, dict]:
-        """id -> record. A torn last line (no newline, not JSON: a killed writer) is dropped (and cut from
-        the file when `repair`); a bad line anywhere else is an error naming the line."""
-        if not self.path.exists():
-            return {}
-        raw = self.path.read_bytes()
-        lines = raw.split(b"\n")
-        records: dict[str, dict] = {}
-        keep_bytes = len(raw)
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                if lineno == len(lines) and not raw.endswith(b"\n"):  # torn last line
-                    keep_bytes = len(raw) - len(line)
-                    break
-                raise EvalError(f"{self.path}:{lineno}: not valid JSON ({e})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str | int):
-                raise EvalError(f"{self.path}:{lineno}: field 'id': expected an object with a string id")
-            records[str(rec["id"])] = rec
-        if repair and keep_bytes != len(raw):
-            with self.path.open("r+b") as f:
-                f.truncate(keep_bytes)
-        return records
-
-    def append(self, record: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-
-
 def check_run_meta(out_dir: pathlib.Path, meta: dict, pinned: Iterable[str]) -> None:
     """Write `run.json`, or check that an existing one agrees on the `pinned` keys (resume safety)."""
     path = out_dir / "run.json"
@@ -115,8 +80,6 @@ def check_run_meta(out_dir: pathlib.Path, meta: dict, pinned: Iterable[str]) -> 
 # ------------------------------------------------------------------------------------------------
 def make_backend(spec: str, *, tokenizer: str | None = None, concurrency: int = 16, max_new_tokens: int = 512):
     """A Backend for 'openai:BASE_URL#MODEL' or 'local:CKPT_DIR' (see oyster_jax.llm.spec)."""
-    from oyster_jax.llm import SpecError, backend_from_spec  # noqa: PLC0415
-
     try:
         return backend_from_spec(
             spec,
@@ -202,17 +165,11 @@ NO_RISK = "no risk"
 
 
 def _category_list(lang: str) -> str:
-    from oyster_jax.core import taxonomy as tx  # noqa: PLC0415
-
     return "\n".join(f"- {c.name_en if lang == 'en' else c.name_cn}" for c in tx.LEVEL2)
 
 
 def _parse_category(content: str) -> str:
     """Judge answer -> a second-level (or first-level) English category name, 'no risk' or 'unknown'."""
-    from oyster_jax.core import chain as chain_lib  # noqa: PLC0415
-    from oyster_jax.core import taxonomy as tx  # noqa: PLC0415
-    from oyster_jax.csa.judges import JudgeParseError  # noqa: PLC0415
-
     try:
         obj = chain_lib.extract_json_block(content)
     except chain_lib.ChainParseError as e:
@@ -237,41 +194,38 @@ class JudgeCall:
 
 
 class LLMJudge:
-    """An LLM behind the Backend protocol, asked for a fenced JSON answer. Unparseable answers are retried
-    `retries` more times (greedy first, then sampled with a new seed each time); an answer that never
-    parses gives value None, which the harnesses record as invalid, never as a score."""
+    """An LLM behind the Backend protocol, asked for a fenced JSON answer through the project's one judge
+    client (`oyster_jax.csa.judge_client`): greedy first, an unparseable answer asked again `retries` more
+    times with sampling and a new seed each; an answer that never parses gives value None, which the
+    harnesses record as invalid, never as a score."""
 
     baseline = False
 
     def __init__(self, backend, label: str, *, retries: int = 5, max_tokens: int = 1024, guidelines=None):
-        self.backend, self.label, self.retries, self.max_tokens = backend, label, retries, max_tokens
+        self.backend, self.label, self.max_tokens = backend, label, max_tokens
+        self.client = JudgeClient(backend, retries=retries)
         self.guidelines = guidelines  # {name_en: {"en", "zh"}} from taxonomy.load_official_guidelines
 
-    async def _structured(self, prompt: str, parser) -> JudgeCall:
-        from oyster_jax.core.chain import ChainParseError  # noqa: PLC0415
-        from oyster_jax.csa.judges import JudgeParseError  # noqa: PLC0415
+    @property
+    def retries(self) -> int:
+        return self.client.retries
 
-        last = ""
-        for attempt in range(self.retries + 1):
-            sampling = {"temperature": 0.0, "max_tokens": self.max_tokens}
-            if attempt:  # a greedy judge would repeat the same broken answer
-                sampling = {"temperature": 0.7, "seed": attempt, "max_tokens": self.max_tokens}
-            _, content = await self.backend.achat([{"role": "user", "content": prompt}], **sampling)
-            try:
-                return JudgeCall(parser(content), attempt + 1)
-            except (JudgeParseError, ChainParseError) as e:
-                last = str(e)
-        return JudgeCall(None, self.retries + 1, last)
+    async def _structured(self, prompt: str, parser, task: str) -> JudgeCall:
+        sampling = {"temperature": 0.0, "max_tokens": self.max_tokens}
+        messages = [{"role": "user", "content": prompt}]
+        try:
+            answer = await self.client.ask(messages, content_parser(parser), task=task, sampling=sampling)
+        except JudgeFailed as e:
+            return JudgeCall(None, e.attempts, e.last_error)
+        return JudgeCall(answer.value, answer.attempts)
 
     async def classify(self, prompt: str, language: str) -> JudgeCall:
         lang = prompt_language(language)
         text = _CLASSIFY_PROMPT[lang].format(prompt=prompt, categories=_category_list(lang))
-        return await self._structured(text, _parse_category)
+        return await self._structured(text, _parse_category, "classify")
 
     def guideline(self, category: str | None, language: str) -> tuple[str, str]:
         """(category as shown to the judge, its guideline or the no-guideline note)."""
-        from oyster_jax.core import taxonomy as tx  # noqa: PLC0415
-
         lang = prompt_language(language)
         if category in (None, UNKNOWN, NO_RISK):
             shown = {UNKNOWN: "unknown", NO_RISK: "no risk", None: "unknown"}[category]
@@ -284,8 +238,6 @@ class LLMJudge:
 
     async def safety(self, query: str, response: str, category: str | None, language: str) -> JudgeCall:
         """The project's safety judge prompt; value = parse_safety_judgment dict (verdict, risk, ...)."""
-        from oyster_jax.csa.judges import parse_safety_judgment, render_prompt  # noqa: PLC0415
-
         shown, guideline = self.guideline(category, language)
         prompt = render_prompt(
             "safety_judge",
@@ -295,7 +247,7 @@ class LLMJudge:
             guideline=guideline,
             response=response,
         )
-        return await self._structured(prompt, parse_safety_judgment)
+        return await self._structured(prompt, parse_safety_judgment, "safety_judge")
 
     async def rule(self, query: str, response: str, category: str | None, language: str) -> JudgeCall:
         call = await self.safety(query, response, category, language)
@@ -303,10 +255,8 @@ class LLMJudge:
 
     async def satisfaction(self, query: str, response: str, persona: str, language: str) -> JudgeCall:
         """The project's user-simulator prompt; value = parse_user_judgment dict (scores, sat in [-1, 1])."""
-        from oyster_jax.csa.judges import parse_user_judgment, render_prompt  # noqa: PLC0415
-
         prompt = render_prompt("user_judge", prompt_language(language), persona=persona, query=query, response=response)
-        return await self._structured(prompt, parse_user_judgment)
+        return await self._structured(prompt, parse_user_judgment, "user_judge")
 
 
 class KeywordJudge:
@@ -339,10 +289,9 @@ def make_judge(spec: str, *, target_spec: str | None = None, target_backend=None
 # ------------------------------------------------------------------------------------------------
 
 
-def pending_items(results: ResultsFile, items: list[dict], name: str, noun: str) -> list[dict]:
+def pending_items(results: JsonlStore, items: list[dict], name: str, noun: str) -> list[dict]:
     """The `items` whose id has no error-free record in `results` yet; says how many were already done."""
-    done = {i for i, r in results.load().items() if not r.get("error")}
-    todo = [it for it in items if it["id"] not in done]
+    todo = results.pending(items)
     if len(todo) < len(items):
         print(f"[{name}] resuming: {len(items) - len(todo)} of {len(items)} {noun} already done", flush=True)
     return todo

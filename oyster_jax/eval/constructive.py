@@ -26,9 +26,9 @@ import pathlib
 import re
 import sys
 
+from oyster_jax.data.jsonl_store import JsonlStore
 from oyster_jax.eval.common import (
     EvalError,
-    ResultsFile,
     check_run_meta,
     pending_items,
     prompt_language,
@@ -213,7 +213,7 @@ def evaluate(items, target, judge, out_dir, *, target_sampling: dict, concurrenc
     from oyster_jax.llm.base import BackendError  # noqa: PLC0415
 
     out_dir = pathlib.Path(out_dir)
-    results = ResultsFile(out_dir / "responses.jsonl")
+    results = JsonlStore(out_dir / "responses.jsonl")
     todo = pending_items(results, items, "constructive", "items")
 
     async def one(item: dict) -> dict:
@@ -280,7 +280,7 @@ def main(argv=None) -> int:
     try:
         betas = _betas(args.betas)
         if args.summarize_only:
-            records = list(ResultsFile(out_dir / "responses.jsonl").load(repair=False).values())
+            records = list(JsonlStore(out_dir / "responses.jsonl").load(repair=False).values())
             if not records:
                 raise EvalError(f"{out_dir / 'responses.jsonl'}: no records")
             for r in records:

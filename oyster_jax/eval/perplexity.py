@@ -114,7 +114,7 @@ def perplexity_of_tokens(cfg, params, docs: list[list[int]], seq_len: int = 512,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m oyster_jax.eval.perplexity", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt", required=True, help="model checkpoint (Orbax or Hugging Face directory)")
+    parser.add_argument("--ckpt", required=True, help="model: Hugging Face dir, Orbax checkpoint or trainer workdir")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the one in --ckpt)")
     parser.add_argument("--text", required=True, help=".txt, or .jsonl with 'text' or 'messages' per line")
     parser.add_argument("--seq_len", type=int, default=512)
@@ -125,24 +125,10 @@ def main(argv=None) -> int:
     if args.seq_len < 2 or args.batch_size < 1:
         parser.error("--seq_len must be >= 2 and --batch_size >= 1")
     try:
-        import tokenizers  # noqa: PLC0415
-
         from oyster_jax import convert  # noqa: PLC0415
 
         docs = read_documents(args.text, args.chat_format)
-        ckpt = pathlib.Path(args.ckpt)
-        tok_path = pathlib.Path(args.tokenizer) if args.tokenizer else ckpt / "tokenizer.json"
-        if tok_path.is_dir():
-            tok_path = tok_path / "tokenizer.json"
-        if not tok_path.is_file():
-            raise FileNotFoundError(f"{tok_path}: tokenizer.json not found; pass --tokenizer")
-        tokenizer = tokenizers.Tokenizer.from_file(str(tok_path))
-        if (ckpt / "config.json").is_file() and any(ckpt.glob("*.safetensors")):
-            cfg, params = convert.from_hf(ckpt)
-        else:
-            cfg, params = convert.load_model(ckpt)
-        if tokenizer.get_vocab_size() > cfg.vocab_size:
-            raise ValueError(f"{tok_path}: {tokenizer.get_vocab_size()} token ids, the model has {cfg.vocab_size}")
+        cfg, params, tokenizer = convert.open_model(args.ckpt, tokenizer=args.tokenizer)
         token_docs = [tokenizer.encode(d, add_special_tokens=False).ids for d in docs]
         result = perplexity_of_tokens(cfg, params, token_docs, args.seq_len, args.batch_size, progress=True)
     except (ValueError, FileNotFoundError) as e:

@@ -28,12 +28,12 @@ import pathlib
 import sys
 
 from oyster_jax.core.schemas import iter_json_lines, read_records
+from oyster_jax.data.jsonl_store import JsonlStore
 from oyster_jax.eval.common import (
     KEYWORD_LABEL,
     NO_RISK,
     UNKNOWN,
     EvalError,
-    ResultsFile,
     check_run_meta,
     pending_items,
     run_items,
@@ -220,7 +220,7 @@ def evaluate(items: list[dict], target, judge, out_dir, *, target_sampling: dict
     from oyster_jax.llm.base import BackendError  # noqa: PLC0415
 
     out_dir = pathlib.Path(out_dir)
-    results = ResultsFile(out_dir / "responses.jsonl")
+    results = JsonlStore(out_dir / "responses.jsonl")
     todo = pending_items(results, items, "strata_sword", "prompts")
 
     async def one(item: dict) -> dict:

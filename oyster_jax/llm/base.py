@@ -15,13 +15,17 @@ class BackendError(RuntimeError):
     """A chat call that failed for good (after the backend's own retries) or that must not be retried.
 
     `retryable` says whether the cause was transient (timeout, 429, 5xx, garbage body); `status` is the HTTP
-    status when there was one. Messages never contain the API key or request headers.
+    status when there was one; `retry_after` the seconds the server asked to wait (429 Retry-After). Messages
+    never contain the API key or request headers.
     """
 
-    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None):
+    def __init__(
+        self, message: str, *, retryable: bool = False, status: int | None = None, retry_after: float | None = None
+    ):
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+        self.retry_after = retry_after
 
 
 @runtime_checkable

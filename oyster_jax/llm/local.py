@@ -3,8 +3,8 @@
     backend = LocalJaxBackend("runs/demo/ckpt", tokenizer="oyster_jax/data/seed/tokenizer.json")
     thinking, answer = backend.chat([{"role": "user", "content": "hi"}], temperature=0.0, max_tokens=64)
 
-`ckpt` is an Orbax model checkpoint or trainer workdir (`convert.load_model`) or a Hugging Face directory
-(config.json + *.safetensors, `convert.from_hf`). The chat template is `oyster_jax.core.chat` (Qwen3
+`ckpt` is anything `convert.open_model` opens: a Hugging Face directory, an Orbax model checkpoint or a
+trainer workdir (with the tokenizer it carries). The chat template is `oyster_jax.core.chat` (Qwen3
 ChatML by default); generation is `oyster_jax.infer.generate`. Concurrent `achat` calls are gathered into
 batches (same sampling settings, up to `max_batch`, waiting at most `batch_window_s` for company, and only
 when the previous batch had company or calls are queued, so a lone caller pays no wait) and run one batch at
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import pathlib
 import queue
 import threading
 import time
 
+from oyster_jax import convert
 from oyster_jax.llm.base import BackendError, BaseBackend, validate_messages
 
 __all__ = ["LocalJaxBackend"]
@@ -37,8 +37,8 @@ class _Request:
 
 class LocalJaxBackend(BaseBackend):
     """Args:
-    ckpt: model checkpoint dir (Orbax `convert.save_model` layout, a trainer workdir) or a HF directory.
-    tokenizer: `tokenizer.json` file or a directory holding one; default: the one inside `ckpt`.
+    ckpt: a model directory `convert.open_model` opens (HF, Orbax checkpoint, trainer workdir or stage).
+    tokenizer: `tokenizer.json` file or a directory holding one; default: `convert.find_tokenizer(ckpt)`.
     chat_format: 'chatml' (Qwen3) or 'deepseek_r1'.
     max_new_tokens: default budget when a call gives no max_tokens.
     max_batch / batch_window_s: micro-batching of concurrent calls; adaptive_window=False always waits
@@ -60,8 +60,6 @@ class LocalJaxBackend(BaseBackend):
         params=None,
         **generate_options,
     ):
-        import tokenizers  # noqa: PLC0415
-
         from oyster_jax.core import chat  # noqa: PLC0415
 
         self._chat = chat
@@ -71,14 +69,12 @@ class LocalJaxBackend(BaseBackend):
         if cfg is None:
             if not ckpt:
                 raise ValueError("LocalJaxBackend needs ckpt (or cfg and params)")
-            cfg, params = _load(pathlib.Path(ckpt))
+            cfg, params, self.tokenizer = convert.open_model(ckpt, tokenizer=tokenizer)
+        else:
+            tok_path = convert.find_tokenizer(ckpt, tokenizer)
+            self.tokenizer = convert.load_tokenizer(tok_path)
+            convert.check_tokenizer(self.tokenizer, cfg, tok_path)
         self.cfg, self.params = cfg, params
-        tok_path = _find_tokenizer(tokenizer, ckpt)
-        self.tokenizer = tokenizers.Tokenizer.from_file(str(tok_path))
-        if self.tokenizer.get_vocab_size() > cfg.vocab_size:
-            raise ValueError(
-                f"{tok_path}: tokenizer has {self.tokenizer.get_vocab_size()} ids, the model only {cfg.vocab_size}"
-            )
         self.name = f"local:{ckpt or '<in-memory>'}"
         self.max_new_tokens = max_new_tokens
         self.max_batch = max_batch
@@ -213,26 +209,3 @@ class LocalJaxBackend(BaseBackend):
             self._closed = True
             if self._worker is not None:
                 self._queue.put(None)
-
-
-def _find_tokenizer(tokenizer, ckpt) -> pathlib.Path:
-    candidates = []
-    if tokenizer:
-        p = pathlib.Path(tokenizer)
-        candidates.append(p / "tokenizer.json" if p.is_dir() else p)
-    elif ckpt:
-        p = pathlib.Path(ckpt)
-        candidates += [p / "tokenizer.json", p.parent / "tokenizer.json"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    where = ", ".join(map(str, candidates)) or "nowhere (no ckpt)"
-    raise FileNotFoundError(f"tokenizer.json not found (looked at {where}); pass tokenizer=PATH")
-
-
-def _load(path: pathlib.Path):
-    from oyster_jax import convert  # noqa: PLC0415
-
-    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
-        return convert.from_hf(path)
-    return convert.load_model(path)

@@ -2,24 +2,25 @@
 
 Standard library only: each request is a blocking urllib call run in this backend's own thread pool, whose
 size is the concurrency limit. Transient failures (timeouts, connection errors, 429, 5xx, a 200 whose body
-is not a chat completion) are retried with exponential backoff and jitter, honouring Retry-After on 429;
-other 4xx fail at once. The API key is read only from an environment variable and is never logged, put in
-an error message or written anywhere.
+is not a chat completion) are retried by the project's one `RetryPolicy` (exponential backoff with jitter,
+honouring Retry-After on 429); other 4xx fail at once. The API key is read only from an environment
+variable and is never logged, put in an error message or written anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import http.client
 import json
 import os
-import random
 import threading
 import urllib.error
 import urllib.request
 
 from oyster_jax.llm.base import BackendError, BaseBackend, split_think, validate_messages
+from oyster_jax.llm.retry import RetryPolicy
 
 __all__ = ["OpenAICompatibleBackend", "DEFAULT_API_KEY_ENVS"]
 
@@ -36,8 +37,8 @@ class OpenAICompatibleBackend(BaseBackend):
       api_key_env: environment variable(s) holding the key, first one set wins; no key -> no auth header.
       max_concurrency: requests in flight at once (the thread-pool size).
       timeout: seconds of socket inactivity before an attempt counts as timed out.
-      max_retries: retries after the first attempt for transient failures.
-      backoff_base / backoff_max: delay before retry k is min(backoff_max, backoff_base * 2**k) * U(0.5, 1).
+      retry: the RetryPolicy for transient failures (default `RetryPolicy()`: 4 retries, 1 s base, 30 s cap).
+      max_retries / backoff_base / backoff_max: override those fields of `retry` (the CLIs' flags).
       default_sampling: sampling keywords merged under each call's keywords.
     """
 
@@ -49,9 +50,10 @@ class OpenAICompatibleBackend(BaseBackend):
         api_key_env: str | tuple[str, ...] = DEFAULT_API_KEY_ENVS,
         max_concurrency: int = 16,
         timeout: float = 120.0,
-        max_retries: int = 4,
-        backoff_base: float = 1.0,
-        backoff_max: float = 30.0,
+        retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
+        backoff_base: float | None = None,
+        backoff_max: float | None = None,
         default_sampling: dict | None = None,
     ):
         if not base_url.startswith(("http://", "https://")):
@@ -68,9 +70,9 @@ class OpenAICompatibleBackend(BaseBackend):
         self._api_key = next((os.environ[e] for e in envs if os.environ.get(e)), None)
         self.max_concurrency = max_concurrency
         self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        overrides = {"retries": max_retries, "backoff_base": backoff_base, "backoff_max": backoff_max}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        self.retry = dataclasses.replace(retry or RetryPolicy(), **overrides)
         self.default_sampling = dict(default_sampling or {})
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -125,9 +127,9 @@ class OpenAICompatibleBackend(BaseBackend):
         except urllib.error.HTTPError as e:
             retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
             transient = e.code == 429 or e.code >= 500
-            err = BackendError(f"HTTP {e.code} from {self.url}", retryable=transient, status=e.code)
-            err.retry_after = retry_after
-            raise err from None
+            raise BackendError(
+                f"HTTP {e.code} from {self.url}", retryable=transient, status=e.code, retry_after=retry_after
+            ) from None
         except TimeoutError:  # socket.timeout is TimeoutError
             raise BackendError(f"timed out after {self.timeout}s waiting for {self.url}", retryable=True) from None
         except urllib.error.URLError as e:
@@ -147,27 +149,25 @@ class OpenAICompatibleBackend(BaseBackend):
     async def achat(self, messages, **sampling) -> tuple[str, str]:
         data = self._body(messages, sampling)
         loop = asyncio.get_running_loop()
-        attempt = 0
-        while True:
-            try:
-                return await loop.run_in_executor(self._pool(), self._post, data)
-            except BackendError as e:
-                if not e.retryable or attempt >= self.max_retries:
-                    with self._lock:
-                        self.failures += 1
-                    if attempt:
-                        raise BackendError(
-                            f"{e} (after {attempt + 1} attempts)", retryable=e.retryable, status=e.status
-                        ) from None
-                    raise
-                delay = min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
-                retry_after = getattr(e, "retry_after", None)
-                if retry_after is not None:
-                    delay = min(self.backoff_max, max(delay, retry_after))
-                with self._lock:
-                    self.retries += 1
-                attempt += 1
-                await asyncio.sleep(delay)
+        calls = 0
+
+        def attempt(_):
+            nonlocal calls
+            calls += 1
+            return loop.run_in_executor(self._pool(), self._post, data)
+
+        def count_retry(error, _):
+            with self._lock:
+                self.retries += 1
+
+        try:
+            return await self.retry.call(attempt, on_retry=count_retry)
+        except BackendError as e:
+            with self._lock:
+                self.failures += 1
+            if calls > 1:
+                raise BackendError(f"{e} (after {calls} attempts)", retryable=e.retryable, status=e.status) from None
+            raise
 
 
 def _retry_after(value) -> float | None:

@@ -1,7 +1,8 @@
 """Backend SPEC strings used by the command-line tools.
 
 openai:BASE_URL#MODEL   e.g. openai:http://127.0.0.1:8000/v1#qwen3-14b  (key from $OYSTER_API_KEY / $OPENAI_API_KEY)
-local:CKPT_DIR          our own JAX model (LocalJaxBackend; tokenizer.json in CKPT_DIR unless given)
+local:CKPT_DIR          our own JAX model (LocalJaxBackend over `convert.open_model`: HF dir, Orbax
+                        checkpoint or trainer workdir; its tokenizer unless one is given)
 """
 
 from __future__ import annotations

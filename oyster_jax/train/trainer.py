@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import pathlib
 import signal
 import threading
 import time
@@ -232,11 +231,7 @@ def initial_params(config, stage: str, workdir: epath.Path, mesh, rules, cfg: mo
             f"config.init_from={source}: starting weights are read from a local directory; copy them to "
             "local disk first (e.g. `gcloud storage cp -r`) and pass that path"
         )
-    path = pathlib.Path(source)
-    if (path / "config.json").exists() and any(path.glob("*.safetensors")):
-        loaded_cfg, params = convert.from_hf(path, mesh=mesh, rules=rules, **_runtime_overrides(cfg))
-    else:
-        loaded_cfg, params = convert.load_model(path, mesh=mesh, rules=rules, **_runtime_overrides(cfg))
+    loaded_cfg, params = convert.load_weights(source, mesh=mesh, rules=rules, **_runtime_overrides(cfg))
     diffs = {k: (v, _arch(cfg).get(k)) for k, v in _arch(loaded_cfg).items() if _arch(cfg).get(k) != v}
     if diffs:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs config.model {b!r}" for k, (a, b) in diffs.items())
