@@ -27,8 +27,16 @@ def test_reasoning_fields_and_request_body():
         body = server.requests[0]
         assert body["model"] == "m" and body["messages"] == MSG
         assert body["temperature"] == 0.0 and body["max_tokens"] == 7
-        with pytest.raises(ValueError, match="unknown sampling"):
-            b.chat(MSG, temprature=1.0)
+        # Keywords beyond the standard ones pass through as endpoint extras (vLLM/SGLang), with extra_body.
+        b = _backend(server, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+        replies = iter([Reply.chat("x", headers={})])
+        server.handler = lambda r: next(replies)
+        b.chat(MSG, top_k=20, response_format={"type": "json_object"})
+        body = server.requests[-1]
+        assert body["top_k"] == 20 and body["response_format"] == {"type": "json_object"}
+        assert body["chat_template_kwargs"] == {"enable_thinking": False}
+        with pytest.raises(ValueError, match="may not set"):
+            b.chat(MSG, model="other")
 
 
 def test_retries_then_success():
@@ -60,6 +68,47 @@ def test_timeout_is_retried_then_fails():
             b.chat(MSG)
         assert e.value.retryable and len(server.requests) == 2
         assert time.monotonic() - t0 < 3.0
+
+
+def test_redirects_are_refused_and_the_key_stays_home(monkeypatch):
+    """A 30x is not followed: the key never reaches the redirect's host, whose reply is never taken."""
+    monkeypatch.setenv("OYSTER_API_KEY", "sk-secret-123")
+    with FakeOpenAIServer(lambda r: "attacker's answer") as elsewhere:
+        target = elsewhere.base_url + "/chat/completions"
+        with FakeOpenAIServer(lambda r: Reply(status=307, headers={"Location": target})) as server:
+            b = _backend(server, max_retries=3)
+            with pytest.raises(BackendError, match="HTTP 307 redirect from .* refused") as e:
+                b.chat(MSG)
+            assert not e.value.retryable and len(server.requests) == 1  # not retried either
+            assert server.request_headers[0]["Authorization"] == "Bearer sk-secret-123"
+            assert "sk-secret" not in str(e.value)
+        assert elsewhere.requests == []
+
+
+def test_a_trickling_endpoint_meets_the_overall_deadline():
+    """One byte every 0.2 s never trips a socket-inactivity timeout; the overall deadline still ends it.
+    The body would take about a minute to arrive; the bound below leaves the loaded machine ample margin."""
+    body = Reply.chat("x" * 300).body
+    with FakeOpenAIServer(lambda r: Reply(body=body, trickle=0.2)) as server:
+        b = _backend(server, timeout=1.0, max_retries=0)
+        t0 = time.monotonic()
+        with pytest.raises(BackendError, match="within the 1s deadline") as e:
+            b.chat(MSG)
+        assert e.value.retryable
+        assert time.monotonic() - t0 < 30.0
+
+
+def test_token_usage_is_summed():
+    def reply(_):
+        r = Reply.chat("ok")
+        r.body["usage"] = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
+        return r
+
+    with FakeOpenAIServer(reply) as server:
+        b = _backend(server)
+        b.chat(MSG)
+        b.chat(MSG)
+        assert b.usage == {"prompt_tokens": 22, "completion_tokens": 10}
 
 
 def test_garbage_and_dropped_connections_fail_cleanly():

@@ -1,10 +1,18 @@
 """A backend for any OpenAI-compatible `/chat/completions` endpoint (vLLM, SGLang, our own server, hosted APIs).
 
-Standard library only: each request is a blocking urllib call run in this backend's own thread pool, whose
-size is the concurrency limit. Transient failures (timeouts, connection errors, 429, 5xx, a 200 whose body
-is not a chat completion) are retried by the project's one `RetryPolicy` (exponential backoff with jitter,
-honouring Retry-After on 429); other 4xx fail at once. The API key is read only from an environment
-variable and is never logged, put in an error message or written anywhere.
+Standard library only (`http.client`): each request is a blocking call run in this backend's own thread
+pool, whose size is the concurrency limit. Why not `urllib`: it follows redirects and re-sends the
+`Authorization` header to wherever the redirect points, and its timeout bounds only socket inactivity (an
+endpoint trickling one byte a second never times out). Here a 30x is an error naming the endpoint, so the
+key only ever goes to the configured host, and every attempt has one overall deadline (`timeout`: connect,
+send, wait and read together) enforced by a watchdog that shuts the socket down when it passes.
+
+Transient failures (timeouts, connection errors, 429, 5xx, a 200 whose body is not a chat completion) are
+retried by the project's one `RetryPolicy` (exponential backoff with jitter, honouring Retry-After on
+429); other 4xx and redirects fail at once. The API key is read only from an environment variable and is
+never logged, put in an error message or written anywhere. Sampling keywords beyond the standard ones
+(`top_k`, `chat_template_kwargs`, `response_format`, ...) go into the request body as they are, for
+vLLM/SGLang extras; `extra_body` adds fixed ones. Token usage is summed in `usage`.
 """
 
 from __future__ import annotations
@@ -15,9 +23,10 @@ import dataclasses
 import http.client
 import json
 import os
+import socket
+import ssl
 import threading
-import urllib.error
-import urllib.request
+import urllib.parse
 
 from oyster_jax.llm.base import BackendError, BaseBackend, split_think, validate_messages
 from oyster_jax.llm.retry import RetryPolicy
@@ -25,7 +34,7 @@ from oyster_jax.llm.retry import RetryPolicy
 __all__ = ["OpenAICompatibleBackend", "DEFAULT_API_KEY_ENVS"]
 
 DEFAULT_API_KEY_ENVS = ("OYSTER_API_KEY", "OPENAI_API_KEY")
-_SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed", "stop", "presence_penalty", "frequency_penalty")
+_MAX_BODY = 64 << 20  # a chat completion larger than this is not one
 
 
 class OpenAICompatibleBackend(BaseBackend):
@@ -36,10 +45,11 @@ class OpenAICompatibleBackend(BaseBackend):
       model: the `model` field of each request.
       api_key_env: environment variable(s) holding the key, first one set wins; no key -> no auth header.
       max_concurrency: requests in flight at once (the thread-pool size).
-      timeout: seconds of socket inactivity before an attempt counts as timed out.
+      timeout: overall seconds one attempt may take (connect + send + wait + read); then it is a timeout.
       retry: the RetryPolicy for transient failures (default `RetryPolicy()`: 4 retries, 1 s base, 30 s cap).
       max_retries / backoff_base / backoff_max: override those fields of `retry` (the CLIs' flags).
       default_sampling: sampling keywords merged under each call's keywords.
+      extra_body: fields added to every request body (endpoint extras, e.g. {"top_k": 20}).
     """
 
     def __init__(
@@ -55,6 +65,7 @@ class OpenAICompatibleBackend(BaseBackend):
         backoff_base: float | None = None,
         backoff_max: float | None = None,
         default_sampling: dict | None = None,
+        extra_body: dict | None = None,
     ):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -62,8 +73,16 @@ class OpenAICompatibleBackend(BaseBackend):
             raise ValueError("model must be a non-empty string")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         url = base_url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
+        parts = urllib.parse.urlsplit(self.url)
+        if not parts.hostname:
+            raise ValueError(f"base_url has no host: {base_url!r}")
+        self._https = parts.scheme == "https"
+        self._host, self._port = parts.hostname, parts.port
+        self._path = parts.path + (f"?{parts.query}" if parts.query else "")
         self.model = model
         self.name = f"openai:{base_url}#{model}"
         envs = (api_key_env,) if isinstance(api_key_env, str) else tuple(api_key_env)
@@ -74,6 +93,10 @@ class OpenAICompatibleBackend(BaseBackend):
         overrides = {k: v for k, v in overrides.items() if v is not None}
         self.retry = dataclasses.replace(retry or RetryPolicy(), **overrides)
         self.default_sampling = dict(default_sampling or {})
+        self.extra_body = dict(extra_body or {})
+        reserved = {"model", "messages", "stream"} & set(self.extra_body)
+        if reserved:
+            raise ValueError(f"extra_body may not set {sorted(reserved)}")
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         # Counters (read by the engine's summary and the throughput benchmark).
@@ -82,6 +105,7 @@ class OpenAICompatibleBackend(BaseBackend):
         self.failures = 0
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # summed over successful calls
 
     def __repr__(self):  # never shows the key
         return (
@@ -104,47 +128,91 @@ class OpenAICompatibleBackend(BaseBackend):
 
     def _body(self, messages, sampling) -> bytes:
         params = {**self.default_sampling, **sampling}
-        unknown = set(params) - set(_SAMPLING_KEYS)
-        if unknown:
-            raise ValueError(f"unknown sampling keyword(s) {sorted(unknown)}; known: {list(_SAMPLING_KEYS)}")
-        body = {"model": self.model, "messages": validate_messages(messages), "stream": False}
+        reserved = {"model", "messages", "stream"} & set(params)
+        if reserved:
+            raise ValueError(f"sampling may not set {sorted(reserved)}")
+        body = {"model": self.model, "messages": validate_messages(messages), "stream": False, **self.extra_body}
         body.update({k: v for k, v in params.items() if v is not None})
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=self.timeout, context=ssl.create_default_context()
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+
     def _post(self, data: bytes) -> tuple[str, str]:
-        """One blocking attempt. Raises BackendError (retryable or not)."""
+        """One blocking attempt within `self.timeout` seconds overall. Raises BackendError (retryable or not)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             headers["Authorization"] = "Bearer " + self._api_key
-        req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
         with self._lock:
             self.requests += 1
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        conn = self._connection()
+        expired = threading.Event()
+        sockets = []  # the connected socket, kept here: http.client drops conn.sock once a response owns it
+
+        def watchdog():  # the overall deadline: unblock whatever recv/send the attempt is stuck in
+            expired.set()
+            for sock in sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(self.timeout, watchdog)
+        timer.daemon = True
+        timer.start()
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
-            transient = e.code == 429 or e.code >= 500
-            raise BackendError(
-                f"HTTP {e.code} from {self.url}", retryable=transient, status=e.code, retry_after=retry_after
-            ) from None
-        except TimeoutError:  # socket.timeout is TimeoutError
-            raise BackendError(f"timed out after {self.timeout}s waiting for {self.url}", retryable=True) from None
-        except urllib.error.URLError as e:
-            reason = e.reason
-            if isinstance(reason, TimeoutError):
+            conn.connect()  # bounded by the socket timeout (= the deadline) on its own
+            sockets.append(conn.sock)
+            if expired.is_set():  # the deadline passed while connecting
+                watchdog()
+            conn.request("POST", self._path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read(_MAX_BODY + 1)
+            status, reply_headers = resp.status, resp.headers
+        except (OSError, http.client.HTTPException) as e:  # timeout, reset, refused, truncated, shut down
+            if expired.is_set() or isinstance(e, TimeoutError):
                 raise BackendError(
-                    f"timed out after {self.timeout}s connecting to {self.url}", retryable=True
+                    f"timed out: no complete answer from {self.url} within the {self.timeout:g}s deadline",
+                    retryable=True,
                 ) from None
-            raise BackendError(f"cannot reach {self.url}: {reason}", retryable=True) from None
-        except (ConnectionError, OSError, http.client.HTTPException) as e:  # reset, refused, truncated
+            if isinstance(e, ConnectionRefusedError | socket.gaierror):
+                raise BackendError(f"cannot reach {self.url}: {type(e).__name__}", retryable=True) from None
             raise BackendError(f"connection error with {self.url}: {type(e).__name__}", retryable=True) from None
         finally:
+            timer.cancel()
+            conn.close()
             with self._lock:
                 self.in_flight -= 1
-        return _parse_completion(raw, self.url)
+        if expired.is_set():  # the body was cut short by the watchdog
+            raise BackendError(
+                f"timed out: no complete answer from {self.url} within the {self.timeout:g}s deadline", retryable=True
+            )
+        if 300 <= status < 400:
+            raise BackendError(
+                f"HTTP {status} redirect from {self.url} refused: redirects are not followed (the API key goes "
+                "only to the configured host); point the endpoint at its final address",
+                retryable=False,
+                status=status,
+            )
+        if status >= 400:
+            retry_after = _retry_after(reply_headers.get("Retry-After"))
+            transient = status == 429 or status >= 500
+            raise BackendError(
+                f"HTTP {status} from {self.url}", retryable=transient, status=status, retry_after=retry_after
+            )
+        if len(raw) > _MAX_BODY:
+            raise BackendError(f"answer from {self.url} exceeds {_MAX_BODY} bytes", retryable=False)
+        reasoning, content, usage = _parse_completion(raw, self.url)
+        with self._lock:
+            for key in self.usage:
+                self.usage[key] += int(usage.get(key) or 0)
+        return reasoning, content
 
     async def achat(self, messages, **sampling) -> tuple[str, str]:
         data = self._body(messages, sampling)
@@ -177,8 +245,8 @@ def _retry_after(value) -> float | None:
         return None
 
 
-def _parse_completion(raw: bytes, url: str) -> tuple[str, str]:
-    """(reasoning, content) from a chat-completion body; a garbage body is a retryable BackendError."""
+def _parse_completion(raw: bytes, url: str) -> tuple[str, str, dict]:
+    """(reasoning, content, usage) from a chat-completion body; a garbage body is a retryable BackendError."""
     try:
         data = json.loads(raw.decode("utf-8"))
         message = data["choices"][0]["message"]
@@ -196,4 +264,5 @@ def _parse_completion(raw: bytes, url: str) -> tuple[str, str]:
         raise BackendError(f"empty chat completion from {url}", retryable=True)
     if not reasoning:
         reasoning, content = split_think(content)
-    return reasoning.strip(), content.strip()
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    return reasoning.strip(), content.strip(), usage

@@ -7,8 +7,8 @@
         backend = OpenAICompatibleBackend(server.base_url, "fake")
 
 A handler returning a str is shorthand for `Reply.chat(str)`; a dict is sent as the JSON body. `Reply`
-can delay (to trigger client timeouts), fail with any status, send a non-JSON body, or drop the
-connection. The server counts requests and the peak number handled at once.
+can delay (to trigger client timeouts), fail with any status, send a non-JSON body, trickle its body a
+byte at a time, or drop the connection. The server counts requests and the peak number handled at once.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Reply:
     delay: float = 0.0  # seconds before answering (on top of the server latency)
     headers: dict = dataclasses.field(default_factory=dict)
     drop_connection: bool = False  # close the socket without any response
+    trickle: float = 0.0  # > 0: send the body one byte every `trickle` seconds (a hostile slow endpoint)
 
     @classmethod
     def chat(cls, content: str | None, reasoning: str | None = None, model: str = "fake", **kw) -> Reply:
@@ -75,7 +76,7 @@ class FakeOpenAIServer:
             def log_message(self, *args):  # keep test output quiet
                 pass
 
-            def _send(self, status: int, body: bytes, headers: dict | None = None):
+            def _send(self, status: int, body: bytes, headers: dict | None = None, trickle: float = 0.0):
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -83,7 +84,14 @@ class FakeOpenAIServer:
                 for k, v in (headers or {}).items():
                     self.send_header(k, str(v))
                 self.end_headers()
-                self.wfile.write(body)
+                if trickle > 0:
+                    for i in range(len(body)):
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                        if server._stopping.wait(trickle):
+                            break
+                else:
+                    self.wfile.write(body)
                 self.close_connection = True
 
             def do_GET(self):
@@ -138,7 +146,7 @@ class FakeOpenAIServer:
                     data = json.dumps(body, ensure_ascii=False).encode("utf-8")
                 else:
                     data = (body or "").encode("utf-8")
-                self._send(reply.status, data, reply.headers)
+                self._send(reply.status, data, reply.headers, reply.trickle)
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
