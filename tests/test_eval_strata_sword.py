@@ -35,6 +35,30 @@ def test_all_700_prompts_load(data_dir):
     assert len(ss.load_prompts(data_dir, ["cn"], [2], limit=3)) == 3
 
 
+def test_limit_is_stratified_over_attack_methods(data_dir):
+    """--limit N takes N per language x level spread over the attack methods, not the head of each file."""
+    for lang in ("en", "cn"):
+        for level, methods in ((2, L2_METHODS), (3, L3_METHODS[lang])):
+            subset = ss.load_prompts(data_dir, [lang], [level], limit=20)
+            assert len(subset) == 20
+            per_method = {m: sum(it["attack_method"] == m for it in subset) for m in methods}
+            assert set(per_method) == {it["attack_method"] for it in subset}  # every method is covered
+            assert max(per_method.values()) - min(per_method.values()) <= 1, per_method
+
+
+def test_stratified_subset_by_hand():
+    recs = [{"id": i, "attack_method": m} for i, m in enumerate("AAAABBC")]
+    assert [r["id"] for r in ss.stratified_subset(recs, 4)] == [0, 1, 4, 6]  # A, B, C, then A again
+    assert [r["id"] for r in ss.stratified_subset(recs, 6)] == [0, 1, 2, 4, 5, 6]
+    assert len(ss.stratified_subset(recs, 99)) == 7 and ss.stratified_subset(recs, 0) == []
+
+
+def test_missing_data_says_how_to_get_it(tmp_path):
+    with pytest.raises(ss.EvalError, match="import_release strata_sword") as e:
+        ss.load_prompts(tmp_path)
+    assert "Alibaba-AAIG/Strata-Sword" in str(e.value)
+
+
 def _rec(i, lang, level, method, judgment):
     return {"id": f"r{i}", "language": lang, "level": level, "attack_method": method, "judgment": judgment}
 

@@ -40,7 +40,17 @@ from oyster_jax.eval.common import (
     target_and_judge,
 )
 
-__all__ = ["LANGUAGES", "LEVELS", "load_prompts", "summarize", "plot_summary", "read_responses", "evaluate", "main"]
+__all__ = [
+    "LANGUAGES",
+    "LEVELS",
+    "load_prompts",
+    "stratified_subset",
+    "summarize",
+    "plot_summary",
+    "read_responses",
+    "evaluate",
+    "main",
+]
 
 LANGUAGES = ("en", "cn")
 LEVELS = (1, 2, 3)
@@ -61,7 +71,8 @@ def _language(value: str, where: str) -> str:
 
 def load_prompts(data_dir, languages=LANGUAGES, levels=LEVELS, limit: int | None = None) -> list[dict]:
     """Prompts of `data_dir/strata_sword/{lang}_level_{n}.jsonl` (or `data_dir` itself holding the files);
-    `limit` keeps the first N of each file. Every line is validated (errors name file, line, field)."""
+    `limit` keeps N of each file, stratified over its attack methods (`stratified_subset`). Every line is
+    validated (errors name file, line, field)."""
     root = pathlib.Path(data_dir)
     if (root / "strata_sword").is_dir():
         root = root / "strata_sword"
@@ -70,7 +81,11 @@ def load_prompts(data_dir, languages=LANGUAGES, levels=LEVELS, limit: int | None
         for level in levels:
             path = root / f"{lang}_level_{level}.jsonl"
             if not path.is_file():
-                raise EvalError(f"{path}: Strata-Sword file not found (data_dir={data_dir})")
+                raise EvalError(
+                    f"{path}: Strata-Sword file not found. Import the official release (the strata_sword/*.xlsx "
+                    "files of the Alibaba-AAIG/Strata-Sword repository) with `python -m oyster_jax.data.import_release "
+                    "strata_sword --src FOLDER --out DATA_DIR` and pass DATA_DIR (or set OYSTER_DATA_DIR)"
+                )
             records = read_records(path, "eval")
             for rec in records:
                 if rec["language"] != lang or rec["level"] != level:
@@ -78,8 +93,24 @@ def load_prompts(data_dir, languages=LANGUAGES, levels=LEVELS, limit: int | None
                         f"{path}: record {rec['id']!r} says language={rec['language']!r} level={rec['level']!r}, "
                         f"but the file is {lang} level {level}"
                     )
-            items += records[:limit] if limit is not None else records
+            items += stratified_subset(records, limit) if limit is not None else records
     return items
+
+
+def stratified_subset(records: list[dict], n: int, key: str = "attack_method") -> list[dict]:
+    """`n` records spread evenly over the values of `key`: one of each value in turn (values in order of
+    first appearance, records in file order), so `--limit 20` of a level with six attack methods covers all
+    six instead of the first two. Deterministic; returned in file order."""
+    groups: dict[str, list[int]] = {}
+    for i, rec in enumerate(records):
+        groups.setdefault(rec[key], []).append(i)
+    chosen, depth = [], 0
+    while len(chosen) < min(n, len(records)):
+        for indices in groups.values():
+            if depth < len(indices) and len(chosen) < n:
+                chosen.append(indices[depth])
+        depth += 1
+    return [records[i] for i in sorted(chosen)]
 
 
 def read_responses(path) -> list[dict]:
@@ -270,7 +301,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output directory (resumable)")
     parser.add_argument("--languages", default="en,cn")
     parser.add_argument("--levels", default="1,2,3")
-    parser.add_argument("--limit", type=int, help="first N prompts of each language x level file")
+    parser.add_argument(
+        "--limit", type=int, help="N prompts of each language x level file, spread over its attack methods"
+    )
     parser.add_argument("--summarize_only", action="store_true", help="rebuild summary.json and asr.png only")
     parser.add_argument("--tokenizer", help="tokenizer.json for local: specs (default: the one in CKPT_DIR)")
     parser.add_argument("--max_tokens", type=int, default=512, help="target's generation budget")
