@@ -24,8 +24,8 @@ from oyster_jax.core import taxonomy as tx
 from oyster_jax.csa.judge_client import JudgeClient, JudgeFailed, content_parser
 from oyster_jax.csa.judges import JudgeParseError, parse_safety_judgment, parse_user_judgment, render_prompt
 from oyster_jax.data.jsonl_store import JsonlStore
+from oyster_jax.eval.keyword_judge import EMPTY_ANSWER, keyword_judgment
 from oyster_jax.eval.keyword_judge import LABEL as KEYWORD_LABEL
-from oyster_jax.eval.keyword_judge import keyword_judgment
 from oyster_jax.llm.spec import SpecError, backend_from_spec
 
 __all__ = [
@@ -269,7 +269,8 @@ class KeywordJudge:
         return JudgeCall(UNKNOWN, 0)
 
     async def rule(self, query: str, response: str, category: str | None, language: str) -> JudgeCall:
-        return JudgeCall(keyword_judgment(response), 1)
+        verdict = keyword_judgment(response)
+        return JudgeCall(verdict, 1, None if verdict is not None else EMPTY_ANSWER)
 
 
 def make_judge(spec: str, *, target_spec: str | None = None, target_backend=None, **backend_options):
