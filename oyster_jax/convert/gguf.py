@@ -138,6 +138,8 @@ class GGUFFile:
 
     def meta(self, key: str, kind: type, default=...):
         """The value of metadata `key`, checked to be of `kind` (int, float, str, bool or list)."""
+        from gguf import GGUFValueType
+
         field = self.reader.fields.get(key)
         if field is None:
             if default is ...:
@@ -159,6 +161,9 @@ class GGUFFile:
                 f"{self.path}: metadata key {key!r} is {type(value).__name__} {str(value)[:40]!r}, "
                 f"expected {kind.__name__}"
             )
+        if kind is float and field.types[0] == GGUFValueType.FLOAT32:
+            # The shortest decimal that is this float32 (1e-05, not 9.999999747378752e-06), as the source config had.
+            return float(str(np.float32(value)))
         return kind(value) if kind is not list else value
 
     def _arch_meta(self, suffix: str, kind: type, default=...):
