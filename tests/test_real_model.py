@@ -217,4 +217,5 @@ def test_short_sft_and_orpo_runs_move_the_loss(model_dir, tmp_path, stage, recor
     assert all(np.isfinite(losses))
     # The pretrained weights arrived: the first loss is far below a random model's ln(49152) = 10.8.
     assert losses[0] < 4.0, losses
-    assert losses[-1] < losses[0], losses
+    # Same few examples every step: measured 3.78 -> 1.68 (SFT) and 3.82 -> 1.69 (ORPO) on 2026-12-03.
+    assert losses[-1] < 0.75 * losses[0], losses
