@@ -175,7 +175,7 @@ class GGUFFile:
         hidden = self._arch_meta("embedding_length", int)
         heads = self._arch_meta("attention.head_count", int)
         kv_heads = self._arch_meta("attention.head_count_kv", int, heads)
-        if heads <= 0 or hidden % heads and not self.has(f"{a}.attention.key_length"):
+        if heads <= 0 or (hidden % heads and not self.has(f"{a}.attention.key_length")):
             raise GGUFFormatError(f"{self.path}: {a}.attention.head_count={heads} does not divide {hidden}")
         head_dim = self._arch_meta("attention.key_length", int, hidden // heads)
         value_dim = self._arch_meta("attention.value_length", int, head_dim)
