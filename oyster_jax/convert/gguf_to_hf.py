@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from oyster_jax.convert.gguf import gguf_to_hf, read_gguf
+from oyster_jax.convert.gguf import gguf_to_hf_dir, read_gguf
 from oyster_jax.convert.safetensors_io import CheckpointFormatError
 
 
@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         cfg = read_gguf(args.gguf).config
-        out = gguf_to_hf(args.gguf, args.out, dtype=args.dtype, progress=True)
+        out = gguf_to_hf_dir(args.gguf, args.out, dtype=args.dtype, progress=True)
     except (CheckpointFormatError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
