@@ -29,7 +29,6 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import oyster_jax.xla_env  # noqa: E402, F401  (XLA flags, before JAX starts)
 

@@ -18,7 +18,6 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow (data pipeline) must never take accelerators
 
 import oyster_jax.xla_env  # noqa: E402, F401  (XLA flags, before JAX starts)
 

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-import seqio
 import tokenizers
 
 from oyster_jax.data import chat, features, pipeline, tasks
+from oyster_jax.data.tf_setup import seqio
 from oyster_jax.data.vocab import default_tokenizer_path, default_vocabulary
 
 MULTI_TURN = {

@@ -43,10 +43,8 @@ import os
 import pathlib
 from collections.abc import Callable, Mapping
 
-import seqio
-import tensorflow as tf
-
 from oyster_jax.data import features, schemas
+from oyster_jax.data.tf_setup import seqio, tf
 from oyster_jax.data.vocab import default_vocabulary
 
 __all__ = [
