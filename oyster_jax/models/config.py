@@ -7,11 +7,13 @@ used for MFU, so that no other module needs to know the HF field names.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
+import importlib.resources
 import importlib.util
 import json
 import os
 import pathlib
-import sys
 from typing import Any
 
 # HF `architectures[0]` -> our architecture family. Everything else is refused with a clear error.
@@ -249,30 +251,52 @@ def dtype_of(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
 
 
-def load_config_module(path: str | os.PathLike):
-    """Import an ml_collections config file (`configs/.../x.py`) and return its `get_config()`."""
-    path = pathlib.Path(path).resolve()
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: config file not found")
-    # Config files import shared pieces as `configs.<...>`: make the folder above `configs/` importable.
-    for parent in path.parents:
-        if parent.name == "configs" and str(parent.parent) not in sys.path:
-            sys.path.insert(0, str(parent.parent))
-            break
-    spec = importlib.util.spec_from_file_location(f"_oyster_cfg_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+BUNDLED_CONFIGS = "oyster_jax.configs"  # the repository's configs/, shipped in the wheel (setup.py package_dir)
+
+
+def bundled_configs(group: str) -> list[str]:
+    """Names of the bundled configs of `group` ("models" or "experiments"): configs/<group>/<name>.py."""
+    root = importlib.resources.files(f"{BUNDLED_CONFIGS}.{group}")
+    return sorted(p.name[:-3] for p in root.iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
+
+
+def _get_config(module, where: str):
     if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path}: has no get_config()")
+        raise ConfigError(f"{where}: has no get_config()")
     return module.get_config()
 
 
+def load_config_module(path: str | os.PathLike):
+    """Import an ml_collections config file (any `x.py` with `get_config()`) and return its `get_config()`."""
+    path = pathlib.Path(path).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: config file not found")
+    spec = importlib.util.spec_from_file_location(f"_oyster_cfg_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return _get_config(module, str(path))
+
+
+def load_config(name_or_path: str | os.PathLike, group: str):
+    """`get_config()` of the bundled configs/<group>/<name>.py by name, or of a config file by path (`*.py`)."""
+    text = os.fspath(name_or_path)
+    if text.endswith(".py") or "/" in text or os.sep in text:
+        return load_config_module(text)
+    names = bundled_configs(group)
+    if text not in names:
+        close = difflib.get_close_matches(text, names, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(
+            f"{text!r} is not a bundled {group[:-1]} config ({hint}bundled: {', '.join(names)}); "
+            "or give the path of a .py file with get_config()"
+        )
+    module_name = f"{BUNDLED_CONFIGS}.{group}.{text}"
+    return _get_config(importlib.import_module(module_name), module_name)
+
+
 def model_config_from_file(path: str | os.PathLike, **overrides) -> ModelConfig:
-    """configs/models/<name>.py (or a bare name such as `qwen3_14b`) -> ModelConfig."""
-    path = pathlib.Path(path)
-    if path.suffix != ".py":
-        path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "models" / f"{path.name}.py"
-    cd = load_config_module(path)
+    """A model config by name (`qwen3_14b`: configs/models/qwen3_14b.py, bundled) or path -> ModelConfig."""
+    cd = load_config(path, "models")
     d = cd.to_dict() if hasattr(cd, "to_dict") else dict(cd)
     try:
         return ModelConfig.from_dict(d | overrides)

@@ -1,4 +1,5 @@
-"""Experiment configs (`configs/experiments/*.py`): loading, `--config.key=value` overrides, validation.
+"""Experiment configs (`configs/experiments/*.py`, bundled as `oyster_jax.configs.experiments`): loading by
+name or path, `--config.key=value` overrides, validation.
 
 An experiment config is an `ml_collections.ConfigDict` with these fields (defaults in `base_config()`):
 
@@ -23,12 +24,11 @@ import ast
 import dataclasses
 import difflib
 import json
-import pathlib
 
 import ml_collections
 
 from oyster_jax.models import ModelConfig
-from oyster_jax.models.config import ConfigError, load_config_module
+from oyster_jax.models.config import ConfigError, load_config
 
 STAGES = ("sft", "pref")
 # ModelConfig fields that define the network (a checkpoint of another value is another model).
@@ -114,11 +114,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def model_fields(name_or_path: str, **runtime) -> ml_collections.ConfigDict:
-    """configs/models/<name>.py as a ConfigDict with the runtime ModelConfig fields filled in."""
-    path = pathlib.Path(name_or_path)
-    if path.suffix != ".py":
-        path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "models" / f"{name_or_path}.py"
-    d = load_config_module(path).to_dict()
+    """A model config (bundled name or path) as a ConfigDict with the runtime ModelConfig fields filled in."""
+    d = load_config(name_or_path, "models").to_dict()
     full = dataclasses.asdict(ModelConfig.from_dict(d))
     full["rope_scaling"] = d.get("rope_scaling")
     full.update(runtime)
@@ -127,11 +124,11 @@ def model_fields(name_or_path: str, **runtime) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(full)
 
 
-def load_experiment(path) -> ml_collections.ConfigDict:
-    path = pathlib.Path(path)
-    cfg = load_config_module(path)
+def load_experiment(name_or_path) -> ml_collections.ConfigDict:
+    """An experiment config: a bundled name (`tiny_csa`: configs/experiments/tiny_csa.py) or a file path."""
+    cfg = load_config(name_or_path, "experiments")
     if not isinstance(cfg, ml_collections.ConfigDict):
-        raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+        raise ConfigError(f"{name_or_path}: get_config() must return an ml_collections.ConfigDict")
     return cfg
 
 
