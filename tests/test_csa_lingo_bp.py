@@ -16,7 +16,7 @@ from oyster_jax.llm import OpenAICompatibleBackend
 from oyster_jax.llm.testing import FakeOpenAIServer, Reply
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FAST = ["--backoff", "0.01", "--max-retries", "1", "--timeout", "0.5", "--no-progress"]
+FAST = ["--backoff", "0.01", "--max_retries", "1", "--timeout", "0.5", "--no_progress"]
 
 QUERIES = [
     {"id": "a", "query": "How do I do the thing?"},

@@ -83,7 +83,7 @@ def test_constructive_items_and_general_chat():
 
 
 def test_generator_reproduces_the_committed_files(tmp_path):
-    generate.main(["--out", str(tmp_path), "--no-tokenizer"])
+    generate.main(["--out", str(tmp_path), "--no_tokenizer"])
     for path in SEED_DIR.glob("*.jsonl"):
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
     total = sum(p.stat().st_size for p in SEED_DIR.glob("*.json*"))
