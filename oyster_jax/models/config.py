@@ -26,8 +26,17 @@ _HF_NAME = {v: k for k, v in HF_ARCHITECTURES.items()}
 _HF_MODEL_TYPE = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama"}
 
 ATTENTION_IMPLS = ("auto", "xla", "pallas", "cudnn")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal")
+# remat_policy -> what `nn.remat` saves for the backward pass: the name of a `jax.checkpoint_policies` policy,
+# or None for "full" (save nothing, recompute every layer); "none" is no remat. The model reads this table.
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots": "checkpoint_dots",
+    "dots_no_batch": "checkpoint_dots_with_no_batch_dims",
+}
 DTYPES = ("float32", "bfloat16", "float16")
+# Fields that say how the network runs, not what it is: model configs (configs/models/*.py) leave them out.
+RUNTIME_FIELDS = ("param_dtype", "dtype", "attention_impl", "remat_policy", "scan_layers")
 
 
 class ConfigError(ValueError):
@@ -36,20 +45,23 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    """A decoder's architecture and how it runs. The defaults are the tiny model (configs/models/tiny.py is
+    `ModelConfig()`): ~5.0M parameters with the bundled 4096-id tokenizer, the model of the tests and demo."""
+
     arch: str = "qwen3"  # qwen3 | qwen2 | llama
     vocab_size: int = 4096
     hidden_size: int = 256  # D
-    intermediate_size: int = 768  # F
+    intermediate_size: int = 1024  # F
     num_layers: int = 4  # L
     num_heads: int = 4  # N
     num_kv_heads: int = 2  # K
     head_dim: int = 64  # H
     rms_norm_eps: float = 1e-6
-    rope_theta: float = 1_000_000.0
+    rope_theta: float = 10_000.0
     # None, or {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
     # "original_max_position_embeddings"}; stored as a sorted tuple of items to keep the config hashable.
     rope_scaling: tuple[tuple[str, Any], ...] | None = None
-    max_position_embeddings: int = 32768
+    max_position_embeddings: int = 2048
     tie_word_embeddings: bool = True
     qkv_bias: bool = False  # Qwen2 family: True
     o_bias: bool = False  # Llama / Qwen3 with attention_bias=true also bias the output projection
@@ -75,7 +87,7 @@ class ModelConfig:
             ("dtype", DTYPES),
         ):
             if getattr(self, field) not in allowed:
-                raise ConfigError(f"{field}={getattr(self, field)!r}: expected one of {allowed}")
+                raise ConfigError(f"{field}={getattr(self, field)!r}: expected one of {', '.join(allowed)}")
         if isinstance(self.rope_scaling, dict):  # accept a dict, store it hashable
             object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
         if isinstance(self.eos_token_id, list):
@@ -248,7 +260,9 @@ class ModelConfig:
 def dtype_of(name: str):
     import jax.numpy as jnp
 
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    return getattr(jnp, name)
 
 
 BUNDLED_CONFIGS = "oyster_jax.configs"  # the repository's configs/, shipped in the wheel (setup.py package_dir)

@@ -27,10 +27,15 @@ import json
 
 import ml_collections
 
+from oyster_jax.configs.sharding import RECIPES
+from oyster_jax.data import chat
 from oyster_jax.models import ModelConfig
 from oyster_jax.models.config import ConfigError, load_config
+from oyster_jax.sharding import parse_mesh_spec
+from oyster_jax.train.losses import PREFERENCE_LOSSES
 
 STAGES = ("sft", "pref")
+REFERENCES = ("frozen", "precomputed")  # DPO/IPO reference log-probs: a frozen copy of the start | precomputed
 # ModelConfig fields that define the network (a checkpoint of another value is another model).
 ARCH_FIELDS = (
     "arch",
@@ -210,7 +215,7 @@ def stages_of(cfg) -> list[str]:
     stages = [s.strip() for s in str(cfg.stages).split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if not stages or bad:
-        raise ConfigError(f"config.stages={cfg.stages!r}: expected 'sft', 'pref' or 'sft,pref'")
+        raise ConfigError(f"config.stages={cfg.stages!r}: expected 'sft', 'pref' or 'sft,pref' (stages {STAGES})")
     return stages
 
 
@@ -226,10 +231,21 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 f"config.{name}.batch_size={s.batch_size} is not divisible by microbatches={s.microbatches}"
             )
-    if cfg.pref.loss not in ("orpo", "dpo", "ipo", "simpo"):
-        raise ConfigError(f"config.pref.loss={cfg.pref.loss!r}: expected one of orpo, dpo, ipo, simpo")
-    if cfg.pref.reference not in ("frozen", "precomputed"):
-        raise ConfigError(f"config.pref.reference={cfg.pref.reference!r}: expected 'frozen' or 'precomputed'")
+    _check_choice("pref.loss", cfg.pref.loss, PREFERENCE_LOSSES)
+    _check_choice("pref.reference", cfg.pref.reference, REFERENCES)
+    if isinstance(cfg.sharding, str):
+        _check_choice("sharding", cfg.sharding, tuple(RECIPES))
+    if cfg.data.get("chat_format"):
+        _check_choice("data.chat_format", cfg.data.chat_format, tuple(chat.FORMATS))
+    try:
+        parse_mesh_spec(cfg.mesh)
+    except ValueError as e:
+        raise ConfigError(f"config.mesh={cfg.mesh!r}: {e}") from None
+
+
+def _check_choice(key: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"config.{key}={value!r}: expected one of {', '.join(map(str, choices))}")
 
 
 def to_dict(cfg: ml_collections.ConfigDict) -> dict:
