@@ -8,3 +8,4 @@ LOSS_VS_TRL = 1e-6
 RESUME_PARAMS = 1e-6
 MULTIPROCESS_VS_SINGLE = 1e-5  # absolute, per-step loss, 2 processes x 4 CPU devices vs 1 process x 8 (issue 8)
 FUSED_VS_AUTODIFF_F32 = 1e-5  # hand-written backward passes vs jax.grad of the same math, float32
+REMAT_VS_NO_REMAT_F32 = 1e-6  # gradients with any remat policy vs none: the same math, recomputed

@@ -442,7 +442,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seq", default="1024,2048,4096,8192,16384,32768", help="comma-separated lengths")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=40, help="query heads N")
-    parser.add_argument("--kv_heads", type=int, default=8, help="key/value heads K (N % K == 0)")
+    parser.add_argument("--kv_heads", type=int, default=8, help="key/value heads K (N %% K == 0)")
     parser.add_argument("--head_dim", type=int, default=128)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--no_causal", action="store_true", help="full (non-causal) attention")
