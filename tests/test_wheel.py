@@ -122,7 +122,8 @@ def test_installed_main_trains_a_bundled_experiment_by_name(installed):
     target, outside = installed
     workdir = outside / "W"
     args = ["--config", "tiny_csa", "--workdir", str(workdir), "--no_progress", "--config.stages=sft"]
-    args += ["--config.sft.num_steps=2", "--config.peak_tflops=1"]
+    args += ["--config.sft.num_steps=2", "--config.sft.batch_size=2", "--config.data.seq_len=64"]
+    args += ["--config.peak_tflops=1"]  # no roofline measurement: MFU is not under test
     env = {k: v for k, v in _env(target).items() if k != "CUDA_VISIBLE_DEVICES"}
     main = [sys.executable, "-m", "oyster_jax.main", *args]
     proc = subprocess.run(main, cwd=outside, env=env, capture_output=True, text=True, timeout=900)
