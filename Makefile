@@ -3,7 +3,6 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 WORKDIR ?= runs/demo
 export TF_CPP_MIN_LOG_LEVEL := 2
-export CUDA_VISIBLE_DEVICES :=
 
 .PHONY: setup demo test test-fast test-multidevice lint bench clean real-model
 

@@ -1,6 +1,13 @@
 """oyster_jax: Constructive Safety Alignment (Oyster-I) in JAX, for TPU pods and GPUs."""
 
+import pathlib
+
 from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).resolve().parent
+# The bundled configs stay at the top of the repository (configs/) and ship inside the package as
+# `oyster_jax.configs` (a checkout without an install maps them the same way: oyster_jax/__init__.py).
+CONFIG_PACKAGES = ["oyster_jax.configs"] + [f"oyster_jax.configs.{p}" for p in find_packages(where="configs")]
 
 # Pinned together: these versions are installed and tested as one set (see README "Environment").
 INSTALL_REQUIRES = [
@@ -47,7 +54,22 @@ setup(
     name="oyster_jax",
     version="0.1.0",
     description="Constructive Safety Alignment (Oyster-I) in JAX/Flax with Pallas kernels",
-    packages=find_packages(include=["oyster_jax", "oyster_jax.*"]),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    url="https://github.com/oyster-jax/oyster_jax",  # placeholder: the public repository is not created yet
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Intended Audience :: Developers",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+    packages=find_packages(include=["oyster_jax", "oyster_jax.*"]) + CONFIG_PACKAGES,
+    package_dir={"oyster_jax.configs": "configs"},
     package_data={"oyster_jax": ["data/seed/*", "data/seed/**/*", "csa/prompts/*/*"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,

@@ -1,1 +1,1 @@
-"""oyster_jax."""
+"""oyster_jax: Constructive Safety Alignment (Oyster-I) in JAX."""

@@ -29,11 +29,10 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import oyster_jax.xla_env  # noqa: E402, F401  (XLA flags, before JAX starts)
 
-EXPERIMENT = pathlib.Path(__file__).resolve().parents[1] / "configs" / "experiments" / "tiny_csa.py"
+EXPERIMENT = "tiny_csa"  # configs/experiments/tiny_csa.py, bundled as oyster_jax.configs.experiments.tiny_csa
 TARGET_ACCURACY = 0.90
 TARGET_GAIN = 0.20
 
@@ -96,13 +95,14 @@ def _write_markdown(report: dict, workdir: pathlib.Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
     import logging
 
+    from oyster_jax import cli
+
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m oyster_jax.demo", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m oyster_jax.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=os.environ.get("WORKDIR") or "runs/demo")
-    parser.add_argument("--config", default=str(EXPERIMENT))
+    parser.add_argument("--config", default=EXPERIMENT, help="experiment config: a bundled name or a .py file")
     overrides = {}
     rest = []
     for arg in argv:

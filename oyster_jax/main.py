@@ -1,11 +1,14 @@
-"""Train: `python -m oyster_jax.main --config configs/experiments/<exp>.py --workdir W [--config.key=value ...]`.
+"""Train: `python -m oyster_jax.main --config EXPERIMENT --workdir W [--config.key=value ...]`.
 
-Runs the stages in `config.stages` ("sft", "pref" or "sft,pref") in W; rerunning the same command after a
-crash, a SIGKILL or a SIGTERM continues from the newest good checkpoint. Examples:
+EXPERIMENT is a bundled config by name (`tiny_csa`: configs/experiments/tiny_csa.py, shipped in the
+package) or the path of a config file. Runs the stages in `config.stages` ("sft", "pref" or "sft,pref")
+in W; rerunning the same command after a crash, a SIGKILL or a SIGTERM continues from the newest good
+checkpoint. Examples:
 
-    python -m oyster_jax.main --config configs/experiments/tiny_csa.py --workdir runs/tiny
-    python -m oyster_jax.main --config configs/experiments/tiny_csa.py --workdir runs/tiny \\
+    python -m oyster_jax.main --config tiny_csa --workdir runs/tiny
+    python -m oyster_jax.main --config tiny_csa --workdir runs/tiny \\
         --config.stages=pref --config.pref.loss=dpo --config.init_from=runs/tiny/sft
+    python -m oyster_jax.main --config configs/experiments/qwen3_14b_sft.py --print_config   # and exit
 
 Exit codes: 0 done; 2 bad config or input; 3 non-finite loss; 143 stopped by SIGTERM (checkpoint saved).
 """
@@ -13,22 +16,25 @@ Exit codes: 0 done; 2 bad config or input; 3 non-finite loss; 143 stopped by SIG
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 
+from oyster_jax import cli
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow (data pipeline) must never take accelerators
 
 import oyster_jax.xla_env  # noqa: E402, F401  (XLA flags, before JAX starts)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     """Our flags plus every `--config.a.b=value` (or `--config.a.b value`) override, in order."""
-    parser = argparse.ArgumentParser(prog="python -m oyster_jax.main", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="configs/experiments/<exp>.py")
-    parser.add_argument("--workdir", required=True, help="checkpoints, metrics and plots go here")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs only)")
+    parser = cli.ArgumentParser(prog="python -m oyster_jax.main", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a bundled experiment (tiny_csa, qwen3_14b_sft, ...) or a .py")
+    parser.add_argument("--workdir", help="checkpoints, metrics and plots go here (required unless --print_config)")
+    parser.add_argument("--no_progress", action="store_true", help="no tqdm bar (logs only)")
+    parser.add_argument("--print_config", action="store_true", help="print the resolved config (JSON) and exit")
     overrides: dict[str, str] = {}
     rest: list[str] = []
     i = 0
@@ -45,7 +51,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
         else:
             rest.append(arg)
         i += 1
-    return parser.parse_args(rest), overrides
+    args = parser.parse_args(rest)
+    if args.workdir is None and not args.print_config:
+        parser.error("the following arguments are required: --workdir")
+    return args, overrides
 
 
 def build_config(config_path: str, overrides: dict[str, str]):
@@ -57,8 +66,24 @@ def build_config(config_path: str, overrides: dict[str, str]):
     return config
 
 
+def print_config(config_path: str, overrides: dict[str, str]) -> int:
+    """`--print_config`: the config a run would use (overrides applied, validated), as JSON on stdout."""
+    from oyster_jax.models.config import ConfigError
+    from oyster_jax.train import config as config_lib
+
+    try:
+        config = build_config(config_path, overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(config_lib.to_dict(config), indent=2, sort_keys=True))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.print_config:
+        return print_config(args.config, overrides)
     from oyster_jax import distributed
 
     distributed.initialize()  # TPU pod / SLURM / JAX_COORDINATOR_ADDRESS; a no-op on one host

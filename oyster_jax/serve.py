@@ -17,7 +17,6 @@ The server has no authentication: it binds 127.0.0.1 unless `--host` says otherw
 
 from __future__ import annotations
 
-import argparse
 import http.server
 import json
 import math
@@ -25,6 +24,8 @@ import sys
 import threading
 import time
 import uuid
+
+from oyster_jax import cli
 
 __all__ = ["ChatService", "RequestError", "make_server", "main"]
 
@@ -331,7 +332,7 @@ def make_server(service: ChatService, host: str = "127.0.0.1", port: int = 8000)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oyster_jax.serve", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m oyster_jax.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="model: Hugging Face dir, Orbax checkpoint or trainer workdir")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the one --ckpt carries)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")

@@ -1,4 +1,4 @@
-"""Shared test setup: hide accelerators from TensorFlow, point OYSTER_DATA_DIR at ../shared/data."""
+"""Shared test setup: point OYSTER_DATA_DIR at ../shared/data (TensorFlow hides accelerators itself: data.tf_setup)."""
 
 import os
 import pathlib
@@ -6,7 +6,6 @@ import pathlib
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow must never take accelerator memory
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _SHARED_DATA = REPO.parent / "shared" / "data"

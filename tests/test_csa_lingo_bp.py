@@ -1,12 +1,13 @@
 """Lingo-BP end to end over HTTP against the scripted server: outputs, counted failures, resume, exit status."""
 
+import itertools
 import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 
@@ -16,7 +17,9 @@ from oyster_jax.llm import OpenAICompatibleBackend
 from oyster_jax.llm.testing import FakeOpenAIServer, Reply
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FAST = ["--backoff", "0.01", "--max-retries", "1", "--timeout", "0.5", "--no-progress"]
+# Fast retries, but a generous HTTP timeout: a healthy request to the local server must never time out, however
+# loaded the machine (the timeout path has its own test, where the judge never answers).
+FAST = ["--backoff", "0.01", "--max_retries", "1", "--timeout", "120", "--no_progress"]
 
 QUERIES = [
     {"id": "a", "query": "How do I do the thing?"},
@@ -24,7 +27,7 @@ QUERIES = [
     {"id": "c", "query": "#never-full 请帮帮我", "language": "zh"},
     {"id": "d", "query": "#judge-garbage x"},
     {"id": "e", "query": "#judge-500 x"},
-    {"id": "f", "query": "#judge-timeout x"},
+    {"id": "f", "query": "#judge-drop x"},
     {"id": 7, "query": "#flaky x", "category": "Mental Health", "risk_level": "R1", "persona": "a worried student"},
     {"id": "h", "query": "#bad-chain x"},
     {"id": "i", "query": "#perfect x", "category": "no risk"},
@@ -129,7 +132,16 @@ def test_end_to_end_over_http(tmp_path, capsys):
 
 def test_concurrency_keeps_requests_in_flight(tmp_path):
     queries = [lingo_bp.Query(id=str(i), query=f"q{i}", language="en") for i in range(16)]
-    with FakeOpenAIServer(ScriptedLingo(), latency=0.1) as server:
+    scripted, arrivals, first_wave = ScriptedLingo(), itertools.count(), threading.Barrier(8, timeout=300)
+
+    def together(request):
+        # The first 8 requests (one per query: each waits for its answer before the next call) are answered
+        # only once all 8 are in flight at the same time; fewer in flight would break the barrier.
+        if next(arrivals) < 8:
+            first_wave.wait()
+        return scripted(request)
+
+    with FakeOpenAIServer(together) as server:
         backend = OpenAICompatibleBackend(server.base_url, "s", max_concurrency=8, backoff_base=0.01)
         engine = lingo_bp.Engine(backend, backend, config=lingo_bp.EngineConfig(rounds=1))
         result = lingo_bp.run(queries, engine, tmp_path / "o", concurrency=8, progress=False, plot=False)
@@ -237,12 +249,40 @@ def test_resume_skips_finished_and_retries_failed(tmp_path):
     assert (s["total"], s["improved"], s["unchanged"], s["failed"], s["sft_written"]) == (9, 4, 1, 4, 5)
 
 
+def test_judge_that_never_answers_times_out_and_fails_its_query(tmp_path, capsys):
+    """The timeout path: this query's safety judge never answers, so only the client's timeout ends each
+    attempt. The timeout is short and that is safe: the query fails by timing out however slow the machine
+    is (if even a healthy call of it were slow, it would time out too), and no other query shares the run."""
+    inp = _write(tmp_path / "q.jsonl", [{"id": "t", "query": "#judge-timeout x"}])
+    out = tmp_path / "out"
+    args = ["--backoff", "0.01", "--max_retries", "1", "--timeout", "2", "--no_progress"]
+    with FakeOpenAIServer(ScriptedLingo()) as server:
+        spec = f"openai:{server.base_url}#scripted"
+        rc = lingo_bp.main(["--input", str(inp), "--policy", spec, "--judge", spec, "--out", str(out), *args])
+    assert rc == lingo_bp.EXIT_OK
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["total"], summary["failed"], summary["sft_written"], summary["pairs_written"]) == (1, 1, 0, 0)
+    assert not _lines(out / "trajectories.jsonl")  # nothing fabricated for the query that never got a verdict
+    assert "timed out" in capsys.readouterr().out
+
+
 def test_resume_after_kill(tmp_path):
     """SIGKILL mid-run, a line cut in half and an orphan SFT line: the rerun repairs and completes."""
     queries = [{"id": f"q{i}", "query": f"question {i}"} for i in range(8)]
     inp = _write(tmp_path / "q.jsonl", queries)
     out = tmp_path / "out"
-    with FakeOpenAIServer(ScriptedLingo(), latency=0.1) as server:
+    scripted = ScriptedLingo()
+    reached_q2, release = threading.Event(), threading.Event()
+
+    def gated(request):
+        # The kill lands while q2 is held here (one query at a time): exactly q0 and q1 are finished,
+        # whatever the machine's speed.
+        if "question 2" in json.dumps(request) and not release.is_set():
+            reached_q2.set()
+            release.wait(timeout=300)
+        return scripted(request)
+
+    with FakeOpenAIServer(gated) as server:
         proc = subprocess.Popen(
             [sys.executable, "-m", "oyster_jax.csa.lingo_bp", *_args(server, inp, out, "--concurrency", "1")],
             cwd=REPO,
@@ -250,13 +290,14 @@ def test_resume_after_kill(tmp_path):
             stderr=subprocess.DEVNULL,
         )
         traj = out / "trajectories.jsonl"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and (not traj.exists() or len(traj.read_text().splitlines()) < 2):
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        try:
+            assert reached_q2.wait(timeout=300), "the run never reached query q2"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            release.set()
         finished = [t["id"] for t in _lines(traj)]
-        assert 2 <= len(finished) < 8
+        assert finished == ["q0", "q1"]
         orphan = {"id": "q7", "language": "en", "messages": [{"role": "user", "content": "question 7"}]}
         with open(out / "sft.jsonl", "a") as f:
             f.write(json.dumps(orphan) + "\n")  # written before its trajectory line, then the crash

@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-import seqio
 import tokenizers
 
 from oyster_jax.core import chat
 from oyster_jax.data import features, pipeline, tasks
+from oyster_jax.data.tf_setup import seqio
 from oyster_jax.data.vocab import default_tokenizer_path, default_vocabulary
 
 MULTI_TURN = {

@@ -83,7 +83,7 @@ def test_constructive_items_and_general_chat():
 
 
 def test_generator_reproduces_the_committed_files(tmp_path):
-    generate.main(["--out", str(tmp_path), "--no-tokenizer"])
+    generate.main(["--out", str(tmp_path), "--no_tokenizer"])
     for path in SEED_DIR.glob("*.jsonl"):
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
     total = sum(p.stat().st_size for p in SEED_DIR.glob("*.json*"))
@@ -102,9 +102,8 @@ def test_no_benchmark_prompt_is_in_the_seed_data(data_dir):
 
 
 def test_tfds_seed_builder(tmp_path):
-    import tensorflow_datasets as tfds
-
     import oyster_jax.data.tfds_builders  # noqa: F401  (registers the builders)
+    from oyster_jax.data.tf_setup import tfds
 
     builder = tfds.builder("oyster_csa_seed/sft", data_dir=str(tmp_path))
     builder.download_and_prepare()

@@ -3,10 +3,10 @@
 import collections
 
 import pytest
-import seqio
 
 from oyster_jax.core import chat
 from oyster_jax.data import tasks
+from oyster_jax.data.tf_setup import seqio
 from oyster_jax.data.vocab import default_vocabulary
 
 # Counts from the benchmark's documentation (../shared/data/README.md).
@@ -51,9 +51,8 @@ def test_task_outputs_generation_prompts(data_dir):
 
 
 def test_tfds_builder_splits_by_level(data_dir, tmp_path):
-    import tensorflow_datasets as tfds
-
     import oyster_jax.data.tfds_builders  # noqa: F401  (registers the builders)
+    from oyster_jax.data.tf_setup import tfds
 
     builder = tfds.builder("strata_sword/cn", data_dir=str(tmp_path))
     builder.download_and_prepare(

@@ -5,12 +5,11 @@ import json
 
 import numpy as np
 import pytest
-import seqio
-import tensorflow as tf
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from oyster_jax.data import features
+from oyster_jax.data.tf_setup import seqio, tf
 from oyster_jax.data.vocab import HfTokenizerVocabulary, default_tokenizer_path, load_vocabulary
 
 TEXTS = [

@@ -115,7 +115,7 @@ def test_lingo_bp_with_local_policy(ckpt, tmp_path):
         judge = f"openai:{server.base_url}#scripted"
         rc = lingo_bp.main(
             ["--input", str(inp), "--policy", f"local:{path}", "--judge", judge, "--out", str(out), "--rounds", "1",
-             "--policy-sampling", "max_tokens=12", "--no-progress", "--backoff", "0.01"]
+             "--policy_sampling", "max_tokens=12", "--no_progress", "--backoff", "0.01"]
         )  # fmt: skip
         tasks = [r["messages"][0]["content"].splitlines()[0] for r in server.requests]
     assert rc == 0

@@ -51,7 +51,6 @@ def _env(devices: int, cluster: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_", "OYSTER_TPU"))}
     env.update(
         JAX_PLATFORMS="cpu",
-        CUDA_VISIBLE_DEVICES="",
         TF_CPP_MIN_LOG_LEVEL="2",
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         PYTHONPATH=str(REPO),

@@ -135,7 +135,7 @@ def _cli(workdir, *extra, **overrides):
         str(EXPERIMENT),
         "--workdir",
         str(workdir),
-        "--no-progress",
+        "--no_progress",
     ]
     args += [f"--config.{k}={v}" for k, v in (MICRO | overrides).items()]
     return args + list(extra)

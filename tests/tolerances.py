@@ -11,3 +11,4 @@ FUSED_VS_AUTODIFF_F32 = 1e-5  # hand-written backward passes vs jax.grad of the 
 # Our GGUF dequantization (gguf package, numpy) vs transformers' own (torch): the same float32 arithmetic on the
 # same blocks, so only the order of a multiply-add can differ (issue 14 asks for <= 1e-6).
 GGUF_DEQUANT = 1e-6
+REMAT_VS_NO_REMAT_F32 = 1e-6  # gradients with any remat policy vs none: the same math, recomputed

@@ -20,8 +20,8 @@ TPU v5p-64 (32 chips): FSDP over all chips.
 Expected: as for Qwen3-14B; `tests/test_train_multidevice.py` AOT-compiles this step on an 8-device fake CPU mesh.
 """
 
-from configs.experiments import qwen3_14b_orpo
-from configs.experiments._large_model import RUNTIME
+from oyster_jax.configs.experiments import qwen3_14b_orpo
+from oyster_jax.configs.experiments._large_model import RUNTIME
 from oyster_jax.train.config import model_fields
 
 HF_DIR = "checkpoints/DeepSeek-R1-Distill-Qwen-14B"

@@ -21,7 +21,7 @@ Expected: rewards/accuracies rises towards 1 and log_odds_ratio towards 0 within
 `tests/test_train_multidevice.py` AOT-compiles this step on an 8-device fake CPU mesh and prints the memory analysis.
 """
 
-from configs.experiments._large_model import large_model_config
+from oyster_jax.configs.experiments._large_model import large_model_config
 
 HF_DIR = "checkpoints/Qwen3-14B"
 

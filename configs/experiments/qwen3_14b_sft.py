@@ -21,7 +21,7 @@ and prints XLA's memory analysis. Expected: SFT loss falls from ~1.5 to below 1.
 a real CSA SFT set (hyper-parameters are free choices; the report does not state them).
 """
 
-from configs.experiments._large_model import large_model_config
+from oyster_jax.configs.experiments._large_model import large_model_config
 
 HF_DIR = "checkpoints/Qwen3-14B"
 

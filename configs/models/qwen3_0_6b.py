@@ -5,7 +5,7 @@ this file lets you AOT-compile or size a run without weights:
 `python -m oyster_jax.tools.aot --config configs/models/qwen3_0_6b.py --mesh data=1,fsdp=-1,tensor=1`.
 """
 
-from configs.models._qwen3 import qwen3_config
+from oyster_jax.configs.models._qwen3 import qwen3_config
 
 
 def get_config():

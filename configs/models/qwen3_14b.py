@@ -5,7 +5,7 @@ AOT compile of forward+backward on an 8-device mesh without any weights:
 Training recipes: configs/experiments/qwen3_14b_sft.py and qwen3_14b_orpo.py.
 """
 
-from configs.models._qwen3 import qwen3_config
+from oyster_jax.configs.models._qwen3 import qwen3_config
 
 
 def get_config():

@@ -21,7 +21,6 @@ sweep then reports the fastest as "pallas" and the built-in defaults as "pallas_
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import functools
@@ -35,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
+from oyster_jax import cli
 from oyster_jax.kernels.flash_attention import (
     GPU_BLOCKS,
     TPU_BLOCKS,
@@ -438,11 +438,11 @@ def paste_lines(style: str, tuning: KernelTuning, config: dict, head_dim: int) -
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seq", default="1024,2048,4096,8192,16384,32768", help="comma-separated lengths")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=40, help="query heads N")
-    parser.add_argument("--kv_heads", type=int, default=8, help="key/value heads K (N % K == 0)")
+    parser.add_argument("--kv_heads", type=int, default=8, help="key/value heads K (N %% K == 0)")
     parser.add_argument("--head_dim", type=int, default=128)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--no_causal", action="store_true", help="full (non-causal) attention")

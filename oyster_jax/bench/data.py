@@ -1,7 +1,7 @@
 """Input-pipeline throughput on CPU: packed SFT examples/s and tokens/s, preference pairs/s.
 
     python -m oyster_jax.bench.data                       # seed SFT mixture, B=16, T=512
-    python -m oyster_jax.bench.data --batch-size 8 --seq-len 2048 --steps 300
+    python -m oyster_jax.bench.data --batch_size 8 --seq_len 2048 --steps 300
 
 Prints the one-time preparation cost (read + validate + render + tokenize, cached per process) and the
 steady-state batch rate of ``make_sft_iterator`` / ``make_pref_iterator``. "tokens/s" counts real
@@ -10,10 +10,11 @@ steady-state batch rate of ``make_sft_iterator`` / ``make_pref_iterator``. "toke
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from tqdm import tqdm
+
+from oyster_jax import cli
 
 
 def _rate(it, steps: int, desc: str) -> tuple[float, int, int, int]:
@@ -31,11 +32,11 @@ def _rate(it, steps: int, desc: str) -> tuple[float, int, int, int]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", default="oyster_csa_sft_mix", help="SFT task/mixture name or JSONL path")
-    parser.add_argument("--pref-source", default="oyster_csa_seed_pref")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--pref_source", default="oyster_csa_seed_pref")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--seq_len", type=int, default=512)
     parser.add_argument("--steps", type=int, default=500)
     args = parser.parse_args(argv)
 

@@ -12,13 +12,14 @@ Also prints whether the greedy tokens agree.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
 import sys
 import tempfile
 import time
+
+from oyster_jax import cli
 
 
 def _model_config(path: str):
@@ -67,7 +68,7 @@ def _time(fn, repeats: int) -> tuple[float, float, object]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oyster_jax.bench.generate", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m oyster_jax.bench.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_config", default="configs/models/tiny.py")
     parser.add_argument("--batch_sizes", default="1,8")
     parser.add_argument("--prompt_len", type=int, default=64)

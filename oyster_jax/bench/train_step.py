@@ -21,6 +21,8 @@ import os
 import sys
 import time
 
+from oyster_jax import cli
+
 
 def _set_threads(n: int) -> None:
     # Before PyTorch starts its pools. XLA:CPU sizes its pool to the CPUs this process may use: on a bigger
@@ -209,13 +211,13 @@ def _hf_config_kwargs(cfg) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/experiments/tiny_csa.py")
     ap.add_argument("--stage", default="pref", choices=("sft", "pref"))
     ap.add_argument("--model", default="", help="configs/models/<name>.py to replace the experiment's model")
     ap.add_argument("--seq", type=int, default=256, help="tokens per row (pref: prompt + completion)")
     ap.add_argument("--batch", type=int, default=8, help="SFT rows or preference pairs per step")
-    ap.add_argument("--prompt-len", type=int, default=0, help="pref: prompt tokens per row (default seq/2)")
+    ap.add_argument("--prompt_len", type=int, default=0, help="pref: prompt tokens per row (default seq/2)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)

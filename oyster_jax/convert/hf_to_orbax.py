@@ -12,12 +12,13 @@ import argparse
 import sys
 import time
 
+from oyster_jax import cli
 from oyster_jax.convert.checkpoint import save_model
 from oyster_jax.convert.hf import from_hf
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hf_dir", required=True, help="directory with config.json and *.safetensors")
     ap.add_argument("--out", required=True, help="output Orbax checkpoint directory")
     ap.add_argument("--param_dtype", default=None, choices=["float32", "bfloat16"], help="default: float32")

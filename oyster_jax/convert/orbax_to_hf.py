@@ -12,12 +12,13 @@ import argparse
 import sys
 import time
 
+from oyster_jax import cli
 from oyster_jax.convert.formats import load_weights
 from oyster_jax.convert.hf import to_hf
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True, help="Orbax model checkpoint, trainer workdir W or W/<stage>")
     ap.add_argument("--out", required=True, help="output Hugging Face directory")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -28,7 +28,7 @@ Outputs in --out:
   pearl_point.png     Sat vs Risk of each query before (initial) and after (pearl point)
 "improved": the output iterate (pearl point, or best by Π when no iterate is safe) has a higher Π than the
 initial one; "unchanged": finished otherwise; "failed": no trajectory (a call kept failing: HTTP errors
-or timeouts after the backend's retries, or an answer that never parsed in 1 + --judge-retries calls).
+or timeouts after the backend's retries, or an answer that never parsed in 1 + --judge_retries calls).
 A failed query produces no record and nothing is scored by default; sat_*/risk_* are means over finished
 queries (null when none). Rerunning with the same --out resumes: finished ids are skipped, failed ones are
 retried, no line is ever duplicated, and a line cut off by a crash is dropped (the JSONL store's rule, see
@@ -55,6 +55,7 @@ import sys
 import time
 import traceback
 
+from oyster_jax import cli
 from oyster_jax.core import chain as chain_lib
 from oyster_jax.core import taxonomy as tx
 from oyster_jax.core.files import atomic_write_json
@@ -811,7 +812,7 @@ def _sampling_arg(text: str) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__.split("\n\n")
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m oyster_jax.csa.lingo_bp",
         description=doc[0],
         epilog="\n\n".join(doc[-2:]),  # outputs and exit status
@@ -832,15 +833,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=0.0)
     p.add_argument("--pairs", default="initial,worst", help="rejected side of pairs: initial,worst | all")
     p.add_argument("--guidelines", default="project", help="project | official ($OYSTER_DATA_DIR/risk_taxonomy) | PATH")
-    p.add_argument("--judge-retries", type=int, default=3, help="extra calls when an answer does not parse")
+    p.add_argument("--judge_retries", type=int, default=3, help="extra calls when an answer does not parse")
     p.add_argument("--timeout", type=float, default=120.0, help="HTTP seconds per attempt")
-    p.add_argument("--max-retries", type=int, default=4, help="HTTP retries on 429/5xx/timeouts")
+    p.add_argument("--max_retries", type=int, default=4, help="HTTP retries on 429/5xx/timeouts")
     p.add_argument("--backoff", type=float, default=1.0, help="first HTTP backoff delay in seconds")
-    p.add_argument("--policy-sampling", type=_sampling_arg, default={}, help="e.g. temperature=0.7,max_tokens=2048")
-    p.add_argument("--judge-sampling", type=_sampling_arg, default={}, help="e.g. temperature=0,max_tokens=1024")
-    p.add_argument("--system-prompt", default=None, help="system message sent to the policy with each query")
+    p.add_argument("--policy_sampling", type=_sampling_arg, default={}, help="e.g. temperature=0.7,max_tokens=2048")
+    p.add_argument("--judge_sampling", type=_sampling_arg, default={}, help="e.g. temperature=0,max_tokens=1024")
+    p.add_argument("--system_prompt", default=None, help="system message sent to the policy with each query")
     p.add_argument("--limit", type=int, default=None, help="only the first N queries")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no_progress", action="store_true")
     return p
 
 
@@ -871,7 +872,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)  # usage errors exit 2 (argparse)
     try:
         if args.rounds < 0 or args.concurrency < 1 or args.judge_retries < 0:
-            raise InputError("--rounds and --judge-retries must be >= 0 and --concurrency >= 1")
+            raise InputError("--rounds and --judge_retries must be >= 0 and --concurrency >= 1")
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise InputError(f"--out {args.out}: exists and is not a directory")
         specs = [args.policy, args.judge] + ([args.optimizer] if args.optimizer else [])

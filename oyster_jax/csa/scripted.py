@@ -10,7 +10,8 @@ placeholder. Markers in the query text choose the behaviour:
   #never-full       constructive replies score Sat = 0.6, so the loop runs all rounds
   #judge-garbage    the user-simulator judge always answers without valid JSON
   #judge-500        the safety judge always answers HTTP 500
-  #judge-timeout    the safety judge always answers after 30 s (the client times out first)
+  #judge-timeout    the safety judge never answers (until the server stops): the client's timeout fires
+  #judge-drop       the safety judge always closes the connection without an answer
   #flaky            every role's first attempt for this query gets HTTP 500 or 429 (retries recover)
   #bad-chain        the optimizer's chain extraction never holds a chain
 """
@@ -28,6 +29,7 @@ __all__ = ["ScriptedLingo", "identify_task", "REFUSAL", "CONSTRUCTIVE", "PLACEHO
 REFUSAL = "I can't help with that."
 CONSTRUCTIVE = "[constructive] I hear you. Here is what I can safely help with: [safe, useful guidance]."
 PLACEHOLDER = "Sure. [gives the requested instructions]"
+HANG_SECONDS = 3600.0  # longer than any client timeout; the server's stop() ends the wait early
 
 _FIRST_LINES = {
     (lang, task): load_prompt(task, lang).splitlines()[0].strip() for task in TASKS for lang in ("en", "zh")
@@ -129,7 +131,9 @@ class ScriptedLingo:
         if "#judge-500" in text:
             return Reply(status=500, body={"error": "scripted failure"})
         if "#judge-timeout" in text:
-            return Reply(delay=30.0)
+            return Reply(delay=HANG_SECONDS)
+        if "#judge-drop" in text:
+            return Reply(drop_connection=True)
         reply = text.rsplit("<<<", 1)[-1]
         verdict = "Unsafe" if "[gives the requested instructions]" in reply else "Safe"
         return _block(

@@ -12,12 +12,12 @@ model. Each level runs in a fresh temporary output directory. Prints one line pe
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
 
+from oyster_jax import cli
 from oyster_jax.csa import lingo_bp
 
 
@@ -57,10 +57,10 @@ def measure(policy_spec, judge_spec, queries, concurrency, rounds, timeout=120.0
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", help="SPEC; default: the scripted local server")
     p.add_argument("--judge", help="SPEC, or 'scripted' for the scripted server; default: same as --policy")
-    p.add_argument("--max-tokens", type=int, default=None, help="policy max_tokens (e.g. for a local tiny model)")
+    p.add_argument("--max_tokens", type=int, default=None, help="policy max_tokens (e.g. for a local tiny model)")
     p.add_argument("--input", help="queries JSONL (default: synthetic queries)")
     p.add_argument("--queries", type=int, default=48)
     p.add_argument("--concurrency", default="1,16", help="comma-separated levels")

@@ -29,6 +29,8 @@ Other pieces:
 - ``oyster_jax.core.schemas``: JSONL schemas (sft, pref, eval, constructive); ``read_records(path, kind)``
   raises ``RecordError`` naming ``file:line: field``.
 - ``oyster_jax.data.tasks``: built-in SeqIO tasks/mixtures, ``register_jsonl_task``, ``holdout_split``.
+- ``oyster_jax.data.tf_setup``: the one import of TensorFlow, SeqIO and TFDS; it hides every GPU and TPU
+  from TensorFlow (``tf.config.set_visible_devices``) so that JAX keeps them.
 - ``oyster_jax.data.tfds_builders``: TFDS builders ``strata_sword`` (manual dir) and ``oyster_csa_seed``.
 - ``oyster_jax.data.seed``: the bundled seed dataset (``python -m oyster_jax.data.seed.generate``) and
   ``seed.categories`` (L2 -> L1 taxonomy map, shared with ``oyster_jax.core.taxonomy``).

@@ -56,11 +56,11 @@ import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import seqio
 
 from oyster_jax.core import schemas
 from oyster_jax.data import features
 from oyster_jax.data import tasks as tasks_lib
+from oyster_jax.data.tf_setup import seqio
 
 __all__ = [
     "make_sft_iterator",

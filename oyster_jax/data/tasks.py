@@ -43,11 +43,9 @@ import os
 import pathlib
 from collections.abc import Callable, Mapping
 
-import seqio
-import tensorflow as tf
-
 from oyster_jax.core import schemas
 from oyster_jax.data import features
+from oyster_jax.data.tf_setup import seqio, tf
 from oyster_jax.data.vocab import default_vocabulary
 
 __all__ = [

@@ -1,6 +1,6 @@
 """TFDS builders: ``strata_sword`` (manual dir; configs en, cn; splits level1..3) and ``oyster_csa_seed``.
 
-    import tensorflow_datasets as tfds
+    from oyster_jax.data.tf_setup import tfds
     import oyster_jax.data.tfds_builders  # registers the builders
     ds = tfds.load("strata_sword/en", split="level2", data_dir="/tmp/tfds",
                    download_and_prepare_kwargs={"download_config": tfds.download.DownloadConfig(
@@ -24,12 +24,12 @@ import json
 import os
 import pathlib
 
-import tensorflow as tf
-import tensorflow_datasets as tfds
 from etils import epath
-from tensorflow_datasets.core.utils import py_utils
 
 from oyster_jax.core import chat, schemas
+from oyster_jax.data.tf_setup import tf, tfds
+
+py_utils = tfds.core.utils.py_utils
 
 SEED_DIR = pathlib.Path(__file__).resolve().parent / "seed"
 _TEXT = tfds.features.Text

@@ -26,9 +26,9 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
-import seqio
-import tensorflow as tf
 import tokenizers
+
+from oyster_jax.data.tf_setup import seqio, tf
 
 __all__ = ["HfTokenizerVocabulary", "load_vocabulary", "default_tokenizer_path", "default_vocabulary"]
 

@@ -20,12 +20,12 @@ plots Constructive(β) with the report's models at β = 2. Resumable like the St
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import re
 import sys
 
+from oyster_jax import cli
 from oyster_jax.data.jsonl_store import JsonlStore
 from oyster_jax.eval.common import (
     EvalError,
@@ -259,9 +259,7 @@ def _betas(value: str) -> list[float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m oyster_jax.eval.constructive", description=__doc__.split("\n\n")[0]
-    )
+    parser = cli.ArgumentParser(prog="python -m oyster_jax.eval.constructive", description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", help="openai:BASE_URL#MODEL or local:CKPT_DIR")
     parser.add_argument("--judge", help="openai:BASE_URL#MODEL or local:CKPT_DIR (an LLM: both judges use it)")
     parser.add_argument("--items", default=default_items_path(), help="items JSONL (default: the project's seed file)")

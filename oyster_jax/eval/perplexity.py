@@ -11,7 +11,6 @@ positions, so a 150k vocabulary does not need a [B, T, V] buffer.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -21,6 +20,8 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from oyster_jax import cli
 
 __all__ = ["read_documents", "windows", "perplexity_of_tokens", "main"]
 
@@ -113,7 +114,7 @@ def perplexity_of_tokens(cfg, params, docs: list[list[int]], seq_len: int = 512,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oyster_jax.eval.perplexity", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m oyster_jax.eval.perplexity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="model: Hugging Face dir, Orbax checkpoint or trainer workdir")
     parser.add_argument("--tokenizer", help="tokenizer.json (default: the one in --ckpt)")
     parser.add_argument("--text", required=True, help=".txt, or .jsonl with 'text' or 'messages' per line")

@@ -21,12 +21,12 @@ rerun the same command and only missing or failed prompts are run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
 import sys
 
+from oyster_jax import cli
 from oyster_jax.core.schemas import iter_json_lines, read_records
 from oyster_jax.data.jsonl_store import JsonlStore
 from oyster_jax.eval.common import (
@@ -292,9 +292,7 @@ def _csv(value: str, cast, name: str, allowed) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m oyster_jax.eval.strata_sword", description=__doc__.split("\n\n")[0]
-    )
+    parser = cli.ArgumentParser(prog="python -m oyster_jax.eval.strata_sword", description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", help="openai:BASE_URL#MODEL or local:CKPT_DIR")
     parser.add_argument("--judge", help="keyword (baseline), openai:BASE_URL#MODEL or local:CKPT_DIR")
     parser.add_argument("--data_dir", default=os.environ.get("OYSTER_DATA_DIR"), help="default: $OYSTER_DATA_DIR")

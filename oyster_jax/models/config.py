@@ -7,11 +7,13 @@ used for MFU, so that no other module needs to know the HF field names.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
+import importlib.resources
 import importlib.util
 import json
 import os
 import pathlib
-import sys
 from typing import Any
 
 # HF `architectures[0]` -> our architecture family. Everything else is refused with a clear error.
@@ -24,8 +26,17 @@ _HF_NAME = {v: k for k, v in HF_ARCHITECTURES.items()}
 _HF_MODEL_TYPE = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama"}
 
 ATTENTION_IMPLS = ("auto", "xla", "pallas", "cudnn")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal")
+# remat_policy -> what `nn.remat` saves for the backward pass: the name of a `jax.checkpoint_policies` policy,
+# or None for "full" (save nothing, recompute every layer); "none" is no remat. The model reads this table.
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots": "checkpoint_dots",
+    "dots_no_batch": "checkpoint_dots_with_no_batch_dims",
+}
 DTYPES = ("float32", "bfloat16", "float16")
+# Fields that say how the network runs, not what it is: model configs (configs/models/*.py) leave them out.
+RUNTIME_FIELDS = ("param_dtype", "dtype", "attention_impl", "remat_policy", "scan_layers")
 
 
 class ConfigError(ValueError):
@@ -34,20 +45,23 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    """A decoder's architecture and how it runs. The defaults are the tiny model (configs/models/tiny.py is
+    `ModelConfig()`): ~5.0M parameters with the bundled 4096-id tokenizer, the model of the tests and demo."""
+
     arch: str = "qwen3"  # qwen3 | qwen2 | llama
     vocab_size: int = 4096
     hidden_size: int = 256  # D
-    intermediate_size: int = 768  # F
+    intermediate_size: int = 1024  # F
     num_layers: int = 4  # L
     num_heads: int = 4  # N
     num_kv_heads: int = 2  # K
     head_dim: int = 64  # H
     rms_norm_eps: float = 1e-6
-    rope_theta: float = 1_000_000.0
+    rope_theta: float = 10_000.0
     # None, or {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
     # "original_max_position_embeddings"}; stored as a sorted tuple of items to keep the config hashable.
     rope_scaling: tuple[tuple[str, Any], ...] | None = None
-    max_position_embeddings: int = 32768
+    max_position_embeddings: int = 2048
     tie_word_embeddings: bool = True
     qkv_bias: bool = False  # Qwen2 family: True
     o_bias: bool = False  # Llama / Qwen3 with attention_bias=true also bias the output projection
@@ -73,7 +87,7 @@ class ModelConfig:
             ("dtype", DTYPES),
         ):
             if getattr(self, field) not in allowed:
-                raise ConfigError(f"{field}={getattr(self, field)!r}: expected one of {allowed}")
+                raise ConfigError(f"{field}={getattr(self, field)!r}: expected one of {', '.join(allowed)}")
         if isinstance(self.rope_scaling, dict):  # accept a dict, store it hashable
             object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
         if isinstance(self.eos_token_id, list):
@@ -246,33 +260,57 @@ class ModelConfig:
 def dtype_of(name: str):
     import jax.numpy as jnp
 
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    return getattr(jnp, name)
 
 
-def load_config_module(path: str | os.PathLike):
-    """Import an ml_collections config file (`configs/.../x.py`) and return its `get_config()`."""
-    path = pathlib.Path(path).resolve()
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: config file not found")
-    # Config files import shared pieces as `configs.<...>`: make the folder above `configs/` importable.
-    for parent in path.parents:
-        if parent.name == "configs" and str(parent.parent) not in sys.path:
-            sys.path.insert(0, str(parent.parent))
-            break
-    spec = importlib.util.spec_from_file_location(f"_oyster_cfg_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+BUNDLED_CONFIGS = "oyster_jax.configs"  # the repository's configs/, shipped in the wheel (setup.py package_dir)
+
+
+def bundled_configs(group: str) -> list[str]:
+    """Names of the bundled configs of `group` ("models" or "experiments"): configs/<group>/<name>.py."""
+    root = importlib.resources.files(f"{BUNDLED_CONFIGS}.{group}")
+    return sorted(p.name[:-3] for p in root.iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
+
+
+def _get_config(module, where: str):
     if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path}: has no get_config()")
+        raise ConfigError(f"{where}: has no get_config()")
     return module.get_config()
 
 
+def load_config_module(path: str | os.PathLike):
+    """Import an ml_collections config file (any `x.py` with `get_config()`) and return its `get_config()`."""
+    path = pathlib.Path(path).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: config file not found")
+    spec = importlib.util.spec_from_file_location(f"_oyster_cfg_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return _get_config(module, str(path))
+
+
+def load_config(name_or_path: str | os.PathLike, group: str):
+    """`get_config()` of the bundled configs/<group>/<name>.py by name, or of a config file by path (`*.py`)."""
+    text = os.fspath(name_or_path)
+    if text.endswith(".py") or "/" in text or os.sep in text:
+        return load_config_module(text)
+    names = bundled_configs(group)
+    if text not in names:
+        close = difflib.get_close_matches(text, names, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(
+            f"{text!r} is not a bundled {group[:-1]} config ({hint}bundled: {', '.join(names)}); "
+            "or give the path of a .py file with get_config()"
+        )
+    module_name = f"{BUNDLED_CONFIGS}.{group}.{text}"
+    return _get_config(importlib.import_module(module_name), module_name)
+
+
 def model_config_from_file(path: str | os.PathLike, **overrides) -> ModelConfig:
-    """configs/models/<name>.py (or a bare name such as `qwen3_14b`) -> ModelConfig."""
-    path = pathlib.Path(path)
-    if path.suffix != ".py":
-        path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "models" / f"{path.name}.py"
-    cd = load_config_module(path)
+    """A model config by name (`qwen3_14b`: configs/models/qwen3_14b.py, bundled) or path -> ModelConfig."""
+    cd = load_config(path, "models")
     d = cd.to_dict() if hasattr(cd, "to_dict") else dict(cd)
     try:
         return ModelConfig.from_dict(d | overrides)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from oyster_jax.models.attention import attention
-from oyster_jax.models.config import ModelConfig, dtype_of
+from oyster_jax.models.config import REMAT_POLICIES, ModelConfig, dtype_of
 
 # Activation logical axes (parameters use: vocab, embed, heads, kv_heads, head_dim, mlp, layers).
 BATCH, LENGTH, ACT_EMBED, ACT_HEADS, ACT_KV_HEADS, ACT_MLP, ACT_VOCAB = (
@@ -29,11 +29,11 @@ BATCH, LENGTH, ACT_EMBED, ACT_HEADS, ACT_KV_HEADS, ACT_MLP, ACT_VOCAB = (
     "act_vocab",
 )
 
-_REMAT_POLICIES = {
-    "full": None,  # save nothing, recompute everything
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
+
+def _remat_policy(name: str):
+    """config.REMAT_POLICIES[name] as a `jax.checkpoint_policies` policy (None: save nothing)."""
+    policy = REMAT_POLICIES[name]
+    return None if policy is None else getattr(jax.checkpoint_policies, policy)
 
 
 def _param(module: nn.Module, name: str, shape, axes, init, dtype):
@@ -197,7 +197,7 @@ class Transformer(nn.Module):
             )
         layer_cls = _ScannedLayer if cfg.scan_layers else DecoderLayer
         if cfg.remat_policy != "none":
-            layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+            layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
             self.layers = nn.scan(
                 layer_cls,

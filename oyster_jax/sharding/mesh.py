@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from oyster_jax.configs.sharding import RECIPES
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -51,12 +53,10 @@ def make_mesh(spec: str | dict, devices=None) -> Mesh:
 
 
 def resolve_rules(rules) -> tuple:
-    """A recipe name from configs/sharding.py, or an explicit tuple of (logical, mesh) pairs."""
+    """A recipe name from configs/sharding.py (`oyster_jax.configs.sharding`), or a tuple of (logical, mesh) pairs."""
     if rules is None:
         rules = "fsdp_tp"
     if isinstance(rules, str):
-        from configs.sharding import RECIPES
-
         if rules not in RECIPES:
             raise ValueError(f"unknown sharding recipe {rules!r}; known: {sorted(RECIPES)}")
         rules = RECIPES[rules]

@@ -14,6 +14,8 @@ import math
 import os
 import sys
 
+from oyster_jax import cli
+
 
 def _ensure_devices(n: int) -> None:
     flag = f"--xla_force_host_platform_device_count={n}"
@@ -67,7 +69,7 @@ def compile_train_grad(cfg, mesh, rules, batch: int, seq: int):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="configs/models/<name>.py")
     ap.add_argument("--mesh", default="data=1,fsdp=4,tensor=2")
     ap.add_argument("--rules", default="fsdp_tp", help="sharding recipe from configs/sharding.py")

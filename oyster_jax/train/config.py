@@ -1,4 +1,5 @@
-"""Experiment configs (`configs/experiments/*.py`): loading, `--config.key=value` overrides, validation.
+"""Experiment configs (`configs/experiments/*.py`, bundled as `oyster_jax.configs.experiments`): loading by
+name or path, `--config.key=value` overrides, validation.
 
 An experiment config is an `ml_collections.ConfigDict` with these fields (defaults in `base_config()`):
 
@@ -23,14 +24,18 @@ import ast
 import dataclasses
 import difflib
 import json
-import pathlib
 
 import ml_collections
 
+from oyster_jax.configs.sharding import RECIPES
+from oyster_jax.core import chat
 from oyster_jax.models import ModelConfig
-from oyster_jax.models.config import ConfigError, load_config_module
+from oyster_jax.models.config import ConfigError, load_config
+from oyster_jax.sharding import parse_mesh_spec
+from oyster_jax.train.losses import PREFERENCE_LOSSES
 
 STAGES = ("sft", "pref")
+REFERENCES = ("frozen", "precomputed")  # DPO/IPO reference log-probs: a frozen copy of the start | precomputed
 # ModelConfig fields that define the network (a checkpoint of another value is another model).
 ARCH_FIELDS = (
     "arch",
@@ -114,11 +119,8 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def model_fields(name_or_path: str, **runtime) -> ml_collections.ConfigDict:
-    """configs/models/<name>.py as a ConfigDict with the runtime ModelConfig fields filled in."""
-    path = pathlib.Path(name_or_path)
-    if path.suffix != ".py":
-        path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "models" / f"{name_or_path}.py"
-    d = load_config_module(path).to_dict()
+    """A model config (bundled name or path) as a ConfigDict with the runtime ModelConfig fields filled in."""
+    d = load_config(name_or_path, "models").to_dict()
     full = dataclasses.asdict(ModelConfig.from_dict(d))
     full["rope_scaling"] = d.get("rope_scaling")
     full.update(runtime)
@@ -127,11 +129,11 @@ def model_fields(name_or_path: str, **runtime) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(full)
 
 
-def load_experiment(path) -> ml_collections.ConfigDict:
-    path = pathlib.Path(path)
-    cfg = load_config_module(path)
+def load_experiment(name_or_path) -> ml_collections.ConfigDict:
+    """An experiment config: a bundled name (`tiny_csa`: configs/experiments/tiny_csa.py) or a file path."""
+    cfg = load_config(name_or_path, "experiments")
     if not isinstance(cfg, ml_collections.ConfigDict):
-        raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+        raise ConfigError(f"{name_or_path}: get_config() must return an ml_collections.ConfigDict")
     return cfg
 
 
@@ -213,7 +215,7 @@ def stages_of(cfg) -> list[str]:
     stages = [s.strip() for s in str(cfg.stages).split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if not stages or bad:
-        raise ConfigError(f"config.stages={cfg.stages!r}: expected 'sft', 'pref' or 'sft,pref'")
+        raise ConfigError(f"config.stages={cfg.stages!r}: expected 'sft', 'pref' or 'sft,pref' (stages {STAGES})")
     return stages
 
 
@@ -229,10 +231,21 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 f"config.{name}.batch_size={s.batch_size} is not divisible by microbatches={s.microbatches}"
             )
-    if cfg.pref.loss not in ("orpo", "dpo", "ipo", "simpo"):
-        raise ConfigError(f"config.pref.loss={cfg.pref.loss!r}: expected one of orpo, dpo, ipo, simpo")
-    if cfg.pref.reference not in ("frozen", "precomputed"):
-        raise ConfigError(f"config.pref.reference={cfg.pref.reference!r}: expected 'frozen' or 'precomputed'")
+    _check_choice("pref.loss", cfg.pref.loss, PREFERENCE_LOSSES)
+    _check_choice("pref.reference", cfg.pref.reference, REFERENCES)
+    if isinstance(cfg.sharding, str):
+        _check_choice("sharding", cfg.sharding, tuple(RECIPES))
+    if cfg.data.get("chat_format"):
+        _check_choice("data.chat_format", cfg.data.chat_format, tuple(chat.FORMATS))
+    try:
+        parse_mesh_spec(cfg.mesh)
+    except ValueError as e:
+        raise ConfigError(f"config.mesh={cfg.mesh!r}: {e}") from None
+
+
+def _check_choice(key: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"config.{key}={value!r}: expected one of {', '.join(map(str, choices))}")
 
 
 def to_dict(cfg: ml_collections.ConfigDict) -> dict:

@@ -27,6 +27,9 @@ import numpy as np
 
 __all__ = ["sft_loss", "dpo_loss", "ipo_loss", "simpo_loss", "orpo_loss", "log1mexp", "token_logprobs"]
 
+# config.pref.loss: the preference losses below, by name (train/step.py dispatches on these names).
+PREFERENCE_LOSSES = ("orpo", "dpo", "ipo", "simpo")
+
 
 def _f32(x) -> jax.Array:
     return jnp.asarray(x, jnp.float32)

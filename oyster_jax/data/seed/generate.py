@@ -1,7 +1,7 @@
 """Generate the bundled CSA seed dataset (and retrain the tiny tokenizer on it).
 
     python -m oyster_jax.data.seed.generate            # rewrites oyster_jax/data/seed/*.jsonl + tokenizer.json
-    python -m oyster_jax.data.seed.generate --no-tokenizer --out /tmp/seed
+    python -m oyster_jax.data.seed.generate --no_tokenizer --out /tmp/seed
 
 Everything is composed from the project's own templates (``content.py`` + the families below); no
 benchmark prompt is used. Unsafe behaviour appears only as a bracketed placeholder such as
@@ -21,7 +21,6 @@ Design (so that a tiny model can learn it and held-out accuracy measures general
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import random
 import re
@@ -29,6 +28,7 @@ import time
 
 from tqdm import tqdm
 
+from oyster_jax import cli
 from oyster_jax.core import chat
 from oyster_jax.core.schemas import write_records
 from oyster_jax.data.seed.categories import LEVEL2, level1_name
@@ -698,10 +698,10 @@ KINDS_BY_FILE = {
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(SEED_DIR), help="output directory (default: the package's seed dir)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-tokenizer", action="store_true", help="do not retrain tokenizer.json")
+    parser.add_argument("--no_tokenizer", action="store_true", help="do not retrain tokenizer.json")
     args = parser.parse_args(argv)
     start = time.time()
     out = pathlib.Path(args.out)
@@ -717,7 +717,7 @@ def main(argv=None):
     if not args.no_tokenizer:
         from oyster_jax.data.seed import train_tokenizer  # noqa: PLC0415
 
-        train_tokenizer.main(["--seed-dir", str(out)])
+        train_tokenizer.main(["--seed_dir", str(out)])
     print(f"done in {time.time() - start:.1f} s")
 
 

@@ -11,13 +11,13 @@ get their own merges.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from oyster_jax import cli
 from oyster_jax.core import chat
 from oyster_jax.core.schemas import read_records
 
@@ -69,10 +69,10 @@ def build_tokenizer() -> tokenizers.Tokenizer:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seed-dir", default=str(SEED_DIR))
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed_dir", default=str(SEED_DIR))
     parser.add_argument("--out", default=None, help="tokenizer.json path (default: <seed-dir>/tokenizer.json)")
-    parser.add_argument("--vocab-size", type=int, default=VOCAB_SIZE)
+    parser.add_argument("--vocab_size", type=int, default=VOCAB_SIZE)
     args = parser.parse_args(argv)
     seed_dir = pathlib.Path(args.seed_dir)
     out = pathlib.Path(args.out) if args.out else seed_dir / "tokenizer.json"
