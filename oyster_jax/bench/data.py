@@ -41,7 +41,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    from oyster_jax.data import pipeline  # noqa: PLC0415  (TensorFlow/SeqIO import is part of start-up, not of the rate)
+    from oyster_jax.data import pipeline  # lazy: TensorFlow/SeqIO start-up is not part of the rate
 
     t_import = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -12,6 +12,7 @@ Also prints whether the greedy tokens agree.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -19,13 +20,14 @@ import sys
 import tempfile
 import time
 
+from tqdm import tqdm
+
 from oyster_jax import cli
 
 
 def _model_config(path: str):
-    import importlib.util  # noqa: PLC0415
 
-    from oyster_jax.models import ModelConfig  # noqa: PLC0415
+    from oyster_jax.models import ModelConfig  # lazy: the model pulls in JAX
 
     spec = importlib.util.spec_from_file_location("bench_model_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -35,10 +37,10 @@ def _model_config(path: str):
 
 def _build(cfg, seed: int):
     """A random transformers model with `cfg`'s architecture, and the same weights in our format."""
-    import torch  # noqa: PLC0415
-    import transformers  # noqa: PLC0415
+    import torch  # lazy: torch loads only for the comparison
+    import transformers  # lazy: transformers loads only for the comparison
 
-    from oyster_jax import convert  # noqa: PLC0415
+    from oyster_jax import convert  # lazy: checkpoint loading pulls in JAX
 
     hf_cfg = cfg.to_hf_config()
     config = transformers.AutoConfig.for_model(hf_cfg.pop("model_type"), **hf_cfg)
@@ -79,12 +81,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
-    import jax  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-    from tqdm import tqdm  # noqa: PLC0415
+    import jax  # lazy: JAX loads only when a local model runs
+    import numpy as np
+    import torch  # lazy: torch loads only for the comparison
 
-    from oyster_jax import infer  # noqa: PLC0415
+    from oyster_jax import infer  # lazy: generation pulls in JAX
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

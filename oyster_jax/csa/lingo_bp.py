@@ -55,6 +55,8 @@ import sys
 import time
 import traceback
 
+from tqdm import tqdm
+
 from oyster_jax import cli
 from oyster_jax.core import chain as chain_lib
 from oyster_jax.core import taxonomy as tx
@@ -74,6 +76,7 @@ from oyster_jax.csa.judges import (
 )
 from oyster_jax.data.jsonl_store import JsonlError, JsonlStore
 from oyster_jax.llm.base import BackendError
+from oyster_jax.llm.spec import SpecError, backend_from_spec, parse_spec
 
 __all__ = [
     "Query",
@@ -663,10 +666,10 @@ def compute_summary(queries: list[Query], store: OutputStore, failures: dict[str
 
 def plot_pearl_point(done: list[dict], path, title: str = "Lingo-BP: Sat vs Risk, before and after") -> None:
     """Scatter of (Sat, Risk) per query, initial response -> output iterate, with the means."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # lazy: matplotlib loads only when a plot is written
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # lazy: matplotlib loads only when a plot is written
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     n = len(done)
@@ -736,8 +739,6 @@ async def _run_async(
     reported_internal = [False]
     bar = None
     if progress:
-        from tqdm import tqdm  # noqa: PLC0415
-
         bar = tqdm(total=len(pending), desc="lingo-bp", unit="q", file=sys.stderr, dynamic_ncols=True)
 
     async def worker():
@@ -846,7 +847,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _make_backends(args):
-    from oyster_jax.llm.spec import backend_from_spec  # noqa: PLC0415
 
     options = {
         "max_concurrency": args.concurrency,
@@ -866,7 +866,6 @@ def _make_backends(args):
 
 
 def main(argv=None) -> int:
-    from oyster_jax.llm.spec import SpecError, parse_spec  # noqa: PLC0415
 
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 (argparse)
@@ -901,7 +900,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if "local" not in kinds and "JAX_PLATFORMS" not in os.environ:
-        import jax  # noqa: PLC0415
+        import jax  # lazy: JAX loads only when a local model runs
 
         jax.config.update("jax_platforms", "cpu")  # the game solver must not take accelerator memory
     try:

@@ -19,6 +19,9 @@ import time
 
 from oyster_jax import cli
 from oyster_jax.csa import lingo_bp
+from oyster_jax.csa.scripted import ScriptedLingo
+from oyster_jax.llm.spec import backend_from_spec
+from oyster_jax.llm.testing import FakeOpenAIServer
 
 
 def _queries(n: int, path: str | None) -> list[lingo_bp.Query]:
@@ -28,7 +31,6 @@ def _queries(n: int, path: str | None) -> list[lingo_bp.Query]:
 
 
 def measure(policy_spec, judge_spec, queries, concurrency, rounds, timeout=120.0, max_tokens=None) -> dict:
-    from oyster_jax.llm.spec import backend_from_spec  # noqa: PLC0415
 
     options = {"max_concurrency": concurrency, "max_batch": concurrency, "timeout": timeout}
     policy = backend_from_spec(policy_spec, **options)
@@ -73,9 +75,6 @@ def main(argv=None) -> int:
     queries = _queries(args.queries, args.input)
     server = None
     if args.policy is None or args.judge == "scripted":
-        from oyster_jax.csa.scripted import ScriptedLingo  # noqa: PLC0415
-        from oyster_jax.llm.testing import FakeOpenAIServer  # noqa: PLC0415
-
         server = FakeOpenAIServer(ScriptedLingo(), latency=args.latency).start()
         scripted = f"openai:{server.base_url}#scripted"
         where = f"judge: scripted server, {args.latency * 1000:.0f} ms/request"

@@ -43,7 +43,7 @@ import os
 import pathlib
 from collections.abc import Callable, Mapping
 
-from oyster_jax.core import schemas
+from oyster_jax.core import chat, schemas
 from oyster_jax.data import features
 from oyster_jax.data.tf_setup import seqio, tf
 from oyster_jax.data.vocab import default_vocabulary
@@ -314,7 +314,6 @@ def register_jsonl_task(
         raise ValueError(f"unknown record kind {kind!r}: expected one of {schemas.KINDS}")
     if chain_style not in ("prose", "tagged", None):
         raise ValueError(f"chain_style must be 'prose', 'tagged' or None, got {chain_style!r}")
-    from oyster_jax.core import chat  # noqa: PLC0415
 
     chat.get_format(chat_format)
     split_paths = dict(path) if isinstance(path, Mapping) else {"train": path}

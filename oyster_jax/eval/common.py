@@ -19,6 +19,8 @@ import pathlib
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
+from tqdm import tqdm
+
 from oyster_jax.core import chain as chain_lib
 from oyster_jax.core import taxonomy as tx
 from oyster_jax.csa.judge_client import JudgeClient, JudgeFailed, content_parser
@@ -93,7 +95,6 @@ def make_backend(spec: str, *, tokenizer: str | None = None, concurrency: int = 
 
 
 async def _run(items, worker, concurrency, desc, on_result):
-    from tqdm import tqdm  # noqa: PLC0415
 
     semaphore = asyncio.Semaphore(concurrency)
 

@@ -20,12 +20,16 @@ plots Constructive(β) with the report's models at β = 2. Resumable like the St
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 import re
 import sys
 
 from oyster_jax import cli
+from oyster_jax.core import taxonomy as tx
+from oyster_jax.core.schemas import iter_records
+from oyster_jax.csa import game
 from oyster_jax.data.jsonl_store import JsonlStore
 from oyster_jax.eval.common import (
     EvalError,
@@ -35,6 +39,8 @@ from oyster_jax.eval.common import (
     run_items,
     target_and_judge,
 )
+from oyster_jax.eval.reference import CONSTRUCTIVE_BETA2
+from oyster_jax.llm.base import BackendError
 
 __all__ = ["DEFAULT_BETAS", "load_items", "score", "plot_sweep", "evaluate", "default_items_path", "main"]
 
@@ -55,8 +61,6 @@ def _beta_key(beta: float) -> str:
 
 def load_items(path, limit: int | None = None) -> list[dict]:
     """Validated items (errors name file, line and field); `language` defaults from the query's script."""
-    from oyster_jax.core import taxonomy as tx  # noqa: PLC0415
-    from oyster_jax.core.schemas import iter_records  # noqa: PLC0415
 
     items = []
     for count, rec in enumerate(iter_records(path, "constructive"), 1):
@@ -103,7 +107,6 @@ def _group(rows: list[dict], betas, alpha: float) -> dict:
 
 def score(records: list[dict], judge_label: str, betas=DEFAULT_BETAS, alpha: float = 1.0) -> dict:
     """The summary.json dict from per-item records (fields sat, risk, risk_level, category)."""
-    from oyster_jax.csa import game  # noqa: PLC0415
 
     overall = _group(records, betas, alpha)
     levels = {lv: _group([r for r in records if r["risk_level"] == lv], betas, alpha) for lv in RISK_LEVELS}
@@ -162,12 +165,10 @@ def format_summary(s: dict) -> str:
 
 
 def plot_sweep(summary: dict, path) -> pathlib.Path:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # lazy: matplotlib loads only when a plot is written
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    from oyster_jax.eval.reference import CONSTRUCTIVE_BETA2  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # lazy: matplotlib loads only when a plot is written
 
     betas = summary["betas"]
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -208,9 +209,6 @@ def write_outputs(out_dir: pathlib.Path, records: list[dict], judge_label: str, 
 # ------------------------------------------------------------------------------------------------
 def evaluate(items, target, judge, out_dir, *, target_sampling: dict, concurrency: int = 16, betas=DEFAULT_BETAS):
     """Answer and judge the items not yet done in `out_dir`; returns the summary of every record there."""
-    import asyncio  # noqa: PLC0415
-
-    from oyster_jax.llm.base import BackendError  # noqa: PLC0415
 
     out_dir = pathlib.Path(out_dir)
     results = JsonlStore(out_dir / "responses.jsonl")

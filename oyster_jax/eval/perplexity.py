@@ -20,8 +20,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from oyster_jax import cli
+from oyster_jax.core import chat
+from oyster_jax.core.schemas import iter_json_lines
 
 __all__ = ["read_documents", "windows", "perplexity_of_tokens", "main"]
 
@@ -35,8 +38,6 @@ def read_documents(path, chat_format: str = "chatml") -> list[str]:
         if not text.strip():
             raise ValueError(f"{path}: the file is empty")
         return [text]
-    from oyster_jax.core import chat  # noqa: PLC0415
-    from oyster_jax.core.schemas import iter_json_lines  # noqa: PLC0415
 
     docs = []
     for lineno, rec in iter_json_lines(path, ValueError):
@@ -73,7 +74,7 @@ def windows(docs: list[list[int]], seq_len: int) -> tuple[np.ndarray, np.ndarray
 @functools.partial(jax.jit, static_argnames=("cfg", "chunk"))
 def _window_nll(cfg, params, tokens, valid, chunk: int):
     """Summed NLL and count of the next-token predictions in each batch of windows."""
-    from oyster_jax import models  # noqa: PLC0415
+    from oyster_jax import models  # lazy: the model pulls in JAX
 
     h = models.hidden_states(cfg, params, tokens, segment_ids=valid)  # [B, T, D]
     targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
@@ -94,7 +95,6 @@ def _window_nll(cfg, params, tokens, valid, chunk: int):
 
 def perplexity_of_tokens(cfg, params, docs: list[list[int]], seq_len: int = 512, batch_size: int = 8, progress=False):
     """{"nll": mean NLL per scored token, "perplexity", "tokens": scored tokens, "windows"}."""
-    from tqdm import tqdm  # noqa: PLC0415
 
     tokens, valid = windows(docs, seq_len)
     chunk = math.gcd(seq_len, 128)
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     if args.seq_len < 2 or args.batch_size < 1:
         parser.error("--seq_len must be >= 2 and --batch_size >= 1")
     try:
-        from oyster_jax import convert  # noqa: PLC0415
+        from oyster_jax import convert  # lazy: checkpoint loading pulls in JAX
 
         docs = read_documents(args.text, args.chat_format)
         cfg, params, tokenizer = convert.open_model(args.ckpt, tokenizer=args.tokenizer)

@@ -27,6 +27,7 @@ import pathlib
 import sys
 
 from oyster_jax import cli
+from oyster_jax.core import taxonomy as tx
 from oyster_jax.core.schemas import iter_json_lines, read_records
 from oyster_jax.data.jsonl_store import JsonlStore
 from oyster_jax.eval.common import (
@@ -39,6 +40,8 @@ from oyster_jax.eval.common import (
     run_items,
     target_and_judge,
 )
+from oyster_jax.eval.reference import STRATA_SWORD_AVG_ASR
+from oyster_jax.llm.base import BackendError
 
 __all__ = [
     "LANGUAGES",
@@ -195,13 +198,11 @@ def format_summary(summary: dict) -> str:
 
 def plot_summary(summary: dict, path) -> pathlib.Path:
     """Bar chart: our ASR per level, and our average next to the report's reference models."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # lazy: matplotlib loads only when a plot is written
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-
-    from oyster_jax.eval.reference import STRATA_SWORD_AVG_ASR  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # lazy: matplotlib loads only when a plot is written
+    import numpy as np
 
     ours = "this run" + (" (keyword baseline)" if summary["judge"] == KEYWORD_LABEL else "")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1, 1.6]})
@@ -248,7 +249,6 @@ def write_outputs(out_dir: pathlib.Path, records: list[dict], judge_label: str) 
 def evaluate(items: list[dict], target, judge, out_dir, *, target_sampling: dict, concurrency: int = 16) -> dict:
     """Run the procedure on `items` not yet done in `out_dir`, appending to responses.jsonl; returns the
     summary of every record in the file. `target` is a Backend; `judge` an LLMJudge or KeywordJudge."""
-    from oyster_jax.llm.base import BackendError  # noqa: PLC0415
 
     out_dir = pathlib.Path(out_dir)
     results = JsonlStore(out_dir / "responses.jsonl")
@@ -365,7 +365,6 @@ def main(argv=None) -> int:
 
 def _official_guidelines(data_dir):
     """The official numbered guidelines when the data folder has them (else the project's wording)."""
-    from oyster_jax.core import taxonomy as tx  # noqa: PLC0415
 
     path = pathlib.Path(data_dir) / "risk_taxonomy"
     if not path.is_dir():

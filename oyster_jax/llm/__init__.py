@@ -26,7 +26,7 @@ __all__ = [
 
 def __getattr__(name):
     if name == "LocalJaxBackend":
-        from oyster_jax.llm.local import LocalJaxBackend  # noqa: PLC0415
+        from oyster_jax.llm.local import LocalJaxBackend  # lazy: the local backend pulls in JAX and the model
 
         return LocalJaxBackend
     raise AttributeError(f"module 'oyster_jax.llm' has no attribute {name!r}")

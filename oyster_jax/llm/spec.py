@@ -7,6 +7,10 @@ local:CKPT_DIR          our own JAX model (LocalJaxBackend over `convert.open_mo
 
 from __future__ import annotations
 
+import inspect
+
+from oyster_jax.llm.openai_compat import OpenAICompatibleBackend
+
 __all__ = ["SpecError", "backend_from_spec", "parse_spec"]
 
 
@@ -39,15 +43,12 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 def backend_from_spec(spec: str, **options):
     """Build a backend. `options` go to the backend constructor (e.g. max_concurrency, timeout, max_retries
     for HTTP; tokenizer, max_batch for local); options the backend does not take are ignored."""
-    import inspect  # noqa: PLC0415
 
     kind, args = parse_spec(spec)
     if kind == "openai":
-        from oyster_jax.llm.openai_compat import OpenAICompatibleBackend  # noqa: PLC0415
-
         cls = OpenAICompatibleBackend
     else:
-        from oyster_jax.llm.local import LocalJaxBackend  # noqa: PLC0415  (imports JAX and the model)
+        from oyster_jax.llm.local import LocalJaxBackend  # lazy: imports JAX and the model
 
         cls = LocalJaxBackend
     accepted = inspect.signature(cls).parameters

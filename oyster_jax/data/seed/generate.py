@@ -31,6 +31,7 @@ from tqdm import tqdm
 from oyster_jax import cli
 from oyster_jax.core import chat
 from oyster_jax.core.schemas import write_records
+from oyster_jax.data.seed import train_tokenizer
 from oyster_jax.data.seed.categories import LEVEL2, level1_name
 from oyster_jax.data.seed.content import CONTENT
 
@@ -715,8 +716,6 @@ def main(argv=None):
     summary = ", ".join(f"{name} {len(records)}" for name, records in files.items())
     print(f"seed data -> {out}: {summary} ({total_bytes / 1e6:.2f} MB)")
     if not args.no_tokenizer:
-        from oyster_jax.data.seed import train_tokenizer  # noqa: PLC0415
-
         train_tokenizer.main(["--seed_dir", str(out)])
     print(f"done in {time.time() - start:.1f} s")
 
