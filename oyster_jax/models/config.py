@@ -14,6 +14,9 @@ import pathlib
 import sys
 from typing import Any
 
+from oyster_jax.models.attention import ATTENTION_IMPLS
+from oyster_jax.models.backend import MATH_IMPLS
+
 # HF `architectures[0]` -> our architecture family. Everything else is refused with a clear error.
 HF_ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
@@ -23,7 +26,6 @@ HF_ARCHITECTURES = {
 _HF_NAME = {v: k for k, v in HF_ARCHITECTURES.items()}
 _HF_MODEL_TYPE = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama"}
 
-ATTENTION_IMPLS = ("auto", "xla", "pallas", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -54,7 +56,8 @@ class ModelConfig:
     qk_norm: bool = True  # Qwen3: RMSNorm on each head of q and k before RoPE
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype
-    attention_impl: str = "auto"
+    attention_impl: str = "auto"  # models.attention.ATTENTION_IMPLS
+    math_impl: str = "auto"  # "plain" einsums + autodiff | "cpu_tuned" layouts; auto: by backend (models.backend)
     remat_policy: str = "none"
     scan_layers: bool = False
     bos_token_id: int | None = None
@@ -68,6 +71,7 @@ class ModelConfig:
             raise ConfigError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         for field, allowed in (
             ("attention_impl", ATTENTION_IMPLS),
+            ("math_impl", MATH_IMPLS),
             ("remat_policy", REMAT_POLICIES),
             ("param_dtype", DTYPES),
             ("dtype", DTYPES),
