@@ -14,6 +14,8 @@ import pathlib
 import sys
 from typing import Any
 
+import jax.numpy as jnp
+
 from oyster_jax.models.attention import ATTENTION_IMPLS
 from oyster_jax.models.backend import MATH_IMPLS
 
@@ -248,8 +250,6 @@ class ModelConfig:
 
 
 def dtype_of(name: str):
-    import jax.numpy as jnp
-
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
 
 
