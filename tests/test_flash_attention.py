@@ -413,7 +413,7 @@ def _visited_and_needed(seg: np.ndarray, causal: bool, bq: int, bk: int, branche
     """(forward/dq tile pairs the kernels visit, tile pairs holding at least one visible (query, key) pair,
     dk/dv tile pairs visited) for one row of segment ids, from the range functions the kernels call."""
     from oyster_jax.kernels.flash_attention import tpu
-    from oyster_jax.kernels.flash_attention.reference import attention_mask
+    from oyster_jax.kernels.masking import attention_mask
 
     T = seg.shape[0]
     x = jax.ShapeDtypeStruct((1, T, 1, 64), jnp.float32)

@@ -9,8 +9,8 @@ from eval_fakes import random_params
 from tolerances import KERNEL_BF16, KERNEL_F32
 
 from oyster_jax import infer, models
-from oyster_jax.infer.decode_attention import decode_attention, decode_attention_reference
 from oyster_jax.infer.decoder import cached_attention
+from oyster_jax.kernels.decode_attention import decode_attention, decode_attention_reference
 
 
 def _inputs(B, N, K, H, S, dtype, seed=0):

@@ -235,7 +235,8 @@ def main(argv=None) -> int:
     with config.unlocked():
         if args.model:
             keep = {
-                k: config.model[k] for k in ("dtype", "param_dtype", "remat_policy", "scan_layers", "attention_impl")
+                k: config.model[k]
+                for k in ("dtype", "param_dtype", "remat_policy", "scan_layers", "attention_impl", "math_impl")
             }
             config.model = config_lib.model_fields(args.model, **keep)
         config[args.stage].batch_size = args.batch

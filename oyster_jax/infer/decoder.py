@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
+from oyster_jax.kernels.masking import cache_visible, masked_softmax
 from oyster_jax.models.attention import attention
 from oyster_jax.models.config import ModelConfig, dtype_of
 from oyster_jax.models.transformer import DecoderLayer, Transformer
-
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+from oyster_jax.sharding import logical_to_sharding, resolve_rules
 
 # Logical axes of the cache, resolved with the same rules table as training.
 CACHE_AXES = (None, "act_batch", None, "act_kv_heads", None)  # [L, B, S, K, H]
@@ -50,8 +50,6 @@ def constrain(x: jax.Array, logical: tuple, mesh: Mesh | None, rules) -> jax.Arr
     """Sharding constraint from logical axis names (no-op without a mesh)."""
     if mesh is None:
         return x
-    from oyster_jax.sharding import logical_to_sharding
-
     return jax.lax.with_sharding_constraint(x, logical_to_sharding(PartitionSpec(*logical), x.shape, mesh, rules))
 
 
@@ -68,9 +66,8 @@ def cached_attention(
     qg = q.reshape(B, T, K, N // K, H)
     scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k, preferred_element_type=jnp.float32) * H**-0.5
     slots = jnp.arange(S, dtype=jnp.int32)
-    mask = (slots[None, None, :] <= q_slots[None, :, None]) & (slots[None, None, :] >= kv_start[:, None, None])
-    scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)  # mask [B, T, S]
-    probs = jax.nn.softmax(scores, axis=-1)
+    mask = cache_visible(q_slots[None, :, None], slots[None, None, :], kv_start[:, None, None])  # [B, T, S]
+    probs = masked_softmax(scores, mask[:, None, None])
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return out.reshape(B, T, N, H).astype(q.dtype)
 
@@ -115,8 +112,6 @@ def _activation_rules(mesh: Mesh | None, rules):
     if mesh is None:
         yield
         return
-    from oyster_jax.sharding import resolve_rules
-
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(resolve_rules(rules)):
         yield
 

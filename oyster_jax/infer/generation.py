@@ -27,8 +27,10 @@ from jax.sharding import Mesh
 
 from oyster_jax.infer.decoder import CACHE_AXES, KVCache, constrain, decode, init_cache
 from oyster_jax.infer.sampling import choose_tokens, row_keys
-from oyster_jax.models import check_params
+from oyster_jax.kernels.decode_attention import decode_attention
+from oyster_jax.models import check_params, param_shardings
 from oyster_jax.models.config import ModelConfig
+from oyster_jax.sharding import batch_sharding, resolve_rules
 
 
 class GenerationError(ValueError):
@@ -102,8 +104,6 @@ def _decode_attention_fn(name: str):
     if name == "xla":
         return None
     if name == "pallas":
-        from oyster_jax.infer.decode_attention import decode_attention
-
         return functools.partial(decode_attention, interpret=jax.default_backend() == "cpu")
     raise GenerationError(f"decode_attention={name!r}: expected 'xla' or 'pallas'")
 
@@ -168,15 +168,11 @@ def _decode_until(st: _Static, params, state: _State, dyn: _Dynamic, limit) -> _
 # ------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=16)
 def _param_shardings(cfg: ModelConfig, mesh: Mesh, rules: tuple):
-    from oyster_jax.models import param_shardings
-
     return param_shardings(cfg, mesh, rules)
 
 
 def shard_params(cfg: ModelConfig, params, mesh: Mesh, rules=None):
     """Place params on `mesh` with the training rules (a no-op for params already placed that way)."""
-    from oyster_jax.sharding import resolve_rules
-
     return jax.device_put(params, _param_shardings(cfg, mesh, resolve_rules(rules)))
 
 
@@ -284,8 +280,6 @@ def generate_full(
     resolved_rules = None
     multiple = 1
     if mesh is not None:
-        from oyster_jax.sharding import resolve_rules
-
         resolved_rules = resolve_rules(rules)
         params = shard_params(cfg, params, mesh, resolved_rules)
         multiple = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -351,8 +345,6 @@ def _generate_group(
     )
     tokens = jnp.asarray(tokens)
     if st.mesh is not None:
-        from oyster_jax.sharding import batch_sharding
-
         tokens = jax.device_put(tokens, batch_sharding(st.mesh))
     state = _prefill(st, params, tokens, dyn, jnp.int32(max_new))
     stopped: dict[int, tuple[int, str]] = {}

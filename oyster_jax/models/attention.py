@@ -1,9 +1,15 @@
-"""Attention: the pure-XLA path and the dispatch over `attention_impl` ("auto" | "xla" | "pallas" | "cudnn").
+"""Attention: the plain XLA path and the dispatch over `attention_impl`.
 
-`auto` picks the Pallas flash kernel on GPU and TPU and XLA on CPU, and falls back to XLA with a one-line
-warning if the kernel cannot be used there: when it cannot be imported, or when a small forward + backward of
-it does not compile on this chip for the model's dtype and head size (probed once per combination).
-A forced backend that cannot run raises `AttentionBackendError`.
+    "xla"        materialised scores, plain einsums and autodiff (`xla_attention`, any backend)
+    "cpu_fused"  the same math with a hand-written backward laid out for XLA:CPU (`kernels.fused_attention`)
+    "pallas"     our flash kernels (`kernels.flash_attention`; interpreted on CPU)
+    "cudnn"      `jax.nn.dot_product_attention(implementation="cudnn")`, NVIDIA GPUs only
+    "auto"       "pallas" on GPU and TPU, "cpu_fused" on CPU (`models.backend.is_cpu`)
+
+On GPU and TPU `auto` falls back to "xla" with a one-line warning when a small forward + backward of the
+flash kernel does not compile on this chip for the model's dtype and head size (probed once per
+combination). A forced backend that cannot run raises `AttentionBackendError`. Every path takes its mask
+from `kernels.masking`.
 """
 
 from __future__ import annotations
@@ -14,41 +20,20 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from oyster_jax.kernels.flash_attention import flash_attention
+from oyster_jax.kernels.fused_attention import fused_attention
+from oyster_jax.kernels.masking import attention_mask, masked_softmax
+from oyster_jax.models import backend
 
 log = logging.getLogger(__name__)
 
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+_ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
 
 
 class AttentionBackendError(RuntimeError):
     """A forced attention backend cannot run on this platform."""
-
-
-def attention_mask(
-    segment_ids_q: jax.Array | None,  # [B, T]
-    segment_ids_k: jax.Array | None,  # [B, S]
-    T: int,
-    S: int,
-    causal: bool,
-    branch_ids: jax.Array | None = None,  # [B, T], T == S
-) -> jax.Array | None:
-    """Boolean [B|1, T, S] mask: causal by index, same non-zero segment id (0 = padding).
-
-    `branch_ids` (prompt sharing, `train/batches.share_prompts`): 0 marks a shared trunk that every token of
-    the segment may see; tokens of branch b > 0 see the trunk and branch b only, so a rejected completion
-    packed after its chosen one never attends to it."""
-    mask = None
-    if causal:
-        # Right-aligned so that decoding (T < S) lets the last query see every key.
-        mask = (jnp.arange(T)[:, None] + (S - T)) >= jnp.arange(S)[None, :]
-        mask = mask[None]
-    if segment_ids_q is not None:
-        seg = (segment_ids_q[:, :, None] == segment_ids_k[:, None, :]) & (segment_ids_q[:, :, None] != 0)
-        mask = seg if mask is None else mask & seg
-    if branch_ids is not None:
-        same = (branch_ids[:, None, :] == 0) | (branch_ids[:, :, None] == branch_ids[:, None, :])
-        mask = same if mask is None else mask & same
-    return mask
 
 
 def xla_attention(
@@ -59,21 +44,17 @@ def xla_attention(
     causal: bool = True,
     segment_ids: jax.Array | None = None,  # [B, T], T == S
     sm_scale: float | None = None,
-    branch_ids: jax.Array | None = None,  # [B, T]: see attention_mask
+    branch_ids: jax.Array | None = None,  # [B, T]: shared-prompt branches (kernels.masking)
 ) -> jax.Array:  # [B, T, N, H]
-    """Reference attention that materializes the [T, S] scores; grouped heads share K/V without copies."""
+    """Plain attention that materializes the [T, S] scores; grouped heads share K/V without copies."""
     B, T, N, H = q.shape
     S, K = k.shape[1], k.shape[2]
     G = N // K
     sm_scale = H**-0.5 if sm_scale is None else sm_scale
     qg = q.reshape(B, T, K, G, H)
     scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k, preferred_element_type=jnp.float32) * sm_scale
-    mask = attention_mask(segment_ids, segment_ids, T, S, causal, branch_ids)
-    if mask is not None:
-        scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1)
-    if mask is not None:  # a fully masked row (padding) gives zeros, not a uniform average
-        probs = jnp.where(mask[:, None, None].any(-1, keepdims=True), probs, 0.0)
+    mask = attention_mask(T, S, causal=causal, segment_ids=segment_ids, branch_ids=branch_ids)
+    probs = masked_softmax(scores, None if mask is None else mask[:, None, None])  # padding rows -> 0
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return out.reshape(B, T, N, H).astype(q.dtype)
 
@@ -86,26 +67,19 @@ def _warn_once(message: str) -> None:
 def resolve_impl(impl: str, platform: str | None = None) -> str:
     """The backend `impl` will actually use on `platform` (default: JAX's default backend)."""
     platform = platform or jax.default_backend()
+    if impl not in ATTENTION_IMPLS:
+        raise AttentionBackendError(f"unknown attention_impl={impl!r}; expected one of {ATTENTION_IMPLS}")
     if impl == "auto":
-        if platform in ("gpu", "cuda", "rocm", "tpu"):
-            try:
-                from oyster_jax.kernels import flash_attention  # noqa: F401
-            except ImportError as e:  # pragma: no cover - depends on the installation
-                _warn_once(f"attention_impl=auto: Pallas kernel unavailable ({e}); falling back to xla")
-                return "xla"
-            return "pallas"
-        return "xla"
+        if backend.is_cpu(platform):
+            return "cpu_fused"
+        return "pallas" if platform in _ACCELERATORS else "xla"
     if impl == "cudnn" and platform not in ("gpu", "cuda"):
         raise AttentionBackendError(f"attention_impl='cudnn' needs an NVIDIA GPU; this platform is {platform!r}")
-    if impl not in ("xla", "pallas", "cudnn"):
-        raise AttentionBackendError(f"unknown attention_impl={impl!r}")
     return impl
 
 
 def _compile_probe(dtype, head_dim: int) -> None:
     """Lower and compile a small causal forward + backward of the flash kernel on this platform."""
-    from oyster_jax.kernels import flash_attention
-
     x = jax.ShapeDtypeStruct((1, 256, 2, head_dim), dtype)
     kv = jax.ShapeDtypeStruct((1, 256, 1, head_dim), dtype)
 
@@ -128,8 +102,6 @@ def _pallas_problem(platform: str, dtype_name: str, head_dim: int) -> str | None
 def _kernel_specs(mesh, q, k):
     """PartitionSpecs that split a kernel call over the mesh: batch over data x fsdp, heads over tensor
     (when they divide), sequence and head_dim whole."""
-    from jax.sharding import PartitionSpec as P
-
     batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
     if batch_axes and q.shape[0] % math.prod(mesh.shape[a] for a in batch_axes):
         batch_axes = ()
@@ -137,7 +109,7 @@ def _kernel_specs(mesh, q, k):
     if tensor and (q.shape[2] % mesh.shape[tensor] or k.shape[2] % mesh.shape[tensor]):
         tensor = None
     b = batch_axes or None
-    return P(b, None, tensor, None), P(b, None)
+    return PartitionSpec(b, None, tensor, None), PartitionSpec(b, None)
 
 
 def _on_mesh(kernel):
@@ -163,8 +135,6 @@ def _on_mesh(kernel):
 
 @_on_mesh
 def _pallas(q, k, v, *, segment_ids, branch_ids, causal, sm_scale):
-    from oyster_jax.kernels import flash_attention
-
     interpret = jax.default_backend() == "cpu"  # CPU has no Pallas lowering: run the kernel interpreted
     return flash_attention(
         q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale, interpret=interpret, branch_ids=branch_ids
@@ -173,20 +143,21 @@ def _pallas(q, k, v, *, segment_ids, branch_ids, causal, sm_scale):
 
 @_on_mesh
 def _cudnn(q, k, v, *, segment_ids, branch_ids, causal, sm_scale):
-    # Padding tokens (segment 0) must not match each other: give each a distinct negative id (it then sees
-    # only itself) and zero those rows afterwards. Branches can only be said with an explicit [T, S] mask.
-    mask = None
+    # cuDNN takes causality as a flag and the rest as an explicit [B, 1, T, S] mask. A padding query (segment
+    # 0) sees no key, which cuDNN cannot say: it sees itself instead, and its rows are zeroed afterwards.
+    T = q.shape[1]
+    mask = attention_mask(T, T, causal=False, segment_ids=segment_ids, branch_ids=branch_ids)
     if segment_ids is not None:
-        pad_ids = -1 - jnp.arange(segment_ids.shape[1], dtype=segment_ids.dtype)[None]
-        seg = jnp.where(segment_ids == 0, pad_ids, segment_ids)
-        mask = seg[:, None, :, None] == seg[:, None, None, :]  # [B, 1, T, S]
-    if branch_ids is not None:
-        seen = (branch_ids[:, None, None, :] == 0) | (branch_ids[:, None, :, None] == branch_ids[:, None, None, :])
-        mask = seen if mask is None else mask & seen
+        mask = mask | ((segment_ids == 0)[:, :, None] & jnp.eye(T, dtype=bool)[None])
+    mask = None if mask is None else mask[:, None]
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=sm_scale, is_causal=causal, implementation="cudnn")
     if segment_ids is not None:
         out = jnp.where((segment_ids != 0)[:, :, None, None], out, 0).astype(out.dtype)
     return out
+
+
+_BACKENDS = {"xla": xla_attention, "cpu_fused": fused_attention, "pallas": _pallas, "cudnn": _cudnn}
+ATTENTION_IMPLS = ("auto", *_BACKENDS)  # the values of ModelConfig.attention_impl
 
 
 def attention(
@@ -198,23 +169,15 @@ def attention(
     causal: bool = True,
     segment_ids: jax.Array | None = None,  # [B, T]
     sm_scale: float | None = None,
-    branch_ids: jax.Array | None = None,  # [B, T]: shared-prompt branches, see attention_mask
+    branch_ids: jax.Array | None = None,  # [B, T]: shared-prompt branches (kernels.masking)
 ) -> jax.Array:  # [B, T, N, H]
-    backend = resolve_impl(impl)
-    if impl == "auto" and backend == "pallas":
+    chosen = resolve_impl(impl)
+    if impl == "auto" and chosen == "pallas":
         problem = _pallas_problem(jax.default_backend(), jnp.dtype(q.dtype).name, q.shape[-1])
         if problem:
             _warn_once(
                 f"attention_impl=auto: the Pallas kernel does not compile here for {jnp.dtype(q.dtype).name}, "
                 f"head_dim {q.shape[-1]} ({problem}); falling back to xla"
             )
-            backend = "xla"
-    if backend == "xla":
-        # Same math as xla_attention (the reference), with a hand-written backward laid out for XLA:CPU.
-        from oyster_jax.models.attention_fused import fused_attention
-
-        return fused_attention(
-            q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale, branch_ids=branch_ids
-        )
-    kernel = _pallas if backend == "pallas" else _cudnn
-    return kernel(q, k, v, segment_ids=segment_ids, branch_ids=branch_ids, causal=causal, sm_scale=sm_scale)
+            chosen = "xla"
+    return _BACKENDS[chosen](q, k, v, causal=causal, segment_ids=segment_ids, sm_scale=sm_scale, branch_ids=branch_ids)

@@ -16,6 +16,11 @@ import os
 import pathlib
 from typing import Any
 
+import jax.numpy as jnp
+
+from oyster_jax.models.attention import ATTENTION_IMPLS
+from oyster_jax.models.backend import MATH_IMPLS
+
 # HF `architectures[0]` -> our architecture family. Everything else is refused with a clear error.
 HF_ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
@@ -25,7 +30,6 @@ HF_ARCHITECTURES = {
 _HF_NAME = {v: k for k, v in HF_ARCHITECTURES.items()}
 _HF_MODEL_TYPE = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama"}
 
-ATTENTION_IMPLS = ("auto", "xla", "pallas", "cudnn")
 # remat_policy -> what `nn.remat` saves for the backward pass: the name of a `jax.checkpoint_policies` policy,
 # or None for "full" (save nothing, recompute every layer); "none" is no remat. The model reads this table.
 REMAT_POLICIES = {
@@ -68,7 +72,8 @@ class ModelConfig:
     qk_norm: bool = True  # Qwen3: RMSNorm on each head of q and k before RoPE
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype
-    attention_impl: str = "auto"
+    attention_impl: str = "auto"  # models.attention.ATTENTION_IMPLS
+    math_impl: str = "auto"  # "plain" einsums + autodiff | "cpu_tuned" layouts; auto: by backend (models.backend)
     remat_policy: str = "none"
     scan_layers: bool = False
     bos_token_id: int | None = None
@@ -82,6 +87,7 @@ class ModelConfig:
             raise ConfigError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         for field, allowed in (
             ("attention_impl", ATTENTION_IMPLS),
+            ("math_impl", MATH_IMPLS),
             ("remat_policy", REMAT_POLICIES),
             ("param_dtype", DTYPES),
             ("dtype", DTYPES),
@@ -258,8 +264,6 @@ class ModelConfig:
 
 
 def dtype_of(name: str):
-    import jax.numpy as jnp
-
     if name not in DTYPES:
         raise ConfigError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}")
     return getattr(jnp, name)

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from oyster_jax.models import backend
 from oyster_jax.models.attention import attention
 from oyster_jax.models.config import REMAT_POLICIES, ModelConfig, dtype_of
 
@@ -99,13 +100,19 @@ class Attention(nn.Module):
         wk = _param(self, "k_proj", (D, K, H), ("embed", "kv_heads", "head_dim"), _normal(D), pdt)
         wv = _param(self, "v_proj", (D, K, H), ("embed", "kv_heads", "head_dim"), _normal(D), pdt)
         wo = _param(self, "o_proj", (N, H, D), ("heads", "head_dim", "embed"), _normal(N * H), pdt)
-        # Projections as 2-D matmuls over B*T rows: with 3-D einsums XLA:CPU transposes whole activation
-        # gradients to form the weight gradients (~20% of a train step); the math is the same.
         B, T, _ = x.shape
-        x2 = x.reshape(B * T, D)
-        q = (x2 @ wq.astype(dt).reshape(D, N * H)).reshape(B, T, N, H)
-        k = (x2 @ wk.astype(dt).reshape(D, K * H)).reshape(B, T, K, H)
-        v = (x2 @ wv.astype(dt).reshape(D, K * H)).reshape(B, T, K, H)
+        cpu_tuned = backend.cpu_tuned(cfg.math_impl)
+        if cpu_tuned:
+            # Projections as 2-D matmuls over B*T rows: with 3-D einsums XLA:CPU transposes whole activation
+            # gradients to form the weight gradients (~20% of a train step); the math is the same.
+            x2 = x.reshape(B * T, D)
+            q = (x2 @ wq.astype(dt).reshape(D, N * H)).reshape(B, T, N, H)
+            k = (x2 @ wk.astype(dt).reshape(D, K * H)).reshape(B, T, K, H)
+            v = (x2 @ wv.astype(dt).reshape(D, K * H)).reshape(B, T, K, H)
+        else:
+            q = jnp.einsum("BTD,DNH->BTNH", x, wq.astype(dt))
+            k = jnp.einsum("BTD,DKH->BTKH", x, wk.astype(dt))
+            v = jnp.einsum("BTD,DKH->BTKH", x, wv.astype(dt))
         if cfg.qkv_bias:
             zeros = nn.initializers.zeros
             q = q + _param(self, "q_bias", (N, H), ("heads", "head_dim"), zeros, pdt).astype(dt)
@@ -126,7 +133,10 @@ class Attention(nn.Module):
             )
         out = attend(q, k, v)
         out = nn.with_logical_constraint(out, (BATCH, LENGTH, ACT_HEADS, None))
-        out = (out.reshape(B * T, N * H) @ wo.astype(dt).reshape(N * H, D)).reshape(B, T, D)
+        if cpu_tuned:
+            out = (out.reshape(B * T, N * H) @ wo.astype(dt).reshape(N * H, D)).reshape(B, T, D)
+        else:
+            out = jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt))
         if cfg.o_bias:
             out = out + _param(self, "o_bias", (D,), ("embed",), nn.initializers.zeros, pdt).astype(dt)
         return out
@@ -144,6 +154,11 @@ class MLP(nn.Module):
         w_up = _param(self, "up_proj", (D, F), ("embed", "mlp"), _normal(D), pdt)
         w_down = _param(self, "down_proj", (F, D), ("mlp", "embed"), _normal(F), pdt)
         B, T, _ = x.shape
+        if not backend.cpu_tuned(cfg.math_impl):
+            gate = jnp.einsum("BTD,DF->BTF", x, w_gate.astype(dt))
+            up = jnp.einsum("BTD,DF->BTF", x, w_up.astype(dt))
+            h = nn.with_logical_constraint(jax.nn.silu(gate) * up, (BATCH, LENGTH, ACT_MLP))
+            return jnp.einsum("BTF,FD->BTD", h, w_down.astype(dt))
         # All 2-D over B*T rows (see Attention); the [B*T, F] activation also stays 2-D: XLA:CPU runs the
         # silu-gate fusion and its gradient ~8% slower through a [B, T, F] reshape. The rows are batch-major
         # and `act_length` is never sharded, so the batch sharding carries over to the merged axis.

@@ -4,7 +4,7 @@ name or path, `--config.key=value` overrides, validation.
 An experiment config is an `ml_collections.ConfigDict` with these fields (defaults in `base_config()`):
 
     model            ModelConfig fields (architecture from configs/models/<name>.py, plus dtype,
-                     param_dtype, remat_policy, scan_layers, attention_impl)
+                     param_dtype, remat_policy, scan_layers, attention_impl, math_impl)
     init_from        "" (random init) | a Hugging Face model dir | an Orbax model checkpoint (convert.save_model)
     stages           "sft" | "pref" | "sft,pref" (chained: pref starts from sft's final parameters)
     seed, mesh, sharding

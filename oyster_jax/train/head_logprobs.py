@@ -1,7 +1,8 @@
-"""log p(target) straight from final hidden states, with a hand-written backward (the LM head of every loss).
+"""log p(target) straight from final hidden states: the LM head of every loss.
 
-Same math as `losses.token_logprobs(models.logits_from_hidden(cfg, params, h), targets)`; the autodiff of
-that chain spends more time on the [N, V] logits than on the head matmuls: it scatters the target one-hot
+On TPU and GPU (`models.backend`) this is `losses.token_logprobs(models.logits_from_hidden(cfg, params, h),
+targets)`, differentiated by autodiff. On CPU it is the same math with a hand-written backward: the autodiff
+of that chain spends more time on the [N, V] logits than on the head matmuls: it scatters the target one-hot
 into a fresh [N, V] array and adds it to the softmax gradient, and XLA:CPU fuses that elementwise work into
 a transposing copy feeding the weight-gradient matmul. Here the forward keeps the softmax it computes anyway,
 and the backward forms dlogits = g · (onehot − p) in one pass, materialised (an optimisation barrier keeps
@@ -18,7 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from oyster_jax import models
+from oyster_jax.models import backend
 from oyster_jax.models.config import dtype_of
+from oyster_jax.train import losses
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -61,6 +64,10 @@ _logprobs.defvjp(_logprobs_fwd, _logprobs_bwd)
 def head_logprobs(cfg: models.ModelConfig, params, h: jax.Array, targets: jax.Array) -> jax.Array:
     """Final hidden states h [..., D], targets int [...] -> log p(target) float32 [...]."""
     dt = dtype_of(cfg.dtype)
+    if not backend.cpu_tuned(cfg.math_impl):
+        h3 = h if h.ndim == 3 else h.reshape(-1, 1, h.shape[-1])  # [B, T, D], as the model's head takes it
+        logits = models.logits_from_hidden(cfg, params, h3.astype(dt))  # float32 [B, T, V]
+        return losses.token_logprobs(logits, targets.reshape(h3.shape[:2])).reshape(targets.shape)
     tied = bool(cfg.tie_word_embeddings)
     w = (params["embed_tokens"] if tied else params["lm_head"]).astype(dt)
     lead = targets.shape

@@ -206,7 +206,10 @@ def _check_same_model(stage_dir: epath.Path, cfg: models.ModelConfig, fresh: boo
 
 
 def _runtime_overrides(cfg: models.ModelConfig) -> dict:
-    return {k: getattr(cfg, k) for k in ("param_dtype", "dtype", "attention_impl", "remat_policy", "scan_layers")}
+    return {
+        k: getattr(cfg, k)
+        for k in ("param_dtype", "dtype", "attention_impl", "math_impl", "remat_policy", "scan_layers")
+    }
 
 
 def initial_params(config, stage: str, workdir: epath.Path, mesh, rules, cfg: models.ModelConfig):

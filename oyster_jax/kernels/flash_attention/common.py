@@ -15,6 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from oyster_jax.kernels import masking
+
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
@@ -157,12 +159,16 @@ MAX_BRANCH = 2**BRANCH_BITS - 1
 def segment_visible(p: Problem, q_seg, k_seg):
     """bool, broadcast of q_seg and k_seg: may a query with id q_seg see a key with id k_seg?
 
-    Plain segments: the same non-zero id. With branches: the same id, or the key is the trunk (branch 0)
-    of the query's segment; segment 0 (padding) sees nothing whatever its branch bits."""
+    The rule is `kernels.masking` (the same non-zero segment; with branches, also a key on the trunk or on
+    the query's own branch), applied to the segment and branch parts of the kernels' ids."""
     if not p.has_branches:
-        return (q_seg == k_seg) & (q_seg != 0)
-    trunk = jnp.bitwise_and(q_seg, jnp.int32(-(2**BRANCH_BITS)))  # clear the branch bits
-    return ((k_seg == q_seg) | (k_seg == trunk)) & (trunk != 0)
+        return masking.segment_visible(q_seg, k_seg)
+    same_segment = masking.segment_visible(segment_base(p, q_seg), segment_base(p, k_seg))
+    return same_segment & masking.branch_visible(_branch(q_seg), _branch(k_seg))
+
+
+def _branch(seg):
+    return jnp.bitwise_and(seg, jnp.int32(MAX_BRANCH))
 
 
 def segment_base(p: Problem, seg):

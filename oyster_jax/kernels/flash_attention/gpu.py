@@ -32,6 +32,7 @@ from oyster_jax.kernels.flash_attention.common import (
     segment_tile_range,
     segment_visible,
 )
+from oyster_jax.kernels.masking import MASK_VALUE, causal_visible
 
 HEAD_MAJOR = False
 
@@ -59,7 +60,7 @@ def _visible(p: Problem, q_pos, k_pos, q_seg, k_seg, *, position_mask: bool):
     mask = None
     if position_mask:
         if p.causal:
-            mask = k_pos[None, :] <= q_pos[:, None] + p.causal_offset
+            mask = causal_visible(q_pos[:, None], k_pos[None, :], p.causal_offset)
         elif p.mask_padded_keys:
             mask = k_pos[None, :] < p.kv_len  # [1, bk], broadcast by the select
     if p.has_segments:
@@ -136,9 +137,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, p: Problem, bq: int, bk: int):
         k_seg = k_seg_ref[keys] if p.has_segments else None
         mask = _visible(p, q_pos, j * bk + jnp.arange(bk, dtype=jnp.int32), q_seg, k_seg, position_mask=position_mask)
         if mask is not None:
-            s = jnp.where(mask, s, -jnp.inf)
+            s = jnp.where(mask, s, MASK_VALUE)
         m_new = jnp.maximum(m, jnp.max(s, axis=1))
-        m_ref_pt = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # a row with nothing visible yet stays at 0
+        m_ref_pt = jnp.where(m_new == MASK_VALUE, 0.0, m_new)  # a row with nothing visible yet stays at 0
         probs = jnp.exp2(s - m_ref_pt[:, None])
         rescale = jnp.exp2(m - m_ref_pt)
         l = l * rescale + jnp.sum(probs, axis=1)
@@ -148,7 +149,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, p: Problem, bq: int, bk: int):
 
     carry = (
         jnp.zeros((bq, p.padded_head_dim), jnp.float32),
-        jnp.full((bq,), -jnp.inf, jnp.float32),
+        jnp.full((bq,), MASK_VALUE, jnp.float32),
         jnp.zeros((bq,), jnp.float32),
     )
     extents = (q_first_ref[...], q_last_ref[...]) if p.has_segments else (None, None)

@@ -31,6 +31,7 @@ from oyster_jax.kernels.flash_attention.common import (
     segment_tile_range,
     segment_visible,
 )
+from oyster_jax.kernels.masking import MASK_VALUE, causal_visible
 
 HEAD_MAJOR = True  # q [B, N, Tp, H], k/v [B, K, Sp, H]
 
@@ -49,7 +50,7 @@ def _visible(p: Problem, q_pos, k_pos, q_seg, k_seg, *, position_mask: bool):
     mask = None
     if position_mask:
         if p.causal:
-            mask = k_pos <= q_pos + p.causal_offset
+            mask = causal_visible(q_pos, k_pos, p.causal_offset)
         elif p.mask_padded_keys:
             mask = k_pos < p.kv_len
     if p.has_segments:
@@ -124,7 +125,7 @@ def _fwd_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, *refs, p: Problem, bq: int,
 
     @pl.when(j == 0)
     def _init():
-        m_scr[...] = jnp.full(m_scr.shape, -jnp.inf, jnp.float32)
+        m_scr[...] = jnp.full(m_scr.shape, MASK_VALUE, jnp.float32)
         l_scr[...] = jnp.zeros(l_scr.shape, jnp.float32)
         acc_scr[...] = jnp.zeros(acc_scr.shape, jnp.float32)
 
@@ -136,10 +137,10 @@ def _fwd_kernel(lo_ref, hi_ref, q_ref, k_ref, v_ref, *refs, p: Problem, bq: int,
         segs = (q_seg_ref[...], k_seg_ref[...]) if p.has_segments else (None, None)
         mask = _visible(p, q_pos, k_pos, *segs, position_mask=position_mask)
         if mask is not None:
-            s = jnp.where(mask, s, -jnp.inf)
+            s = jnp.where(mask, s, MASK_VALUE)
         m_prev = m_scr[...]  # [bq, 1]
         m_new = jnp.maximum(m_prev, jnp.max(s, axis=1, keepdims=True))
-        m_pt = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # a row with nothing visible yet stays at 0
+        m_pt = jnp.where(m_new == MASK_VALUE, 0.0, m_new)  # a row with nothing visible yet stays at 0
         probs = jnp.exp(s - m_pt)
         rescale = jnp.exp(m_prev - m_pt)
         l_scr[...] = l_scr[...] * rescale + jnp.sum(probs, axis=1, keepdims=True)

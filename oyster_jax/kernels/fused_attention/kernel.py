@@ -1,13 +1,15 @@
 """Materialised-scores attention with a hand-written backward pass, laid out for XLA:CPU.
 
-Same math as `attention.xla_attention` (the reference), arranged so the train step wastes no time:
+Same math as the reference attention (`kernels/flash_attention/reference.py`), arranged so the CPU train
+step wastes no time:
 - heads are moved to the front once ([B, K, T·G, H]), so the score matmuls of forward and backward are
   plain batched GEMMs instead of einsums that XLA has to transpose around;
 - causal attention runs in query blocks of 64 that skip the key blocks they cannot see (at T = 512 this
   computes 53% of the scores; 64 measured faster than 32 or 128 on CPU);
-- the mask is applied as a 0/1 multiply after `exp`, which also zeroes fully masked (padding) rows;
 - the backward uses the saved probabilities: dS = P ⊙ (dP − rowsum(dO ⊙ O)), no recomputation and no
   select/where passes over the [T, S] scores.
+`keep` is the 0/1 float mask [B|1, T, S] (`kernels.masking.attention_mask`; float so that it can be a
+custom-VJP input with a zero cotangent); masked scores and fully masked rows follow `masking.masked_softmax`.
 Letters: B batch, T/S query/key length, N query heads, K kv heads, G = N/K, H head dim, M = T·G.
 """
 
@@ -18,10 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from oyster_jax.models.attention import attention_mask
-
-_NEG = -1e30
-
+from oyster_jax.kernels.masking import masked_softmax
 
 # Causal query block sizes, tried in order (block i only sees keys [0, (i + 1) * size)); at most 16 blocks,
 # since the blocks are unrolled into the program (long sequences get bigger blocks, not a bigger program).
@@ -57,15 +56,13 @@ def _probs(qb, kb, keep_b, scale, G):
     S = kb.shape[2]
     s = jnp.einsum("BKMH,BKSH->BKMS", qb, kb, preferred_element_type=jnp.float32) * scale
     s = s.reshape(B, K, M // G, G, S)
-    keep5 = keep_b[:, None, :, None, :]
-    s = jnp.where(keep5 > 0, s, _NEG)
-    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True)) * keep5
-    p = e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+    p = masked_softmax(s, keep_b[:, None, :, None, :] > 0)
     return p.reshape(B, K, M, S)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _attend(q, k, v, keep, scale, causal):
+def fused_attend(q, k, v, keep, scale, causal):
+    """q [B, T, N, H], k/v [B, S, K, H], keep float [B|1, T, S] -> [B, T, N, H]; `scale`, `causal` static."""
     return _attend_fwd(q, k, v, keep, scale, causal)[0]
 
 
@@ -113,22 +110,4 @@ def _attend_bwd(scale, causal, res, dout):
     )
 
 
-_attend.defvjp(_attend_fwd, _attend_bwd)
-
-
-def fused_attention(
-    q: jax.Array,  # [B, T, N, H]
-    k: jax.Array,  # [B, S, K, H]
-    v: jax.Array,  # [B, S, K, H]
-    *,
-    causal: bool = True,
-    segment_ids: jax.Array | None = None,  # [B, T], T == S
-    sm_scale: float | None = None,
-    branch_ids: jax.Array | None = None,  # [B, T]: shared-prompt branches (attention.attention_mask)
-) -> jax.Array:  # [B, T, N, H]
-    """Drop-in for `xla_attention` (same masking rules: causal, same non-zero segment; padding rows -> 0)."""
-    T, S, H = q.shape[1], k.shape[1], q.shape[3]
-    scale = float(H**-0.5 if sm_scale is None else sm_scale)
-    mask = attention_mask(segment_ids, segment_ids, T, S, causal, branch_ids)
-    keep = jnp.ones((1, T, S), jnp.float32) if mask is None else mask.astype(jnp.float32)
-    return _attend(q, k, v, keep, scale, bool(causal))
+fused_attend.defvjp(_attend_fwd, _attend_bwd)
