@@ -37,10 +37,11 @@ fit in the rest of a row starts the next row; an example longer than ``seq_len``
 - ``segment_ids``: 1, 2, ... per packed example in the row; 0 = padding. Attend only within equal ids.
 - ``positions``: 0, 1, ... restarting at every segment (for RoPE); 0 in padding.
 
-Preference rows (``make_pref_iterator``): ``2B`` rows for ``B`` pairs, rows ``[0, B)`` chosen and rows
-``[B, 2B)`` rejected (pair i = rows i and B + i, same prompt tokens). ``tokens`` = prompt + completion;
-``loss_weights`` = the completion mask (1 on completion tokens, 0 on the prompt and padding);
-``segment_ids`` = 1 on real tokens; ``positions`` = 0, 1, ... . Truncation policy when
+Preference pairs (``make_pref_iterator``): each pair's (prompt, chosen, rejected) tokens, truncated, laid
+out by ``oyster_jax.data.layouts``: by default ``TwoRows`` [B, 2, T] (pair, chosen | rejected; same
+prompt tokens in both rows), ``tokens`` = prompt + completion; ``completion_mask`` = 1 on completion
+tokens, 0 on the prompt and padding; ``segment_ids`` = 1 on real tokens; ``positions`` = 0, 1, ... ;
+``set_layout(layouts.SharedPrompt(B, L))`` gives one row per pair instead. Truncation policy when
 ``prompt + longest completion > seq_len``: cut the prompt from the left (keep the latest turns) down
 to ``max(seq_len - longest_completion, min(len(prompt), max_prompt_len))`` tokens
 (``max_prompt_len`` defaults to ``seq_len // 2``), then cut each completion from the right to fit.
@@ -58,7 +59,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import seqio
 
-from oyster_jax.data import features, schemas
+from oyster_jax.data import features, layouts, schemas
 from oyster_jax.data import tasks as tasks_lib
 
 __all__ = [
@@ -94,7 +95,7 @@ class _Examples:
     starts: dict[str, np.ndarray]
     lengths: dict[str, np.ndarray]
     # (seq_len, max_prompt_len) -> shared-prompt row length per pair; the examples are cached per process,
-    # so every iterator over them (the trainer makes two) measures them once.
+    # so every iterator over them (training, held-out evaluation, tests) measures them once.
     shared_row_lengths: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -409,13 +410,21 @@ class SftIterator(_BaseIterator):
 
 
 class PrefIterator(_BaseIterator):
-    """``[chosen; rejected]`` preference batches; see the module docstring for layout and truncation."""
+    """Preference batches in `layout` (two rows per pair by default); see the module docstring."""
 
     kind = "pref"
 
     def __init__(self, *args, max_prompt_len: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_prompt_len = max_prompt_len
+        self.layout: layouts.PrefLayout = layouts.TwoRows(self.batch_size, self.seq_len, self.pad_id)
+
+    def set_layout(self, layout: layouts.PrefLayout) -> None:
+        """Lay the next batches out as `layout` (e.g. `layouts.SharedPrompt`, sized from
+        `shared_row_lengths`); the data order and the iterator state do not depend on it."""
+        if layout.pairs != self.batch_size:
+            raise ValueError(f"layout for {layout.pairs} pairs, iterator yields {self.batch_size}")
+        self.layout = layout
 
     def _pair(self, ex: _Examples, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Example i of `ex` as (prompt, chosen, rejected) tokens, truncated to fit `seq_len`."""
@@ -435,28 +444,17 @@ class PrefIterator(_BaseIterator):
         return np.concatenate([ex.shared_row_lengths[key] for ex in self.sources])
 
     def __next__(self) -> dict[str, np.ndarray]:
-        B = self.batch_size
-        batch = self._empty_batch(2 * B)
-        tokens, loss_weights, segment_ids, positions = (batch[k] for k in _BATCH_KEYS)
-        stream, placed = self._stream, 0
-        for b in range(B):
+        triples, stream = [], self._stream
+        while len(triples) < self.batch_size:
             nxt = stream.peek()
             if nxt is None:
                 break
             k, i = nxt
-            prompt, chosen, rejected = self._pair(self.sources[k], i)
-            for row, completion in ((b, chosen), (B + b, rejected)):
-                p, n = len(prompt), len(prompt) + len(completion)
-                tokens[row, :p] = prompt
-                tokens[row, p:n] = completion
-                loss_weights[row, p:n] = 1
-                segment_ids[row, :n] = 1
-                positions[row, :n] = self._arange[:n]
+            triples.append(self._pair(self.sources[k], i))
             stream.advance(k)
-            placed += 1
-        if placed == 0:
+        if not triples:
             raise StopIteration
-        return batch
+        return self.layout.build(triples)
 
 
 def _task_vocab(resolved, kind: str):
@@ -574,7 +572,8 @@ def make_pref_iterator(
     repeat: bool = True,
     max_prompt_len: int | None = None,
 ) -> PrefIterator:
-    """``[chosen; rejected]`` batches (int32 numpy [2B, T]) for ``batch_size`` pairs; see the module docstring."""
+    """Preference batches for ``batch_size`` pairs, int32 numpy [B, 2, T] (``layouts.TwoRows``; ``set_layout``
+    changes it); see the module docstring."""
     return _make(
         PrefIterator,
         source,

@@ -46,16 +46,17 @@ def compile_train_grad(cfg, mesh, rules, batch: int, seq: int):
     import functools
 
     import jax
-    import jax.numpy as jnp
 
     from oyster_jax import models
+    from oyster_jax.data import layouts
     from oyster_jax.sharding import batch_sharding, param_shardings, replicated, use_rules
 
     p_shard = param_shardings(cfg, mesh, rules)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), models.abstract_params(cfg), p_shard
     )
-    tok = jax.ShapeDtypeStruct((batch, seq), jnp.int32, sharding=batch_sharding(mesh))
+    tokens = layouts.SFT(batch, seq).spec()["tokens"]  # the packed SFT rows' shape, from the layout module
+    tok = jax.ShapeDtypeStruct(tokens.shape, tokens.dtype, sharding=batch_sharding(mesh))
     fn = jax.jit(
         jax.value_and_grad(functools.partial(next_token_loss, cfg)),
         in_shardings=(p_shard, batch_sharding(mesh), batch_sharding(mesh)),
