@@ -128,9 +128,9 @@ def _file_fingerprint(path: pathlib.Path) -> str:
 
 
 def _tokenize_records(
-    kind: str, records: list[dict], vocab, chat_format: str, chain_style
+    record_kind: str, records: list[dict], vocab, chat_format: str, chain_style
 ) -> dict[str, list[np.ndarray]]:
-    if kind == "sft":
+    if record_kind == "sft":
         pairs = features.tokenize_segments(vocab, [features.sft_segments(r, chat_format, chain_style) for r in records])
         return {"tokens": [p[0] for p in pairs], "loss_weights": [p[1] for p in pairs]}
     texts = [features.pref_texts(r, chat_format, chain_style) for r in records]
@@ -138,7 +138,7 @@ def _tokenize_records(
     return {"prompt": flat[0::3], "chosen": flat[1::3], "rejected": flat[2::3]}
 
 
-def _load(kind, name, task, path, split, vocab, chat_format, chain_style, shard_index, shard_count) -> _Examples:
+def _load(record_kind, name, task, path, split, vocab, chat_format, chain_style, shard_index, shard_count) -> _Examples:
     """This shard's tokenized examples of one task (or JSONL path), cached per process."""
     if path is not None:
         content_fp = _file_fingerprint(path)
@@ -146,17 +146,27 @@ def _load(kind, name, task, path, split, vocab, chat_format, chain_style, shard_
         content_fp = task.source.fingerprint(split)
     else:
         content_fp = f"seqio:{task.name}"
-    key = (kind, name, content_fp, split, _vocab_fingerprint(vocab), chat_format, chain_style, shard_index, shard_count)
+    key = (
+        record_kind,
+        name,
+        content_fp,
+        split,
+        _vocab_fingerprint(vocab),
+        chat_format,
+        chain_style,
+        shard_index,
+        shard_count,
+    )
     if key in _CACHE:
         return _CACHE[key]
     if path is not None or isinstance(task.source, tasks_lib.JsonlSource):
-        records = schemas.read_records(path, kind) if path is not None else task.source.records(split)
-        if task is not None and task.source.kind != kind:
-            raise ValueError(f"task {name!r} holds {task.source.kind!r} records, not {kind!r}")
+        records = schemas.read_records(path, record_kind) if path is not None else task.source.records(split)
+        if task is not None and task.source.kind != record_kind:
+            raise ValueError(f"task {name!r} holds {task.source.kind!r} records, not {record_kind!r}")
         records = records[shard_index::shard_count]
-        columns = _tokenize_records(kind, records, vocab, chat_format, chain_style)
+        columns = _tokenize_records(record_kind, records, vocab, chat_format, chain_style)
     else:
-        columns = _from_seqio(kind, task, split, shard_index, shard_count)
+        columns = _from_seqio(record_kind, task, split, shard_index, shard_count)
     examples = _flatten(name, content_fp, columns)
     if len(examples) == 0:
         raise ValueError(f"{name}: split {split!r} has no examples in shard {shard_index} of {shard_count}")
@@ -167,12 +177,12 @@ def _load(kind, name, task, path, split, vocab, chat_format, chain_style, shard_
 
 
 def _from_seqio(
-    kind: str, task: seqio.Task, split: str, shard_index: int, shard_count: int
+    record_kind: str, task: seqio.Task, split: str, shard_index: int, shard_count: int
 ) -> dict[str, list[np.ndarray]]:
     wanted = {
         "sft": {"tokens": "tokens", "loss_weights": "loss_weights"},
         "pref": {"prompt": "prompt_tokens", "chosen": "chosen_tokens", "rejected": "rejected_tokens"},
-    }[kind]
+    }[record_kind]
     ds = task.get_dataset(
         sequence_length=None,
         split=split,
@@ -182,7 +192,7 @@ def _from_seqio(
     )
     missing = [f for f in wanted.values() if f not in ds.element_spec]
     if missing:
-        raise ValueError(f"task {task.name!r} does not output {missing} needed for {kind} batches")
+        raise ValueError(f"task {task.name!r} does not output {missing} needed for {record_kind} batches")
     columns = {k: [] for k in wanted}
     for ex in ds.as_numpy_iterator():
         for k, f in wanted.items():
@@ -302,7 +312,7 @@ _BATCH_KEYS = ("tokens", "loss_weights", "segment_ids", "positions")
 
 
 class _BaseIterator:
-    kind = ""
+    record_kind = ""
 
     def __init__(self, sources, vocab, batch_size, seq_len, seed, shard_index, shard_count, shuffle, repeat, config):
         if batch_size < 1 or seq_len < 2:
@@ -340,7 +350,7 @@ class _BaseIterator:
         """Position as a small JSON-able dict (``json.dumps`` works on it)."""
         return {
             "version": _STATE_VERSION,
-            "kind": self.kind,
+            "kind": self.record_kind,  # the key name is part of saved checkpoints
             "draws": self._stream.draws,
             "consumed": list(self._stream.consumed),
             "config": self._config,
@@ -350,10 +360,10 @@ class _BaseIterator:
         """Continue from ``state`` (from ``get_state`` of an iterator over the same data and shard)."""
         if isinstance(state, str | bytes):
             state = json.loads(state)
-        if state.get("version") != _STATE_VERSION or state.get("kind") != self.kind:
+        if state.get("version") != _STATE_VERSION or state.get("kind") != self.record_kind:
             raise StateMismatchError(
                 f"state is version {state.get('version')} of kind {state.get('kind')!r}; "
-                f"this iterator needs version {_STATE_VERSION} of kind {self.kind!r}"
+                f"this iterator needs version {_STATE_VERSION} of kind {self.record_kind!r}"
             )
         saved = state.get("config", {})
         diffs = [k for k in sorted(set(saved) | set(self._config)) if saved.get(k) != self._config.get(k)]
@@ -374,7 +384,7 @@ class _BaseIterator:
 class SftIterator(_BaseIterator):
     """Packed SFT batches; see the module docstring for the layout."""
 
-    kind = "sft"
+    record_kind = "sft"
 
     def __next__(self) -> dict[str, np.ndarray]:
         B, T = self.batch_size, self.seq_len
@@ -412,7 +422,7 @@ class SftIterator(_BaseIterator):
 class PrefIterator(_BaseIterator):
     """Preference batches in `layout` (two rows per pair by default); see the module docstring."""
 
-    kind = "pref"
+    record_kind = "pref"
 
     def __init__(self, *args, max_prompt_len: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -457,8 +467,8 @@ class PrefIterator(_BaseIterator):
         return self.layout.build(triples)
 
 
-def _task_vocab(resolved, kind: str):
-    feature = "tokens" if kind == "sft" else "prompt_tokens"
+def _task_vocab(resolved, record_kind: str):
+    feature = "tokens" if record_kind == "sft" else "prompt_tokens"
     for _, task, _, _ in resolved:
         if task is not None and feature in task.output_features:
             return task.output_features[feature].vocabulary
@@ -486,11 +496,11 @@ def _make(
     **extra,
 ):
     """The iterator ``cls`` over ``source``: the shared body of ``make_sft_iterator`` / ``make_pref_iterator``."""
-    kind = cls.kind
+    record_kind = cls.record_kind
     shard_index, shard_count = _default_shard(shard_index, shard_count)
     resolved = _resolve(source, rates)
     # One vocabulary for all tasks: the caller's, else the first task's, else the bundled tiny one.
-    vocab = vocab if vocab is not None else _task_vocab(resolved, kind)
+    vocab = vocab if vocab is not None else _task_vocab(resolved, record_kind)
     loaded, names = [], []
     for name, task, path, rate in resolved:
         options = {"chat_format": "chatml", "chain_style": "prose"}
@@ -501,7 +511,7 @@ def _make(
                 pass
         fmt = chat_format or options["chat_format"]
         style = options["chain_style"] if chain_style == "task" else chain_style
-        examples = _load(kind, name, task, path, split, vocab, fmt, style, shard_index, shard_count)
+        examples = _load(record_kind, name, task, path, split, vocab, fmt, style, shard_index, shard_count)
         loaded.append((examples, rate))
         names.append([name, examples.fingerprint, fmt, style, rate])
     config = {
