@@ -466,8 +466,8 @@ def run_stage(
     # checkpoint's position; the iterator is rewound to the start after it.
     ref_params, ref_table = None, None
     if hp.precomputed_reference:
-        ref_table = _precompute_reference(spec, start_params, iterator, stage_dir, batch_sh)
-        batch_sh = _batch_shardings(mesh, example)
+        layout_sh = _batch_shardings(mesh, layout.spec())  # the reference pass's batches: no ref_logps yet
+        ref_table = _precompute_reference(spec, start_params, iterator, stage_dir, layout_sh)
     elif hp.frozen_reference:
         ref_params = start_params
 
