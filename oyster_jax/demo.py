@@ -2,9 +2,10 @@
 
     python -m oyster_jax.demo --workdir runs/demo [--config.key=value ...]      (WORKDIR=... make demo)
 
-Steps: SFT (configs/experiments/tiny_csa.py) -> held-out preference accuracy -> ORPO -> held-out accuracy
--> export to a Hugging Face directory with `convert.to_hf` -> load it with `transformers` (when installed)
-and compare its logits with ours -> `report.json`, `report.md` and `curves.png` in the workdir.
+Steps: `train()` runs SFT (configs/experiments/tiny_csa.py) then ORPO, with the held-out preference
+accuracy evaluated at the end of each stage (`config.evals`) -> export to a Hugging Face directory with
+`convert.to_hf` (and the tokenizer the trainer saved in W/pref/tokenizer) -> load it with `transformers`
+(when installed) and compare its logits with ours -> `report.json`, `report.md` and `curves.png` in the workdir.
 
 report.json (nested; `sft.final_loss` is `report["sft"]["final_loss"]`):
 
@@ -33,14 +34,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import oyster_jax.xla_env  # noqa: E402, F401  (XLA flags, before JAX starts)
 
 EXPERIMENT = "tiny_csa"  # configs/experiments/tiny_csa.py, bundled as oyster_jax.configs.experiments.tiny_csa
+HELDOUT = "heldout_pref_accuracy"  # train.evals: run by train() at the end of each stage
 TARGET_ACCURACY = 0.90
 TARGET_GAIN = 0.20
-
-
-def _heldout(config, cfg, params, fn):
-    from oyster_jax.train import batches, evaluate
-
-    return evaluate.preference_accuracy(cfg, params, batches.make_heldout_iterator(config, 32), fn=fn)
 
 
 def _hf_check(cfg, params, hf_dir: pathlib.Path, tokens) -> dict:
@@ -120,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from oyster_jax import convert
     from oyster_jax.main import build_config
     from oyster_jax.models.config import ConfigError
-    from oyster_jax.train import evaluate, trainer
+    from oyster_jax.train import TrainingError, train
     from oyster_jax.train.batches import DataError
 
     workdir = pathlib.Path(args.workdir).absolute()
@@ -131,29 +127,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with config.unlocked():
         config.stages = "sft,pref"
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2))
+        if HELDOUT not in config.evals:  # held-out accuracy at the end of each stage: before and after ORPO
+            config.evals = tuple(config.evals) + (HELDOUT,)
 
     try:
-        with trainer._StopFlag() as stop:
-            sft = trainer.run_stage(config, "sft", workdir, stop_flag=stop)
-            if sft.stopped == "sigterm":
-                print("stopped by SIGTERM; rerun the same command to continue", file=sys.stderr)
-                return 143
-            cfg = sft.model_config
-            pair_fn = evaluate.make_pair_logprobs(cfg)
-            print("held-out preference accuracy after SFT ...", flush=True)
-            before = _heldout(config, cfg, sft.params, pair_fn)
-            print(f"  before ORPO: {before['accuracy']:.3f} on {before['pairs']} pairs", flush=True)
-            pref = trainer.run_stage(config, "pref", workdir, stop_flag=stop)
-            if pref.stopped == "sigterm":
-                print("stopped by SIGTERM; rerun the same command to continue", file=sys.stderr)
-                return 143
-    except (DataError, trainer.TrainingError) as e:
+        results = train(config, workdir)
+    except (ConfigError, DataError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    after = _heldout(config, cfg, pref.params, pair_fn)
-    print(f"  after ORPO:  {after['accuracy']:.3f}", flush=True)
+    if any(r.stopped == "sigterm" for r in results.values()):
+        print("stopped by SIGTERM; rerun the same command to continue", file=sys.stderr)
+        return 143
+    sft, pref = results["sft"], results["pref"]
+    cfg = pref.model_config
+    before, after = sft.evals[HELDOUT], pref.evals[HELDOUT]
+    print(f"held-out preference accuracy: {before['accuracy']:.3f} after SFT -> {after['accuracy']:.3f} after ORPO")
 
     # --- Export and check ---------------------------------------------------------------------------
     from oyster_jax import data
@@ -163,11 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     export_cfg = cfg.replace(eos_token_id=vocab.token_to_id("<|im_end|>"), pad_token_id=vocab.pad_id)
     hf_dir = workdir / "hf"
     convert.to_hf(export_cfg, pref.params, hf_dir, dtype="float32")
-    seed_dir = pathlib.Path(data.default_tokenizer_path()).parent
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(seed_dir / name, hf_dir / name)
+    # The trainer saved the tokenizer it used, with its chat template, beside the stage's checkpoints.
+    for f in sorted((workdir / "pref" / "tokenizer").iterdir()):
+        shutil.copy(f, hf_dir / f.name)
     probe = next(data.make_pref_iterator("oyster_csa_seed_pref", split="test", batch_size=2, seq_len=64, shuffle=False))
-    hf_check = _hf_check(cfg, pref.params, hf_dir, probe["tokens"])
+    hf_check = _hf_check(cfg, pref.params, hf_dir, probe["tokens"].reshape(-1, probe["tokens"].shape[-1]))
 
     # --- Report --------------------------------------------------------------------------------------
     from oyster_jax.train import metrics as metrics_lib

@@ -44,7 +44,7 @@ class Recorder:
 
         def recording_advance(stream, k):
             iterator = stream._oyster_iterator
-            if id(iterator) not in recorder.tracked:  # e.g. the trainer's shape probe, which rewinds
+            if id(iterator) not in recorder.tracked:  # e.g. a later stage's iterator
                 return advance(stream, k)
             task, local_i = stream.peek()
             shard, count = iterator._config["shard_index"], iterator._config["shard_count"]
@@ -87,6 +87,10 @@ class Stacked:
             self.recorder.parts.append([batch_digest(p) for p in parts])
         return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
+    @property
+    def layout(self):  # the layout of one shard's part; the trainer scales it to the global batch
+        return self.iterators[0].layout
+
     def get_state(self):
         return {"virtual_shards": [it.get_state() for it in self.iterators]}
 
@@ -120,19 +124,19 @@ def main() -> None:
     make_iterator = batches_lib.make_train_iterator
     training_iterators = []
 
-    def recording_iterator(config, stage, model_cfg, *, process_index=0, process_count=1):
+    def recording_iterator(spec, *, process_index=0, process_count=1):
         if args.virtual_shards > 1:
             assert process_count == 1, "--virtual_shards emulates several processes from one"
             it = Stacked(
                 [
-                    make_iterator(config, stage, model_cfg, process_index=i, process_count=args.virtual_shards)
+                    make_iterator(spec, process_index=i, process_count=args.virtual_shards)
                     for i in range(args.virtual_shards)
                 ],
                 recorder,
             )
         else:
-            it = make_iterator(config, stage, model_cfg, process_index=process_index, process_count=process_count)
-        if not training_iterators:  # the first one the stage makes feeds training; later ones are probes
+            it = make_iterator(spec, process_index=process_index, process_count=process_count)
+        if not training_iterators:  # the first one made feeds the first stage
             recorder.tracked.update(id(x) for x in getattr(it, "iterators", [it]))
         training_iterators.append(it)
         return it

@@ -213,10 +213,9 @@ def test_shards_partition_each_epoch():
         )
         out = collections.Counter()
         for batch in it:
-            B = batch["tokens"].shape[0] // 2
-            for i in range(B):
-                if batch["segment_ids"][i, 0]:
-                    out[batch["tokens"][i].tobytes() + batch["tokens"][B + i].tobytes()] += 1
+            for i in range(batch["tokens"].shape[0]):
+                if batch["segment_ids"][i, 0, 0]:
+                    out[batch["tokens"][i].tobytes()] += 1  # the pair's chosen and rejected rows
         return out, it.num_examples
 
     whole, n = rows(0, 1)
@@ -232,20 +231,22 @@ def test_pref_layout_chosen_then_rejected_with_completion_masks():
         "oyster_csa_seed_pref", split="test", batch_size=B, seq_len=T, shard_index=0, shard_count=1, shuffle=False
     )
     batch = next(it)
-    assert all(v.shape == (2 * B, T) and v.dtype == np.int32 for v in batch.values())
+    assert sorted(batch) == ["completion_mask", "positions", "segment_ids", "tokens"]
+    assert all(v.shape == (B, 2, T) and v.dtype == np.int32 for v in batch.values())
     records = tasks.seqio.TaskRegistry.get("oyster_csa_seed_pref").source.records("test")[:B]
     vocab = default_vocabulary()
     for i, record in enumerate(records):
         prompt, chosen, rejected = features.pref_texts(record)
-        for row, completion in ((i, chosen), (B + i, rejected)):
-            seg, w, toks = batch["segment_ids"][row], batch["loss_weights"][row], batch["tokens"][row]
+        for j, completion in ((0, chosen), (1, rejected)):
+            seg, w, toks = batch["segment_ids"][i, j], batch["completion_mask"][i, j], batch["tokens"][i, j]
             n = int((seg > 0).sum())
             assert vocab.decode(toks[:n][w[:n] == 0].tolist()) == prompt
             assert vocab.decode(toks[w == 1].tolist()) == completion
-            assert (batch["positions"][row, :n] == np.arange(n)).all() and (w[n:] == 0).all()
+            assert (batch["positions"][i, j, :n] == np.arange(n)).all() and (w[n:] == 0).all()
+            assert (toks[n:] == vocab.pad_id).all()
         # Same prompt tokens for the chosen and the rejected row of a pair.
-        p = int((batch["loss_weights"][i] == 0).sum() - (batch["segment_ids"][i] == 0).sum())
-        np.testing.assert_array_equal(batch["tokens"][i, :p], batch["tokens"][B + i, :p])
+        p = int((batch["completion_mask"][i, 0] == 0).sum() - (batch["segment_ids"][i, 0] == 0).sum())
+        np.testing.assert_array_equal(batch["tokens"][i, 0, :p], batch["tokens"][i, 1, :p])
 
 
 def test_shared_row_lengths_are_what_the_batches_hold():
@@ -260,9 +261,9 @@ def test_shared_row_lengths_are_what_the_batches_hold():
     got = []
     for batch in it:
         for i in range(B):
-            chosen, rejected = (int((batch["segment_ids"][r] > 0).sum()) for r in (i, B + i))
+            chosen, rejected = (int((batch["segment_ids"][i, j] > 0).sum()) for j in (0, 1))
             if chosen:
-                prompt = chosen - int(batch["loss_weights"][i].sum())
+                prompt = chosen - int(batch["completion_mask"][i, 0].sum())
                 got.append(chosen + rejected - prompt)
     assert len(want) == it.num_examples == 384
     np.testing.assert_array_equal(want, got)

@@ -87,7 +87,7 @@ def documents_row(T: int, shift: int = 0, scale: int = 1) -> np.ndarray:
 
 def branch_ids(case: Case) -> np.ndarray | None:
     """[B, T] for "branched" cases: each segment of `segment_ids(case)` is split into a shared prompt
-    (branch 0), a chosen (1) and a rejected (2) completion, as `train.batches.share_prompts` lays out
+    (branch 0), a chosen (1) and a rejected (2) completion, as `data.layouts.SharedPrompt` lays out
     pairs; one padding token carries stray branch bits, which must not make it visible."""
     if case.segments != "branched":
         return None

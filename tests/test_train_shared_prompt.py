@@ -1,16 +1,17 @@
-"""Prompt sharing (`train.batches.share_prompts`): one row per pair gives the same losses, metrics and
-gradients as the [P, 2, T] chosen/rejected rows, with fewer tokens."""
+"""Prompt sharing (`data.layouts.SharedPrompt`): one row per pair gives the same losses, metrics and
+gradients as the [P, 2, T] chosen/rejected rows (`data.layouts.TwoRows`) of the same pairs, with fewer tokens."""
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from oyster_jax import models
+from oyster_jax.data.layouts import SharedPrompt, TwoRows
 from oyster_jax.train import batches as batches_lib
 from oyster_jax.train import config as config_lib
+from oyster_jax.train import stage as stage_lib
 from oyster_jax.train import step as step_lib
-from oyster_jax.train.batches import DataError, resolve_shared_len, share_prompts
+from oyster_jax.train.batches import DataError, resolve_shared_len
 
 CFG = models.ModelConfig(
     arch="qwen3", vocab_size=61, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
@@ -19,32 +20,25 @@ CFG = models.ModelConfig(
 T = 24
 
 
-def _pairs(seed=0):
-    """Pairs of different prompt and completion lengths (one with no rejected tail, one empty pair), padded."""
+LENGTHS = [(5, 9, 4), (1, 6, 11), (11, 2, 1), (7, 13, 10), (0, 0, 0)]  # (prompt, chosen, rejected) tokens
+
+
+def _triples(seed=0):
+    """Pairs of different prompt and completion lengths (one with a one-token rejected tail, one empty)."""
     rng = np.random.default_rng(seed)
-    lengths = [(5, 9, 4), (1, 6, 11), (11, 2, 1), (7, 13, 10), (0, 0, 0)]  # (prompt, chosen, rejected)
-    P = len(lengths)
-    batch = {k: np.zeros((P, 2, T), np.int32) for k in ("tokens", "completion_mask", "segment_ids", "positions")}
-    for i, (lp, lc, lr) in enumerate(lengths):
-        prompt = rng.integers(1, 61, lp)
-        for j, comp in enumerate((rng.integers(1, 61, lc), rng.integers(1, 61, lr))):
-            n = lp + len(comp)
-            batch["tokens"][i, j, :n] = np.concatenate([prompt, comp])
-            batch["completion_mask"][i, j, lp:n] = 1
-            batch["segment_ids"][i, j, :n] = 1
-            batch["positions"][i, j, :n] = np.arange(n)
-    batch["completion_mask"][3, 0, 9] = 0  # a completion token that is not trained on
-    return batch
+    return [tuple(rng.integers(1, 61, n).astype(np.int32) for n in lengths) for lengths in LENGTHS]
+
+
+def _pairs(seed=0):
+    return TwoRows(len(LENGTHS), T).build(_triples(seed))
 
 
 def _stage(loss, **kw):
-    return ml_collections.ConfigDict(
-        dict(loss=loss, logits_chunk=0, orpo_lambda=0.1, beta=0.1, simpo_gamma=0.5, label_smoothing=0.0, **kw)
-    )
+    return stage_lib.hyper_from_config(config_lib.pref_defaults(loss=loss, **kw), "pref")
 
 
 def _run(cfg, stage, batch, params, ref_params):
-    totals = step_lib._batch_totals("pref", batch, bool(stage.get("nll_on_prompt", False)))
+    totals = step_lib._batch_totals(stage, batch)
 
     def loss(p):
         return step_lib.pref_microbatch_loss(cfg, stage, p, batch, totals, 1, ref_params)
@@ -88,7 +82,7 @@ def test_shared_rows_give_the_same_loss_metrics_and_gradients(stage):
     params = models.init_params(CFG, jax.random.key(0))
     ref_params = models.init_params(CFG, jax.random.key(1))
     pairs = _pairs()
-    shared = share_prompts(pairs, shared_len=30)
+    shared = SharedPrompt(len(LENGTHS), 30).build(_triples())
     assert shared["tokens"].shape == (5, 30)  # 5 x 30 tokens instead of 5 x 2 x 24
     _assert_same(_run(CFG, stage, shared, params, ref_params), _run(CFG, stage, pairs, params, ref_params))
 
@@ -97,18 +91,38 @@ def test_shared_rows_through_the_flash_kernel_match_two_rows():
     """The Pallas kernel masks branches itself (interpreted here): shared rows need not fall back to xla."""
     stage = _stage("orpo")
     params = models.init_params(CFG, jax.random.key(0))
-    shared = share_prompts(_pairs(), shared_len=30)
+    shared = SharedPrompt(len(LENGTHS), 30).build(_triples())
     got = _run(CFG.replace(attention_impl="pallas"), stage, shared, params, None)
     _assert_same(got, _run(CFG, stage, _pairs(), params, None))
 
 
-def test_pairs_that_do_not_fit_or_do_not_share_a_prompt_are_refused():
-    pairs = _pairs()
+def test_pairs_that_do_not_fit_are_refused_naming_the_pair():
     with pytest.raises(DataError, match=r"pair 3: prompt 7 \+ chosen 13 \+ rejected 10 tokens = 30 > 29"):
-        share_prompts(pairs, shared_len=29)
-    pairs["tokens"][1, 1, 0] += 1
-    with pytest.raises(DataError, match="pair 1: chosen and rejected prompts differ"):
-        share_prompts(pairs, shared_len=30)
+        SharedPrompt(len(LENGTHS), 29).build(_triples())
+
+
+def test_layouts_hand_checked_and_their_shapes_are_their_specs():
+    """One pair laid out both ways, checked by hand; `spec()` gives exactly the built shapes and dtypes."""
+    prompt, chosen, rejected = np.array([7, 8, 9]), np.array([21, 22]), np.array([31, 32, 33])
+    two = TwoRows(2, 8, pad_id=5).build([(prompt, chosen, rejected)])
+    np.testing.assert_array_equal(two["tokens"][0], [[7, 8, 9, 21, 22, 5, 5, 5], [7, 8, 9, 31, 32, 33, 5, 5]])
+    np.testing.assert_array_equal(two["completion_mask"][0], [[0, 0, 0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(two["positions"][0, 1], [0, 1, 2, 3, 4, 5, 0, 0])
+    assert not two["segment_ids"][1].any() and (two["tokens"][1] == 5).all()  # the padding pair
+    one = SharedPrompt(2, 10).build([(prompt, chosen, rejected)])
+    np.testing.assert_array_equal(one["tokens"][0], [7, 8, 9, 21, 22, 31, 32, 33, 0, 0])
+    np.testing.assert_array_equal(one["positions"][0], [0, 1, 2, 3, 4, 3, 4, 5, 0, 0])
+    np.testing.assert_array_equal(one["branch_ids"][0], [0, 0, 0, 1, 1, 2, 2, 2, 0, 0])
+    # Position t predicts t + 1 of its branch: 9 -> 21 and 21 -> 22 (chosen); 31 -> 32, 32 -> 33 (rejected).
+    np.testing.assert_array_equal(one["chosen_weights"][0], [0, 0, 1, 1, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(one["rejected_weights"][0], [0, 0, 0, 0, 0, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(one["rejected_all_weights"][0], [1, 1, 0, 0, 0, 1, 1, 0, 0, 0])
+    assert (one["fork_index"][0], one["fork_target"][0], one["fork_weight"][0]) == (2, 31, 1.0)  # 9 -> 31
+    for layout, batch in ((TwoRows(2, 8), two), (SharedPrompt(2, 10), one)):
+        spec = layout.spec()
+        assert set(spec) == set(batch)
+        for k, v in batch.items():
+            assert (spec[k].shape, spec[k].dtype) == (v.shape, v.dtype), k
 
 
 def test_resolve_shared_len():
@@ -130,14 +144,26 @@ def _tiny_csa(**overrides):
     return config, config_lib.model_config(config)
 
 
+def _iterator(config):
+    return batches_lib.make_train_iterator(stage_lib.describe(config, "pref"))
+
+
 def test_a_short_shared_row_fails_when_the_iterator_is_made_not_at_the_long_pair():
-    config, cfg = _tiny_csa(pref_shared_len=128)
-    longest = int(
-        batches_lib.make_train_iterator(_tiny_csa(pref_shared_len=0)[0], "pref", cfg).rows.shared_row_lengths().max()
-    )
+    longest = int(_iterator(_tiny_csa(pref_shared_len=0)[0]).shared_row_lengths().max())
     with pytest.raises(DataError, match=f"needs {longest} tokens.*pref_shared_len=128"):
-        batches_lib.make_train_iterator(config, "pref", cfg)
-    config, cfg = _tiny_csa(pref_shared_len=-1)
-    it = batches_lib.make_train_iterator(config, "pref", cfg)
-    assert it.shared_len == -(-longest // 64) * 64 and it.shared_len < 2 * config.data.pref_seq_len
-    assert next(it)["tokens"].shape == (config.pref.batch_size, it.shared_len)
+        _iterator(_tiny_csa(pref_shared_len=128)[0])
+    config, _ = _tiny_csa(pref_shared_len=-1)
+    it = _iterator(config)
+    assert it.layout.row_len == -(-longest // 64) * 64 and it.layout.row_len < 2 * config.data.pref_seq_len
+    assert next(it)["tokens"].shape == (config.pref.batch_size, it.layout.row_len)
+
+
+def test_the_abstract_batch_is_what_the_iterator_yields():
+    """The AOT path's shapes (no data read) equal the trainer's batches, for both layouts."""
+    from oyster_jax.train import trainer
+
+    for shared in (0, 264):
+        spec = stage_lib.describe(_tiny_csa(pref_shared_len=shared)[0], "pref")
+        batch = next(batches_lib.make_train_iterator(spec))
+        abstract = trainer.abstract_batch(spec)
+        assert {k: (v.shape, v.dtype) for k, v in abstract.items()} == {k: (v.shape, v.dtype) for k, v in batch.items()}

@@ -9,6 +9,7 @@ import pytest
 
 from oyster_jax import models
 from oyster_jax.train import losses, optim
+from oyster_jax.train import stage as stage_lib
 from oyster_jax.train import step as step_lib
 from oyster_jax.train.config import pref_defaults, stage_defaults
 
@@ -60,10 +61,11 @@ def _run(kind, stage, batch, cfg=CFG, ref_params=None):
 
 
 def _run_uncached(kind, stage, batch, cfg, ref_params):
-    opt = optim.make_optimizer(stage, 10)
+    hp = stage_lib.hyper_from_config(stage, kind)
+    opt = optim.make_optimizer(hp, 10)
     params = models.init_params(cfg, jax.random.key(0))
     state = step_lib.init_state(params, opt, jax.random.key(0))
-    step = jax.jit(step_lib.make_train_step(cfg, stage, opt, kind))
+    step = jax.jit(step_lib.make_train_step(cfg, hp, opt))
     return step(state, batch, ref_params) if ref_params is not None else step(state, batch)
 
 

@@ -8,7 +8,8 @@ optionally side by side with TRL's ORPOTrainer (PyTorch, float32) on the same mo
 
 Both frameworks run in this one process with the same thread count (`--threads`, default 2), alternating
 in rounds so that a noisy neighbour slows both alike. FLOPs are the model's causal-aware training FLOPs
-(`ModelConfig.flops_per_token`, forward + backward = 3x forward) over every position of the batch; the
+(`ModelConfig.flops_per_token`, forward + backward = 3x forward) over every position the step runs, and
+tokens/s counts those positions (under prompt sharing one row per pair; TRL's tokens/s counts its two rows); the
 roofline is the median f32 [n, n] @ [n, n] matmul rate (best of n = 512, 1024) measured in each round
 right beside that round's steps; the reported fraction is the median over rounds.
 """
@@ -61,56 +62,52 @@ def roofline_flops(dtype_name: str = "float32", reps: int = 12) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-def make_jax_runner(config, stage: str, prompt_len: int):
-    """-> (run_one_step, model_cfg, rows, seq): a compiled train step on a fixed synthetic batch."""
+def make_jax_runner(config, stage_name: str, prompt_len: int):
+    """-> (run_one_step, model_cfg, layout): a compiled train step on a fixed synthetic batch in the
+    stage's layout (`data.layouts`; one shared-prompt row per pair when config.data.pref_shared_len > 0)."""
     import jax
     import numpy as np
 
     from oyster_jax import models
-    from oyster_jax.train import config as config_lib
+    from oyster_jax.data import layouts
     from oyster_jax.train import optim, trainer
+    from oyster_jax.train import stage as stage_lib
     from oyster_jax.train import step as step_lib
 
-    cfg = config_lib.model_config(config)
-    s = config[stage]
+    spec = stage_lib.describe(config, stage_name)
+    hp, cfg, seq = spec.hparams, spec.model, spec.data.seq_len
     rng = np.random.default_rng(0)
-    if stage == "sft":
-        rows, seq = s.batch_size, config.data.seq_len
-        lead = (rows,)
-        mask_key = "loss_weights"
+    if not hp.is_pref:
+        rows = hp.batch_size
+        tokens = rng.integers(0, cfg.vocab_size, (rows, seq)).astype(np.int32)
+        mask = np.zeros((rows, seq), np.int32)
+        mask[:, prompt_len:] = 1
+        layout = layouts.SFT(rows, seq)
+        batch = {
+            "tokens": tokens,
+            "loss_weights": mask,
+            "segment_ids": np.ones((rows, seq), np.int32),
+            "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (rows, seq)).copy(),
+        }
     else:
-        rows, seq = 2 * s.batch_size, config.data.pref_seq_len
-        lead = (s.batch_size, 2)
-        mask_key = "completion_mask"
-    tokens = rng.integers(0, cfg.vocab_size, lead + (seq,)).astype(np.int32)
-    mask = np.zeros(lead + (seq,), np.int32)
-    mask[..., prompt_len:] = 1
-    batch = {
-        "tokens": tokens,
-        mask_key: mask,
-        "segment_ids": np.ones(lead + (seq,), np.int32),
-        "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), lead + (seq,)).copy(),
-    }
-    if stage == "pref" and config.data.get("pref_shared_len", 0):
-        from oyster_jax.train.batches import share_prompts
-
-        batch["tokens"][:, 1, :prompt_len] = batch["tokens"][:, 0, :prompt_len]  # a pair shares its prompt
-        batch = share_prompts(batch, config.data.pref_shared_len)
-    mesh = trainer.mesh_from_config(config.mesh)
-    rules = trainer.resolve_rules(config.sharding)
-    optimizer = optim.make_optimizer(s, int(s.num_steps))
+        tokens = rng.integers(0, cfg.vocab_size, (hp.batch_size, 2, seq)).astype(np.int32)
+        shared = spec.data.shared_len
+        layout = layouts.SharedPrompt(hp.batch_size, shared) if shared else layouts.TwoRows(hp.batch_size, seq)
+        # Every pair: a prompt of `prompt_len` tokens, both completions fill the rest of a row.
+        batch = layout.build([(t[0, :prompt_len], t[0, prompt_len:], t[1, prompt_len:]) for t in tokens])
+    optimizer = optim.make_optimizer(hp, hp.num_steps)
     params = models.init_params(cfg, jax.random.key(0))
     state = step_lib.init_state(params, optimizer, jax.random.key(0))
-    jitted = trainer.jitted_train_step(config, stage, cfg, mesh, rules, batch, frozen_reference=False)
+    jitted = trainer.jitted_train_step(spec, batch, frozen_reference=False)
     device_batch = jax.device_put(batch)
     holder = {"state": state}
 
     def run_one_step():
-        with trainer.use_rules(mesh, rules):
+        with trainer.use_rules(spec.mesh, spec.rules):
             holder["state"], metrics = jitted(holder["state"], device_batch)
         return float(metrics["loss"])
 
-    return run_one_step, cfg, rows, seq
+    return run_one_step, cfg, layout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,11 +247,12 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    run_jax, cfg, rows, seq = make_jax_runner(config, args.stage, prompt_len)
+    run_jax, cfg, layout = make_jax_runner(config, args.stage, prompt_len)
     shared = config.data.get("pref_shared_len", 0) if args.stage == "pref" else 0
-    # FLOPs of the work actually done: with prompt sharing, one row of `shared` tokens per pair.
-    done_rows, done_seq = (args.batch, shared) if shared else (rows, seq)
-    flops_per_step = metrics_lib.train_flops_per_step(cfg, done_rows, done_seq)
+    rows, seq = (2 * args.batch, args.seq) if args.stage == "pref" else (args.batch, args.seq)  # as two rows
+    # FLOPs and tokens of the work actually done: with prompt sharing, one row of `shared` tokens per pair.
+    flops_per_step = metrics_lib.train_flops_per_step(cfg, layout.rows, layout.row_len)
+    tokens_per_step = layout.rows * layout.row_len
     run_jax()  # compile
     run_jax()
     trl_run = None
@@ -291,7 +289,7 @@ def main(argv=None) -> int:
         "oyster_jax": {
             "step_seconds_median": jax_step,
             "steps_per_s": 1.0 / jax_step,
-            "tokens_per_s": rows * seq / jax_step,
+            "tokens_per_s": tokens_per_step / jax_step,
             "gflops": flops_per_step / jax_step / 1e9,
             "fraction_of_roofline": float(np.median(fractions)),
             "fraction_of_roofline_per_round": fractions,
@@ -303,14 +301,14 @@ def main(argv=None) -> int:
         result["trl_orpo"] = {
             "step_seconds_median": trl_step,
             "steps_per_s": 1.0 / trl_step,
-            "tokens_per_s": rows * seq / trl_step,
+            "tokens_per_s": rows * seq / trl_step,  # TRL runs two rows per pair
             "gflops": flops_per_step / trl_step / 1e9,
         }
         result["speedup_vs_trl"] = trl_step / jax_step
     ours = result["oyster_jax"]
-    layout = f" (prompt sharing: {args.batch} rows x {shared} tokens run)" if shared else ""
+    layout_note = f" (prompt sharing: {args.batch} rows x {shared} tokens run)" if shared else ""
     print(
-        f"{args.stage} step, {cfg.num_params() / 1e6:.1f}M params, {rows} rows x {seq} tokens{layout}, "
+        f"{args.stage} step, {cfg.num_params() / 1e6:.1f}M params, {rows} rows x {seq} tokens{layout_note}, "
         f"{args.threads} threads: "
         f"oyster_jax {ours['steps_per_s']:.3f} steps/s, {ours['tokens_per_s']:.0f} tokens/s, "
         f"{ours['gflops']:.1f} GFLOP/s = {100 * ours['fraction_of_roofline']:.1f}% of the f32 matmul roofline "

@@ -37,10 +37,11 @@ fit in the rest of a row starts the next row; an example longer than ``seq_len``
 - ``segment_ids``: 1, 2, ... per packed example in the row; 0 = padding. Attend only within equal ids.
 - ``positions``: 0, 1, ... restarting at every segment (for RoPE); 0 in padding.
 
-Preference rows (``make_pref_iterator``): ``2B`` rows for ``B`` pairs, rows ``[0, B)`` chosen and rows
-``[B, 2B)`` rejected (pair i = rows i and B + i, same prompt tokens). ``tokens`` = prompt + completion;
-``loss_weights`` = the completion mask (1 on completion tokens, 0 on the prompt and padding);
-``segment_ids`` = 1 on real tokens; ``positions`` = 0, 1, ... . Truncation policy when
+Preference pairs (``make_pref_iterator``): each pair's (prompt, chosen, rejected) tokens, truncated, laid
+out by ``oyster_jax.data.layouts``: by default ``TwoRows`` [B, 2, T] (pair, chosen | rejected; same
+prompt tokens in both rows), ``tokens`` = prompt + completion; ``completion_mask`` = 1 on completion
+tokens, 0 on the prompt and padding; ``segment_ids`` = 1 on real tokens; ``positions`` = 0, 1, ... ;
+``set_layout(layouts.SharedPrompt(B, L))`` gives one row per pair instead. Truncation policy when
 ``prompt + longest completion > seq_len``: cut the prompt from the left (keep the latest turns) down
 to ``max(seq_len - longest_completion, min(len(prompt), max_prompt_len))`` tokens
 (``max_prompt_len`` defaults to ``seq_len // 2``), then cut each completion from the right to fit.
@@ -58,7 +59,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from oyster_jax.core import schemas
-from oyster_jax.data import features
+from oyster_jax.data import features, layouts
 from oyster_jax.data import tasks as tasks_lib
 from oyster_jax.data.tf_setup import seqio
 
@@ -95,7 +96,7 @@ class _Examples:
     starts: dict[str, np.ndarray]
     lengths: dict[str, np.ndarray]
     # (seq_len, max_prompt_len) -> shared-prompt row length per pair; the examples are cached per process,
-    # so every iterator over them (the trainer makes two) measures them once.
+    # so every iterator over them (training, held-out evaluation, tests) measures them once.
     shared_row_lengths: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -128,9 +129,9 @@ def _file_fingerprint(path: pathlib.Path) -> str:
 
 
 def _tokenize_records(
-    kind: str, records: list[dict], vocab, chat_format: str, chain_style
+    record_kind: str, records: list[dict], vocab, chat_format: str, chain_style
 ) -> dict[str, list[np.ndarray]]:
-    if kind == "sft":
+    if record_kind == "sft":
         pairs = features.tokenize_segments(vocab, [features.sft_segments(r, chat_format, chain_style) for r in records])
         return {"tokens": [p[0] for p in pairs], "loss_weights": [p[1] for p in pairs]}
     texts = [features.pref_texts(r, chat_format, chain_style) for r in records]
@@ -138,7 +139,7 @@ def _tokenize_records(
     return {"prompt": flat[0::3], "chosen": flat[1::3], "rejected": flat[2::3]}
 
 
-def _load(kind, name, task, path, split, vocab, chat_format, chain_style, shard_index, shard_count) -> _Examples:
+def _load(record_kind, name, task, path, split, vocab, chat_format, chain_style, shard_index, shard_count) -> _Examples:
     """This shard's tokenized examples of one task (or JSONL path), cached per process."""
     if path is not None:
         content_fp = _file_fingerprint(path)
@@ -146,17 +147,27 @@ def _load(kind, name, task, path, split, vocab, chat_format, chain_style, shard_
         content_fp = task.source.fingerprint(split)
     else:
         content_fp = f"seqio:{task.name}"
-    key = (kind, name, content_fp, split, _vocab_fingerprint(vocab), chat_format, chain_style, shard_index, shard_count)
+    key = (
+        record_kind,
+        name,
+        content_fp,
+        split,
+        _vocab_fingerprint(vocab),
+        chat_format,
+        chain_style,
+        shard_index,
+        shard_count,
+    )
     if key in _CACHE:
         return _CACHE[key]
     if path is not None or isinstance(task.source, tasks_lib.JsonlSource):
-        records = schemas.read_records(path, kind) if path is not None else task.source.records(split)
-        if task is not None and task.source.kind != kind:
-            raise ValueError(f"task {name!r} holds {task.source.kind!r} records, not {kind!r}")
+        records = schemas.read_records(path, record_kind) if path is not None else task.source.records(split)
+        if task is not None and task.source.kind != record_kind:
+            raise ValueError(f"task {name!r} holds {task.source.kind!r} records, not {record_kind!r}")
         records = records[shard_index::shard_count]
-        columns = _tokenize_records(kind, records, vocab, chat_format, chain_style)
+        columns = _tokenize_records(record_kind, records, vocab, chat_format, chain_style)
     else:
-        columns = _from_seqio(kind, task, split, shard_index, shard_count)
+        columns = _from_seqio(record_kind, task, split, shard_index, shard_count)
     examples = _flatten(name, content_fp, columns)
     if len(examples) == 0:
         raise ValueError(f"{name}: split {split!r} has no examples in shard {shard_index} of {shard_count}")
@@ -167,12 +178,12 @@ def _load(kind, name, task, path, split, vocab, chat_format, chain_style, shard_
 
 
 def _from_seqio(
-    kind: str, task: seqio.Task, split: str, shard_index: int, shard_count: int
+    record_kind: str, task: seqio.Task, split: str, shard_index: int, shard_count: int
 ) -> dict[str, list[np.ndarray]]:
     wanted = {
         "sft": {"tokens": "tokens", "loss_weights": "loss_weights"},
         "pref": {"prompt": "prompt_tokens", "chosen": "chosen_tokens", "rejected": "rejected_tokens"},
-    }[kind]
+    }[record_kind]
     ds = task.get_dataset(
         sequence_length=None,
         split=split,
@@ -182,7 +193,7 @@ def _from_seqio(
     )
     missing = [f for f in wanted.values() if f not in ds.element_spec]
     if missing:
-        raise ValueError(f"task {task.name!r} does not output {missing} needed for {kind} batches")
+        raise ValueError(f"task {task.name!r} does not output {missing} needed for {record_kind} batches")
     columns = {k: [] for k in wanted}
     for ex in ds.as_numpy_iterator():
         for k, f in wanted.items():
@@ -302,7 +313,7 @@ _BATCH_KEYS = ("tokens", "loss_weights", "segment_ids", "positions")
 
 
 class _BaseIterator:
-    kind = ""
+    record_kind = ""
 
     def __init__(self, sources, vocab, batch_size, seq_len, seed, shard_index, shard_count, shuffle, repeat, config):
         if batch_size < 1 or seq_len < 2:
@@ -340,7 +351,7 @@ class _BaseIterator:
         """Position as a small JSON-able dict (``json.dumps`` works on it)."""
         return {
             "version": _STATE_VERSION,
-            "kind": self.kind,
+            "kind": self.record_kind,  # the key name is part of saved checkpoints
             "draws": self._stream.draws,
             "consumed": list(self._stream.consumed),
             "config": self._config,
@@ -350,10 +361,10 @@ class _BaseIterator:
         """Continue from ``state`` (from ``get_state`` of an iterator over the same data and shard)."""
         if isinstance(state, str | bytes):
             state = json.loads(state)
-        if state.get("version") != _STATE_VERSION or state.get("kind") != self.kind:
+        if state.get("version") != _STATE_VERSION or state.get("kind") != self.record_kind:
             raise StateMismatchError(
                 f"state is version {state.get('version')} of kind {state.get('kind')!r}; "
-                f"this iterator needs version {_STATE_VERSION} of kind {self.kind!r}"
+                f"this iterator needs version {_STATE_VERSION} of kind {self.record_kind!r}"
             )
         saved = state.get("config", {})
         diffs = [k for k in sorted(set(saved) | set(self._config)) if saved.get(k) != self._config.get(k)]
@@ -374,7 +385,7 @@ class _BaseIterator:
 class SftIterator(_BaseIterator):
     """Packed SFT batches; see the module docstring for the layout."""
 
-    kind = "sft"
+    record_kind = "sft"
 
     def __next__(self) -> dict[str, np.ndarray]:
         B, T = self.batch_size, self.seq_len
@@ -410,13 +421,21 @@ class SftIterator(_BaseIterator):
 
 
 class PrefIterator(_BaseIterator):
-    """``[chosen; rejected]`` preference batches; see the module docstring for layout and truncation."""
+    """Preference batches in `layout` (two rows per pair by default); see the module docstring."""
 
-    kind = "pref"
+    record_kind = "pref"
 
     def __init__(self, *args, max_prompt_len: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_prompt_len = max_prompt_len
+        self.layout: layouts.PrefLayout = layouts.TwoRows(self.batch_size, self.seq_len, self.pad_id)
+
+    def set_layout(self, layout: layouts.PrefLayout) -> None:
+        """Lay the next batches out as `layout` (e.g. `layouts.SharedPrompt`, sized from
+        `shared_row_lengths`); the data order and the iterator state do not depend on it."""
+        if layout.pairs != self.batch_size:
+            raise ValueError(f"layout for {layout.pairs} pairs, iterator yields {self.batch_size}")
+        self.layout = layout
 
     def _pair(self, ex: _Examples, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Example i of `ex` as (prompt, chosen, rejected) tokens, truncated to fit `seq_len`."""
@@ -436,32 +455,21 @@ class PrefIterator(_BaseIterator):
         return np.concatenate([ex.shared_row_lengths[key] for ex in self.sources])
 
     def __next__(self) -> dict[str, np.ndarray]:
-        B = self.batch_size
-        batch = self._empty_batch(2 * B)
-        tokens, loss_weights, segment_ids, positions = (batch[k] for k in _BATCH_KEYS)
-        stream, placed = self._stream, 0
-        for b in range(B):
+        triples, stream = [], self._stream
+        while len(triples) < self.batch_size:
             nxt = stream.peek()
             if nxt is None:
                 break
             k, i = nxt
-            prompt, chosen, rejected = self._pair(self.sources[k], i)
-            for row, completion in ((b, chosen), (B + b, rejected)):
-                p, n = len(prompt), len(prompt) + len(completion)
-                tokens[row, :p] = prompt
-                tokens[row, p:n] = completion
-                loss_weights[row, p:n] = 1
-                segment_ids[row, :n] = 1
-                positions[row, :n] = self._arange[:n]
+            triples.append(self._pair(self.sources[k], i))
             stream.advance(k)
-            placed += 1
-        if placed == 0:
+        if not triples:
             raise StopIteration
-        return batch
+        return self.layout.build(triples)
 
 
-def _task_vocab(resolved, kind: str):
-    feature = "tokens" if kind == "sft" else "prompt_tokens"
+def _task_vocab(resolved, record_kind: str):
+    feature = "tokens" if record_kind == "sft" else "prompt_tokens"
     for _, task, _, _ in resolved:
         if task is not None and feature in task.output_features:
             return task.output_features[feature].vocabulary
@@ -489,11 +497,11 @@ def _make(
     **extra,
 ):
     """The iterator ``cls`` over ``source``: the shared body of ``make_sft_iterator`` / ``make_pref_iterator``."""
-    kind = cls.kind
+    record_kind = cls.record_kind
     shard_index, shard_count = _default_shard(shard_index, shard_count)
     resolved = _resolve(source, rates)
     # One vocabulary for all tasks: the caller's, else the first task's, else the bundled tiny one.
-    vocab = vocab if vocab is not None else _task_vocab(resolved, kind)
+    vocab = vocab if vocab is not None else _task_vocab(resolved, record_kind)
     loaded, names = [], []
     for name, task, path, rate in resolved:
         options = {"chat_format": "chatml", "chain_style": "prose"}
@@ -504,7 +512,7 @@ def _make(
                 pass
         fmt = chat_format or options["chat_format"]
         style = options["chain_style"] if chain_style == "task" else chain_style
-        examples = _load(kind, name, task, path, split, vocab, fmt, style, shard_index, shard_count)
+        examples = _load(record_kind, name, task, path, split, vocab, fmt, style, shard_index, shard_count)
         loaded.append((examples, rate))
         names.append([name, examples.fingerprint, fmt, style, rate])
     config = {
@@ -575,7 +583,8 @@ def make_pref_iterator(
     repeat: bool = True,
     max_prompt_len: int | None = None,
 ) -> PrefIterator:
-    """``[chosen; rejected]`` batches (int32 numpy [2B, T]) for ``batch_size`` pairs; see the module docstring."""
+    """Preference batches for ``batch_size`` pairs, int32 numpy [B, 2, T] (``layouts.TwoRows``; ``set_layout``
+    changes it); see the module docstring."""
     return _make(
         PrefIterator,
         source,

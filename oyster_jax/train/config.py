@@ -15,7 +15,11 @@ An experiment config is an `ml_collections.ConfigDict` with these fields (defaul
                      logits_chunk; pref also loss (orpo|dpo|ipo|simpo), orpo_lambda, beta, simpo_gamma,
                      label_smoothing, reference (frozen|precomputed, DPO/IPO only)
     checkpoint       every_steps, keep, async_save
-    log_every, peak_tflops (0: measure a matmul at start), fresh, throttle_seconds, synthetic_data
+    log_every, peak_tflops (per device; 0: the chip's bf16 peak from train/metrics.py, measured on CPU),
+    fresh, throttle_seconds, synthetic_data
+    evals, eval_every_steps, eval_batch_size, eval_max_batches   held-out evaluations inside train()
+
+`train.stage.describe(config, stage_name)` reads a stage's part of it once into a frozen StageSpec.
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.pref_seq_len = 256  # prompt + completion
     c.data.max_prompt_len = 0  # 0: the data pipeline's default (pref_seq_len // 2)
     # > 0: run each pair as one row of this many tokens, prompt | chosen | rejected, the prompt computed once
-    # (train/batches.share_prompts; same losses and gradients). Checked against the longest pair of the data
+    # (data/layouts.SharedPrompt; same losses and gradients). Checked against the longest pair of the data
     # at start-up. -1: the longest pair rounded up to 64 (two rows when that saves nothing). 0: chosen and
     # rejected as two rows of pref_seq_len.
     c.data.pref_shared_len = 0
@@ -111,10 +115,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.pref = pref_defaults()
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, async_save=True))
     c.log_every = 1
-    c.peak_tflops = 0.0  # per device; 0 = measure this process's matmul FLOP/s (the CPU roofline)
+    c.peak_tflops = 0.0  # per device; 0 = the chip's bf16 dense peak (train/metrics.py), on CPU the measured matmul
     c.fresh = False  # a workdir holding another model's checkpoints: move them aside and start over
     c.throttle_seconds = 0.0  # sleep after each step (tests that must interrupt a run mid-way)
     c.synthetic_data = False  # random tokens instead of the data pipeline (to tell input stalls from compute)
+    # Held-out evaluations run inside train() at the end of every stage (train/evals.py), e.g.
+    # ("heldout_pref_accuracy",); eval_every_steps > 0 also runs them every that many steps.
+    c.evals = ()
+    c.eval_every_steps = 0
+    c.eval_batch_size = 32  # pairs per evaluation batch
+    c.eval_max_batches = 0  # 0: every held-out example
     return c
 
 

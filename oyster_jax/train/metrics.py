@@ -34,14 +34,69 @@ PLOTTED = (
 def train_flops_per_step(cfg: ModelConfig, batch_rows: int, seq_len: int, reference_forward: bool = False) -> float:
     """Forward + backward FLOPs of one step over `batch_rows` rows of `seq_len` (causal-aware attention).
 
-    A frozen reference model adds one forward pass (a third of forward + backward).
+    Count the rows the step actually runs (`layout.rows` x `layout.row_len`: one row per pair under prompt
+    sharing). A frozen reference model adds one forward pass (a third of forward + backward).
     """
     flops = cfg.flops_per_token(seq_len) * batch_rows * seq_len
     return flops * (4.0 / 3.0) if reference_forward else flops
 
 
+# Dense bf16 matmul peak per chip in FLOP/s (vendor datasheets, without sparsity), matched against
+# `device.device_kind` in this order (the more specific names first).
+PEAK_BF16_FLOPS = (
+    ("tpu v4", 275e12),
+    ("tpu v5 lite", 197e12),  # v5e
+    ("tpu v5e", 197e12),
+    ("tpu v5p", 459e12),
+    ("tpu v5", 459e12),  # v5p reports "TPU v5"
+    ("tpu v6 lite", 918e12),  # v6e (Trillium)
+    ("tpu v6e", 918e12),
+    ("a100", 312e12),
+    ("h100 pcie", 756e12),
+    ("h100 nvl", 835e12),
+    ("h100", 989e12),  # SXM
+    ("h200", 989e12),
+)
+
+
+def table_peak_flops(device_kind: str, dtype: str) -> float | None:
+    """The chip's published dense peak for `dtype` compute, or None when the table does not know it (an
+    unknown chip, or compute in another dtype than bfloat16)."""
+    if dtype != "bfloat16":
+        return None
+    kind = device_kind.lower()
+    return next((flops for name, flops in PEAK_BF16_FLOPS if name in kind), None)
+
+
+def peak_flops_per_device(stated_tflops: float, device, dtype: str) -> tuple[float | None, str]:
+    """(peak FLOP/s of one device that MFU is measured against, where it comes from).
+
+    `stated_tflops` (config.peak_tflops) wins; otherwise the per-chip table; on CPU, which has no
+    published peak, this process's measured matmul rate (`measure_matmul_flops`), labelled as such; a chip
+    neither the table nor the config knows gets None: no MFU is logged rather than a wrong one.
+    """
+    if stated_tflops and stated_tflops > 0:
+        return float(stated_tflops) * 1e12, "config.peak_tflops"
+    if device.platform == "cpu":
+        rate = measure_matmul_flops(jnp.dtype(dtype))
+        return rate, f"measured {dtype} 512x512 matmul on this CPU (no published peak)"
+    peak = table_peak_flops(device.device_kind, dtype)
+    if peak is None:
+        return None, f"unknown for {device.device_kind!r} with {dtype} compute: set config.peak_tflops for MFU"
+    return peak, f"{device.device_kind} {dtype} dense peak (train/metrics.py table)"
+
+
+def throughput(flops_per_step: float, tokens_per_step: int, seconds: float, peak_total: float | None) -> dict:
+    """tokens_per_s (token positions the step ran, padding included), tflops_per_s and mfu (when the peak
+    of all devices, `peak_total`, is known) of one step that took `seconds`."""
+    out = {"tokens_per_s": tokens_per_step / seconds, "tflops_per_s": flops_per_step / seconds / 1e12}
+    if peak_total:
+        out["mfu"] = flops_per_step / seconds / peak_total
+    return out
+
+
 def measure_matmul_flops(dtype=jnp.float32, n: int = 512, seconds: float = 1.0) -> float:
-    """FLOP/s of a square matmul on the default device: the roofline MFU is measured against.
+    """FLOP/s of a square matmul on the default device: the roofline CPU MFU is measured against.
 
     On CPU (no published peak) this is the honest denominator: what this process can get from the cores.
     """

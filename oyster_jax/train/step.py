@@ -1,10 +1,13 @@
 """The jitted train step: SFT and preference losses, gradient accumulation, AdamW update.
 
-Batches (numpy on the host, sharded on their leading axis):
+Batches (numpy on the host, sharded on their leading axis) are laid out by `oyster_jax.data.layouts`:
 
-    SFT         tokens, loss_weights, segment_ids, positions                   [B, T]
-    preference  tokens, completion_mask, segment_ids, positions                [P, 2, T]  (pair, chosen|rejected)
-                ref_logps (precomputed reference, optional)                    [P, 2]
+    SFT           tokens, loss_weights, segment_ids, positions                 [B, T]
+    TwoRows       tokens, completion_mask, segment_ids, positions              [P, 2, T]  (pair, chosen|rejected)
+    SharedPrompt  one row per pair, prompt | chosen | rejected                 [P, L]     (with branch_ids)
+                  ref_logps (precomputed reference, optional)                  [P, 2]
+
+The step takes the stage's hyper-parameters as a `train.stage.Hyper` (`hp.loss_name` picks the loss).
 
 Weights and masks are aligned with `tokens`: weight[t] says whether token t is trained on, so the
 target of position t is token t+1 with weight[t+1] (and only inside the same segment).
@@ -21,9 +24,10 @@ import optax
 
 from oyster_jax import models
 from oyster_jax.train import losses
+from oyster_jax.train import stage as stage_lib
 from oyster_jax.train.head_logprobs import head_logprobs
 
-PREF_LOSSES = ("orpo", "dpo", "ipo", "simpo")
+PREF_LOSSES = stage_lib.PREF_LOSSES
 # Losses whose log-probs are length-normalised (TRL: ORPO, SimPO and IPO average over completion tokens).
 _MEAN_LOGPS = ("orpo", "simpo", "ipo")
 
@@ -84,9 +88,9 @@ def sequence_logprobs(cfg, params, tokens, mask, segment_ids, positions, chunk_t
 # ------------------------------------------------------------------------------------------------
 
 
-def sft_microbatch_loss(cfg, stage, params, mb, totals, num_micro):
+def sft_microbatch_loss(cfg, hp: stage_lib.Hyper, params, mb, totals, num_micro):
     logp, tw = _forward_logprobs(
-        cfg, params, mb["tokens"], mb["loss_weights"], mb["segment_ids"], mb["positions"], stage.logits_chunk
+        cfg, params, mb["tokens"], mb["loss_weights"], mb["segment_ids"], mb["positions"], hp.logits_chunk
     )
     scale = num_micro / totals["weight"]
     loss = -jnp.sum(logp * tw) * scale
@@ -94,7 +98,7 @@ def sft_microbatch_loss(cfg, stage, params, mb, totals, num_micro):
 
 
 def _shared_pair_logprobs(cfg, params, rows: dict, chunk_tokens: int, with_prompt: bool):
-    """`pair_logprobs` of shared-prompt rows [M, L] (`batches.share_prompts`): one pass per pair."""
+    """`pair_logprobs` of shared-prompt rows [M, L] (`layouts.SharedPrompt`): one pass per pair."""
     tokens = rows["tokens"]
     targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=-1)
     h = models.hidden_states(cfg, params, tokens, rows["positions"], rows["segment_ids"], rows["branch_ids"])
@@ -119,7 +123,7 @@ def pair_logprobs(cfg, params, pairs: dict, chunk_tokens: int = 0, with_prompt: 
 
     Chosen and rejected rows run through one forward pass ([2M, T]). With `with_prompt`, also the sum and
     count over every real target token (prompt + completion) of each row. Shared-prompt rows [M, L] (a batch
-    with `branch_ids`, from `batches.share_prompts`) give the same values from one row per pair.
+    with `branch_ids`, `layouts.SharedPrompt`) give the same values from one row per pair.
     """
     if "branch_ids" in pairs:
         return _shared_pair_logprobs(cfg, params, pairs, chunk_tokens, with_prompt)
@@ -135,39 +139,37 @@ def pair_logprobs(cfg, params, pairs: dict, chunk_tokens: int = 0, with_prompt: 
     return out
 
 
-def pref_microbatch_loss(cfg, stage, params, mb, totals, num_micro, ref_params=None):
-    kind = stage.loss
-    nll_on_prompt = kind == "orpo" and bool(stage.get("nll_on_prompt", False))
-    sums, counts, *all_tokens = pair_logprobs(cfg, params, mb, stage.logits_chunk, with_prompt=nll_on_prompt)
+def pref_microbatch_loss(cfg, hp: stage_lib.Hyper, params, mb, totals, num_micro, ref_params=None):
+    loss_name = hp.loss_name
+    nll_on_prompt = hp.orpo_nll_on_prompt
+    sums, counts, *all_tokens = pair_logprobs(cfg, params, mb, hp.logits_chunk, with_prompt=nll_on_prompt)
     safe_counts = jnp.maximum(counts, 1.0)
-    policy = sums / safe_counts if stage.loss in _MEAN_LOGPS else sums
+    policy = sums / safe_counts if loss_name in _MEAN_LOGPS else sums
     # An empty pair (batch padding) has no completion tokens: it must not enter the means over pairs.
     real = jnp.all(counts > 0, axis=-1).astype(jnp.float32)  # [P]
-    if kind == "orpo":
+    if loss_name == "orpo":
         # The NLL is the token-mean over the chosen completions of the whole batch; with `nll_on_prompt`,
         # over chosen prompt + completion tokens, as TRL's ORPOTrainer computes it.
         nll_sums = all_tokens[0] if nll_on_prompt else sums
         chosen_nll = -jnp.sum(nll_sums[:, 0]) * num_micro / totals["chosen_tokens"]
-        loss, metrics = losses.orpo_loss(policy[:, 0], policy[:, 1], chosen_nll, lam=stage.orpo_lambda, weights=real)
-    elif kind == "simpo":
-        loss, metrics = losses.simpo_loss(
-            policy[:, 0], policy[:, 1], beta=stage.beta, gamma=stage.simpo_gamma, weights=real
-        )
+        loss, metrics = losses.orpo_loss(policy[:, 0], policy[:, 1], chosen_nll, lam=hp.orpo_lambda, weights=real)
+    elif loss_name == "simpo":
+        loss, metrics = losses.simpo_loss(policy[:, 0], policy[:, 1], beta=hp.beta, gamma=hp.simpo_gamma, weights=real)
     else:
         if "ref_logps" in mb:
             ref = mb["ref_logps"]
         else:
-            ref_sums, _ = pair_logprobs(cfg, jax.lax.stop_gradient(ref_params), mb, stage.logits_chunk)
-            ref = ref_sums / safe_counts if kind in _MEAN_LOGPS else ref_sums
+            ref_sums, _ = pair_logprobs(cfg, jax.lax.stop_gradient(ref_params), mb, hp.logits_chunk)
+            ref = ref_sums / safe_counts if loss_name in _MEAN_LOGPS else ref_sums
         ref = jax.lax.stop_gradient(ref)
-        if kind == "dpo":
+        if loss_name == "dpo":
             loss, metrics = losses.dpo_loss(
-                policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=stage.beta,
-                label_smoothing=stage.label_smoothing, weights=real,
+                policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=hp.beta,
+                label_smoothing=hp.label_smoothing, weights=real,
             )  # fmt: skip
         else:
             loss, metrics = losses.ipo_loss(
-                policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=stage.beta, weights=real
+                policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=hp.beta, weights=real
             )
     metrics = dict(metrics, loss_tokens=jnp.sum(counts) * num_micro)
     return loss, metrics
@@ -178,8 +180,9 @@ def pref_microbatch_loss(cfg, stage, params, mb, totals, num_micro, ref_params=N
 # ------------------------------------------------------------------------------------------------
 
 
-def _batch_totals(kind: str, batch, nll_on_prompt: bool = False) -> dict:
-    if kind == "sft":
+def _batch_totals(hp: stage_lib.Hyper, batch) -> dict:
+    nll_on_prompt = hp.orpo_nll_on_prompt
+    if not hp.is_pref:
         _, tw = shifted_targets(batch["tokens"], batch["loss_weights"], batch["segment_ids"])
         return {"weight": jnp.maximum(jnp.sum(tw), 1.0)}
     if "branch_ids" in batch:  # shared-prompt rows: the chosen target weights are given
@@ -204,22 +207,20 @@ def _split_micro(batch, num_micro: int):
     return jax.tree.map(split, batch)
 
 
-def make_train_step(cfg: models.ModelConfig, stage, optimizer: optax.GradientTransformation, kind: str):
-    """-> step(state, batch, ref_params) -> (state, metrics); `kind` is "sft" or "pref"."""
-    num_micro = int(stage.microbatches)
+def make_train_step(cfg: models.ModelConfig, hp: stage_lib.Hyper, optimizer: optax.GradientTransformation):
+    """-> step(state, batch, ref_params) -> (state, metrics) for the loss `hp.loss_name`."""
+    num_micro = int(hp.microbatches)
 
     def microbatch_loss(params, mb, totals, ref_params):
-        if kind == "sft":
-            return sft_microbatch_loss(cfg, stage, params, mb, totals, num_micro)
-        return pref_microbatch_loss(cfg, stage, params, mb, totals, num_micro, ref_params)
+        if not hp.is_pref:
+            return sft_microbatch_loss(cfg, hp, params, mb, totals, num_micro)
+        return pref_microbatch_loss(cfg, hp, params, mb, totals, num_micro, ref_params)
 
     grad_fn = jax.value_and_grad(microbatch_loss, has_aux=True)
 
     def step(state, batch, ref_params=None):
         params = state["params"]
-        totals = _batch_totals(
-            kind, batch, kind == "pref" and stage.get("loss") == "orpo" and bool(stage.get("nll_on_prompt", False))
-        )
+        totals = _batch_totals(hp, batch)
         if num_micro == 1:
             (_, metrics), grads = grad_fn(params, batch, totals, ref_params)
         else:

@@ -8,8 +8,13 @@ Workdir layout (one directory per stage, so a chained run resumes in whichever s
     W/<stage>/checkpoints/<step>/ params, train_state, data, config     (see oyster_jax.train.checkpoint)
     W/<stage>/model_config.json   ModelConfig of the checkpoints (a different model is refused)
     W/<stage>/metrics.jsonl       one line per step;  W/<stage>/tensorboard/  event files
+    W/<stage>/evals.jsonl         held-out evaluations (config.evals, train.evals)
+    W/<stage>/tokenizer/          the tokenizer of the data, with its chat template (Hugging Face layout)
     W/<stage>/DONE.json           written when the stage has finished (a rerun skips it)
     W/curves.png                  the curves of every stage
+
+Each stage reads the experiment config once, into a frozen `train.stage.StageSpec`; everything below the
+loop (step, batches, reference, evaluations) takes that description.
 """
 
 from __future__ import annotations
@@ -30,14 +35,26 @@ from tqdm import tqdm
 
 from oyster_jax import distributed, models
 from oyster_jax.models import param_shardings
-from oyster_jax.sharding import batch_sharding, make_mesh, replicated, resolve_rules, use_rules
+from oyster_jax.sharding import batch_sharding, replicated, resolve_rules, use_rules
 from oyster_jax.train import batches as batches_lib
 from oyster_jax.train import config as config_lib
+from oyster_jax.train import evals as evals_lib
 from oyster_jax.train import metrics as metrics_lib
-from oyster_jax.train import optim
+from oyster_jax.train import optim, tokenizer_files
 from oyster_jax.train import step as step_lib
 from oyster_jax.train import workdir as workdir_lib
 from oyster_jax.train.checkpoint import Checkpointer
+from oyster_jax.train.stage import StageSpec, describe, mesh_from_config
+
+__all__ = [
+    "NonFiniteLossError",
+    "StageResult",
+    "TrainingError",
+    "WorkdirMismatchError",
+    "train",
+    "mesh_from_config",  # re-exported: scripts build the mesh of a config as the trainer does
+    "resolve_rules",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +73,7 @@ class WorkdirMismatchError(TrainingError):
 
 @dataclasses.dataclass
 class StageResult:
-    stage: str
+    stage_name: str
     params: dict
     model_config: models.ModelConfig
     final_step: int
@@ -64,6 +81,7 @@ class StageResult:
     stopped: str  # "done" | "sigterm" | "skipped" (already done in this workdir)
     wall_seconds: float
     step_compiles: int = 0  # compilations of the train step in this run (1 when nothing recompiled)
+    evals: dict = dataclasses.field(default_factory=dict)  # {name: metrics} at the stage's end (config.evals)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,10 +147,6 @@ def _cached(key, build):
     return fn
 
 
-def _stage_key(stage_cfg) -> str:
-    return stage_cfg.to_json(sort_keys=True)
-
-
 def _with_sharding(abstract, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
@@ -146,19 +160,6 @@ def _to_device(batch: dict, shardings: dict):
     if jax.process_count() == 1:
         return jax.device_put(batch, shardings)
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
-
-
-def mesh_from_config(spec: str):
-    """config.mesh -> Mesh. A mesh without a -1 axis that needs fewer devices than there are takes the first
-    ones (e.g. "data=1,fsdp=1,tensor=1" on an 8-device host: a single-device run)."""
-    from oyster_jax.sharding import parse_mesh_spec
-
-    shape = parse_mesh_spec(spec)
-    need = math.prod(shape.values())
-    devices = jax.devices()
-    if -1 not in shape.values() and 0 < need < len(devices):
-        devices = devices[:need]
-    return make_mesh(shape, devices=devices)
 
 
 def _check_divisible(rows: int, mesh, what: str):
@@ -212,15 +213,15 @@ def _runtime_overrides(cfg: models.ModelConfig) -> dict:
     }
 
 
-def initial_params(config, stage: str, workdir: epath.Path, mesh, rules, cfg: models.ModelConfig):
-    """(ModelConfig, params placed with their shardings) that `stage` starts from."""
-    stages = config_lib.stages_of(config)
-    if stage == "pref" and "sft" in stages:  # chained: start from the SFT stage's final parameters
-        return load_stage_params(workdir / "sft", cfg, mesh, rules)
-    source = str(config.init_from or "")
+def initial_params(spec: StageSpec, workdir: epath.Path):
+    """(ModelConfig, params placed with their shardings) that the stage starts from."""
+    cfg, mesh, rules = spec.model, spec.mesh, spec.rules
+    if spec.start_from_stage:  # chained: start from the earlier stage's final parameters
+        return load_stage_params(workdir / spec.start_from_stage, cfg, mesh, rules)
+    source = spec.init_from
     sh = param_shardings(cfg, mesh, rules)
     if not source:
-        key = jax.random.key(config.seed)
+        key = jax.random.key(spec.seed)
         init = _cached(
             ("init_params", cfg, mesh, rules), lambda: jax.jit(lambda k: models.init_params(cfg, k), out_shardings=sh)
         )
@@ -261,25 +262,28 @@ def load_stage_params(stage_dir: epath.Path, cfg: models.ModelConfig, mesh, rule
 # ------------------------------------------------------------------------------------------------
 
 
-def _precompute_reference(config, cfg, ref_params, iterator, num_steps, stage_dir, batch_sh, mesh, rules):
-    """One pass of the frozen start model over the stage's batches -> [num_steps, P, 2] reference log-probs."""
+def _precompute_reference(spec: StageSpec, ref_params, iterator, stage_dir, batch_sh):
+    """One pass of the frozen start model over the stage's batches -> [num_steps, P, 2] reference log-probs.
+
+    `iterator` must stand at the stage's start; it is rewound there afterwards."""
+    hp = spec.hparams
+    num_steps = hp.num_steps
     path = stage_dir / "reference_logps.npy"
     meta_path = stage_dir / "reference_logps.json"
     start_state = iterator.get_state()
-    meta = {"num_steps": num_steps, "data_state": start_state, "loss": config.pref.loss}
+    meta = {"num_steps": num_steps, "data_state": start_state, "loss": hp.loss_name}
     if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == json.loads(json.dumps(meta)):
         with path.open("rb") as f:
             return np.load(f, allow_pickle=False)
-    kind = config.pref.loss
-    chunk = config.pref.logits_chunk
+    cfg, mean_logps, chunk = spec.model, hp.loss_name == "ipo", hp.logits_chunk
 
     @jax.jit
     def ref_fn(params, batch):
         sums, counts = step_lib.pair_logprobs(cfg, params, batch, chunk)
-        return sums / jnp.maximum(counts, 1.0) if kind == "ipo" else sums
+        return sums / jnp.maximum(counts, 1.0) if mean_logps else sums
 
     out = []
-    with use_rules(mesh, rules):
+    with use_rules(spec.mesh, spec.rules):
         for _ in tqdm(range(num_steps), desc="reference log-probs", unit="batch"):
             out.append(np.asarray(jax.device_get(ref_fn(ref_params, _to_device(next(iterator), batch_sh)))))
     iterator.set_state(start_state)
@@ -299,19 +303,18 @@ def abstract_train_state(cfg: models.ModelConfig, optimizer, seed: int = 0) -> d
     return jax.eval_shape(lambda: step_lib.init_state(models.abstract_params(cfg), optimizer, jax.random.key(seed)))
 
 
-def jitted_train_step(config, stage: str, cfg, mesh, rules, example: dict, *, frozen_reference: bool):
+def jitted_train_step(spec: StageSpec, example: dict, *, frozen_reference: bool):
     """jit(step) with explicit in/out shardings and the state donated; `example` gives batch shapes
-    (arrays or ShapeDtypeStructs). Cached per process for identical configurations."""
-    s = config[stage]
-    num_steps = int(s.num_steps)
+    (arrays or ShapeDtypeStructs). Cached per process for identical stage descriptions."""
+    hp, cfg, mesh, rules = spec.hparams, spec.model, spec.mesh, spec.rules
     shapes = tuple(sorted((k, tuple(np.shape(v))) for k, v in example.items()))
 
     def build():
-        optimizer = optim.make_optimizer(s, num_steps)
+        optimizer = optim.make_optimizer(hp, hp.num_steps)
         param_sh = param_shardings(cfg, mesh, rules)
-        state_sh = state_shardings(abstract_train_state(cfg, optimizer, config.seed), param_sh, mesh)
+        state_sh = state_shardings(abstract_train_state(cfg, optimizer, spec.seed), param_sh, mesh)
         batch_sh = _batch_shardings(mesh, example)
-        step_fn = step_lib.make_train_step(cfg, s, optimizer, "pref" if stage == "pref" else "sft")
+        step_fn = step_lib.make_train_step(cfg, hp, optimizer)
         repl = replicated(mesh)
         if frozen_reference:
             return jax.jit(
@@ -327,48 +330,31 @@ def jitted_train_step(config, stage: str, cfg, mesh, rules, example: dict, *, fr
             donate_argnums=(0,),
         )
 
-    return _cached(
-        ("step", stage, cfg, _stage_key(s), num_steps, config.seed, mesh, rules, frozen_reference, shapes), build
-    )
+    return _cached(("step", hp, cfg, spec.seed, mesh, rules, frozen_reference, shapes), build)
 
 
-def abstract_batch(config, stage: str) -> dict:
-    """ShapeDtypeStructs of one global batch of `stage` (what the data pipeline would yield)."""
-    s = config[stage]
-    if stage == "sft":
-        lead, seq, mask = (s.batch_size,), config.data.seq_len, "loss_weights"
-    else:
-        lead, seq, mask = (s.batch_size, 2), config.data.pref_seq_len, "completion_mask"
-    batch = {k: jax.ShapeDtypeStruct(lead + (seq,), jnp.int32) for k in ("tokens", mask, "segment_ids", "positions")}
-    shared = config.data.get("pref_shared_len", 0) if stage == "pref" else 0
-    if shared == batches_lib.AUTO_SHARED_LEN:  # sized from the data at run time; here the longest it may pick
-        shared = (2 * seq - 1) // batches_lib.SHARED_LEN_MULTIPLE * batches_lib.SHARED_LEN_MULTIPLE
-    if shared:  # one row per pair (batches.share_prompts)
-        layout = batches_lib.shared_layout(s.batch_size, shared)
-        batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in layout.items()}
-    if stage == "pref" and s.loss in ("dpo", "ipo") and s.reference == "precomputed":
-        batch["ref_logps"] = jax.ShapeDtypeStruct((s.batch_size, 2), jnp.float32)
-    return batch
+def abstract_batch(spec: StageSpec) -> dict:
+    """ShapeDtypeStructs of one global batch of the stage (what the data pipeline would yield), from the
+    stage description alone (`batches.abstract_layout`)."""
+    return batches_lib.step_batch_spec(spec, batches_lib.abstract_layout(spec))
 
 
-def aot_compile_train_step(config, stage: str, mesh=None):
-    """Lower and compile the train step of `stage` for `mesh` (default: config.mesh) from abstract inputs
+def aot_compile_train_step(config, stage_name: str, mesh=None):
+    """Lower and compile the train step of `stage_name` for `mesh` (default: config.mesh) from abstract inputs
     only — no weights, no data. Returns the compiled executable (see `.memory_analysis()`)."""
-    cfg = config_lib.model_config(config)
-    rules = resolve_rules(config.sharding)
-    mesh = mesh if mesh is not None else mesh_from_config(config.mesh)
-    s = config[stage]
-    frozen = stage == "pref" and s.loss in ("dpo", "ipo") and s.reference == "frozen"
-    example = abstract_batch(config, stage)
-    _check_divisible(s.batch_size // s.microbatches, mesh, f"config.{stage}.batch_size / microbatches")
-    optimizer = optim.make_optimizer(s, int(s.num_steps))
-    param_sh = param_shardings(cfg, mesh, rules)
-    abstract_state = abstract_train_state(cfg, optimizer, config.seed)
-    state = _with_sharding(abstract_state, state_shardings(abstract_state, param_sh, mesh))
-    batch = _with_sharding(example, _batch_shardings(mesh, example))
-    jitted = jitted_train_step(config, stage, cfg, mesh, rules, example, frozen_reference=frozen)
+    spec = describe(config, stage_name, mesh)
+    hp, cfg = spec.hparams, spec.model
+    example = abstract_batch(spec)
+    _check_divisible(hp.batch_size // hp.microbatches, spec.mesh, f"config.{stage_name}.batch_size / microbatches")
+    optimizer = optim.make_optimizer(hp, hp.num_steps)
+    param_sh = param_shardings(cfg, spec.mesh, spec.rules)
+    abstract_state = abstract_train_state(cfg, optimizer, spec.seed)
+    state = _with_sharding(abstract_state, state_shardings(abstract_state, param_sh, spec.mesh))
+    batch = _with_sharding(example, _batch_shardings(spec.mesh, example))
+    frozen = hp.frozen_reference
+    jitted = jitted_train_step(spec, example, frozen_reference=frozen)
     args = (state, batch) + ((_with_sharding(models.abstract_params(cfg), param_sh),) if frozen else ())
-    with use_rules(mesh, rules):
+    with use_rules(spec.mesh, spec.rules):
         return jitted.lower(*args).compile()
 
 
@@ -377,113 +363,156 @@ def aot_compile_train_step(config, stage: str, mesh=None):
 # ------------------------------------------------------------------------------------------------
 
 
-def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: _StopFlag | None = None) -> StageResult:
+def _tokenizer_source(spec: StageSpec) -> tuple[str, str]:
+    """(tokenizer.json path, chat format) the stage's data is rendered with."""
+    from oyster_jax import data
+    from oyster_jax.data import tasks as tasks_lib
+
+    fmt = spec.data.chat_format
+    if not fmt:
+        try:
+            fmt = tasks_lib.task_options(spec.data.task).get("chat_format") or "chatml"
+        except KeyError:  # a JSONL path or a seqio task of someone else: the pipeline's default
+            fmt = "chatml"
+    return spec.data.tokenizer or data.default_tokenizer_path(), fmt
+
+
+def _evaluate(spec: StageSpec, params, step: int, eval_cache: dict, names=None) -> dict:
+    """Run held-out evaluations (outside the mesh's rules, as a user calling them after training would) and
+    append them to W/<stage>/evals.jsonl."""
+    results = evals_lib.run(spec, params, eval_cache, names)
+    return {name: dict(result, step=step) for name, result in results.items()}
+
+
+def _append_evals(stage_dir, results: dict) -> None:
+    if not results or not distributed.is_main_process():
+        return
+    path = stage_dir / "evals.jsonl"
+    old = path.read_text() if path.exists() else ""
+    lines = "".join(json.dumps({"eval": name} | res) + "\n" for name, res in results.items())
+    path.write_text(old + lines)
+
+
+def run_stage(
+    config,
+    spec: StageSpec,
+    workdir,
+    *,
+    progress: bool = True,
+    stop_flag: _StopFlag | None = None,
+    eval_cache: dict | None = None,
+) -> StageResult:
     t_start = time.perf_counter()
+    eval_cache = {} if eval_cache is None else eval_cache
+    name, hp, cfg, mesh, rules = spec.stage_name, spec.hparams, spec.model, spec.mesh, spec.rules
     workdir = workdir_lib.resolve(workdir)
-    stage_dir = workdir / stage
-    s = config[stage]
-    cfg = config_lib.model_config(config)
-    rules = resolve_rules(config.sharding)
-    mesh = mesh_from_config(config.mesh)
+    stage_dir = workdir / name
     if distributed.is_main_process():
-        _check_same_model(stage_dir, cfg, bool(config.fresh))
-    distributed.barrier(f"{stage}_workdir_checked")
+        _check_same_model(stage_dir, cfg, spec.fresh)
+    distributed.barrier(f"{name}_workdir_checked")
 
     done_path = stage_dir / "DONE.json"
     if done_path.exists():
         done = json.loads(done_path.read_text())
         _, params = load_stage_params(stage_dir, cfg, mesh, rules)
-        log.info("%s: already finished at step %d in %s; skipping", stage, done["final_step"], stage_dir)
-        return StageResult(stage, params, cfg, done["final_step"], done.get("final_metrics", {}), "skipped", 0.0)
+        log.info("%s: already finished at step %d in %s; skipping", name, done["final_step"], stage_dir)
+        saved = done.get("evals", {})
+        missing = [n for n in spec.evals.names if n not in saved]
+        if missing:  # evaluations asked for since the stage finished
+            new = _evaluate(spec, params, done["final_step"], eval_cache, missing)
+            _append_evals(stage_dir, new)
+            saved = dict(saved, **new)
+            if distributed.is_main_process():
+                done_path.write_text(json.dumps(dict(done, evals=saved), indent=2))
+        evals = {n: saved[n] for n in spec.evals.names}
+        return StageResult(
+            name, params, cfg, done["final_step"], done.get("final_metrics", {}), "skipped", 0.0, evals=evals
+        )
 
     stage_dir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main_process():
         (stage_dir / "model_config.json").write_text(cfg.to_json())
-    num_steps = int(s.num_steps)
-    is_pref = stage == "pref"
-    rows_per_step = s.batch_size * (2 if is_pref else 1)
-    _check_divisible(s.batch_size // s.microbatches, mesh, f"config.{stage}.batch_size / microbatches")
+        if not spec.data.synthetic:
+            tokenizer_files.write_tokenizer(stage_dir / tokenizer_files.TOKENIZER_DIR, *_tokenizer_source(spec))
+    num_steps = hp.num_steps
+    _check_divisible(hp.batch_size // hp.microbatches, mesh, f"config.{name}.batch_size / microbatches")
 
-    # --- Input pipeline -------------------------------------------------------------------------
+    # --- Input pipeline: one iterator, its layout gives the step's batch shapes -----------------------
     iterator = batches_lib.make_train_iterator(
-        config, stage, cfg, process_index=jax.process_index(), process_count=jax.process_count()
+        spec, process_index=jax.process_index(), process_count=jax.process_count()
     )
+    layout = batches_lib.global_layout(spec, iterator)
+    example = batches_lib.step_batch_spec(spec, layout)
+    batch_sh = _batch_shardings(mesh, example)
 
     # --- Model, optimizer, state shardings --------------------------------------------------------
-    optimizer = optim.make_optimizer(s, num_steps)
-    schedule = optim.learning_rate_schedule(s, num_steps)
+    optimizer = optim.make_optimizer(hp, num_steps)
+    schedule = optim.learning_rate_schedule(hp, num_steps)
     param_sh = param_shardings(cfg, mesh, rules)
-    abstract_state = abstract_train_state(cfg, optimizer, config.seed)
+    abstract_state = abstract_train_state(cfg, optimizer, spec.seed)
     state_sh = state_shardings(abstract_state, param_sh, mesh)
 
     # --- Restore or initialise ----------------------------------------------------------------------
-    ckpt = Checkpointer(stage_dir / "checkpoints", keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    ckpt = Checkpointer(stage_dir / "checkpoints", keep=spec.checkpoint_keep, async_save=spec.checkpoint_async)
     restored = ckpt.restore_latest(_with_sharding(abstract_state, state_sh))
-    needs_reference = is_pref and s.loss in ("dpo", "ipo")
+    needs_reference = hp.frozen_reference or hp.precomputed_reference
     start_params = None
     if restored is None or needs_reference:
-        _, start_params = initial_params(config, stage, workdir, mesh, rules, cfg)
+        _, start_params = initial_params(spec, workdir)
+
+    # --- Reference model (DPO / IPO) --------------------------------------------------------------------
+    # Precomputed: one pass over the stage's batches from its start, before the iterator moves to a
+    # checkpoint's position; the iterator is rewound to the start after it.
+    ref_params, ref_table = None, None
+    if hp.precomputed_reference:
+        layout_sh = _batch_shardings(mesh, layout.spec())  # the reference pass's batches: no ref_logps yet
+        ref_table = _precompute_reference(spec, start_params, iterator, stage_dir, layout_sh)
+    elif hp.frozen_reference:
+        ref_params = start_params
+
     if restored is not None:
         start_step, state, data_state, saved_config = restored
-        _warn_config_changes(saved_config, config_lib.to_dict(config), stage)
+        _warn_config_changes(saved_config, config_lib.to_dict(config), name)
         try:
             iterator.set_state(distributed.data_state_from_checkpoint(data_state))
         except ValueError as e:
-            raise TrainingError(f"{stage}: cannot resume the data iterator from step {start_step}: {e}") from e
-        log.info("%s: resumed from step %d", stage, start_step)
+            raise TrainingError(f"{name}: cannot resume the data iterator from step {start_step}: {e}") from e
+        log.info("%s: resumed from step %d", name, start_step)
     else:
         start_step = 0
         init = _cached(
-            ("init_state", cfg, _stage_key(s), num_steps, config.seed, mesh, rules),
+            ("init_state", cfg, hp, spec.seed, mesh, rules),
             lambda: jax.jit(
-                lambda p: step_lib.init_state(p, optimizer, jax.random.key(config.seed)), out_shardings=state_sh
+                lambda p: step_lib.init_state(p, optimizer, jax.random.key(spec.seed)), out_shardings=state_sh
             ),
         )
         with use_rules(mesh, rules):
             # The state gets its own copy: `start_params` may still serve as the frozen reference.
             state = init(jax.tree.map(jnp.copy, start_params) if needs_reference else start_params)
-        if not needs_reference:
-            start_params = None
-
-    # --- Reference model (DPO / IPO) --------------------------------------------------------------------
-    # A separate iterator from the stage's start gives the batch shapes (and the reference pass its batches)
-    # without moving the training iterator.
-    probe = batches_lib.make_train_iterator(
-        config, stage, cfg, process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    probe_start = probe.get_state()
-    example = next(probe)
-    probe.set_state(probe_start)
-    batch_sh = _batch_shardings(mesh, example)
-    ref_params, ref_table = None, None
-    if needs_reference and s.reference == "precomputed":
-        ref_table = _precompute_reference(config, cfg, start_params, probe, num_steps, stage_dir, batch_sh, mesh, rules)
-        start_params = None
-        example = dict(example, ref_logps=ref_table[0])
-        batch_sh = _batch_shardings(mesh, example)
-    elif needs_reference:
-        ref_params = start_params
-    del probe
+    start_params = None
 
     # --- Update step ---------------------------------------------------------------------------------
-    jitted = jitted_train_step(config, stage, cfg, mesh, rules, example, frozen_reference=ref_params is not None)
+    jitted = jitted_train_step(spec, example, frozen_reference=ref_params is not None)
 
-    # --- Metrics ----------------------------------------------------------------------------------------
-    seq_len = example["tokens"].shape[-1]
-    flops_per_step = metrics_lib.train_flops_per_step(cfg, rows_per_step, seq_len, ref_params is not None)
-    peak = float(config.peak_tflops) * 1e12 if config.peak_tflops else None
-    if peak is None:
-        peak = metrics_lib.measure_matmul_flops(models.config.dtype_of(cfg.dtype))
-    peak_total = peak * mesh.size
+    # --- Metrics: FLOPs and tokens of the rows the step actually runs ------------------------------------
+    flops_per_step = metrics_lib.train_flops_per_step(cfg, layout.rows, layout.row_len, ref_params is not None)
+    tokens_per_step = layout.rows * layout.row_len
+    peak, peak_source = metrics_lib.peak_flops_per_device(spec.peak_tflops, mesh.devices.flat[0], cfg.dtype)
+    peak_total = peak * mesh.size if peak else None
+    log.info(
+        "%s: %d rows x %d tokens per step (%s), %.3g TFLOP per step; MFU against %s%s",
+        name, layout.rows, layout.row_len, type(layout).__name__, flops_per_step / 1e12,
+        peak_source, f" = {peak / 1e12:.3g} TFLOP/s per device" if peak else "",
+    )  # fmt: skip
     writer = metrics_lib.MetricsWriter(stage_dir, resume_step=start_step) if distributed.is_main_process() else None
 
     # --- Train loop -------------------------------------------------------------------------------------
     config_json = config_lib.to_dict(config)
-    every = max(int(config.checkpoint.every_steps), 1)
+    every = spec.checkpoint_every
     bar = tqdm(
         total=num_steps,
         initial=start_step,
-        desc=stage,
+        desc=name,
         unit="step",
         disable=not progress or not distributed.is_main_process(),
         dynamic_ncols=True,
@@ -510,30 +539,31 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
                 if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
                     ckpt.wait()
                     raise NonFiniteLossError(
-                        f"{stage}: loss={metrics['loss']} grad_norm={metrics['grad_norm']} at step {step_num}; "
+                        f"{name}: loss={metrics['loss']} grad_norm={metrics['grad_norm']} at step {step_num}; "
                         f"stopped without saving this step (last good checkpoint: step {ckpt.latest_step()} in "
-                        f"{ckpt.directory}). Lower config.{stage}.learning_rate or check the data."
+                        f"{ckpt.directory}). Lower config.{name}.learning_rate or check the data."
                     )
                 metrics["learning_rate"] = float(schedule(step_num - 1))
                 metrics["step_seconds"] = dt
                 if step_num > start_step + 1:  # the first step of a (re)start includes compilation
-                    metrics["tokens_per_s"] = rows_per_step * seq_len / dt
-                    metrics["tflops_per_s"] = flops_per_step / dt / 1e12
-                    metrics["mfu"] = flops_per_step / dt / peak_total
+                    metrics |= metrics_lib.throughput(flops_per_step, tokens_per_step, dt, peak_total)
                 last_metrics = metrics
-                if step_num % max(int(config.log_every), 1) == 0 or step_num == num_steps:
+                if step_num % spec.log_every == 0 or step_num == num_steps:
                     if writer:
                         writer.write(step_num, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.2e}", refresh=False)
                 bar.update(1)
-                if config.throttle_seconds:
-                    time.sleep(float(config.throttle_seconds))
+                if spec.throttle_seconds:
+                    time.sleep(spec.throttle_seconds)
                 stop_now = distributed.any_process(stop_flag is not None and stop_flag.requested)
                 if step_num % every == 0 or step_num == num_steps or stop_now:
                     ckpt.save(step_num, state, distributed.data_state_for_checkpoint(iterator.get_state()), config_json)
                 if stop_now:
                     stopped = "sigterm"
                     break
+                if spec.evals.every_steps and step_num % spec.evals.every_steps == 0 and step_num < num_steps:
+                    _append_evals(stage_dir, _evaluate(spec, state["params"], step_num, eval_cache))
+                    t_prev = time.perf_counter()  # the evaluation is not part of the next step's time
         ckpt.wait()
     finally:
         bar.close()
@@ -541,14 +571,24 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
             writer.close()
         ckpt.close()
 
+    evals = {}
+    if stopped == "done" and spec.evals.names:
+        evals = _evaluate(spec, state["params"], step_num, eval_cache)
+        _append_evals(stage_dir, evals)
     wall = time.perf_counter() - t_start
     if stopped == "done":
-        done = {"final_step": step_num, "final_metrics": last_metrics, "wall_seconds": wall}
+        done = {
+            "final_step": step_num,
+            "final_metrics": last_metrics,
+            "wall_seconds": wall,
+            "peak_flops_per_device": {"value": peak, "source": peak_source},
+            "evals": evals,
+        }
         if distributed.is_main_process():
             done_path.write_text(json.dumps(done, indent=2))
-        distributed.barrier(f"{stage}_done")  # the next stage reads DONE.json on every process
+        distributed.barrier(f"{name}_done")  # the next stage reads DONE.json on every process
     compiles = jitted._cache_size() if hasattr(jitted, "_cache_size") else -1
-    return StageResult(stage, state["params"], cfg, step_num, last_metrics, stopped, wall, compiles)
+    return StageResult(name, state["params"], cfg, step_num, last_metrics, stopped, wall, compiles, evals)
 
 
 def _warn_config_changes(saved: dict, now: dict, stage: str) -> None:
@@ -574,20 +614,26 @@ def _warn_config_changes(saved: dict, now: dict, stage: str) -> None:
 
 
 def train(config, workdir, *, progress: bool = True) -> dict[str, StageResult]:
-    """Run `config.stages` in order in `workdir`; a rerun of the same command continues where it stopped."""
+    """Run `config.stages` in order in `workdir`; a rerun of the same command continues where it stopped.
+
+    `config.evals` (e.g. ("heldout_pref_accuracy",)) are run at the end of every stage (and every
+    `config.eval_every_steps`): `results[stage_name].evals`, `W/<stage>/evals.jsonl`."""
     config_lib.validate(config)
+    specs = [describe(config, name) for name in config_lib.stages_of(config)]
+    evals_lib.check_names(specs[0].evals.names)
     workdir = workdir_lib.resolve(workdir)  # a local directory or gs://bucket/run
     workdir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main_process():
         (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(config), indent=2))
     results: dict[str, StageResult] = {}
+    eval_cache: dict = {}  # jitted evaluation functions shared by the stages
     with _StopFlag() as stop:
-        for stage in config_lib.stages_of(config):
-            result = run_stage(config, stage, workdir, progress=progress, stop_flag=stop)
-            results[stage] = result
+        for spec in specs:
+            result = run_stage(config, spec, workdir, progress=progress, stop_flag=stop, eval_cache=eval_cache)
+            results[spec.stage_name] = result
             if result.stopped == "sigterm":
                 break
-    records = {st: metrics_lib.read_jsonl(workdir / st / "metrics.jsonl") for st in config_lib.stages_of(config)}
+    records = {sp.stage_name: metrics_lib.read_jsonl(workdir / sp.stage_name / "metrics.jsonl") for sp in specs}
     if distributed.is_main_process():
         metrics_lib.plot_curves(
             {k: v for k, v in records.items() if v}, workdir / "curves.png", title=str(workdir.name)

@@ -270,7 +270,7 @@ def flash_attention(
     need not be multiples of the blocks: inputs are padded internally. block_q/block_k override the
     per-backend defaults for all three kernels (forward, dq, dk/dv).
 
-    branch_ids int [B, T] in [0, 7] (prompt sharing, `train.batches.share_prompts`): within a segment a
+    branch_ids int [B, T] in [0, 7] (prompt sharing, `data.layouts.SharedPrompt`): within a segment a
     token of branch 0 (the shared prompt) is seen by all, a token of branch b > 0 sees branch 0 and branch
     b only, so a rejected completion packed after the chosen one never attends to it. Segment ids must
     then stay below 2**28 (the kernels see segment * 8 + branch).
