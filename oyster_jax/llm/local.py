@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 
+from oyster_jax.infer.engine import Engine
 from oyster_jax.llm.base import BackendError, BaseBackend, validate_messages
 
 __all__ = ["LocalJaxBackend"]
@@ -98,6 +99,7 @@ class LocalJaxBackend(BaseBackend):
         self._lock = threading.Lock()
         self._closed = False
         self._last_batch = 1
+        self._engine = None
         self.batches = 0  # counters for tests and benchmarks
         self.requests = 0
 
@@ -206,6 +208,18 @@ class LocalJaxBackend(BaseBackend):
     def chat(self, messages, **sampling) -> tuple[str, str]:
         return self._finish(self._submit(messages, sampling).result())
 
+    def engine(self, **options):
+        """The continuous-batching engine over this model (`infer.engine.Engine`, created on the first call;
+        `options`: max_batch, max_seq_len, max_queue, decode_attention). The server and constrained calls
+        use it."""
+        with self._lock:
+            if self._closed:
+                raise BackendError("LocalJaxBackend is closed")
+            if self._engine is None:
+                options.setdefault("max_batch", self.max_batch)
+                self._engine = Engine(self.cfg, self.params, self.tokenizer, eos_ids=self._eos_ids, **options)
+            return self._engine
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -213,6 +227,8 @@ class LocalJaxBackend(BaseBackend):
             self._closed = True
             if self._worker is not None:
                 self._queue.put(None)
+            if self._engine is not None:
+                self._engine.close()
 
 
 def _find_tokenizer(tokenizer, ckpt) -> pathlib.Path:
