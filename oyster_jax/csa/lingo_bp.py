@@ -57,6 +57,7 @@ from oyster_jax.core import chain as chain_lib
 from oyster_jax.core import taxonomy as tx
 from oyster_jax.core.schemas import iter_json_lines
 from oyster_jax.csa import game as game_lib
+from oyster_jax.csa import judge_schemas
 from oyster_jax.csa.judges import (
     JudgeFailed,
     JudgeParseError,
@@ -261,6 +262,9 @@ class Engine:
         return float(game_lib.payoff(sat, risk, c.alpha, c.beta, c.gamma, cost))
 
     async def _structured(self, backend, prompt: str, parser, task: str, stats: dict, sampling: dict):
+        if getattr(backend, "constrains_json", False):  # a backend that decodes to a schema always parses
+            fmt = judge_schemas.response_format(task, int(sampling.get("max_tokens") or 1024))
+            sampling = sampling if fmt is None else {**sampling, "response_format": fmt}
         return await call_parsed(
             backend,
             [{"role": "user", "content": prompt}],
