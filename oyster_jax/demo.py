@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import sys
 import time
 
@@ -162,10 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     # The chat turn ends with <|im_end|>: that is what generation must stop on.
     export_cfg = cfg.replace(eos_token_id=vocab.token_to_id("<|im_end|>"), pad_token_id=vocab.pad_id)
     hf_dir = workdir / "hf"
-    convert.to_hf(export_cfg, pref.params, hf_dir, dtype="float32")
-    seed_dir = pathlib.Path(data.default_tokenizer_path()).parent
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(seed_dir / name, hf_dir / name)
+    # The tokenizer and our chat template ship with the weights (apply_chat_template works on the export).
+    convert.to_hf(export_cfg, pref.params, hf_dir, dtype="float32", tokenizer=data.default_tokenizer_path())
     probe = next(data.make_pref_iterator("oyster_csa_seed_pref", split="test", batch_size=2, seq_len=64, shuffle=False))
     hf_check = _hf_check(cfg, pref.params, hf_dir, probe["tokens"])
 
