@@ -48,7 +48,7 @@ class LiveServer:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.httpd = uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning", timeout_keep_alive=5))
+        self.httpd = uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning", log_config=None, timeout_keep_alive=5))
         self.thread = threading.Thread(target=self.httpd.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         while not self.httpd.started:
