@@ -29,7 +29,7 @@ from oyster_jax import convert, models
 from oyster_jax.core import chat
 from oyster_jax.data.vocab import default_tokenizer_path
 from oyster_jax.llm.local import LocalJaxBackend
-from oyster_jax.serve import Server, create_app
+from oyster_jax.serve import IdleTimeoutProtocol, Server, create_app
 from oyster_jax.serve.app import _ThinkingSplitter
 
 TOKENIZER = default_tokenizer_path()
@@ -48,7 +48,11 @@ class LiveServer:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.httpd = uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning", log_config=None, timeout_keep_alive=5))
+        self.httpd = uvicorn.Server(
+            uvicorn.Config(
+                create_app(server), log_level="warning", log_config=None, timeout_keep_alive=2, http=IdleTimeoutProtocol
+            )
+        )
         self.thread = threading.Thread(target=self.httpd.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         while not self.httpd.started:
@@ -404,6 +408,19 @@ def test_transport_errors_are_json(live):
     too_long = [{"role": "user", "content": "word " * 400}]  # beyond the server's 256 positions
     code, text, _ = _raw(url, {"messages": too_long})
     assert code == 400 and json.loads(text)["error"]["code"] == "context_length_exceeded"
+
+
+def test_idle_connections_are_closed_and_do_not_block(live, client):
+    """64 sockets that never send a request: the server still answers, and closes each after its idle timeout."""
+    host, port = live.url.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=120) for _ in range(64)]
+    try:
+        assert client.chat.completions.create(model="tiny-chat", messages=HELLO, max_tokens=2).choices
+        for sock in idle:
+            assert sock.recv(1) == b""  # closed by the server (the 120 s socket timeout would raise instead)
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_bearer_key(backend):

@@ -28,9 +28,9 @@ import sys
 import uvicorn
 
 from oyster_jax.llm.local import LocalJaxBackend
-from oyster_jax.serve.app import APIError, Server, create_app
+from oyster_jax.serve.app import APIError, IdleTimeoutProtocol, Server, create_app
 
-__all__ = ["APIError", "Server", "create_app", "main"]
+__all__ = ["APIError", "IdleTimeoutProtocol", "Server", "create_app", "main"]
 
 
 def main(argv=None) -> int:
@@ -88,6 +88,7 @@ def main(argv=None) -> int:
         port=args.port,
         log_level="warning",
         timeout_keep_alive=args.keep_alive_timeout,
+        http=IdleTimeoutProtocol,
         backlog=2048,
     )
     httpd = uvicorn.Server(config)

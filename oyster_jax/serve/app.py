@@ -20,13 +20,14 @@ import pydantic
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from oyster_jax.core import chat
 from oyster_jax.infer.constrained import GrammarError
 from oyster_jax.infer.engine import Engine, EngineClosed, QueueFull, SamplingParams, TokenEvent, held_back_length
 from oyster_jax.serve.schemas import ChatCompletionRequest, CompletionRequest
 
-__all__ = ["APIError", "Server", "create_app"]
+__all__ = ["APIError", "IdleTimeoutProtocol", "Server", "create_app"]
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -107,6 +108,16 @@ async def _read_json(request: Request):
         raise APIError(400, "the request body must be a JSON object")
     _check_text(body)
     return body
+
+
+class IdleTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol with the keep-alive timer also running before the first request, so a
+    connection that never sends one is closed after `timeout_keep_alive` seconds (uvicorn itself only times
+    out the wait between two requests). Use with `uvicorn.Config(..., http=IdleTimeoutProtocol)`."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
 
 class Server:
