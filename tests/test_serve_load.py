@@ -97,6 +97,7 @@ def test_memory_stops_growing_under_sustained_load(backend):
     finally:
         live.stop()
     assert set(codes) <= {200, 429} and codes.count(200) > 300
+    print(f"RSS after warm-up and each wave of 100 requests (MB): {[round(r) for r in rss]}")
     growth = [b - a for a, b in zip(rss, rss[1:])]
     # Generous: allocator noise is tens of MB; a leak of the old server's size (about 4 MB per request) is
     # 400 MB per wave.
