@@ -233,7 +233,7 @@ def _resolve_tokenizer(cfg: ModelConfig, tokenizer) -> pathlib.Path | None:
     if tokenizer is None or tokenizer is True:
         seed = pathlib.Path(__file__).resolve().parents[1] / "data" / "seed" / "tokenizer.json"
         size = len(json.loads(seed.read_text())["model"]["vocab"])
-        if size > cfg.vocab_size:
+        if size != cfg.vocab_size:  # only the tiny models trained on the bundled tokenizer match it exactly
             raise ValueError(
                 f"to_hf: the model's vocabulary has {cfg.vocab_size} ids, the bundled tokenizer {size}; pass "
                 "tokenizer=PATH (the tokenizer.json the model was trained with) or tokenizer=False for weights only"
@@ -261,8 +261,8 @@ def to_hf(
     into place at the end, so a failure never leaves a half-written `out_dir` behind.
 
     `tokenizer`: the tokenizer.json (or a directory holding one) to ship with the weights, written with
-    our chat template (`hf_tokenizer.write_tokenizer`); None takes the bundled seed tokenizer when it fits the
-    model's vocabulary and refuses otherwise; False writes weights only. BOS/EOS/PAD ids in config.json and
+    our chat template (`hf_tokenizer.write_tokenizer`); None takes the bundled seed tokenizer when its size is the
+    model's vocabulary size and refuses otherwise; False writes weights only. BOS/EOS/PAD ids in config.json and
     generation_config.json are the tokenizer's (EOS: the chat format's end-of-turn token)."""
     out_dir = pathlib.Path(out_dir)
     tokenizer = _resolve_tokenizer(cfg, tokenizer)

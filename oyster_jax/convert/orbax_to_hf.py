@@ -7,7 +7,7 @@ The output (config.json, generation_config.json, model-0000K-of-0000N.safetensor
 tokenizer_config.json with the project's chat template) loads with
 `transformers.AutoModelForCausalLM.from_pretrained(out)` / `AutoTokenizer.from_pretrained(out)`.
 The tokenizer is `--tokenizer`, else a tokenizer.json inside `--ckpt` (or its parent, a trainer workdir),
-else the bundled seed tokenizer when it fits the model's vocabulary; `--no_tokenizer` writes weights only.
+else the bundled seed tokenizer when the vocabulary sizes match; `--no_tokenizer` writes weights only.
 """
 
 from __future__ import annotations
