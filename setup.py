@@ -31,12 +31,20 @@ INSTALL_REQUIRES = [
     "etils[epath]==1.15.0",  # workdir paths: local or gs:// (oyster_jax.train.workdir)
     "openpyxl==3.1.5",  # the official benchmark releases are spreadsheets (oyster_jax.data.import_release)
     "gguf==0.19.0",  # GGUF reader and dequantizers (convert.gguf)
+    "llguidance==1.9.1",  # grammar masks for constrained decoding (oyster_jax.infer.constrained)
 ]
+
+# The OpenAI-compatible server (python -m oyster_jax.serve).
+SERVE = ["fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.55.0", "pydantic==2.14.4"]
 
 EXTRAS = {
     "tpu": ["jax[tpu]==0.10.2"],
     "gpu": ["jax[cuda12]==0.10.2"],
-    "test": [
+    "serve": SERVE,
+    "test": SERVE
+    + [
+        "openai==3.51.0",  # the official client drives the server's tests
+        "jsonschema==4.26.0",
         "pytest==9.2.0",
         "pytest-xdist==3.8.0",
         "torch==2.13.0",  # the CPU wheel; an unpinned torch pulls a multi-GB CUDA build

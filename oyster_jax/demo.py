@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import sys
 import time
 
@@ -150,10 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     # The chat turn ends with <|im_end|>: that is what generation must stop on.
     export_cfg = cfg.replace(eos_token_id=vocab.token_to_id("<|im_end|>"), pad_token_id=vocab.pad_id)
     hf_dir = workdir / "hf"
-    convert.to_hf(export_cfg, pref.params, hf_dir, dtype="float32")
-    # The trainer saved the tokenizer it used, with its chat template, beside the stage's checkpoints.
-    for f in sorted((workdir / "pref" / "tokenizer").iterdir()):
-        shutil.copy(f, hf_dir / f.name)
+    # The tokenizer the trainer used ships with the weights, written with our chat template.
+    convert.to_hf(export_cfg, pref.params, hf_dir, dtype="float32", tokenizer=workdir / "pref" / "tokenizer")
     probe = next(data.make_pref_iterator("oyster_csa_seed_pref", split="test", batch_size=2, seq_len=64, shuffle=False))
     hf_check = _hf_check(cfg, pref.params, hf_dir, probe["tokens"].reshape(-1, probe["tokens"].shape[-1]))
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from oyster_jax.convert.hf_tokenizer import write_tokenizer
 from oyster_jax.convert.safetensors_io import CheckpointFormatError, open_checkpoint_dir, write_file
 from oyster_jax.models.config import ModelConfig, dtype_of
 
@@ -217,6 +218,34 @@ def _hf_tensors(cfg: ModelConfig, params: dict):
     return out
 
 
+def _transformers5_keys(d: dict) -> dict:
+    """transformers 5 names: `dtype` (was torch_dtype) and `rope_parameters` (was rope_theta + rope_scaling)."""
+    d = dict(d)
+    d["dtype"] = d.pop("torch_dtype")
+    scaling = d.pop("rope_scaling", None) or {}
+    d["rope_parameters"] = {"rope_type": "default", **scaling, "rope_theta": d.pop("rope_theta")}
+    return d
+
+
+def _resolve_tokenizer(cfg: ModelConfig, tokenizer) -> pathlib.Path | None:
+    if tokenizer is False:
+        return None
+    if tokenizer is None or tokenizer is True:
+        seed = pathlib.Path(__file__).resolve().parents[1] / "data" / "seed" / "tokenizer.json"
+        size = len(json.loads(seed.read_text())["model"]["vocab"])
+        if size != cfg.vocab_size:  # only the tiny models trained on the bundled tokenizer match it exactly
+            raise ValueError(
+                f"to_hf: the model's vocabulary has {cfg.vocab_size} ids, the bundled tokenizer {size}; pass "
+                "tokenizer=PATH (the tokenizer.json the model was trained with) or tokenizer=False for weights only"
+            )
+        return seed
+    path = pathlib.Path(tokenizer)
+    path = path / "tokenizer.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"to_hf: tokenizer {path} does not exist")
+    return path
+
+
 def to_hf(
     cfg: ModelConfig,
     params: dict,
@@ -225,10 +254,18 @@ def to_hf(
     *,
     max_shard_bytes: int = 4 << 30,
     progress: bool = False,
+    tokenizer: str | os.PathLike | bool | None = None,
+    chat_format: str = "chatml",
 ) -> pathlib.Path:
     """Write a Hugging Face checkpoint directory. It is built in a temporary sibling directory and moved
-    into place at the end, so a failure never leaves a half-written `out_dir` behind."""
+    into place at the end, so a failure never leaves a half-written `out_dir` behind.
+
+    `tokenizer`: the tokenizer.json (or a directory holding one) to ship with the weights, written with
+    our chat template (`hf_tokenizer.write_tokenizer`); None takes the bundled seed tokenizer when its size is the
+    model's vocabulary size and refuses otherwise; False writes weights only. BOS/EOS/PAD ids in config.json and
+    generation_config.json are the tokenizer's (EOS: the chat format's end-of-turn token)."""
     out_dir = pathlib.Path(out_dir)
+    tokenizer = _resolve_tokenizer(cfg, tokenizer)
     np_dtype = np.dtype(dtype_of(dtype))
     tensors = _hf_tensors(cfg, params)
     # Plan the shards from shapes alone, so file names know N before any data is fetched.
@@ -244,6 +281,9 @@ def to_hf(
     n = len(shards)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; an export is meant to be read by others (as mkdir would)
     try:
         weight_map, total = {}, 0
         from tqdm import tqdm
@@ -266,7 +306,16 @@ def to_hf(
         (tmp / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
         )
-        hf_config = cfg.replace(param_dtype=dtype).to_hf_config()
+        hf_config = _transformers5_keys(cfg.replace(param_dtype=dtype).to_hf_config())
+        if tokenizer is not None:
+            ids = write_tokenizer(
+                tmp,
+                tokenizer,
+                chat_format=chat_format,
+                vocab_size=cfg.vocab_size,
+                model_max_length=cfg.max_position_embeddings,
+            )
+            hf_config.update(ids)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_config[k] is not None}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))

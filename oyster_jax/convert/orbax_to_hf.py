@@ -1,9 +1,13 @@
 """Orbax checkpoint (model checkpoint, trainer workdir or one of its stages) -> Hugging Face directory.
 
-    python -m oyster_jax.convert.orbax_to_hf --ckpt /ckpts/qwen3_14b --out /export/qwen3_14b [--dtype bfloat16]
+    python -m oyster_jax.convert.orbax_to_hf --ckpt /ckpts/qwen3_14b --out /export/qwen3_14b [--dtype bfloat16] \\
+        [--tokenizer /models/Qwen3-14B/tokenizer.json] [--chat_format chatml]
 
-The output (config.json, generation_config.json, model-0000K-of-0000N.safetensors + index) loads with
-`transformers.AutoModelForCausalLM.from_pretrained(out)` and with vLLM.
+The output (config.json, generation_config.json, model-0000K-of-0000N.safetensors + index, tokenizer.json,
+tokenizer_config.json with the project's chat template) loads with
+`transformers.AutoModelForCausalLM.from_pretrained(out)` / `AutoTokenizer.from_pretrained(out)`.
+The tokenizer is `--tokenizer`, else a tokenizer.json inside `--ckpt` (or its parent, a trainer workdir),
+else the bundled seed tokenizer when the vocabulary sizes match; `--no_tokenizer` writes weights only.
 """
 
 from __future__ import annotations
@@ -13,8 +17,17 @@ import sys
 import time
 
 from oyster_jax import cli
-from oyster_jax.convert.formats import load_weights
+from oyster_jax.convert.formats import find_tokenizer, load_weights
 from oyster_jax.convert.hf import to_hf
+
+
+def _default_tokenizer(ckpt: str):
+    """The tokenizer the checkpoint carries (a trainer stage's tokenizer/, or one beside the weights), else None:
+    to_hf then takes the bundled one if it fits the vocabulary, and says so otherwise."""
+    try:
+        return find_tokenizer(ckpt)
+    except FileNotFoundError:
+        return None
 
 
 def main(argv=None) -> int:
@@ -23,10 +36,27 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="output Hugging Face directory")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--max_shard_gb", type=float, default=4.0)
+    ap.add_argument("--tokenizer", help="tokenizer.json to ship (default: see above)")
+    ap.add_argument("--chat_format", default="chatml", help="chat template written to tokenizer_config.json")
+    ap.add_argument("--no_tokenizer", action="store_true", help="write the weights and config only")
     args = ap.parse_args(argv)
     t0 = time.time()
     cfg, params = load_weights(args.ckpt)
-    out = to_hf(cfg, params, args.out, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 2**30), progress=True)
+    tokenizer = False if args.no_tokenizer else (args.tokenizer or _default_tokenizer(args.ckpt))
+    try:
+        out = to_hf(
+            cfg,
+            params,
+            args.out,
+            dtype=args.dtype,
+            max_shard_bytes=int(args.max_shard_gb * 2**30),
+            progress=True,
+            tokenizer=tokenizer,
+            chat_format=args.chat_format,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {out}: {cfg.arch}, {cfg.num_params() / 1e6:.1f}M params as {args.dtype}, {time.time() - t0:.1f}s")
     return 0
 

@@ -57,7 +57,7 @@ def cached_attention(
     q: jax.Array,  # [B, T, N, H]
     k: jax.Array,  # [B, S, K, H]
     v: jax.Array,  # [B, S, K, H]
-    q_slots: jax.Array,  # [T] int32: cache slot of each query
+    q_slots: jax.Array,  # [T] or [B, T] int32: cache slot of each query
     kv_start: jax.Array,  # [B] int32: first valid key slot of each row
 ) -> jax.Array:  # [B, T, N, H]
     """Causal attention over cache slots: query at slot t sees keys in [kv_start[b], t]."""
@@ -66,7 +66,8 @@ def cached_attention(
     qg = q.reshape(B, T, K, N // K, H)
     scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k, preferred_element_type=jnp.float32) * H**-0.5
     slots = jnp.arange(S, dtype=jnp.int32)
-    mask = cache_visible(q_slots[None, :, None], slots[None, None, :], kv_start[:, None, None])  # [B, T, S]
+    q_slots = jnp.broadcast_to(q_slots, (B, T))
+    mask = cache_visible(q_slots[:, :, None], slots[None, None, :], kv_start[:, None, None])  # [B, T, S]
     probs = masked_softmax(scores, mask[:, None, None])
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return out.reshape(B, T, N, H).astype(q.dtype)
@@ -84,11 +85,18 @@ def _cache_attend(cfg, cache: KVCache, i, write_at, kv_start, decode_attention, 
             k = jnp.where(valid[:, :, None, None], k, 0).astype(k.dtype)
             v = jnp.where(valid[:, :, None, None], v, 0).astype(v.dtype)
         # Write into the full [L, ...] buffer (not a per-layer copy) so XLA can update it in place.
-        at = (i, 0, write_at, 0, 0)
-        new = KVCache(
-            jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype)[None], at),
-            jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype)[None], at),
-        )
+        if write_at.ndim == 1:  # one slot per row (continuous batching, T == 1): a scatter
+            rows = jnp.arange(q.shape[0])
+            new = KVCache(
+                cache.k.at[i, rows, write_at].set(k[:, 0].astype(cache.k.dtype)),
+                cache.v.at[i, rows, write_at].set(v[:, 0].astype(cache.v.dtype)),
+            )
+        else:
+            at = (i, 0, write_at, 0, 0)
+            new = KVCache(
+                jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype)[None], at),
+                jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype)[None], at),
+            )
         written["cache"] = new
         if T > 1:
             # Prefill (on an empty cache, write_at = 0): the prompt's own keys are all a query can see, so
@@ -100,7 +108,7 @@ def _cache_attend(cfg, cache: KVCache, i, write_at, kv_start, decode_attention, 
         layer_v = jax.lax.dynamic_index_in_dim(new.v, i, keepdims=False)
         if decode_attention is not None:
             return decode_attention(q[:, 0], layer_k, layer_v, kv_start, write_at + 1)[:, None]
-        return cached_attention(q, layer_k, layer_v, write_at[None], kv_start)
+        return cached_attention(q, layer_k, layer_v, write_at[..., None], kv_start)
 
     return attend
 
@@ -122,7 +130,7 @@ def decode(
     tokens: jax.Array,  # [B, T] int32
     positions: jax.Array,  # [B, T] int32 (RoPE positions)
     cache: KVCache,
-    write_at: jax.Array,  # int32 scalar: cache slot of tokens[:, 0]
+    write_at: jax.Array,  # int32 scalar: cache slot of tokens[:, 0]; or [B] (T == 1): one slot per row
     kv_start: jax.Array,  # [B] int32: first valid cache slot of each row (left padding before it)
     *,
     last_only: bool = True,
@@ -132,7 +140,9 @@ def decode(
 ) -> tuple[jax.Array, KVCache]:
     """Run T new tokens through the model, writing their K/V at slots [write_at, write_at + T).
 
-    T > 1 is a prefill and must start on an empty cache; T == 1 is a decode step over the whole cache.
+    T > 1 is a prefill and must start on an empty cache; T == 1 is a decode step over the whole cache. A
+    per-row `write_at` [B] lets rows sit at different lengths (the serving engine's slots): row b writes
+    at slot write_at[b] and sees keys [kv_start[b], write_at[b]].
     Returns float32 logits [B, V] of the last token (`last_only`) or [B, T, V], and the updated cache.
     `decode_attention(q [B, N, H], k, v [B, S, K, H], kv_start [B], kv_end scalar) -> [B, N, H]` replaces
     the XLA attention for single-token steps (the Pallas kernel).

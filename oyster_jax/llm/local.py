@@ -21,6 +21,7 @@ import threading
 import time
 
 from oyster_jax import convert
+from oyster_jax.infer.engine import Engine, QueueFull, SamplingParams
 from oyster_jax.llm.base import BackendError, BaseBackend, validate_messages
 
 __all__ = ["LocalJaxBackend"]
@@ -94,6 +95,7 @@ class LocalJaxBackend(BaseBackend):
         self._lock = threading.Lock()
         self._closed = False
         self._last_batch = 1
+        self._engine = None
         self.batches = 0  # counters for tests and benchmarks
         self.requests = 0
 
@@ -196,11 +198,79 @@ class LocalJaxBackend(BaseBackend):
     async def achat(self, messages, **sampling) -> tuple[str, str]:
         import asyncio  # noqa: PLC0415
 
+        response_format = sampling.pop("response_format", None)
+        if response_format is not None and response_format.get("type", "text") != "text":
+            return self._finish(await self._constrained(messages, sampling, response_format))
         future = self._submit(messages, sampling)
         return self._finish(await asyncio.wrap_future(future))
 
     def chat(self, messages, **sampling) -> tuple[str, str]:
+        if sampling.get("response_format") is not None:
+            return super().chat(messages, **sampling)
         return self._finish(self._submit(messages, sampling).result())
+
+    # Honours `response_format` ({"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema":
+    # ...}}, as OpenAI) by constrained decoding on the engine: the reply always parses.
+    constrains_json = True
+
+    async def _constrained(self, messages, sampling, response_format) -> list[int]:
+        import asyncio  # noqa: PLC0415
+
+        unknown = set(sampling) - set(_SAMPLING_KEYS)
+        if unknown:
+            raise ValueError(f"unknown sampling keyword(s) {sorted(unknown)}; known: {list(_SAMPLING_KEYS)}")
+        engine = self.engine()
+        kind = response_format.get("type")
+        if kind == "json_object":
+            grammar = engine.grammars.json_object()
+        elif kind == "json_schema":
+            grammar = engine.grammars.json_schema((response_format.get("json_schema") or {}).get("schema"))
+        else:
+            raise ValueError(f"response_format type {kind!r}: expected text, json_object or json_schema")
+        stop = sampling.get("stop") or ()
+        params = SamplingParams(
+            max_tokens=int(sampling.get("max_tokens") or self.max_new_tokens),
+            temperature=float(sampling.get("temperature") or 0.0),
+            top_p=1.0 if sampling.get("top_p") is None else float(sampling["top_p"]),
+            top_k=int(sampling.get("top_k") or 0),
+            seed=int(sampling.get("seed") or 0),
+            stop=(stop,) if isinstance(stop, str) else tuple(stop),
+            grammar=grammar,
+        )
+        loop = asyncio.get_running_loop()
+        done, tokens = loop.create_future(), []
+
+        def sink(event):
+            if event.token is not None and event.token not in engine.eos_ids:
+                tokens.append(event.token)
+            if event.finish_reason is not None:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(event))
+
+        prompt = self.prompt_tokens(messages)
+        while True:
+            try:
+                engine.submit(prompt, params, 1, sink)
+                break
+            except QueueFull:
+                await asyncio.sleep(0.05)
+            except ValueError as e:
+                raise BackendError(f"local generation refused: {e}") from None
+        last = await done
+        if last.finish_reason == "error":
+            raise BackendError(f"local generation failed: {last.error}")
+        return tokens
+
+    def engine(self, **options):
+        """The continuous-batching engine over this model (`infer.engine.Engine`, created on the first call;
+        `options`: max_batch, max_seq_len, max_queue, decode_attention). The server and constrained calls
+        use it."""
+        with self._lock:
+            if self._closed:
+                raise BackendError("LocalJaxBackend is closed")
+            if self._engine is None:
+                options.setdefault("max_batch", self.max_batch)
+                self._engine = Engine(self.cfg, self.params, self.tokenizer, eos_ids=self._eos_ids, **options)
+            return self._engine
 
     def close(self) -> None:
         with self._lock:
@@ -209,3 +279,5 @@ class LocalJaxBackend(BaseBackend):
             self._closed = True
             if self._worker is not None:
                 self._queue.put(None)
+            if self._engine is not None:
+                self._engine.close()

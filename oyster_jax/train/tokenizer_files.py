@@ -7,7 +7,8 @@
 so a trainer workdir can be opened, chatted with or exported without naming the tokenizer again
 (`transformers.AutoTokenizer.from_pretrained(W/<stage>/tokenizer)` works on it).
 
-The chat template is written from the `ChatFormat` markers (`oyster_jax.core.chat`), so
+The chat template is `convert.hf_tokenizer.chat_template` (the same one every export carries), written from
+the `ChatFormat` markers of `oyster_jax.core.chat`, so
 `tokenizer.apply_chat_template(messages)` renders exactly `chat.render(messages)` (an assistant message may
 carry `thinking`) and `add_generation_prompt=True` appends `chat.render_generation_prompt`'s opening.
 """
@@ -17,42 +18,11 @@ from __future__ import annotations
 import json
 import pathlib
 
-from oyster_jax.core import chat
+from oyster_jax.convert.hf_tokenizer import chat_template  # the one Jinja form of core.chat's formats
 
 TOKENIZER_DIR = "tokenizer"
 # Files of a Hugging Face tokenizer that travel with tokenizer.json when they sit beside it.
 _COMPANIONS = ("special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json")
-
-
-def _literal(text: str) -> str:
-    """A Jinja string literal for `text` (JSON escapes are Jinja escapes)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
-def chat_template(fmt: str | chat.ChatFormat) -> str:
-    """The Jinja chat template that renders `chat.render` of format `fmt`."""
-    f = chat.get_format(fmt)
-    q = _literal
-    think_open, think_close = q(chat.THINK_OPEN + "\n"), q("\n" + chat.THINK_CLOSE + "\n\n")
-    return (
-        "{{- " + q(f.bos) + " -}}"
-        "{%- for message in messages -%}"
-        "{%- if message.role == 'system' -%}"
-        "{{- " + q(f.system_open) + " + message.content + " + q(f.system_close + f.turn_separator) + " -}}"
-        "{%- elif message.role == 'user' -%}"
-        "{{- " + q(f.user_open) + " + message.content + " + q(f.user_close + f.turn_separator) + " -}}"
-        "{%- else -%}"
-        "{{- " + q(f.assistant_open) + " -}}"
-        "{%- if message.thinking is defined and message.thinking is not none -%}"
-        "{{- " + think_open + " + message.thinking + " + think_close + " -}}"
-        "{%- endif -%}"
-        "{{- message.content + " + q(f.assistant_close + f.turn_separator) + " -}}"
-        "{%- endif -%}"
-        "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}"
-        "{{- " + q(f.assistant_open + f.generation_suffix) + " -}}"
-        "{%- endif -%}"
-    )
 
 
 def write_tokenizer(directory, tokenizer_json, chat_format: str) -> None:

@@ -1,0 +1,163 @@
+"""Serving throughput and latency: our OpenAI-compatible server under concurrent streaming clients.
+
+    python -m oyster_jax.bench.serve                              # tiny random-weight chat model, in process
+    python -m oyster_jax.bench.serve --ckpt runs/demo/pref --tokenizer oyster_jax/data/seed/tokenizer.json
+    python -m oyster_jax.bench.serve --url http://127.0.0.1:8000/v1 --model pref    # a server already running
+
+For each concurrency (default 1, 8, 32) `--requests` chat requests are sent by that many client threads with
+the official `openai` client, streamed, greedy, EOS disabled by `logit_bias` so every request makes exactly
+`--new_tokens` tokens. Reported: requests/s and generated tokens/s over the whole wave, and time to first
+token (p50 / p90 over requests, from sending to the first content chunk). A warm-up wave compiles every
+program first. Requests beyond the server's slots + queue get 429 and are retried by the client after its
+Retry-After, which shows up in latency, not as errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import pathlib
+import socket
+import statistics
+import sys
+import threading
+import time
+
+import jax
+import openai
+import uvicorn
+
+from oyster_jax.data.vocab import default_tokenizer_path
+from oyster_jax.llm.local import LocalJaxBackend
+from oyster_jax.models import ModelConfig, init_params
+from oyster_jax.serve import Server, create_app
+
+PROMPT = [{"role": "user", "content": "Describe, step by step, how a city keeps its drinking water safe."}]
+
+
+def _start_local(args):
+    if args.ckpt:
+        backend = LocalJaxBackend(args.ckpt, args.tokenizer)
+    else:
+        cfg = ModelConfig(
+            vocab_size=4096,
+            hidden_size=64,
+            intermediate_size=128,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            max_position_embeddings=1024,
+        )
+        backend = LocalJaxBackend(
+            tokenizer=default_tokenizer_path(), cfg=cfg, params=init_params(cfg, jax.random.key(0))
+        )
+    engine = backend.engine(max_batch=args.max_batch, max_seq_len=args.max_seq_len, max_queue=args.max_queue)
+    server = Server(engine, "bench")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    httpd = uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning", log_config=None))
+    thread = threading.Thread(target=httpd.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not httpd.started:
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+    def stop():
+        httpd.should_exit = True
+        thread.join(timeout=30)
+        backend.close()
+
+    eos = sorted(engine.eos_ids)
+    return url, "bench", eos, stop
+
+
+def _one(client, model, new_tokens, bias):
+    t0 = time.perf_counter()
+    first, tokens = None, 0
+    stream = client.chat.completions.create(
+        model=model,
+        messages=PROMPT,
+        max_tokens=new_tokens,
+        stream=True,
+        logit_bias=bias,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - t0
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    return first if first is not None else time.perf_counter() - t0, tokens
+
+
+def _wave(client, model, concurrency, requests, new_tokens, bias):
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(lambda _: _one(client, model, new_tokens, bias), range(requests)))
+    wall = time.perf_counter() - t0
+    ttft = sorted(r[0] for r in results)
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "seconds": wall,
+        "requests_per_s": requests / wall,
+        "tokens_per_s": sum(r[1] for r in results) / wall,
+        "ttft_p50_s": statistics.median(ttft),
+        "ttft_p90_s": ttft[min(len(ttft) - 1, int(0.9 * len(ttft)))],
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m oyster_jax.bench.serve", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--url", help="benchmark a running server (its /v1 base URL) instead of starting one")
+    ap.add_argument("--model", default="bench", help="model id at --url")
+    ap.add_argument("--api_key", default="unused")
+    ap.add_argument("--eos_ids", default="", help="with --url: end-of-turn ids to disable (comma-separated)")
+    ap.add_argument("--ckpt", help="checkpoint to serve in process (default: a tiny random model)")
+    ap.add_argument("--tokenizer")
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
+    ap.add_argument("--new_tokens", type=int, default=64)
+    ap.add_argument("--max_batch", type=int, default=32)
+    ap.add_argument("--max_seq_len", type=int, default=512)
+    ap.add_argument("--max_queue", type=int, default=64)
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+
+    stop = lambda: None  # noqa: E731
+    if args.url:
+        url, model, eos = args.url, args.model, [int(e) for e in args.eos_ids.split(",") if e]
+    else:
+        url, model, eos, stop = _start_local(args)
+    client = openai.OpenAI(base_url=url, api_key=args.api_key, max_retries=5, timeout=600)
+    bias = {str(e): -100 for e in eos}
+    levels = [int(c) for c in args.concurrency.split(",")]
+    try:
+        _wave(client, model, max(levels), max(levels), args.new_tokens, bias)  # warm-up: compile everything
+        results = []
+        for c in levels:
+            r = _wave(client, model, c, max(args.requests, c), args.new_tokens, bias)
+            results.append(r)
+            print(
+                f"concurrency {c:3d}: {r['requests_per_s']:7.2f} req/s  {r['tokens_per_s']:8.1f} tok/s  "
+                f"TTFT p50 {r['ttft_p50_s'] * 1000:7.1f} ms  p90 {r['ttft_p90_s'] * 1000:7.1f} ms",
+                flush=True,
+            )
+    finally:
+        stop()
+    summary = {
+        "url": url if args.url else "in-process",
+        "ckpt": args.ckpt or "tiny random",
+        "new_tokens": args.new_tokens,
+        "results": results,
+    }
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(summary, indent=2))
+    print(f"done: {len(results)} levels, {args.new_tokens} new tokens per request")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

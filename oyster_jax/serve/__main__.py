@@ -1,0 +1,5 @@
+import sys
+
+from oyster_jax.serve import main
+
+sys.exit(main())

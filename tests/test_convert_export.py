@@ -1,0 +1,148 @@
+"""Hugging Face exports that chat users recognise: the tokenizer ships, its Jinja chat template gives the
+token ids of our own formatter, special ids agree everywhere, the thinking tags survive decoding, the
+directory follows the umask, and the snippet of docs/convert_for_pytorch.md runs as written."""
+
+import json
+import os
+import pathlib
+import random
+import re
+import stat
+
+import numpy as np
+import pytest
+import tokenizers
+from eval_fakes import TINY_CHAT_CFG, random_params
+
+from oyster_jax import convert
+from oyster_jax.convert import orbax_to_hf
+from oyster_jax.core import chat
+from oyster_jax.data.vocab import default_tokenizer_path
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CFG = TINY_CHAT_CFG.replace(tie_word_embeddings=False, max_position_embeddings=256)
+SEED_TOK = tokenizers.Tokenizer.from_file(default_tokenizer_path())
+IM_END = SEED_TOK.token_to_id("<|im_end|>")
+
+
+def _params_that_end_turns():
+    """Random weights, except that the residual stream carries a large constant in dimension 0 and the
+    LM head reads it for <|im_end|>: greedy decoding then ends the turn at once (a stop we can test)."""
+    params = random_params(CFG)
+    params["embed_tokens"] = np.array(params["embed_tokens"])
+    params["embed_tokens"][:, 0] += 50.0
+    params["lm_head"] = np.array(params["lm_head"])
+    params["lm_head"][0, :] = 0.0
+    params["lm_head"][0, IM_END] = 10.0
+    return params
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """The CLI path of the issue: an Orbax checkpoint without a tokenizer -> orbax_to_hf."""
+    root = tmp_path_factory.mktemp("export")
+    ckpt = convert.save_model(root / "ckpt", CFG, _params_that_end_turns())
+    old = os.umask(0o022)
+    try:
+        assert orbax_to_hf.main(["--ckpt", str(ckpt), "--out", str(root / "hf")]) == 0
+    finally:
+        os.umask(old)
+    return root / "hf"
+
+
+def _random_conversations(rng: random.Random, n: int):
+    words = ["hello", "Tokyo", "为什么", "safety", "  spaced  ", "line\nbreak", "42", "émigré", "{json}", ""]
+
+    def text():
+        return " ".join(rng.choice(words) for _ in range(rng.randint(0, 6)))
+
+    out = []
+    for _ in range(n):
+        msgs = [{"role": "system", "content": text()}] if rng.random() < 0.5 else []
+        for _ in range(rng.randint(1, 3)):
+            msgs.append({"role": "user", "content": text()})
+            msg = {"role": "assistant", "content": text()}
+            r = rng.random()
+            if r < 0.3:
+                msg["thinking"] = text()
+            elif r < 0.45:
+                msg["reasoning_content"] = text()  # the Qwen3 / vLLM spelling
+            elif r < 0.55:
+                msg["thinking"] = ""
+            msgs.append(msg)
+        if rng.random() < 0.6:
+            msgs = msgs[:-1]  # ends with a user turn: a generation prompt
+        out.append(msgs)
+    return out
+
+
+def _ours(msgs, fmt):
+    ours = [
+        {k: v for k, v in dict(m, thinking=m.get("thinking", m.get("reasoning_content"))).items()
+         if k != "reasoning_content" and not (k == "thinking" and v is None)}
+        for m in msgs
+    ]  # fmt: skip
+    text = chat.render_generation_prompt(ours, fmt) if ours[-1]["role"] != "assistant" else chat.render(ours, fmt)
+    return SEED_TOK.encode(text, add_special_tokens=False).ids
+
+
+def test_export_ships_tokenizer_template_and_consistent_ids(export):
+    import transformers
+
+    files = {p.name for p in export.iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"} <= files
+    assert stat.S_IMODE(export.stat().st_mode) == 0o755  # umask 022, as mkdir would give
+    config = json.loads((export / "config.json").read_text())
+    gen = json.loads((export / "generation_config.json").read_text())
+    assert "torch_dtype" not in config and config["dtype"] == "float32"  # transformers-5 keys
+    assert "rope_theta" not in config and config["rope_parameters"]["rope_theta"] == CFG.rope_theta
+    tok = transformers.AutoTokenizer.from_pretrained(export)
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == IM_END == config["eos_token_id"] == gen["eos_token_id"]
+    assert tok.pad_token_id == SEED_TOK.token_to_id("<|endoftext|>") == config["pad_token_id"] == gen["pad_token_id"]
+    assert tok.bos_token_id is None and config["bos_token_id"] is None
+    # the thinking tags are ordinary added tokens: kept by skip_special_tokens, still single tokens
+    ids = tok.encode("<think>\nhm\n</think>\n\nhi<|im_end|>", add_special_tokens=False)
+    assert SEED_TOK.token_to_id("<think>") in ids and SEED_TOK.token_to_id("</think>") in ids
+    assert tok.decode(ids, skip_special_tokens=True) == "<think>\nhm\n</think>\n\nhi"
+    cfg_back, _ = convert.from_hf(export)
+    assert cfg_back.rope_theta == CFG.rope_theta and cfg_back.eos_token_id == IM_END
+
+
+@pytest.mark.parametrize("fmt", ["chatml", "deepseek_r1"])
+def test_jinja_template_gives_our_formatters_token_ids(tmp_path, fmt):
+    import transformers
+
+    out = convert.to_hf(CFG, random_params(CFG), tmp_path / fmt, tokenizer=default_tokenizer_path(), chat_format=fmt)
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    rng = random.Random(0)
+    convs = _random_conversations(rng, 150)
+    if fmt == "deepseek_r1":  # its template allows a system turn only first (as ours does)
+        convs = [[m for i, m in enumerate(c) if m["role"] != "system" or i == 0] for c in convs]
+    for msgs in convs:
+        gen_prompt = msgs[-1]["role"] != "assistant"
+        theirs = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen_prompt, return_dict=False)
+        assert list(theirs) == _ours(msgs, fmt), msgs
+
+
+def test_docs_snippet_runs_verbatim(export):
+    """The 'Load with transformers' block of docs/convert_for_pytorch.md, with only the path replaced:
+    apply_chat_template works, generate stops at <|im_end|>, decode keeps what the model wrote."""
+    doc = (REPO / "docs" / "convert_for_pytorch.md").read_text()
+    section = doc.split("## Load with transformers", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    code, n = re.subn(r'^path = ".*"$', f"path = {str(export)!r}", code, flags=re.MULTILINE)
+    assert n == 1
+    printed = []
+    scope = {"print": lambda *a, **k: printed.append(" ".join(map(str, a)))}
+    exec(compile(code, "docs/convert_for_pytorch.md", "exec"), scope)  # noqa: S102  (our own documentation)
+    out, inputs = scope["out"], scope["inputs"]
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+    assert new and new[-1] == IM_END and len(new) < 512  # stopped at the end of the turn, not at the limit
+    assert printed == [scope["tok"].decode(new, skip_special_tokens=True)]
+
+
+def test_no_tokenizer_that_fits_is_refused(tmp_path):
+    cfg = CFG.replace(vocab_size=1000)
+    with pytest.raises(ValueError, match="tokenizer=PATH"):
+        convert.to_hf(cfg, random_params(cfg), tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,52 @@
+"""The Lingo-BP judges' schemas: a random-weight model constrained to them always answers something the
+judges' own parsers accept, within the token budget the schema was sized for."""
+
+import jsonschema
+import pytest
+from eval_fakes import TINY_CHAT_CFG, random_params
+
+from oyster_jax.core import chain as chain_lib
+from oyster_jax.csa import judge_schemas, judges
+from oyster_jax.data.vocab import default_tokenizer_path
+from oyster_jax.llm.local import LocalJaxBackend
+
+CFG = TINY_CHAT_CFG.replace(max_position_embeddings=1024)
+PARSERS = {
+    "user_judge": judges.parse_user_judgment,
+    "safety_judge": judges.parse_safety_judgment,
+    "assess": judges.parse_assessment,
+    "extract_chain": chain_lib.parse_chain,
+    "backward": chain_lib.parse_chain,
+}
+BUDGET = 384
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = LocalJaxBackend(tokenizer=default_tokenizer_path(), cfg=CFG, params=random_params(CFG), max_batch=4)
+    yield b
+    b.close()
+
+
+def test_every_json_task_has_a_schema():
+    assert set(judge_schemas.TASKS) == set(PARSERS)
+    assert judge_schemas.response_format("recombine", 1024) is None
+
+
+@pytest.mark.parametrize("task", sorted(PARSERS))
+def test_a_random_model_constrained_to_the_schema_always_parses(backend, task):
+    fmt = judge_schemas.response_format(task, BUDGET)
+    schema = fmt["json_schema"]["schema"]
+    messages = [{"role": "user", "content": f"Answer the {task} task as JSON."}]
+    for seed in range(2):
+        sampling = dict(temperature=1.0, seed=seed, max_tokens=BUDGET, response_format=fmt)
+        _, content = backend.chat(messages, **sampling)
+        jsonschema.validate(chain_lib.extract_json_block(content), schema)
+        PARSERS[task](content)  # raises on a parse failure
+
+
+def test_unconstrained_random_model_does_not_parse(backend):
+    """The control: without the schema the same model's answer is not a judgment."""
+    _, content = backend.chat([{"role": "user", "content": "Judge it."}], temperature=1.0, seed=0, max_tokens=64)
+    with pytest.raises((judges.JudgeParseError, chain_lib.ChainParseError)):
+        judges.parse_safety_judgment(content)
