@@ -9,6 +9,21 @@ warmup + cosine), `checkpoint` (Orbax manager with fallback), `metrics` (MFU, js
 """
 
 from oyster_jax.train import losses
-from oyster_jax.train.trainer import NonFiniteLossError, StageResult, TrainingError, WorkdirMismatchError, train
+from oyster_jax.train.trainer import (
+    NonFiniteLossError,
+    StageResult,
+    TrainingError,
+    WorkdirMismatchError,
+    WorkdirRefusedError,
+    train,
+)
 
-__all__ = ["NonFiniteLossError", "StageResult", "TrainingError", "WorkdirMismatchError", "losses", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "StageResult",
+    "TrainingError",
+    "WorkdirMismatchError",
+    "WorkdirRefusedError",
+    "losses",
+    "train",
+]

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from oyster_jax import models
-from oyster_jax.train import losses
+from oyster_jax.train import guard, losses
 from oyster_jax.train.head_logprobs import head_logprobs
 
 PREF_LOSSES = ("orpo", "dpo", "ipo", "simpo")
@@ -240,6 +240,7 @@ def make_train_step(cfg: models.ModelConfig, stage, optimizer: optax.GradientTra
         new_params = optax.apply_updates(params, updates)
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
         metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.global_norm(new_params))
+        metrics.update(guard.finite_flags(new_state))  # a non-finite update is never checkpointed
         return new_state, metrics
 
     return step

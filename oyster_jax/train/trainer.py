@@ -15,6 +15,7 @@ Workdir layout (one directory per stage, so a chained run resumes in whichever s
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -33,11 +34,11 @@ from oyster_jax.models import param_shardings
 from oyster_jax.sharding import batch_sharding, make_mesh, replicated, resolve_rules, use_rules
 from oyster_jax.train import batches as batches_lib
 from oyster_jax.train import config as config_lib
+from oyster_jax.train import guard, optim
 from oyster_jax.train import metrics as metrics_lib
-from oyster_jax.train import optim
 from oyster_jax.train import step as step_lib
 from oyster_jax.train import workdir as workdir_lib
-from oyster_jax.train.checkpoint import Checkpointer
+from oyster_jax.train.checkpoint import Checkpointer, NoUsableCheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,14 @@ class TrainingError(RuntimeError):
 
 
 class NonFiniteLossError(TrainingError):
-    """The loss (or gradient norm) became NaN/Inf; nothing of that step was saved."""
+    """The loss, gradient norm, parameters or optimizer state became NaN/Inf; nothing of that step was saved."""
 
 
-class WorkdirMismatchError(TrainingError):
+class WorkdirRefusedError(TrainingError):
+    """The workdir holds saved state this run cannot safely use; nothing in it was changed."""
+
+
+class WorkdirMismatchError(WorkdirRefusedError):
     """The workdir holds checkpoints of another model."""
 
 
@@ -151,14 +156,18 @@ def _to_device(batch: dict, shardings: dict):
 def mesh_from_config(spec: str):
     """config.mesh -> Mesh. A mesh without a -1 axis that needs fewer devices than there are takes the first
     ones (e.g. "data=1,fsdp=1,tensor=1" on an 8-device host: a single-device run)."""
+    from oyster_jax.models.config import ConfigError
     from oyster_jax.sharding import parse_mesh_spec
 
-    shape = parse_mesh_spec(spec)
-    need = math.prod(shape.values())
-    devices = jax.devices()
-    if -1 not in shape.values() and 0 < need < len(devices):
-        devices = devices[:need]
-    return make_mesh(shape, devices=devices)
+    try:
+        shape = parse_mesh_spec(spec)
+        need = math.prod(shape.values())
+        devices = jax.devices()
+        if -1 not in shape.values() and 0 < need < len(devices):
+            devices = devices[:need]
+        return make_mesh(shape, devices=devices)
+    except ValueError as e:
+        raise ConfigError(f"config.mesh={spec!r}: {e}") from e
 
 
 def _check_divisible(rows: int, mesh, what: str):
@@ -180,12 +189,45 @@ def _arch(cfg: models.ModelConfig) -> dict:
     return {k: d[k] for k in config_lib.ARCH_FIELDS if k in d}
 
 
+_RECOVERY = (
+    "Nothing was moved or deleted. To go on: {fix}use another --workdir, or pass --config.fresh=true to move "
+    "{where} aside (kept, renamed) and start this stage from scratch"
+)
+
+
+def _has_saved_state(stage_dir: epath.Path) -> bool:
+    ckpts = stage_dir / "checkpoints"
+    return (stage_dir / "DONE.json").exists() or (ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()))
+
+
+def _read_json(path: epath.Path) -> dict | None:
+    """The JSON object in `path`, or None when it is missing, truncated or not an object."""
+    try:
+        obj = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _move_stage_aside(stage_dir: epath.Path, why: str) -> None:
+    aside = workdir_lib.move_aside(stage_dir, "old")
+    log.warning("config.fresh: %s; moved %s to %s and starting this stage from scratch", why, stage_dir, aside)
+
+
 def _check_same_model(stage_dir: epath.Path, cfg: models.ModelConfig, fresh: bool) -> None:
-    """Refuse a workdir whose checkpoints belong to another model, unless asked to start fresh."""
+    """Refuse a workdir whose checkpoints belong to another model, or whose model is unknown (no readable
+    model_config.json beside saved checkpoints), unless asked to start fresh."""
     saved_path = stage_dir / "model_config.json"
-    if not saved_path.exists():
+    if not _has_saved_state(stage_dir):
         return
-    saved = json.loads(saved_path.read_text())
+    saved = _read_json(saved_path)
+    if saved is None:
+        state = "missing" if not saved_path.exists() else "unreadable"
+        why = f"{saved_path} is {state}, so the checkpoints in {stage_dir / 'checkpoints'} are of an unknown model"
+        if fresh:
+            return _move_stage_aside(stage_dir, why)
+        fix = f"put back the {saved_path.name} of these checkpoints, or "
+        raise WorkdirRefusedError(f"{why}. {_RECOVERY.format(fix=fix, where=stage_dir)}")
     mine = _arch(cfg)
     diffs = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
     if not diffs:
@@ -198,6 +240,38 @@ def _check_same_model(stage_dir: epath.Path, cfg: models.ModelConfig, fresh: boo
         )
     aside = workdir_lib.move_aside(stage_dir, "old")
     log.warning("config.fresh: moved checkpoints of another model (%s) to %s", detail, aside)
+
+
+def _read_done(stage_dir: epath.Path) -> dict | None:
+    """DONE.json of a finished stage, or None. An unreadable one (torn by a crash of an older version) is
+    moved aside with a warning: the stage then resumes from its newest checkpoint, which is the final step."""
+    path = stage_dir / "DONE.json"
+    if not path.exists():
+        return None
+    done = _read_json(path)
+    if done is not None and isinstance(done.get("final_step"), int):
+        return done
+    aside = workdir_lib.move_aside(path, "corrupt") if distributed.is_main_process() else path
+    log.warning("%s is unreadable; moved it to %s and resuming the stage from its newest checkpoint", path, aside)
+    return None
+
+
+def _restore_or_refuse(ckpt: Checkpointer, abstract_state, config, stage_dir: epath.Path, cfg) -> tuple:
+    """(checkpointer, restored or None). Checkpoints that exist but are all unusable are never silently
+    replaced by a restart: refused, or with config.fresh moved aside."""
+    try:
+        return ckpt, ckpt.restore_latest(abstract_state)
+    except NoUsableCheckpointError as e:
+        if not config.fresh:
+            raise WorkdirRefusedError(f"{e}. {_RECOVERY.format(fix='', where=stage_dir)}") from None
+        ckpt.close()
+        if distributed.is_main_process():
+            _move_stage_aside(stage_dir, "no checkpoint is usable")
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            workdir_lib.write_text(stage_dir / "model_config.json", cfg.to_json())
+        distributed.barrier(f"{stage_dir.name}_moved_aside")
+        keep, async_save = config.checkpoint.keep, config.checkpoint.async_save
+        return Checkpointer(stage_dir / "checkpoints", keep=keep, async_save=async_save), None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,7 +308,13 @@ def initial_params(config, stage: str, workdir: epath.Path, mesh, rules, cfg: mo
             f"config.init_from={source}: starting weights are read from a local directory; copy them to "
             "local disk first (e.g. `gcloud storage cp -r`) and pass that path"
         )
-    loaded_cfg, params = convert.load_weights(source, mesh=mesh, rules=rules, **_runtime_overrides(cfg))
+    from oyster_jax.models.config import ConfigError
+
+    try:
+        loaded_cfg, params = convert.load_weights(source, mesh=mesh, rules=rules, **_runtime_overrides(cfg))
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:  # format errors name file and tensor
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TrainingError(f"config.init_from={source}: {first_line}") from e
     diffs = {k: (v, _arch(cfg).get(k)) for k, v in _arch(loaded_cfg).items() if _arch(cfg).get(k) != v}
     if diffs:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs config.model {b!r}" for k, (a, b) in diffs.items())
@@ -247,10 +327,10 @@ def load_stage_params(stage_dir: epath.Path, cfg: models.ModelConfig, mesh, rule
     import orbax.checkpoint as ocp
 
     ckpt_dir = stage_dir / "checkpoints"
-    done = stage_dir / "DONE.json"
-    if not done.exists():
-        raise TrainingError(f"{stage_dir}: the stage has not finished (no DONE.json); run it first")
-    step = json.loads(done.read_text())["final_step"]
+    done = _read_json(stage_dir / "DONE.json")
+    if done is None or not isinstance(done.get("final_step"), int):
+        raise TrainingError(f"{stage_dir}: the stage has not finished (no readable DONE.json); run it first")
+    step = done["final_step"]
     target = _with_sharding(models.abstract_params(cfg), param_shardings(cfg, mesh, rules))
     params = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "params", target)
     return cfg, params
@@ -284,9 +364,10 @@ def _precompute_reference(config, cfg, ref_params, iterator, num_steps, stage_di
             out.append(np.asarray(jax.device_get(ref_fn(ref_params, _to_device(next(iterator), batch_sh)))))
     iterator.set_state(start_state)
     ref = np.stack(out).astype(np.float32)
-    with path.open("wb") as f:
-        np.save(f, ref, allow_pickle=False)
-    meta_path.write_text(json.dumps(meta))
+    buf = io.BytesIO()
+    np.save(buf, ref, allow_pickle=False)
+    workdir_lib.write_bytes(path, buf.getvalue())  # before its meta: the pair is valid only when both are
+    workdir_lib.write_json(meta_path, meta, indent=None)
     return ref
 
 
@@ -390,15 +471,15 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
     distributed.barrier(f"{stage}_workdir_checked")
 
     done_path = stage_dir / "DONE.json"
-    if done_path.exists():
-        done = json.loads(done_path.read_text())
+    done = _read_done(stage_dir)
+    if done is not None:
         _, params = load_stage_params(stage_dir, cfg, mesh, rules)
         log.info("%s: already finished at step %d in %s; skipping", stage, done["final_step"], stage_dir)
         return StageResult(stage, params, cfg, done["final_step"], done.get("final_metrics", {}), "skipped", 0.0)
 
     stage_dir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main_process():
-        (stage_dir / "model_config.json").write_text(cfg.to_json())
+        workdir_lib.write_text(stage_dir / "model_config.json", cfg.to_json())
     num_steps = int(s.num_steps)
     is_pref = stage == "pref"
     rows_per_step = s.batch_size * (2 if is_pref else 1)
@@ -418,7 +499,7 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
 
     # --- Restore or initialise ----------------------------------------------------------------------
     ckpt = Checkpointer(stage_dir / "checkpoints", keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
-    restored = ckpt.restore_latest(_with_sharding(abstract_state, state_sh))
+    ckpt, restored = _restore_or_refuse(ckpt, _with_sharding(abstract_state, state_sh), config, stage_dir, cfg)
     needs_reference = is_pref and s.loss in ("dpo", "ipo")
     start_params = None
     if restored is None or needs_reference:
@@ -507,14 +588,15 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
                 step_num += 1
                 now = time.perf_counter()
                 dt, t_prev = now - t_prev, now
-                if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                metrics["learning_rate"] = float(schedule(step_num - 1))
+                nonfinite = guard.nonfinite_reason(metrics)
+                if nonfinite:
+                    if writer:
+                        writer.write(step_num, metrics)  # NaN/Inf as null: the curves show where it broke
                     ckpt.wait()
                     raise NonFiniteLossError(
-                        f"{stage}: loss={metrics['loss']} grad_norm={metrics['grad_norm']} at step {step_num}; "
-                        f"stopped without saving this step (last good checkpoint: step {ckpt.latest_step()} in "
-                        f"{ckpt.directory}). Lower config.{stage}.learning_rate or check the data."
+                        guard.stop_message(stage, step_num, nonfinite, ckpt.latest_step(), ckpt.directory)
                     )
-                metrics["learning_rate"] = float(schedule(step_num - 1))
                 metrics["step_seconds"] = dt
                 if step_num > start_step + 1:  # the first step of a (re)start includes compilation
                     metrics["tokens_per_s"] = rows_per_step * seq_len / dt
@@ -543,9 +625,9 @@ def run_stage(config, stage: str, workdir, *, progress: bool = True, stop_flag: 
 
     wall = time.perf_counter() - t_start
     if stopped == "done":
-        done = {"final_step": step_num, "final_metrics": last_metrics, "wall_seconds": wall}
+        done = {"final_step": step_num, "final_metrics": metrics_lib.json_safe(last_metrics), "wall_seconds": wall}
         if distributed.is_main_process():
-            done_path.write_text(json.dumps(done, indent=2))
+            workdir_lib.write_json(done_path, done)
         distributed.barrier(f"{stage}_done")  # the next stage reads DONE.json on every process
     compiles = jitted._cache_size() if hasattr(jitted, "_cache_size") else -1
     return StageResult(stage, state["params"], cfg, step_num, last_metrics, stopped, wall, compiles)
@@ -579,7 +661,7 @@ def train(config, workdir, *, progress: bool = True) -> dict[str, StageResult]:
     workdir = workdir_lib.resolve(workdir)  # a local directory or gs://bucket/run
     workdir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main_process():
-        (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(config), indent=2))
+        workdir_lib.write_json(workdir / "config.json", config_lib.to_dict(config))
     results: dict[str, StageResult] = {}
     with _StopFlag() as stop:
         for stage in config_lib.stages_of(config):
