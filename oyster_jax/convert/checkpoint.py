@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from oyster_jax.convert.safetensors_io import CheckpointFormatError
+from oyster_jax.core.files import atomic_write_text
 from oyster_jax.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,15 @@ def save_model(ckpt_dir: str | os.PathLike, cfg: ModelConfig, params) -> pathlib
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(tmp / PARAMS_DIR, params)
     checkpointer.wait_until_finished()
-    (tmp / CONFIG_FILE).write_text(cfg.to_json())
-    if ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    tmp.rename(ckpt_dir)
+    atomic_write_text(tmp / CONFIG_FILE, cfg.to_json())
+    if ckpt_dir.exists():  # swap by renames: at every moment one complete checkpoint sits under a known name
+        old = ckpt_dir.with_name(f".{ckpt_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        ckpt_dir.rename(old)
+        tmp.rename(ckpt_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(ckpt_dir)
     return ckpt_dir
 
 
@@ -74,7 +80,12 @@ def find_model_checkpoint(path: str | os.PathLike) -> tuple[pathlib.Path, pathli
 
 
 def _read_config(cfg_path: pathlib.Path, config_overrides: dict) -> ModelConfig:
-    saved = json.loads(cfg_path.read_text())
+    try:
+        saved = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointFormatError(f"{cfg_path}: unreadable ({e})") from e
+    if not isinstance(saved, dict):
+        raise CheckpointFormatError(f"{cfg_path}: expected a JSON object")
     saved = saved.get("model", saved) if isinstance(saved.get("model"), dict) else saved
     cfg = ModelConfig.from_dict(saved)
     return cfg.replace(**config_overrides) if config_overrides else cfg
