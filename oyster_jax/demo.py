@@ -31,6 +31,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import oyster_jax.xla_env  # noqa: E402, F401  (XLA flags, before JAX starts)
+from oyster_jax.core.files import atomic_write_text
 
 EXPERIMENT = "tiny_csa"  # configs/experiments/tiny_csa.py, bundled as oyster_jax.configs.experiments.tiny_csa
 TARGET_ACCURACY = 0.90
@@ -91,7 +92,7 @@ def _write_markdown(report: dict, workdir: pathlib.Path) -> None:
         "![training curves](curves.png)",
         "",
     ]
-    (workdir / "report.md").write_text("\n".join(lines))
+    atomic_write_text(workdir / "report.md", "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     with config.unlocked():
         config.stages = "sft,pref"
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2))
+    atomic_write_text(workdir / "config.json", json.dumps(json.loads(config.to_json()), indent=2))
 
     try:
         with trainer._StopFlag() as stop:
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": {"accuracy_after_min": TARGET_ACCURACY, "gain_min": TARGET_GAIN, "met": bool(met)},
         "wall_seconds": time.perf_counter() - t0,
     }
-    (workdir / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(workdir / "report.json", json.dumps(report, indent=2))
     _write_markdown(report, workdir)
     print(
         f"demo: SFT loss {report['sft']['final_loss']:.3f}; held-out preference accuracy "

@@ -801,12 +801,21 @@ def run(
     return RunResult(summary, state["processed"], state["failures"], elapsed, interrupted)
 
 
+def _known_sampling_keys() -> set[str]:
+    from oyster_jax.llm import local, openai_compat  # noqa: PLC0415
+
+    return set(local._SAMPLING_KEYS) | set(openai_compat._SAMPLING_KEYS)
+
+
 def _sampling_arg(text: str) -> dict:
     out = {}
+    known = _known_sampling_keys()
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
             raise argparse.ArgumentTypeError(f"expected key=value, got {part!r}")
         k, v = part.split("=", 1)
+        if k.strip() not in known:  # checked up front: otherwise every query fails at its first request
+            raise argparse.ArgumentTypeError(f"unknown sampling key {k.strip()!r}; known: {', '.join(sorted(known))}")
         out[k.strip()] = json.loads(v) if v.strip() not in ("",) else None
     return out
 
@@ -870,6 +879,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 (argparse)
     try:
+        if args.limit is not None and args.limit < 1:
+            raise InputError(f"--limit {args.limit}: must be >= 1 (leave it out to run every query)")
         if args.rounds < 0 or args.concurrency < 1 or args.judge_retries < 0:
             raise InputError("--rounds and --judge_retries must be >= 0 and --concurrency >= 1")
         if os.path.exists(args.out) and not os.path.isdir(args.out):
