@@ -17,6 +17,7 @@ import shutil
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from oyster_jax.convert.safetensors_io import CheckpointFormatError
 from oyster_jax.core.files import atomic_write_text
@@ -66,6 +67,24 @@ def model_checkpoints(path: str | os.PathLike) -> list[tuple[pathlib.Path, pathl
             if cfg_path is not None:
                 found.append((step_dir / PARAMS_DIR, cfg_path))
     return found
+
+
+def saved_shape_problems(params_dir, abstract_params) -> list[str]:
+    """How the arrays saved in an Orbax `params_dir` differ from `abstract_params` (metadata only, no array
+    read): missing, unexpected and mis-shaped tensors by path. Checked before a restore, so a wrong model
+    is named here instead of failing half-way through a restore (whose pending TensorStore callbacks then
+    print "Event loop is closed" tracebacks)."""
+    saved = ocp.StandardCheckpointHandler().metadata(epath.Path(str(params_dir)))
+    keystr = jax.tree_util.keystr
+    want = {keystr(p): tuple(a.shape) for p, a in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+    have = {keystr(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    reshaped = [f"{k} {list(have[k])} vs {list(want[k])}" for k in want if k in have and have[k] != want[k]]
+    return (
+        ([f"missing {', '.join(missing[:3])}"] if missing else [])
+        + ([f"unexpected {', '.join(extra[:3])}"] if extra else [])
+        + ([f"shape (saved vs model) {', '.join(reshaped[:3])}"] if reshaped else [])
+    )
 
 
 def find_model_checkpoint(path: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path]:
@@ -121,4 +140,7 @@ def _restore(params_dir: pathlib.Path, cfg: ModelConfig, mesh, rules):
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: device, abstract)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    problems = saved_shape_problems(params_dir, abstract)
+    if problems:
+        raise CheckpointFormatError(f"{params_dir}: the saved tensors do not match this model: {'; '.join(problems)}")
     return ocp.StandardCheckpointer().restore(params_dir, target)

@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from oyster_jax.convert.checkpoint import saved_shape_problems
 from oyster_jax.train import guard
 from oyster_jax.train import workdir as workdir_lib
 
@@ -92,21 +93,8 @@ class Checkpointer:
 
     # ----------------------------------------------------------------------------------------------
     def _check_param_shapes(self, step: int, abstract_params) -> None:
-        """Compare the saved parameter shapes (metadata only) with the model's before reading any array: a
-        mismatch is named here, and a restore that would fail half-way (leaving TensorStore callbacks on a
-        closed event loop, printed as "Event loop is closed" tracebacks) is never started."""
-        saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "params")
-        want = {
-            jax.tree_util.keystr(p): tuple(a.shape) for p, a in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-        }
-        have = {jax.tree_util.keystr(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
-        missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
-        reshaped = [f"{k} {list(have[k])} vs {list(want[k])}" for k in want if k in have and have[k] != want[k]]
-        problems = (
-            ([f"missing {', '.join(missing[:3])}"] if missing else [])
-            + ([f"unexpected {', '.join(extra[:3])}"] if extra else [])
-            + ([f"shape (saved vs model) {', '.join(reshaped[:3])}"] if reshaped else [])
-        )
+        """Saved parameter shapes (metadata only) against the model's, before any array is read."""
+        problems = saved_shape_problems(self.directory / str(step) / "params", abstract_params)
         if problems:
             raise ValueError(f"parameters of another model: {'; '.join(problems)}")
 
