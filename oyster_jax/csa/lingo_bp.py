@@ -802,7 +802,7 @@ def run(
 
 
 def _known_sampling_keys() -> set[str]:
-    from oyster_jax.llm import local, openai_compat  # noqa: PLC0415
+    from oyster_jax.llm import local, openai_compat
 
     return set(local._SAMPLING_KEYS) | set(openai_compat._SAMPLING_KEYS)
 

@@ -337,8 +337,6 @@ def check_ranges(cfg: ml_collections.ConfigDict) -> None:
 
 def check_mesh_spec(spec) -> dict[str, int]:
     """config.mesh parsed: known axes, whole sizes >= 1 or one -1 (the remaining devices)."""
-    from oyster_jax.sharding import parse_mesh_spec  # noqa: PLC0415 (jax only when a config is checked)
-
     try:
         shape = parse_mesh_spec(spec)
     except (ValueError, TypeError) as e:
