@@ -263,7 +263,9 @@ def _restore_or_refuse(ckpt: Checkpointer, abstract_state, config, stage_dir: ep
         return ckpt, ckpt.restore_latest(abstract_state)
     except NoUsableCheckpointError as e:
         if not config.fresh:
-            raise WorkdirRefusedError(f"{e}. {_RECOVERY.format(fix='', where=stage_dir)}") from None
+            fix = "if the config changed since they were saved (model or optimizer settings), rerun with the one saved "
+            fix += f"beside each step ({ckpt.directory}/<step>/config), or "
+            raise WorkdirRefusedError(f"{e}. {_RECOVERY.format(fix=fix, where=stage_dir)}") from None
         ckpt.close()
         if distributed.is_main_process():
             _move_stage_aside(stage_dir, "no checkpoint is usable")
