@@ -392,14 +392,26 @@ def test_truncated_model_config_exits_2_naming_the_file(hf_dir, tmp_path, capfd)
 def test_lingo_bp_unknown_sampling_key_and_zero_limit_exit_2(tmp_path, capfd):
     queries = tmp_path / "q.jsonl"
     queries.write_text(json.dumps({"id": "q1", "query": "hello"}) + "\n")
-    base = ["--input", str(queries), "--policy", "scripted", "--judge", "scripted", "--out", str(tmp_path / "o")]
-    code, err = _run_cli(lingo_bp.main, base + ["--policy-sampling", "foo=1"], capfd)
-    assert code == 2 and "unknown sampling key 'foo'" in err and "temperature" in err, err
-    capfd.readouterr()
-    assert lingo_bp.main(base + ["--limit", "0"]) == 2
-    err = capfd.readouterr().err
-    assert "--limit 0: must be >= 1" in err, err
-    assert not (tmp_path / "o").exists()
+    out = tmp_path / "o"
+    local = [
+        "--input",
+        str(queries),
+        "--policy",
+        f"local:{tmp_path / 'ckpt'}",
+        "--judge",
+        "openai:http://127.0.0.1:9#m",
+    ]
+    cases = [
+        (["--policy_sampling", "foo=1"], "--policy_sampling: unknown sampling key 'foo' for a local backend"),
+        (["--judge_sampling", "stream=true"], "--judge_sampling: 'stream' is part of the request itself"),
+        (["--limit", "0"], "--limit 0: must be >= 1"),
+    ]
+    for extra, message in cases:
+        capfd.readouterr()
+        assert lingo_bp.main(local + ["--out", str(out)] + extra) == 2
+        err = capfd.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not out.exists()  # refused before any request or file
 
 
 def test_atomic_write_json_refuses_nonfinite_without_touching_the_old_file(tmp_path):

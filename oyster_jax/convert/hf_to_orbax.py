@@ -15,7 +15,6 @@ import time
 from oyster_jax import cli
 from oyster_jax.convert.checkpoint import save_model
 from oyster_jax.convert.hf import from_hf
-from oyster_jax.core.cli import bad_input_exits
 
 
 def main(argv=None) -> int:
@@ -29,7 +28,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     overrides = {"param_dtype": args.param_dtype} if args.param_dtype else {}
     mesh = None
-    with bad_input_exits(args.debug):  # a bad --mesh, config.json or tensor: one line naming it, exit 2
+    with cli.bad_input_exits(args.debug):  # a bad --mesh, config.json or tensor: one line naming it, exit 2
         if args.mesh:
             from oyster_jax.sharding import make_mesh
 

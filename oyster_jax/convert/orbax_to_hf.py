@@ -15,7 +15,6 @@ import time
 from oyster_jax import cli
 from oyster_jax.convert.formats import load_weights
 from oyster_jax.convert.hf import to_hf
-from oyster_jax.core.cli import bad_input_exits
 
 
 def main(argv=None) -> int:
@@ -27,7 +26,7 @@ def main(argv=None) -> int:
     ap.add_argument("--debug", action="store_true", help="print the traceback of a bad-input error too")
     args = ap.parse_args(argv)
     t0 = time.time()
-    with bad_input_exits(args.debug):  # no checkpoint, unreadable model_config.json: one line, exit 2
+    with cli.bad_input_exits(args.debug):  # no checkpoint, unreadable model_config.json: one line, exit 2
         cfg, params = load_weights(args.ckpt)
     out = to_hf(cfg, params, args.out, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 2**30), progress=True)
     print(f"wrote {out}: {cfg.arch}, {cfg.num_params() / 1e6:.1f}M params as {args.dtype}, {time.time() - t0:.1f}s")

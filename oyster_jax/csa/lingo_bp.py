@@ -801,21 +801,28 @@ def run(
     return RunResult(summary, state["processed"], state["failures"], elapsed, interrupted)
 
 
-def _known_sampling_keys() -> set[str]:
-    from oyster_jax.llm import local, openai_compat
+def _check_sampling(flag: str, sampling: dict, kind: str) -> None:
+    """Checked up front, not at each query's first request (which would fail every query of the run): a local
+    backend knows a fixed set of keys; an OpenAI-compatible one passes unknown keys on as endpoint extras
+    (vLLM/SGLang), so only the request fields it owns are refused there."""
+    from oyster_jax.llm import local
 
-    return set(local._SAMPLING_KEYS) | set(openai_compat._SAMPLING_KEYS)
+    if kind == "local":
+        unknown = sorted(set(sampling) - set(local._SAMPLING_KEYS))
+        if unknown:
+            known = ", ".join(local._SAMPLING_KEYS)
+            raise InputError(f"{flag}: unknown sampling key {unknown[0]!r} for a local backend; known: {known}")
+    reserved = sorted({"model", "messages", "stream"} & set(sampling))
+    if reserved:
+        raise InputError(f"{flag}: {reserved[0]!r} is part of the request itself, not a sampling key")
 
 
 def _sampling_arg(text: str) -> dict:
     out = {}
-    known = _known_sampling_keys()
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
             raise argparse.ArgumentTypeError(f"expected key=value, got {part!r}")
         k, v = part.split("=", 1)
-        if k.strip() not in known:  # checked up front: otherwise every query fails at its first request
-            raise argparse.ArgumentTypeError(f"unknown sampling key {k.strip()!r}; known: {', '.join(sorted(known))}")
         out[k.strip()] = json.loads(v) if v.strip() not in ("",) else None
     return out
 
@@ -887,6 +894,9 @@ def main(argv=None) -> int:
             raise InputError(f"--out {args.out}: exists and is not a directory")
         specs = [args.policy, args.judge] + ([args.optimizer] if args.optimizer else [])
         kinds = [parse_spec(s)[0] for s in specs]
+        _check_sampling("--policy_sampling", args.policy_sampling, kinds[0])
+        for kind in kinds[1:]:  # the judge and the optimizer share --judge_sampling
+            _check_sampling("--judge_sampling", args.judge_sampling, kind)
         queries = read_queries(args.input, args.language)
         if args.limit is not None:
             queries = queries[: args.limit]
