@@ -31,6 +31,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import oyster_jax.xla_env  # noqa: E402, F401  (XLA flags, before JAX starts)
+from oyster_jax.core.files import atomic_write_text
 
 EXPERIMENT = "tiny_csa"  # configs/experiments/tiny_csa.py, bundled as oyster_jax.configs.experiments.tiny_csa
 HELDOUT = "heldout_pref_accuracy"  # train.evals: run by train() at the end of each stage
@@ -86,7 +87,7 @@ def _write_markdown(report: dict, workdir: pathlib.Path) -> None:
         "![training curves](curves.png)",
         "",
     ]
-    (workdir / "report.md").write_text("\n".join(lines))
+    atomic_write_text(workdir / "report.md", "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         config.stages = "sft,pref"
         if HELDOUT not in config.evals:  # held-out accuracy at the end of each stage: before and after ORPO
             config.evals = tuple(config.evals) + (HELDOUT,)
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(workdir / "config.json", json.dumps(json.loads(config.to_json()), indent=2))
 
     try:
         results = train(config, workdir)
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": {"accuracy_after_min": TARGET_ACCURACY, "gain_min": TARGET_GAIN, "met": bool(met)},
         "wall_seconds": time.perf_counter() - t0,
     }
-    (workdir / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(workdir / "report.json", json.dumps(report, indent=2))
     _write_markdown(report, workdir)
     print(
         f"demo: SFT loss {report['sft']['final_loss']:.3f}; held-out preference accuracy "

@@ -10,7 +10,8 @@ checkpoint. Examples:
         --config.stages=pref --config.pref.loss=dpo --config.init_from=runs/tiny/sft
     python -m oyster_jax.main --config configs/experiments/qwen3_14b_sft.py --print_config   # and exit
 
-Exit codes: 0 done; 2 bad config or input; 3 non-finite loss; 143 stopped by SIGTERM (checkpoint saved).
+Exit codes: 0 done; 2 bad config, input or workdir (one line naming the key, file or tensor; --debug adds the
+traceback); 3 non-finite loss or state (that step is not saved); 143 stopped by SIGTERM (checkpoint saved).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--workdir", help="checkpoints, metrics and plots go here (required unless --print_config)")
     parser.add_argument("--no_progress", action="store_true", help="no tqdm bar (logs only)")
     parser.add_argument("--print_config", action="store_true", help="print the resolved config (JSON) and exit")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a bad-input error too")
     overrides: dict[str, str] = {}
     rest: list[str] = []
     i = 0
@@ -80,6 +82,15 @@ def print_config(config_path: str, overrides: dict[str, str]) -> int:
     return 0
 
 
+def _report(error: BaseException, code: int, debug: bool) -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exception(error)
+    print(f"error: {error}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     if args.print_config:
@@ -99,14 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(args.config, overrides)
         results = train(config, args.workdir, progress=not args.no_progress)
     except (ConfigError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _report(e, 2, args.debug)
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+        return _report(e, 3, args.debug)
     except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _report(e, 2, args.debug)
     for name, r in results.items():
         loss = r.final_metrics.get("loss")
         loss_text = f"{loss:.4f}" if loss is not None else "n/a"

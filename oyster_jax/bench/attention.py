@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from oyster_jax import cli
+from oyster_jax.core.files import atomic_write_text
 from oyster_jax.kernels.flash_attention import (
     GPU_BLOCKS,
     TPU_BLOCKS,
@@ -500,7 +501,7 @@ def main(argv=None) -> dict:
     def save() -> None:  # after every phase, so a run cut short still leaves what it measured
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=2))
+            atomic_write_text(out, json.dumps(result, indent=2))
 
     checks: list[dict] = []
     check_lengths = [T for T in seqs if T <= args.check_max] if args.check else []

@@ -23,6 +23,7 @@ import time
 from tqdm import tqdm
 
 from oyster_jax import cli
+from oyster_jax.core.files import atomic_write_text
 
 
 def _model_config(path: str):
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
             f"{r['oyster_jax_first_call_s']:>16.2f} {r['greedy_token_agreement']:.1%}"
         )
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
 
 

@@ -23,6 +23,7 @@ import sys
 import time
 
 from oyster_jax import cli
+from oyster_jax.core.files import atomic_write_text
 
 
 def _set_threads(n: int) -> None:
@@ -321,8 +322,7 @@ def main(argv=None) -> int:
             f"oyster_jax / TRL = {result['speedup_vs_trl']:.2f}x"
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_text(args.json, json.dumps(result, indent=2))
     return 0
 
 

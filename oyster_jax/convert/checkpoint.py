@@ -17,8 +17,10 @@ import shutil
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from oyster_jax.convert.safetensors_io import CheckpointFormatError
+from oyster_jax.core.files import atomic_write_text
 from oyster_jax.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,15 @@ def save_model(ckpt_dir: str | os.PathLike, cfg: ModelConfig, params) -> pathlib
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(tmp / PARAMS_DIR, params)
     checkpointer.wait_until_finished()
-    (tmp / CONFIG_FILE).write_text(cfg.to_json())
-    if ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    tmp.rename(ckpt_dir)
+    atomic_write_text(tmp / CONFIG_FILE, cfg.to_json())
+    if ckpt_dir.exists():  # swap by renames: at every moment one complete checkpoint sits under a known name
+        old = ckpt_dir.with_name(f".{ckpt_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        ckpt_dir.rename(old)
+        tmp.rename(ckpt_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(ckpt_dir)
     return ckpt_dir
 
 
@@ -62,6 +69,24 @@ def model_checkpoints(path: str | os.PathLike) -> list[tuple[pathlib.Path, pathl
     return found
 
 
+def saved_shape_problems(params_dir, abstract_params) -> list[str]:
+    """How the arrays saved in an Orbax `params_dir` differ from `abstract_params` (metadata only, no array
+    read): missing, unexpected and mis-shaped tensors by path. Checked before a restore, so a wrong model
+    is named here instead of failing half-way through a restore (whose pending TensorStore callbacks then
+    print "Event loop is closed" tracebacks)."""
+    saved = ocp.StandardCheckpointHandler().metadata(epath.Path(str(params_dir)))
+    keystr = jax.tree_util.keystr
+    want = {keystr(p): tuple(a.shape) for p, a in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+    have = {keystr(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    reshaped = [f"{k} {list(have[k])} vs {list(want[k])}" for k in want if k in have and have[k] != want[k]]
+    return (
+        ([f"missing {', '.join(missing[:3])}"] if missing else [])
+        + ([f"unexpected {', '.join(extra[:3])}"] if extra else [])
+        + ([f"shape (saved vs model) {', '.join(reshaped[:3])}"] if reshaped else [])
+    )
+
+
 def find_model_checkpoint(path: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path]:
     """(params dir, model_config.json) of the newest checkpoint at `path` (see `model_checkpoints`)."""
     found = model_checkpoints(path)
@@ -74,7 +99,12 @@ def find_model_checkpoint(path: str | os.PathLike) -> tuple[pathlib.Path, pathli
 
 
 def _read_config(cfg_path: pathlib.Path, config_overrides: dict) -> ModelConfig:
-    saved = json.loads(cfg_path.read_text())
+    try:
+        saved = json.loads(cfg_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointFormatError(f"{cfg_path}: unreadable ({e})") from e
+    if not isinstance(saved, dict):
+        raise CheckpointFormatError(f"{cfg_path}: expected a JSON object")
     saved = saved.get("model", saved) if isinstance(saved.get("model"), dict) else saved
     cfg = ModelConfig.from_dict(saved)
     return cfg.replace(**config_overrides) if config_overrides else cfg
@@ -110,4 +140,7 @@ def _restore(params_dir: pathlib.Path, cfg: ModelConfig, mesh, rules):
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: device, abstract)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    problems = saved_shape_problems(params_dir, abstract)
+    if problems:
+        raise CheckpointFormatError(f"{params_dir}: the saved tensors do not match this model: {'; '.join(problems)}")
     return ocp.StandardCheckpointer().restore(params_dir, target)

@@ -123,7 +123,10 @@ def read_hf_config(hf_dir: str | os.PathLike) -> dict:
     path = pathlib.Path(hf_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing (a Hugging Face model directory needs config.json)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointFormatError(f"{path}: unreadable JSON ({e})") from e
 
 
 def from_hf(

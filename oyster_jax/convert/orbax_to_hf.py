@@ -39,9 +39,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", help="tokenizer.json to ship (default: see above)")
     ap.add_argument("--chat_format", default="chatml", help="chat template written to tokenizer_config.json")
     ap.add_argument("--no_tokenizer", action="store_true", help="write the weights and config only")
+    ap.add_argument("--debug", action="store_true", help="print the traceback of a bad-input error too")
     args = ap.parse_args(argv)
     t0 = time.time()
-    cfg, params = load_weights(args.ckpt)
+    with cli.bad_input_exits(args.debug):  # no checkpoint, unreadable model_config.json: one line, exit 2
+        cfg, params = load_weights(args.ckpt)
     tokenizer = False if args.no_tokenizer else (args.tokenizer or _default_tokenizer(args.ckpt))
     try:
         out = to_hf(

@@ -805,6 +805,22 @@ def run(
     return RunResult(summary, state["processed"], state["failures"], elapsed, interrupted)
 
 
+def _check_sampling(flag: str, sampling: dict, kind: str) -> None:
+    """Checked up front, not at each query's first request (which would fail every query of the run): a local
+    backend knows a fixed set of keys; an OpenAI-compatible one passes unknown keys on as endpoint extras
+    (vLLM/SGLang), so only the request fields it owns are refused there."""
+    from oyster_jax.llm import local
+
+    if kind == "local":
+        unknown = sorted(set(sampling) - set(local._SAMPLING_KEYS))
+        if unknown:
+            known = ", ".join(local._SAMPLING_KEYS)
+            raise InputError(f"{flag}: unknown sampling key {unknown[0]!r} for a local backend; known: {known}")
+    reserved = sorted({"model", "messages", "stream"} & set(sampling))
+    if reserved:
+        raise InputError(f"{flag}: {reserved[0]!r} is part of the request itself, not a sampling key")
+
+
 def _sampling_arg(text: str) -> dict:
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -874,12 +890,17 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors exit 2 (argparse)
     try:
+        if args.limit is not None and args.limit < 1:
+            raise InputError(f"--limit {args.limit}: must be >= 1 (leave it out to run every query)")
         if args.rounds < 0 or args.concurrency < 1 or args.judge_retries < 0:
             raise InputError("--rounds and --judge_retries must be >= 0 and --concurrency >= 1")
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise InputError(f"--out {args.out}: exists and is not a directory")
         specs = [args.policy, args.judge] + ([args.optimizer] if args.optimizer else [])
         kinds = [parse_spec(s)[0] for s in specs]
+        _check_sampling("--policy_sampling", args.policy_sampling, kinds[0])
+        for kind in kinds[1:]:  # the judge and the optimizer share --judge_sampling
+            _check_sampling("--judge_sampling", args.judge_sampling, kind)
         queries = read_queries(args.input, args.language)
         if args.limit is not None:
             queries = queries[: args.limit]

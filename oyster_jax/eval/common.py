@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from oyster_jax.core import chain as chain_lib
 from oyster_jax.core import taxonomy as tx
+from oyster_jax.core.files import atomic_write_text
 from oyster_jax.csa.judge_client import JudgeClient, JudgeFailed, content_parser
 from oyster_jax.csa.judges import JudgeParseError, parse_safety_judgment, parse_user_judgment, render_prompt
 from oyster_jax.data.jsonl_store import JsonlStore
@@ -74,7 +75,7 @@ def check_run_meta(out_dir: pathlib.Path, meta: dict, pinned: Iterable[str]) -> 
                     "resume with the same settings or choose another --out"
                 )
     out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    atomic_write_text(path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------

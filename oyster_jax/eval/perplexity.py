@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from oyster_jax import cli
 from oyster_jax.core import chat
+from oyster_jax.core.files import atomic_write_text
 from oyster_jax.core.schemas import iter_json_lines
 
 __all__ = ["read_documents", "windows", "perplexity_of_tokens", "main"]
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     print(f"perplexity {result['perplexity']:.3f} (NLL {result['nll']:.4f} nats/token) over {result['tokens']} "
           f"tokens in {len(docs)} documents, {result['windows']} windows of <= {args.seq_len}")  # fmt: skip
     if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     return 0
 
 

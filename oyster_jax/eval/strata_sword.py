@@ -28,6 +28,7 @@ import sys
 
 from oyster_jax import cli
 from oyster_jax.core import taxonomy as tx
+from oyster_jax.core.files import atomic_write_text
 from oyster_jax.core.schemas import iter_json_lines, read_records
 from oyster_jax.data.jsonl_store import JsonlStore
 from oyster_jax.eval.common import (
@@ -238,7 +239,7 @@ def plot_summary(summary: dict, path) -> pathlib.Path:
 
 def write_outputs(out_dir: pathlib.Path, records: list[dict], judge_label: str) -> dict:
     summary = summarize(records, judge_label)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     plot_summary(summary, out_dir / "asr.png")
     return summary
 

@@ -12,6 +12,21 @@ functions, TRL semantics), `step` (the jitted update), `optim` (AdamW, warmup + 
 """
 
 from oyster_jax.train import losses
-from oyster_jax.train.trainer import NonFiniteLossError, StageResult, TrainingError, WorkdirMismatchError, train
+from oyster_jax.train.trainer import (
+    NonFiniteLossError,
+    StageResult,
+    TrainingError,
+    WorkdirMismatchError,
+    WorkdirRefusedError,
+    train,
+)
 
-__all__ = ["NonFiniteLossError", "StageResult", "TrainingError", "WorkdirMismatchError", "losses", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "StageResult",
+    "TrainingError",
+    "WorkdirMismatchError",
+    "WorkdirRefusedError",
+    "losses",
+    "train",
+]

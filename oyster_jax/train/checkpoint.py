@@ -9,7 +9,9 @@ Layout of one stage's directory (`W/sft`, `W/pref`):
     model_config.json                 the ModelConfig (beside `checkpoints/`, as `load_model` expects)
 
 Restoring walks back from the newest step: a step that fails to restore (truncated file, missing item,
-partial write) is moved to `checkpoints.corrupt/` with a warning and the previous one is used.
+partial write) or holds NaN/Inf (`guard.nonfinite_leaves`) is skipped, and once an older step restores
+cleanly the skipped ones are moved to `checkpoints.corrupt/` with a warning. When no step is usable,
+nothing is moved and `NoUsableCheckpointError` says why for each step (the trainer refuses to restart).
 Restores go straight into abstract arrays that carry the *current* mesh's shardings, so a checkpoint
 written on 8 devices restores onto 1 and vice versa.
 """
@@ -23,11 +25,26 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from oyster_jax.convert.checkpoint import saved_shape_problems
+from oyster_jax.train import guard
 from oyster_jax.train import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
 ITEMS = ("params", "train_state", "data", "config")
+
+
+class NoUsableCheckpointError(RuntimeError):
+    """Checkpoints exist but none restores to finite values; `failures` is [(step, reason)], newest first."""
+
+    def __init__(self, directory, failures: list[tuple[int, str]]):
+        self.directory, self.failures = directory, failures
+        detail = "; ".join(f"step {step}: {why}" for step, why in failures)
+        super().__init__(f"{directory}: no checkpoint is usable ({detail})")
+
+
+class NonFiniteCheckpointError(ValueError):
+    """A checkpoint that restored but holds NaN/Inf (saved before the finite-state check existed)."""
 
 
 class Checkpointer:
@@ -75,7 +92,14 @@ class Checkpointer:
         self._manager.close()
 
     # ----------------------------------------------------------------------------------------------
+    def _check_param_shapes(self, step: int, abstract_params) -> None:
+        """Saved parameter shapes (metadata only) against the model's, before any array is read."""
+        problems = saved_shape_problems(self.directory / str(step) / "params", abstract_params)
+        if problems:
+            raise ValueError(f"parameters of another model: {'; '.join(problems)}")
+
     def _restore_step(self, step: int, abstract_state: dict):
+        self._check_param_shapes(step, abstract_state["params"])
         abstract_train = {k: v for k, v in abstract_state.items() if k != "params"}
         out = self._manager.restore(
             step,
@@ -93,26 +117,37 @@ class Checkpointer:
         return state, out["data"], out["config"]
 
     def restore_latest(self, abstract_state: dict):
-        """-> (step, state, data_state, config) of the newest readable checkpoint, or None when there is none.
+        """-> (step, state, data_state, config) of the newest usable checkpoint, or None when there is none.
 
-        `abstract_state` is the state's pytree of jax.ShapeDtypeStruct with the target shardings.
+        `abstract_state` is the state's pytree of jax.ShapeDtypeStruct with the target shardings. Raises
+        NoUsableCheckpointError (and moves nothing) when checkpoints exist but none is usable.
         """
+        failures: list[tuple[int, str]] = []
         for step in reversed(self.all_steps()):
             try:
                 state, data_state, config = self._restore_step(step, abstract_state)
+                bad = guard.nonfinite_leaves(state)
+                if bad:
+                    raise NonFiniteCheckpointError(
+                        f"non-finite values (NaN/Inf) in {len(bad)} arrays, e.g. {', '.join(bad[:3])}"
+                    )
             except Exception as e:  # noqa: BLE001 - any failure to read means this step is unusable
-                moved = self._quarantine(step)
-                log.warning(
-                    "checkpoint step %d in %s could not be restored (%s: %s); moved it to %s and trying the "
-                    "previous one",
-                    step,
-                    self.directory,
-                    type(e).__name__,
-                    str(e).splitlines()[0][:300] if str(e) else "",
-                    moved,
-                )
+                why = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}" if str(e) else type(e).__name__
+                failures.append((step, why))
                 continue
+            for bad_step, why in failures:  # only now: a usable step exists, so moving these loses nothing
+                moved = self._quarantine(bad_step)
+                log.warning(
+                    "checkpoint step %d in %s could not be restored (%s); moved it to %s and resumed from step %d",
+                    bad_step,
+                    self.directory,
+                    why,
+                    moved,
+                    step,
+                )
             return step, state, data_state, config
+        if failures:
+            raise NoUsableCheckpointError(self.directory, failures)
         return None
 
     def _quarantine(self, step: int) -> epath.Path:

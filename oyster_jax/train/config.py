@@ -28,6 +28,7 @@ import ast
 import dataclasses
 import difflib
 import json
+import math
 
 import ml_collections
 
@@ -231,6 +232,7 @@ def stages_of(cfg) -> list[str]:
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
     stages_of(cfg)
+    check_ranges(cfg)
     model_config(cfg)
     for name in STAGES:
         s = cfg[name]
@@ -256,6 +258,106 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 def _check_choice(key: str, value, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"config.{key}={value!r}: expected one of {', '.join(map(str, choices))}")
+
+
+# (key, lowest, highest, lowest allowed, highest allowed): numeric ranges checked before anything runs.
+_STAGE_RANGES = (
+    ("num_steps", 1, None, True, True),
+    ("batch_size", 1, None, True, True),
+    ("microbatches", 1, None, True, True),
+    ("learning_rate", 0.0, None, False, True),
+    ("warmup_steps", 0, None, True, True),
+    ("min_lr_ratio", 0.0, 1.0, True, True),
+    ("weight_decay", 0.0, None, True, True),
+    ("b1", 0.0, 1.0, True, False),
+    ("b2", 0.0, 1.0, True, False),
+    ("eps", 0.0, None, False, True),
+    ("grad_clip", 0.0, None, True, True),  # 0: no clipping
+    ("logits_chunk", 0, None, True, True),
+)
+_PREF_RANGES = (
+    ("orpo_lambda", 0.0, None, True, True),
+    ("beta", 0.0, None, False, True),
+    ("simpo_gamma", 0.0, None, True, True),
+    ("label_smoothing", 0.0, 0.5, True, False),
+)
+_TOP_RANGES = (
+    ("data.seq_len", 1, None, True, True),
+    ("data.pref_seq_len", 1, None, True, True),
+    ("data.max_prompt_len", 0, None, True, True),
+    ("checkpoint.every_steps", 1, None, True, True),
+    ("checkpoint.keep", 0, None, True, True),  # 0: keep every checkpoint
+    ("log_every", 1, None, True, True),
+    ("peak_tflops", 0.0, None, True, True),  # 0: measured
+    ("throttle_seconds", 0.0, None, True, True),
+)
+
+
+def _lookup(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _check_range(key: str, value, lo, hi, lo_ok: bool, hi_ok: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"config.{key}={value!r}: expected a number")
+    if isinstance(lo, int) and not isinstance(value, int):
+        raise ConfigError(f"config.{key}={value!r}: expected a whole number")
+    if not math.isfinite(value):
+        raise ConfigError(f"config.{key}={value}: must be a finite number")
+    below = value < lo if lo_ok else value <= lo
+    above = hi is not None and (value > hi if hi_ok else value >= hi)
+    if below or above:
+        low = f"{'>=' if lo_ok else '>'} {lo}"
+        want = low if hi is None else f"{low} and {'<=' if hi_ok else '<'} {hi}"
+        raise ConfigError(f"config.{key}={value}: must be {want}")
+
+
+def check_ranges(cfg: ml_collections.ConfigDict) -> None:
+    """Every numeric field inside its range, the batch split into whole microbatches, a well-formed mesh:
+    a ConfigError naming the key (exit 2) before any work starts. The device count is checked when the
+    mesh is built (`trainer.mesh_from_config`): an ahead-of-time compile may target devices not present."""
+    for name in STAGES:
+        if name not in cfg:
+            continue
+        ranges = _STAGE_RANGES + (_PREF_RANGES if name == "pref" else ())
+        for field, lo, hi, lo_ok, hi_ok in ranges:
+            if field in cfg[name]:
+                _check_range(f"{name}.{field}", cfg[name][field], lo, hi, lo_ok, hi_ok)
+        s = cfg[name]
+        if s.batch_size % s.microbatches:
+            raise ConfigError(
+                f"config.{name}.batch_size={s.batch_size} is not divisible by "
+                f"config.{name}.microbatches={s.microbatches}"
+            )
+    for key, lo, hi, lo_ok, hi_ok in _TOP_RANGES:
+        value = _lookup(cfg, key)
+        if value is not None:
+            _check_range(key, value, lo, hi, lo_ok, hi_ok)
+    shared = _lookup(cfg, "data.pref_shared_len")
+    if shared is not None and (not isinstance(shared, int) or shared < -1):
+        raise ConfigError(f"config.data.pref_shared_len={shared!r}: must be -1 (auto), 0 (off) or a length > 0")
+    if "mesh" in cfg:
+        check_mesh_spec(cfg.mesh)
+
+
+def check_mesh_spec(spec) -> dict[str, int]:
+    """config.mesh parsed: known axes, whole sizes >= 1 or one -1 (the remaining devices)."""
+    try:
+        shape = parse_mesh_spec(spec)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config.mesh={spec!r}: {e}") from None
+    bad = [f"{a}={n}" for a, n in shape.items() if n < 1 and n != -1]
+    if bad or sum(n == -1 for n in shape.values()) > 1:
+        raise ConfigError(
+            f"config.mesh={spec!r}: axis sizes must be >= 1, with at most one -1 (the remaining devices)"
+            + (f"; got {', '.join(bad)}" if bad else "")
+        )
+    return shape
 
 
 def to_dict(cfg: ml_collections.ConfigDict) -> dict:

@@ -137,7 +137,7 @@ class MetricsWriter:
         remote_jsonl = self.directory / "metrics.jsonl"
         if remote_jsonl.exists():
             kept = [line for line in remote_jsonl.read_text().splitlines() if _step_of(line) <= resume_step]
-            (local / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+            workdir_lib.write_text(local / "metrics.jsonl", "".join(line + "\n" for line in kept))
         self.jsonl = local / "metrics.jsonl"
         self._file = self.jsonl.open("a")
         self._tb = None
@@ -149,8 +149,8 @@ class MetricsWriter:
             pass
 
     def write(self, step: int, scalars: dict) -> None:
-        record = {"step": int(step)} | {k: _plain(v) for k, v in scalars.items()}
-        self._file.write(json.dumps(record) + "\n")
+        record = {"step": int(step)} | json_safe(scalars)
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         if self._tb is not None:
             for k, v in record.items():
@@ -180,8 +180,17 @@ class MetricsWriter:
 
 
 def _plain(v):
+    """A JSON value: floats as floats, NaN/Inf as None (strict JSON; the curves show a gap there)."""
     v = np.asarray(v)
-    return float(v) if v.ndim == 0 else v.tolist()
+    if v.ndim == 0:
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return [_plain(x) for x in v]
+
+
+def json_safe(scalars: dict) -> dict:
+    """`scalars` with every value made strict-JSON (non-finite -> None)."""
+    return {k: _plain(v) for k, v in scalars.items()}
 
 
 def _step_of(line: str) -> int:

@@ -144,13 +144,17 @@ class StageSpec:
 
 def mesh_from_config(spec: str):
     """config.mesh -> Mesh. A mesh without a -1 axis that needs fewer devices than there are takes the first
-    ones (e.g. "data=1,fsdp=1,tensor=1" on an 8-device host: a single-device run)."""
-    shape = parse_mesh_spec(spec)
-    need = math.prod(shape.values())
-    devices = jax.devices()
-    if -1 not in shape.values() and 0 < need < len(devices):
-        devices = devices[:need]
-    return make_mesh(shape, devices=devices)
+    ones (e.g. "data=1,fsdp=1,tensor=1" on an 8-device host: a single-device run). A mesh this host cannot
+    build is a ConfigError naming config.mesh."""
+    try:
+        shape = parse_mesh_spec(spec)
+        need = math.prod(shape.values())
+        devices = jax.devices()
+        if -1 not in shape.values() and 0 < need < len(devices):
+            devices = devices[:need]
+        return make_mesh(shape, devices=devices)
+    except ValueError as e:
+        raise models.ConfigError(f"config.mesh={spec!r}: {e}") from e
 
 
 def describe(config, stage_name: str, mesh=None) -> StageSpec:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from oyster_jax import models
-from oyster_jax.train import losses
+from oyster_jax.train import guard, losses
 from oyster_jax.train import stage as stage_lib
 from oyster_jax.train.head_logprobs import head_logprobs
 
@@ -241,6 +241,7 @@ def make_train_step(cfg: models.ModelConfig, hp: stage_lib.Hyper, optimizer: opt
         new_params = optax.apply_updates(params, updates)
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
         metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.global_norm(new_params))
+        metrics.update(guard.finite_flags(new_state))  # a non-finite update is never checkpointed
         return new_state, metrics
 
     return step

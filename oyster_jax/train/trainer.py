@@ -20,9 +20,9 @@ loop (step, batches, reference, evaluations) takes that description.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
-import math
 import signal
 import threading
 import time
@@ -39,11 +39,11 @@ from oyster_jax.sharding import batch_sharding, replicated, resolve_rules, use_r
 from oyster_jax.train import batches as batches_lib
 from oyster_jax.train import config as config_lib
 from oyster_jax.train import evals as evals_lib
+from oyster_jax.train import guard, optim, tokenizer_files
 from oyster_jax.train import metrics as metrics_lib
-from oyster_jax.train import optim, tokenizer_files
 from oyster_jax.train import step as step_lib
 from oyster_jax.train import workdir as workdir_lib
-from oyster_jax.train.checkpoint import Checkpointer
+from oyster_jax.train.checkpoint import Checkpointer, NoUsableCheckpointError
 from oyster_jax.train.stage import StageSpec, describe, mesh_from_config
 
 __all__ = [
@@ -64,10 +64,14 @@ class TrainingError(RuntimeError):
 
 
 class NonFiniteLossError(TrainingError):
-    """The loss (or gradient norm) became NaN/Inf; nothing of that step was saved."""
+    """The loss, gradient norm, parameters or optimizer state became NaN/Inf; nothing of that step was saved."""
 
 
-class WorkdirMismatchError(TrainingError):
+class WorkdirRefusedError(TrainingError):
+    """The workdir holds saved state this run cannot safely use; nothing in it was changed."""
+
+
+class WorkdirMismatchError(WorkdirRefusedError):
     """The workdir holds checkpoints of another model."""
 
 
@@ -181,12 +185,45 @@ def _arch(cfg: models.ModelConfig) -> dict:
     return {k: d[k] for k in config_lib.ARCH_FIELDS if k in d}
 
 
+_RECOVERY = (
+    "Nothing was moved or deleted. To go on: {fix}use another --workdir, or pass --config.fresh=true to move "
+    "{where} aside (kept, renamed) and start this stage from scratch"
+)
+
+
+def _has_saved_state(stage_dir: epath.Path) -> bool:
+    ckpts = stage_dir / "checkpoints"
+    return (stage_dir / "DONE.json").exists() or (ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()))
+
+
+def _read_json(path: epath.Path) -> dict | None:
+    """The JSON object in `path`, or None when it is missing, truncated or not an object."""
+    try:
+        obj = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _move_stage_aside(stage_dir: epath.Path, why: str) -> None:
+    aside = workdir_lib.move_aside(stage_dir, "old")
+    log.warning("config.fresh: %s; moved %s to %s and starting this stage from scratch", why, stage_dir, aside)
+
+
 def _check_same_model(stage_dir: epath.Path, cfg: models.ModelConfig, fresh: bool) -> None:
-    """Refuse a workdir whose checkpoints belong to another model, unless asked to start fresh."""
+    """Refuse a workdir whose checkpoints belong to another model, or whose model is unknown (no readable
+    model_config.json beside saved checkpoints), unless asked to start fresh."""
     saved_path = stage_dir / "model_config.json"
-    if not saved_path.exists():
+    if not _has_saved_state(stage_dir):
         return
-    saved = json.loads(saved_path.read_text())
+    saved = _read_json(saved_path)
+    if saved is None:
+        state = "missing" if not saved_path.exists() else "unreadable"
+        why = f"{saved_path} is {state}, so the checkpoints in {stage_dir / 'checkpoints'} are of an unknown model"
+        if fresh:
+            return _move_stage_aside(stage_dir, why)
+        fix = f"put back the {saved_path.name} of these checkpoints, or "
+        raise WorkdirRefusedError(f"{why}. {_RECOVERY.format(fix=fix, where=stage_dir)}")
     mine = _arch(cfg)
     diffs = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
     if not diffs:
@@ -199,6 +236,41 @@ def _check_same_model(stage_dir: epath.Path, cfg: models.ModelConfig, fresh: boo
         )
     aside = workdir_lib.move_aside(stage_dir, "old")
     log.warning("config.fresh: moved checkpoints of another model (%s) to %s", detail, aside)
+
+
+def _read_done(stage_dir: epath.Path) -> dict | None:
+    """DONE.json of a finished stage, or None. An unreadable one (torn by a crash of an older version) is
+    moved aside with a warning: the stage then resumes from its newest checkpoint, which is the final step."""
+    path = stage_dir / "DONE.json"
+    if not path.exists():
+        return None
+    done = _read_json(path)
+    if done is not None and isinstance(done.get("final_step"), int):
+        return done
+    aside = workdir_lib.move_aside(path, "corrupt") if distributed.is_main_process() else path
+    log.warning("%s is unreadable; moved it to %s and resuming the stage from its newest checkpoint", path, aside)
+    return None
+
+
+def _restore_or_refuse(ckpt: Checkpointer, abstract_state, spec: StageSpec, stage_dir: epath.Path) -> tuple:
+    """(checkpointer, restored or None). Checkpoints that exist but are all unusable are never silently
+    replaced by a restart: refused, or with config.fresh moved aside."""
+    try:
+        return ckpt, ckpt.restore_latest(abstract_state)
+    except NoUsableCheckpointError as e:
+        if not spec.fresh:
+            fix = "if the config changed since they were saved (model or optimizer settings), rerun with the one saved "
+            fix += f"beside each step ({ckpt.directory}/<step>/config), or "
+            raise WorkdirRefusedError(f"{e}. {_RECOVERY.format(fix=fix, where=stage_dir)}") from None
+        ckpt.close()
+        if distributed.is_main_process():
+            _move_stage_aside(stage_dir, "no checkpoint is usable")
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            workdir_lib.write_text(stage_dir / "model_config.json", spec.model.to_json())
+        distributed.barrier(f"{stage_dir.name}_moved_aside")
+        return Checkpointer(
+            stage_dir / "checkpoints", keep=spec.checkpoint_keep, async_save=spec.checkpoint_async
+        ), None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,7 +307,13 @@ def initial_params(spec: StageSpec, workdir: epath.Path):
             f"config.init_from={source}: starting weights are read from a local directory; copy them to "
             "local disk first (e.g. `gcloud storage cp -r`) and pass that path"
         )
-    loaded_cfg, params = convert.load_weights(source, mesh=mesh, rules=rules, **_runtime_overrides(cfg))
+    from oyster_jax.models.config import ConfigError
+
+    try:
+        loaded_cfg, params = convert.load_weights(source, mesh=mesh, rules=rules, **_runtime_overrides(cfg))
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:  # format errors name file and tensor
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TrainingError(f"config.init_from={source}: {first_line}") from e
     diffs = {k: (v, _arch(cfg).get(k)) for k, v in _arch(loaded_cfg).items() if _arch(cfg).get(k) != v}
     if diffs:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs config.model {b!r}" for k, (a, b) in diffs.items())
@@ -248,10 +326,10 @@ def load_stage_params(stage_dir: epath.Path, cfg: models.ModelConfig, mesh, rule
     import orbax.checkpoint as ocp
 
     ckpt_dir = stage_dir / "checkpoints"
-    done = stage_dir / "DONE.json"
-    if not done.exists():
-        raise TrainingError(f"{stage_dir}: the stage has not finished (no DONE.json); run it first")
-    step = json.loads(done.read_text())["final_step"]
+    done = _read_json(stage_dir / "DONE.json")
+    if done is None or not isinstance(done.get("final_step"), int):
+        raise TrainingError(f"{stage_dir}: the stage has not finished (no readable DONE.json); run it first")
+    step = done["final_step"]
     target = _with_sharding(models.abstract_params(cfg), param_shardings(cfg, mesh, rules))
     params = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "params", target)
     return cfg, params
@@ -288,9 +366,10 @@ def _precompute_reference(spec: StageSpec, ref_params, iterator, stage_dir, batc
             out.append(np.asarray(jax.device_get(ref_fn(ref_params, _to_device(next(iterator), batch_sh)))))
     iterator.set_state(start_state)
     ref = np.stack(out).astype(np.float32)
-    with path.open("wb") as f:
-        np.save(f, ref, allow_pickle=False)
-    meta_path.write_text(json.dumps(meta))
+    buf = io.BytesIO()
+    np.save(buf, ref, allow_pickle=False)
+    workdir_lib.write_bytes(path, buf.getvalue())  # before its meta: the pair is valid only when both are
+    workdir_lib.write_json(meta_path, meta, indent=None)
     return ref
 
 
@@ -412,8 +491,8 @@ def run_stage(
     distributed.barrier(f"{name}_workdir_checked")
 
     done_path = stage_dir / "DONE.json"
-    if done_path.exists():
-        done = json.loads(done_path.read_text())
+    done = _read_done(stage_dir)
+    if done is not None:
         _, params = load_stage_params(stage_dir, cfg, mesh, rules)
         log.info("%s: already finished at step %d in %s; skipping", name, done["final_step"], stage_dir)
         saved = done.get("evals", {})
@@ -423,7 +502,7 @@ def run_stage(
             _append_evals(stage_dir, new)
             saved = dict(saved, **new)
             if distributed.is_main_process():
-                done_path.write_text(json.dumps(dict(done, evals=saved), indent=2))
+                workdir_lib.write_json(done_path, dict(done, evals=saved))
         evals = {n: saved[n] for n in spec.evals.names}
         return StageResult(
             name, params, cfg, done["final_step"], done.get("final_metrics", {}), "skipped", 0.0, evals=evals
@@ -431,7 +510,7 @@ def run_stage(
 
     stage_dir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main_process():
-        (stage_dir / "model_config.json").write_text(cfg.to_json())
+        workdir_lib.write_text(stage_dir / "model_config.json", cfg.to_json())
         if not spec.data.synthetic:
             tokenizer_files.write_tokenizer(stage_dir / tokenizer_files.TOKENIZER_DIR, *_tokenizer_source(spec))
     num_steps = hp.num_steps
@@ -454,7 +533,7 @@ def run_stage(
 
     # --- Restore or initialise ----------------------------------------------------------------------
     ckpt = Checkpointer(stage_dir / "checkpoints", keep=spec.checkpoint_keep, async_save=spec.checkpoint_async)
-    restored = ckpt.restore_latest(_with_sharding(abstract_state, state_sh))
+    ckpt, restored = _restore_or_refuse(ckpt, _with_sharding(abstract_state, state_sh), spec, stage_dir)
     needs_reference = hp.frozen_reference or hp.precomputed_reference
     start_params = None
     if restored is None or needs_reference:
@@ -536,14 +615,15 @@ def run_stage(
                 step_num += 1
                 now = time.perf_counter()
                 dt, t_prev = now - t_prev, now
-                if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                metrics["learning_rate"] = float(schedule(step_num - 1))
+                nonfinite = guard.nonfinite_reason(metrics)
+                if nonfinite:
+                    if writer:
+                        writer.write(step_num, metrics)  # NaN/Inf as null: the curves show where it broke
                     ckpt.wait()
                     raise NonFiniteLossError(
-                        f"{name}: loss={metrics['loss']} grad_norm={metrics['grad_norm']} at step {step_num}; "
-                        f"stopped without saving this step (last good checkpoint: step {ckpt.latest_step()} in "
-                        f"{ckpt.directory}). Lower config.{name}.learning_rate or check the data."
+                        guard.stop_message(name, step_num, nonfinite, ckpt.latest_step(), ckpt.directory)
                     )
-                metrics["learning_rate"] = float(schedule(step_num - 1))
                 metrics["step_seconds"] = dt
                 if step_num > start_step + 1:  # the first step of a (re)start includes compilation
                     metrics |= metrics_lib.throughput(flops_per_step, tokens_per_step, dt, peak_total)
@@ -579,13 +659,13 @@ def run_stage(
     if stopped == "done":
         done = {
             "final_step": step_num,
-            "final_metrics": last_metrics,
+            "final_metrics": metrics_lib.json_safe(last_metrics),
             "wall_seconds": wall,
             "peak_flops_per_device": {"value": peak, "source": peak_source},
             "evals": evals,
         }
         if distributed.is_main_process():
-            done_path.write_text(json.dumps(done, indent=2))
+            workdir_lib.write_json(done_path, done)
         distributed.barrier(f"{name}_done")  # the next stage reads DONE.json on every process
     compiles = jitted._cache_size() if hasattr(jitted, "_cache_size") else -1
     return StageResult(name, state["params"], cfg, step_num, last_metrics, stopped, wall, compiles, evals)
@@ -624,7 +704,7 @@ def train(config, workdir, *, progress: bool = True) -> dict[str, StageResult]:
     workdir = workdir_lib.resolve(workdir)  # a local directory or gs://bucket/run
     workdir.mkdir(parents=True, exist_ok=True)
     if distributed.is_main_process():
-        (workdir / "config.json").write_text(json.dumps(config_lib.to_dict(config), indent=2))
+        workdir_lib.write_json(workdir / "config.json", config_lib.to_dict(config))
     results: dict[str, StageResult] = {}
     eval_cache: dict = {}  # jitted evaluation functions shared by the stages
     with _StopFlag() as stop:
