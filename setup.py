@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).resolve().parent
 # The bundled configs stay at the top of the repository (configs/) and ship inside the package as
-# `oyster_jax.configs` (a checkout without an install maps them the same way: oyster_jax/__init__.py).
+# `oyster_jax.configs`; an editable install (`pip install -e .`, what `make setup` does) maps them the same way.
 CONFIG_PACKAGES = ["oyster_jax.configs"] + [f"oyster_jax.configs.{p}" for p in find_packages(where="configs")]
 
 # Pinned together: these versions are installed and tested as one set (see README "Environment").

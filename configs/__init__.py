@@ -1,2 +1,2 @@
-"""The bundled configs, importable as `oyster_jax.configs` (installed: setup.py `package_dir`; in a checkout:
-`oyster_jax/__init__.py`). Select one by name: `--config tiny_csa`, `model_fields("qwen3_14b")`."""
+"""The bundled configs, importable as `oyster_jax.configs` (setup.py `package_dir`, in the wheel and in an
+editable install alike). Select one by name: `--config tiny_csa`, `model_fields("qwen3_14b")`."""
