@@ -203,7 +203,9 @@ def test_truncated_done_json_is_moved_aside_and_rewritten_without_retraining(tmp
 def test_sigkill_during_a_checkpoint_save_loses_nothing(tmp_path):
     """SIGKILL as soon as a save is in flight (its temporary directory exists); the rerun resumes from the
     newest committed step and ends bit-identical to an uninterrupted run."""
-    common = {"stages": "sft", "sft.num_steps": "6", "checkpoint.every_steps": "1", "throttle_seconds": "0.05"}
+    # 12 steps with a 1 s throttle: after step 3 the run has 9 s or more left, so the kill lands mid-run however
+    # slowly the polling loop runs on a loaded machine.
+    common = {"stages": "sft", "sft.num_steps": "12", "checkpoint.every_steps": "1", "throttle_seconds": "1.0"}
     env = _env(tmp_path / "xla_cache")
     reference = subprocess.run(_cli(tmp_path / "ref", **common), env=env, capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr

@@ -165,7 +165,9 @@ def _wait_for_step(ckpt_dir: pathlib.Path, step: int, proc, timeout=120):
 
 
 def test_resume_after_sigkill_and_sigterm_equals_uninterrupted(tmp_path):
-    common = {"stages": "sft", "sft.num_steps": "8", "throttle_seconds": "0.2"}
+    # The signals are sent once a checkpoint exists, so they land mid-run however slow the machine is, as long
+    # as the run has steps left: after step 6 it still has 10 steps of at least 1 s each (the throttle).
+    common = {"stages": "sft", "sft.num_steps": "16", "throttle_seconds": "1.0"}
     env = _env(tmp_path / "xla_cache")
     reference = subprocess.run(_cli(tmp_path / "ref", **common), env=env, capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
@@ -188,7 +190,7 @@ def test_resume_after_sigkill_and_sigterm_equals_uninterrupted(tmp_path):
     assert finish.returncode == 0, finish.stderr
     _assert_params_equal(_final_params(work, "sft"), _final_params(tmp_path / "ref", "sft"))
     steps = [json.loads(line)["step"] for line in (work / "sft" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 9))  # the redone steps replaced the killed run's lines
+    assert steps == list(range(1, 17))  # the redone steps replaced the killed run's lines
 
 
 def test_corrupted_latest_checkpoint_falls_back_with_warning(tmp_path, caplog):
