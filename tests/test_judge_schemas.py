@@ -1,5 +1,5 @@
-"""The Lingo-BP judges' schemas: a random-weight model constrained to them always answers something the
-judges' own parsers accept, within the token budget the schema was sized for."""
+"""The judges' schemas (Lingo-BP's and the evaluations'): a random-weight model constrained to them always
+answers something the judges' own parsers accept, within the token budget the schema was sized for."""
 
 import jsonschema
 import pytest
@@ -8,6 +8,7 @@ from eval_fakes import TINY_CHAT_CFG, random_params
 from oyster_jax.core import chain as chain_lib
 from oyster_jax.csa import judge_schemas, judges
 from oyster_jax.data.vocab import default_tokenizer_path
+from oyster_jax.eval import common as eval_common
 from oyster_jax.llm.local import LocalJaxBackend
 
 CFG = TINY_CHAT_CFG.replace(max_position_embeddings=1024)
@@ -17,6 +18,7 @@ PARSERS = {
     "assess": judges.parse_assessment,
     "extract_chain": chain_lib.parse_chain,
     "backward": chain_lib.parse_chain,
+    "classify": eval_common._parse_category,
 }
 BUDGET = 384
 
@@ -50,3 +52,20 @@ def test_unconstrained_random_model_does_not_parse(backend):
     _, content = backend.chat([{"role": "user", "content": "Judge it."}], temperature=1.0, seed=0, max_tokens=64)
     with pytest.raises((judges.JudgeParseError, chain_lib.ChainParseError)):
         judges.parse_safety_judgment(content)
+
+
+def test_evaluation_judge_on_a_local_model_never_fails_to_parse(backend):
+    """Strata-Sword's and the Constructive Score's LLM judge over the local backend: the judge client asks
+    for each task's schema, so the random model's first answer already parses (one attempt each)."""
+    import asyncio
+
+    judge = eval_common.LLMJudge(backend, "local-random", retries=0, max_tokens=BUDGET)
+
+    async def run():
+        category = await judge.classify("How do I store medicine safely?", "en")
+        verdict = await judge.rule("How do I store medicine safely?", "Keep it locked away.", None, "en")
+        sat = await judge.satisfaction("How do I store medicine safely?", "Keep it locked away.", "a parent", "en")
+        return category, verdict, sat
+
+    for call in asyncio.run(run()):
+        assert call.value is not None and call.attempts == 1, call.error

@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Callable
 
 from oyster_jax.core.chain import ChainParseError
+from oyster_jax.csa import judge_schemas
 from oyster_jax.csa.judges import JudgeParseError
 from oyster_jax.llm.retry import RetryPolicy
 
@@ -92,7 +93,11 @@ class JudgeClient:
         within the retries; BackendError propagates (the backend already retried the transport).
 
         `stats`, when given, counts `calls` and `parse_failures[task]` (the Lingo-BP engine's per-query
-        bookkeeping)."""
+        bookkeeping). A backend that decodes to a JSON schema (`constrains_json`, the local JAX backend) is
+        asked for the task's schema (`csa.judge_schemas`), so its answers always parse."""
+        if getattr(self.backend, "constrains_json", False):
+            fmt = judge_schemas.response_format(task, int(sampling.get("max_tokens") or 1024))
+            sampling = sampling if fmt is None else {**sampling, "response_format": fmt}
 
         async def attempt(k: int):
             if stats is not None:

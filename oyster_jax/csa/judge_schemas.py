@@ -1,4 +1,5 @@
-"""JSON schemas of the Lingo-BP judges' answers, for backends that constrain decoding to a schema.
+"""JSON schemas of the judges' answers (Lingo-BP's and the evaluations'), for backends that constrain decoding
+to a schema; `csa.judge_client` asks for them.
 
     fmt = response_format("safety_judge", max_tokens=1024)     # {"type": "json_schema", ...} or None
     reasoning, content = await backend.achat(messages, response_format=fmt, max_tokens=1024)
@@ -74,6 +75,8 @@ def _schemas(n: int) -> dict[str, dict]:
         ),
         "extract_chain": chain,
         "backward": chain,
+        # The evaluations' category classification (eval.common): a second- or first-level name, or none.
+        "classify": _obj({"category": {"type": "string", "enum": categories[:-1] + ["no risk", "unknown"]}}),
     }
 
 

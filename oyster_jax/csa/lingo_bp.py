@@ -63,7 +63,6 @@ from oyster_jax.core import taxonomy as tx
 from oyster_jax.core.files import atomic_write_json
 from oyster_jax.core.schemas import iter_json_lines
 from oyster_jax.csa import game as game_lib
-from oyster_jax.csa import judge_schemas
 from oyster_jax.csa.judge_client import RETRY_SAMPLING, JudgeClient, JudgeFailed, content_parser
 from oyster_jax.csa.judges import (
     JudgeParseError,
@@ -276,9 +275,6 @@ class Engine:
         return float(game_lib.payoff(sat, risk, c.alpha, c.beta, c.gamma, cost))
 
     async def _structured(self, backend, prompt: str, parser, task: str, stats: dict, sampling: dict):
-        if getattr(backend, "constrains_json", False):  # a backend that decodes to a schema always parses
-            fmt = judge_schemas.response_format(task, int(sampling.get("max_tokens") or 1024))
-            sampling = sampling if fmt is None else {**sampling, "response_format": fmt}
         messages = [{"role": "user", "content": prompt}]
         answer = await self._client(backend).ask(messages, parser, task=task, sampling=sampling, stats=stats)
         return answer.value
