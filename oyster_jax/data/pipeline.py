@@ -62,6 +62,7 @@ from oyster_jax.core import schemas
 from oyster_jax.data import features, layouts
 from oyster_jax.data import tasks as tasks_lib
 from oyster_jax.data.tf_setup import seqio
+from oyster_jax.data.vocab import default_vocabulary, vocabulary_fingerprint
 
 __all__ = [
     "make_sft_iterator",
@@ -118,7 +119,6 @@ _CACHE_LIMIT = 16
 
 
 def _vocab_fingerprint(vocab) -> str:
-    from oyster_jax.data.vocab import vocabulary_fingerprint  # noqa: PLC0415
 
     return vocabulary_fingerprint(vocab)
 
@@ -244,7 +244,7 @@ def _resolve(
 
 def _default_shard(shard_index, shard_count) -> tuple[int, int]:
     if shard_index is None or shard_count is None:
-        import jax  # noqa: PLC0415  (only when the caller does not say)
+        import jax  # lazy: only when the caller does not say
 
         shard_index = jax.process_index() if shard_index is None else shard_index
         shard_count = jax.process_count() if shard_count is None else shard_count
@@ -473,7 +473,6 @@ def _task_vocab(resolved, record_kind: str):
     for _, task, _, _ in resolved:
         if task is not None and feature in task.output_features:
             return task.output_features[feature].vocabulary
-    from oyster_jax.data.vocab import default_vocabulary  # noqa: PLC0415
 
     return default_vocabulary()
 

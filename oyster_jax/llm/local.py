@@ -14,13 +14,15 @@ length) bucket compiles once per process: short benchmarks should warm up first.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import queue
 import threading
 import time
 
-from oyster_jax import convert
+from oyster_jax import convert, infer
+from oyster_jax.core import chat
 from oyster_jax.infer.engine import Engine, QueueFull, SamplingParams
 from oyster_jax.llm.base import BackendError, BaseBackend, validate_messages
 
@@ -61,7 +63,6 @@ class LocalJaxBackend(BaseBackend):
         params=None,
         **generate_options,
     ):
-        from oyster_jax.core import chat  # noqa: PLC0415
 
         self._chat = chat
         self.chat_format = chat.get_format(chat_format).name
@@ -108,7 +109,6 @@ class LocalJaxBackend(BaseBackend):
         return self.tokenizer.decode(tokens, skip_special_tokens=False)
 
     def _generate(self, batch: list[_Request]) -> list[list[int]]:
-        from oyster_jax import infer  # noqa: PLC0415
 
         temperature, top_p, top_k, max_tokens, seed, stop = batch[0].key
         return infer.generate(
@@ -196,7 +196,6 @@ class LocalJaxBackend(BaseBackend):
         return thinking.strip(), content.strip()
 
     async def achat(self, messages, **sampling) -> tuple[str, str]:
-        import asyncio  # noqa: PLC0415
 
         response_format = sampling.pop("response_format", None)
         if response_format is not None and response_format.get("type", "text") != "text":
@@ -214,7 +213,6 @@ class LocalJaxBackend(BaseBackend):
     constrains_json = True
 
     async def _constrained(self, messages, sampling, response_format) -> list[int]:
-        import asyncio  # noqa: PLC0415
 
         unknown = set(sampling) - set(_SAMPLING_KEYS)
         if unknown:
