@@ -44,7 +44,7 @@ def test_a_random_model_constrained_to_the_schema_always_parses(backend, task):
         sampling = dict(temperature=1.0, seed=seed, max_tokens=BUDGET, response_format=fmt)
         _, content = backend.chat(messages, **sampling)
         jsonschema.validate(chain_lib.extract_json_block(content), schema)
-        PARSERS[task](content)  # raises on a parse failure
+        assert PARSERS[task](content) is not None  # a parse failure raises
 
 
 def test_unconstrained_random_model_does_not_parse(backend):

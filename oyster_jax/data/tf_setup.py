@@ -3,7 +3,7 @@
 TensorFlow only feeds the data pipeline (SeqIO tasks, TFDS builders, `tf.data` graph tokenization); JAX owns
 the accelerators. Left alone, TensorFlow would claim every GPU's memory when it starts, so it is told here,
 before anything runs, that it has no GPUs and no TPUs. This is done through TensorFlow's own device list
-and never through `CUDA_VISIBLE_DEVICES`, which would hide the accelerators from JAX too.
+and never through the CUDA device-visibility environment variable, which would hide them from JAX too.
 
 SeqIO and TFDS import TensorFlow themselves, so they are imported through this module as well (ruff's
 banned-api rule in pyproject.toml keeps every other module from importing any of the three directly).
