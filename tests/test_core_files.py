@@ -8,7 +8,13 @@ import os
 
 import pytest
 
-from oyster_jax.core.files import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text
+from oyster_jax.core.files import (
+    atomic_directory,
+    atomic_output,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
 def test_write_replaces_whole_and_keeps_the_umask(tmp_path):
@@ -45,3 +51,24 @@ def test_non_finite_json_is_refused_before_writing(tmp_path, bad):
     with pytest.raises(ValueError, match="not JSON compliant"):
         atomic_write_json(path, {"asr": bad})
     assert json.loads(path.read_text()) == {"asr": 0.5}
+
+
+def test_atomic_directory_replaces_only_on_success(tmp_path):
+    out = tmp_path / "export"
+    with atomic_directory(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (out / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        with atomic_directory(out) as tmp:
+            (tmp / "a.txt").write_text("second, half written")
+            raise RuntimeError("conversion failed")
+    assert (out / "a.txt").read_text() == "first"  # the previous directory is untouched
+    old = os.umask(0o022)
+    try:
+        with atomic_directory(out) as tmp:
+            (tmp / "b.txt").write_text("second")
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]  # replaced whole
+    assert out.stat().st_mode & 0o777 == 0o755  # as mkdir would make it, not mkdtemp's 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no temporary or old directory left

@@ -13,14 +13,13 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
 from oyster_jax.convert.safetensors_io import CheckpointFormatError
-from oyster_jax.core.files import atomic_write_text
+from oyster_jax.core.files import atomic_directory, atomic_write_text
 from oyster_jax.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -32,21 +31,11 @@ PARAMS_DIR = "params"
 def save_model(ckpt_dir: str | os.PathLike, cfg: ModelConfig, params) -> pathlib.Path:
     """Write params + config; an existing checkpoint at `ckpt_dir` is replaced only after success."""
     ckpt_dir = pathlib.Path(ckpt_dir).absolute()
-    tmp = ckpt_dir.with_name(f".{ckpt_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(tmp / PARAMS_DIR, params)
-    checkpointer.wait_until_finished()
-    atomic_write_text(tmp / CONFIG_FILE, cfg.to_json())
-    if ckpt_dir.exists():  # swap by renames: at every moment one complete checkpoint sits under a known name
-        old = ckpt_dir.with_name(f".{ckpt_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        ckpt_dir.rename(old)
-        tmp.rename(ckpt_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(ckpt_dir)
+    with atomic_directory(ckpt_dir) as tmp:  # at every moment one complete checkpoint sits under a known name
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / PARAMS_DIR, params)
+        checkpointer.wait_until_finished()
+        atomic_write_text(tmp / CONFIG_FILE, cfg.to_json())
     return ckpt_dir
 
 

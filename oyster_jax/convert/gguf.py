@@ -19,8 +19,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -28,6 +26,7 @@ from einops import rearrange
 
 from oyster_jax.convert.hf import hf_tensor_names
 from oyster_jax.convert.safetensors_io import CheckpointFormatError, write_file
+from oyster_jax.core.files import atomic_directory
 from oyster_jax.models.config import ConfigError, ModelConfig, dtype_of
 
 __all__ = [
@@ -444,11 +443,7 @@ def gguf_to_hf_dir(
 
     out_dir = pathlib.Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
+    with atomic_directory(out_dir) as tmp:  # replaces out_dir only once everything is written
         bar = tqdm(total=len(plan), desc="gguf_to_hf", unit="tensor", disable=not progress)
         weight_map, total = {}, 0
         for k, shard in enumerate(shards, start=1):
@@ -471,15 +466,4 @@ def gguf_to_hf_dir(
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
         tokenizer.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -13,8 +13,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Callable
 
 import jax
@@ -22,6 +20,7 @@ import numpy as np
 
 from oyster_jax.convert.hf_tokenizer import write_tokenizer
 from oyster_jax.convert.safetensors_io import CheckpointFormatError, open_checkpoint_dir, write_file
+from oyster_jax.core.files import atomic_directory
 from oyster_jax.models.config import ModelConfig, dtype_of
 
 
@@ -283,11 +282,7 @@ def to_hf(
         size += nbytes
     n = len(shards)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; an export is meant to be read by others (as mkdir would)
-    try:
+    with atomic_directory(out_dir) as tmp:  # replaces out_dir only once everything is written
         weight_map, total = {}, 0
         from tqdm import tqdm
 
@@ -322,15 +317,4 @@ def to_hf(
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_config[k] is not None}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

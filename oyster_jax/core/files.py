@@ -15,9 +15,10 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_output"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_output", "atomic_directory"]
 
 
 @contextlib.contextmanager
@@ -32,9 +33,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "w", encoding: str | None
             yield f
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; match what open() would have made
+        _default_mode(tmp, 0o666)  # mkstemp creates 0600; match what open() would have made
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -56,3 +55,34 @@ def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> N
     """Strict JSON (non-finite floats raise ValueError before anything is written), UTF-8, trailing newline."""
     text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False)
     atomic_write_text(path, text + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike):
+    """`with atomic_directory(out) as tmp: ...write into tmp...`: on success `tmp` takes the place of `path`
+    by renames (an existing `path` is replaced only then, so a failed export or conversion never leaves a
+    half-written directory or destroys the previous one); on failure `tmp` is removed and `path` is as it
+    was. The new directory gets the permissions `mkdir` would give it (the umask applies)."""
+    path = pathlib.Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _default_mode(tmp, 0o777)  # mkdtemp makes it private
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _default_mode(path: pathlib.Path, base: int) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, base & ~umask)
