@@ -510,14 +510,8 @@ async def _chat_stream(server: Server, meta, first, events, req, prompt_tokens, 
     except APIError as e:  # mid-stream: the status is already sent, so the error is an event
         yield _sse({"error": {"message": e.message, "type": "server_error", "param": None, "code": e.code}})
         return
-    if include_usage:
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-        yield _sse(base | {"choices": [], "usage": usage})
-    yield b"data: [DONE]\n\n"
+    for chunk in _stream_end(base, include_usage, prompt_tokens, completion_tokens):
+        yield chunk
 
 
 class _CompletionLogprobs:
@@ -629,6 +623,13 @@ async def _completion_stream(server: Server, meta, streams, req, prompt_tokens, 
     except APIError as e:
         yield _sse({"error": {"message": e.message, "type": "server_error", "param": None, "code": e.code}})
         return
+    for chunk in _stream_end(base, include_usage, prompt_tokens, completion_tokens):
+        yield chunk
+
+
+def _stream_end(base: dict, include_usage: bool, prompt_tokens: int, completion_tokens: int):
+    """The closing events of a stream: the usage chunk when asked for (stream_options.include_usage), then
+    the `[DONE]` sentinel."""
     if include_usage:
         usage = {
             "prompt_tokens": prompt_tokens,
