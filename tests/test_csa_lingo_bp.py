@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from oyster_jax.csa import lingo_bp
+from oyster_jax.csa.game import LeaderStrategy
 from oyster_jax.csa.scripted import CONSTRUCTIVE, PLACEHOLDER, REFUSAL, ScriptedLingo, identify_task
 from oyster_jax.llm import OpenAICompatibleBackend
 from oyster_jax.llm.testing import FakeOpenAIServer, Reply
@@ -72,6 +73,7 @@ def test_end_to_end_over_http(tmp_path, capsys):
         "sat_after": pytest.approx(0.92),
         "risk_before": pytest.approx(0.2),
         "risk_after": 0.0,
+        "dropped": {"sft_unsafe": 0, "sft_min_sat": 0, "pairs_min_margin": 0, "pairs_not_better": 0},
     }
     trajs = {t["id"]: t for t in _lines(out / "trajectories.jsonl")}
     sft = {r["id"]: r for r in _lines(out / "sft.jsonl")}
@@ -113,7 +115,7 @@ def test_end_to_end_over_http(tmp_path, capsys):
     # Pairs: pearl vs initial (which is also the worst iterate here), strictly better payoff.
     assert sorted(p["id"] for p in pairs) == ["7#pair-r1-r0", "a#pair-r1-r0", "b#pair-r1-r0", "c#pair-r1-r0"]
     for p in pairs:
-        assert set(p) == {"id", "language", "prompt_messages", "chosen", "rejected", "scores"}
+        assert set(p) == {"id", "language", "prompt_messages", "chosen", "rejected", "scores", "thinking_channel"}
         assert p["scores"]["chosen"]["payoff"] > p["scores"]["rejected"]["payoff"]
     b_pair = next(p for p in pairs if p["id"].startswith("b#"))
     assert b_pair["rejected"]["response"] == PLACEHOLDER and b_pair["scores"]["rejected"]["risk"] == 1.0
@@ -324,7 +326,9 @@ def test_official_guidelines_reach_the_safety_judge(tmp_path, data_dir):
     assert any("Review an AI assistant's reply for safety" in p and rule_line in p for p in prompts)
 
 
-def _traj(points):
+def _traj(points, values=None):
+    """A judged trajectory by hand; `values` = the game's expected payoff per leader move (default: all 0, so
+    the game-weighted ranking E = (1 − w)·Π orders iterates as Π does)."""
     its = [
         {"round": i, "thinking": f"t{i}", "response": f"r{i}", "chain": {}, "sat": s, "risk": k, "payoff": s - 2 * k}
         for i, (s, k) in enumerate(points)
@@ -335,6 +339,7 @@ def _traj(points):
         "prompt_messages": [{"role": "user", "content": "q"}],
         "risk": {"level": "R1", "category_l1": "Misinformation", "category_l2": None, "intent": "inquiry"},
         "iterates": its,
+        "game": {"expected_payoffs": values or dict.fromkeys((s.value for s in LeaderStrategy), 0.0)},
     }
 
 

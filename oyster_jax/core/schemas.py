@@ -3,15 +3,21 @@
 One JSON object per line (UTF-8; blank lines are skipped). Unknown top-level fields are kept and
 ignored; ``id`` may be a string or an integer and is returned as a string; ids must be unique per file.
 
-- ``sft``: ``{id, language, messages: [{role, content}], thinking?, chain?, risk?, persona?}``
+- ``sft``: ``{id, language, messages: [{role, content}], thinking?, chain?, risk?, persona?, follow_up?}``
   ``messages`` is non-empty, roles in system/user/assistant, and the last message is the assistant
   turn to learn. ``thinking`` (str) is that last turn's reasoning; ``chain`` is the structured safety
   chain (snake_case dict or the CSA engine's JSON form, see ``oyster_jax.core.chat``); ``risk`` is
   ``{level: R0|R1|R2, category_l1, category_l2, intent}`` (strings); ``persona`` is a string or object.
+  ``messages`` is the conversation history up to and including the learned turn (a multi-turn input keeps
+  its earlier turns there); ``follow_up`` is what came after it when Lingo-BP played the conversation on
+  (``--turns``): alternating ``{role: user, content}`` / ``{role: assistant, content, thinking?}`` turns,
+  starting with the user. Records without it (every file written before it existed) load unchanged.
 - ``pref``: ``{id, language, prompt_messages, chosen: {thinking, response}, rejected: {thinking,
   response}, scores?}``; ``prompt_messages`` ends with a user turn; ``scores`` is an object of numbers
   (nesting allowed: the Lingo-BP engine writes ``{"chosen": {...}, "rejected": {...}}``); ``chosen`` /
-  ``rejected`` may carry an optional ``chain``.
+  ``rejected`` may carry an optional ``chain`` and an optional ``follow_up`` (as in ``sft``); a pair may name
+  its ``rejected_kind`` (``blunt_refusal`` / ``unsafe_compliance`` for contrastive rejects) and its
+  ``thinking_channel``.
 - ``eval``: ``{id, language: en|cn, level: 1|2|3, attack_method, prompt}`` (the Strata-Sword layout).
 - ``constructive``: ``{id, profile, task, category, risk_level: R0|R1|R2, query}``.
 
@@ -128,6 +134,29 @@ class _Checker:
         return value
 
 
+def _check_follow_up(c: _Checker, holder: dict, prefix: str = ""):
+    """Optional turns after the learned one: user and assistant alternate, the user first."""
+    name = f"{prefix}follow_up"
+    turns = c.get(holder, "follow_up", prefix, required=False)
+    if turns is None:
+        return
+    if not isinstance(turns, list):
+        c.fail(name, f"expected a list of {{role, content}} objects, got {type(turns).__name__}")
+    for i, m in enumerate(turns):
+        if not isinstance(m, dict):
+            c.fail(f"{name}[{i}]", f"expected an object, got {type(m).__name__}")
+        want = "user" if i % 2 == 0 else "assistant"
+        if m.get("role") != want:
+            c.fail(
+                f"{name}[{i}].role", f"expected {want!r} (user and assistant turns alternate), got {m.get('role')!r}"
+            )
+        c.string(m, "content", f"{name}[{i}].")
+        if "thinking" in m and m["thinking"] is not None:
+            if want != "assistant":
+                c.fail(f"{name}[{i}].thinking", "only assistant messages carry thinking")
+            c.string(m, "thinking", f"{name}[{i}].", nonempty=False)
+
+
 def _check_sft(c: _Checker, r: dict):
     c.string(r, "language")
     messages = c.messages(r, "messages")
@@ -148,6 +177,7 @@ def _check_sft(c: _Checker, r: dict):
     persona = c.get(r, "persona", required=False)
     if persona is not None and not isinstance(persona, str | dict):
         c.fail("persona", f"expected a string or object, got {type(persona).__name__}")
+    _check_follow_up(c, r)
 
 
 def _check_chain(c: _Checker, holder: dict, prefix: str = ""):
@@ -176,6 +206,7 @@ def _check_completion(c: _Checker, r: dict, key: str):
     c.string(completion, "thinking", f"{key}.", nonempty=False)
     c.string(completion, "response", f"{key}.")
     _check_chain(c, completion, f"{key}.")
+    _check_follow_up(c, completion, f"{key}.")
 
 
 def _check_pref(c: _Checker, r: dict):
@@ -229,7 +260,7 @@ def _check_utf8(c: _Checker, text: str, name: str):
 
 
 _RENDERED_FIELDS = {
-    "sft": ("messages", "thinking", "chain"),
+    "sft": ("messages", "thinking", "chain", "follow_up"),
     "pref": ("prompt_messages", "chosen", "rejected"),
 }
 _CHECKS = {"sft": _check_sft, "pref": _check_pref, "eval": _check_eval, "constructive": _check_constructive}

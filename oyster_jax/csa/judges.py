@@ -36,7 +36,7 @@ __all__ = [
     "user_feedback_text",
 ]
 
-TASKS = ("assess", "extract_chain", "user_judge", "safety_judge", "backward", "recombine")
+TASKS = ("assess", "extract_chain", "user_judge", "safety_judge", "backward", "recombine", "user_turn")
 USER_ITEMS = ("politeness", "willingness", "completion", "logic", "informativeness")
 
 

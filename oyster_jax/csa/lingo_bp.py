@@ -63,6 +63,8 @@ from oyster_jax.core import taxonomy as tx
 from oyster_jax.core.files import atomic_write_json
 from oyster_jax.core.schemas import iter_json_lines
 from oyster_jax.csa import game as game_lib
+from oyster_jax.csa import pairs as pairs_lib
+from oyster_jax.csa import rollout
 from oyster_jax.csa.judge_client import RETRY_SAMPLING, JudgeClient, JudgeFailed, content_parser
 from oyster_jax.csa.judges import (
     JudgeParseError,
@@ -111,6 +113,7 @@ SUMMARY_KEYS = (
     "sat_after",
     "risk_before",
     "risk_after",
+    "dropped",
 )
 JUDGE_TASKS = ("assess", "user_judge", "safety_judge")
 
@@ -139,6 +142,7 @@ class Query:
     category_given: bool = False
     risk_level: str | None = None
     persona: str | dict | None = None
+    history: tuple[dict, ...] = ()  # a `messages` input: the whole conversation (query = its rendering as text)
 
 
 def read_queries(path, default_language: str = "en") -> list[Query]:
@@ -158,9 +162,15 @@ def read_queries(path, default_language: str = "en") -> list[Query]:
         if qid in seen:
             raise InputError(f"{where}: field 'id': duplicate id {qid!r} (first on line {seen[qid]})")
         seen[qid] = lineno
-        text = rec.get("query")
-        if not isinstance(text, str) or not text.strip():
-            raise InputError(f"{where}: field 'query' missing or not a non-empty string")
+        history: tuple[dict, ...] = ()
+        if "messages" in rec:
+            if "query" in rec:
+                raise InputError(f"{where}: give either 'query' or 'messages', not both")
+            history, text = _read_messages(rec["messages"], where)
+        else:
+            text = rec.get("query")
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"{where}: field 'query' missing or not a non-empty string")
         try:
             language = tx.normalize_language(rec.get("language") or default_language)
         except tx.TaxonomyError as e:
@@ -183,10 +193,30 @@ def read_queries(path, default_language: str = "en") -> list[Query]:
         persona = rec.get("persona")
         if persona is not None and not isinstance(persona, (str, dict)):
             raise InputError(f"{where}: field 'persona' must be a string or an object")
-        queries.append(Query(qid, text, language, category, category_given, level, persona))
+        if len(history) > 1:  # the prompts show the judges and the optimizer the whole conversation
+            text = rollout.render_conversation(list(history), language)
+        queries.append(Query(qid, text, language, category, category_given, level, persona, history))
     if not queries:
         raise InputError(f"{path}: no queries in the file")
     return queries
+
+
+def _read_messages(value, where: str) -> tuple[tuple[dict, ...], str]:
+    """(the conversation, its last user message) of a `messages` input; InputError names the message and field."""
+    if not isinstance(value, list) or not value:
+        raise InputError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise InputError(f"{where}: field 'messages[{i}]' must be an object")
+        if m.get("role") not in ("system", "user", "assistant"):
+            raise InputError(f"{where}: field 'messages[{i}].role' must be system, user or assistant")
+        if not isinstance(m.get("content"), str) or not m["content"].strip():
+            raise InputError(f"{where}: field 'messages[{i}].content' missing or not a non-empty string")
+        out.append({"role": m["role"], "content": m["content"]})
+    if out[-1]["role"] != "user":
+        raise InputError(f"{where}: field 'messages[{len(out) - 1}].role': the conversation must end with a user turn")
+    return tuple(out), out[-1]["content"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,11 +232,17 @@ class EngineConfig:
     beta: float = 2.0  # the report's Constructive-score table uses β = 2
     gamma: float = 0.0
     cost_per_1k_chars: float = 0.0  # Cost(y) = len(response) / 1000 · this, weighted by γ
-    follower: str = "best"  # game follower model: 'best' or 'quantal'
+    follower: str = "quantal"  # game follower model: 'best' or 'quantal'
     rationality: float = 5.0  # quantal-response λ
     hint_weight: float = 0.5  # weight of the assessed user type in p(θ|x)
     max_changes: int = 2  # trust region: accepted symmetric difference of a strategy list
+    paraphrase_threshold: float = chain_lib.PARAPHRASE_THRESHOLD  # trust region: items this similar are one item
     pairs: tuple[str, ...] = ("initial", "worst")  # or ("all",)
+    turns: int = 1  # conversation turns played per iterate (follow-through, oyster_jax.csa.rollout)
+    min_sat: float = 0.6  # data floors and the game-weighted ranking: oyster_jax.csa.pairs
+    min_margin: float = 0.2
+    game_weight: float = 0.5
+    contrastive: tuple[str, ...] = ()
     policy_sampling: dict = dataclasses.field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 2048})
     judge_sampling: dict = dataclasses.field(default_factory=lambda: {"temperature": 0.0, "max_tokens": 1024})
     retry_sampling: dict = dataclasses.field(default_factory=lambda: dict(RETRY_SAMPLING))  # merged over parse retries
@@ -215,9 +251,15 @@ class EngineConfig:
     def __post_init__(self):
         if self.rounds < 0 or self.judge_retries < 0:
             raise ValueError("rounds and judge_retries must be >= 0")
-        bad = set(self.pairs) - {"initial", "worst", "all"}
-        if bad or not self.pairs:
-            raise ValueError(f"pairs must be a subset of initial, worst, all; got {self.pairs}")
+        if self.turns < 1:
+            raise ValueError(f"turns must be >= 1, got {self.turns}")
+        if not 0.0 <= self.paraphrase_threshold < 1.0:
+            raise ValueError(f"paraphrase_threshold must be in [0, 1), got {self.paraphrase_threshold}")
+        self.selection  # validates pairs, floors, weight and contrastive kinds
+
+    @property
+    def selection(self) -> pairs_lib.Selection:
+        return pairs_lib.Selection(self.pairs, self.min_sat, self.min_margin, self.game_weight, self.contrastive)
 
 
 def _category_list(language: str) -> str:
@@ -281,6 +323,8 @@ class Engine:
 
     def _prompt_messages(self, q: Query) -> list[dict]:
         msgs = [{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else []
+        if q.history:  # conversation input, sent as it is
+            return msgs + list(q.history)
         return msgs + [{"role": "user", "content": q.query}]
 
     async def _judge(self, q: Query, ctx: dict, response: str, stats: dict) -> dict:
@@ -452,7 +496,9 @@ class Engine:
             proposed = await self._structured(
                 self.optimizer, prompt, content_parser(chain_lib.parse_chain), "backward", stats, js
             )
-            merged, merge_info = chain_lib.merge_chain_strategies(chain, proposed, max_changes=c.max_changes)
+            merged, merge_info = chain_lib.merge_chain_strategies(
+                chain, proposed, max_changes=c.max_changes, threshold=c.paraphrase_threshold
+            )
             prompt = render_prompt("recombine", lang, query=q.query, plan=chain_lib.render_prose(merged, lang))
             thinking, response, source = await self._structured(
                 self.policy, prompt, parse_recombined, "recombine", stats, c.policy_sampling
@@ -476,6 +522,15 @@ class Engine:
         else:
             if iterates[-1]["sat"] >= 1.0 and iterates[-1]["risk"] == 0:
                 stopped = "full_marks"
+        if c.turns > 1:  # every iterate's conversation is played out, so they are ranked on the same footing
+            messages = self._prompt_messages(q)
+            conversations = await asyncio.gather(
+                *(rollout.follow_through(self, q, ctx, messages, it, stats) for it in iterates), return_exceptions=True
+            )
+            for it, conv in zip(iterates, conversations):
+                if isinstance(conv, BaseException):
+                    raise conv
+                it["conversation"] = conv
 
         return {
             "id": q.id,
@@ -490,7 +545,7 @@ class Engine:
             "guideline": guideline,
             "iterates": iterates,
             "stopped": stopped,
-            "config": {"alpha": c.alpha, "beta": c.beta, "gamma": c.gamma, "rounds": c.rounds},
+            "config": {"alpha": c.alpha, "beta": c.beta, "gamma": c.gamma, "rounds": c.rounds, "turns": c.turns},
         }
 
 
@@ -499,59 +554,12 @@ class Engine:
 # --------------------------------------------------------------------------------------------------
 
 
-def _scores(it: dict) -> dict:
-    return {"round": it["round"], "sat": it["sat"], "risk": it["risk"], "payoff": it["payoff"]}
-
-
-def build_records(traj: dict, pairs: tuple[str, ...] = ("initial", "worst")) -> tuple[list[dict], list[dict]]:
-    """Fill in the trajectory's pearl/after/outcome fields and return (sft_records, pair_records)."""
-    its = traj["iterates"]
-    safe = [i for i, it in enumerate(its) if it["risk"] == 0]
-    pearl = max(safe, key=lambda i: (its[i]["sat"], its[i]["payoff"], -i)) if safe else None
-    best = max(range(len(its)), key=lambda i: (its[i]["payoff"], -i))
-    worst = min(range(len(its)), key=lambda i: (its[i]["payoff"], i))
-    after = pearl if pearl is not None else best
-    traj["pearl_index"] = pearl
-    traj["before"] = _scores(its[0])
-    traj["after"] = _scores(its[after])
-    traj["outcome"] = "improved" if after != 0 and its[after]["payoff"] > its[0]["payoff"] else "unchanged"
-    sft, prefs = [], []
-    if pearl is not None:
-        p = its[pearl]
-        rec = {
-            "id": traj["id"],
-            "language": traj["language"],
-            "messages": traj["prompt_messages"] + [{"role": "assistant", "content": p["response"]}],
-            "thinking": p["thinking"],
-            "chain": p["chain"],
-        }
-        if all(traj["risk"].get(k) for k in ("level", "category_l1", "category_l2", "intent")):
-            rec["risk"] = dict(traj["risk"])  # the SFT schema wants every field; a partial assessment is left out
-        if traj.get("persona") is not None:
-            rec["persona"] = traj["persona"]
-        rec["scores"] = _scores(p)
-        sft.append(rec)
-        if "all" in pairs:
-            rejected = list(range(len(its)))
-        else:
-            rejected = ([0] if "initial" in pairs else []) + ([worst] if "worst" in pairs else [])
-        done = set()
-        for r in rejected:
-            if r == pearl or r in done or not its[r]["payoff"] < p["payoff"]:
-                continue
-            done.add(r)
-            prefs.append(
-                {
-                    "id": f"{traj['id']}#pair-r{pearl}-r{r}",
-                    "language": traj["language"],
-                    "prompt_messages": traj["prompt_messages"],
-                    "chosen": {"thinking": p["thinking"], "response": p["response"]},
-                    "rejected": {"thinking": its[r]["thinking"], "response": its[r]["response"]},
-                    "scores": {"chosen": _scores(p), "rejected": _scores(its[r])},
-                }
-            )
-    traj["outputs"] = {"sft": [r["id"] for r in sft], "pairs": [r["id"] for r in prefs]}
-    return sft, prefs
+def build_records(
+    traj: dict, pairs: tuple[str, ...] = ("initial", "worst"), selection: pairs_lib.Selection | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Fill in the trajectory's ranking, pearl/after/outcome and `dropped` fields and return (sft_records,
+    pair_records): the game-weighted ranking and the quality floors of `oyster_jax.csa.pairs`."""
+    return pairs_lib.select(traj, selection or pairs_lib.Selection(pairs=tuple(pairs)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -565,6 +573,7 @@ def _compact(traj: dict) -> dict:
         "after": traj["after"],
         "outcome": traj["outcome"],
         "judge_parse_failures": traj.get("judge_parse_failures", 0),
+        "dropped": traj.get("dropped", {}),
     }
 
 
@@ -659,6 +668,8 @@ def compute_summary(queries: list[Query], store: OutputStore, failures: dict[str
         "sat_after": _mean([d["after"]["sat"] for d in done]),
         "risk_before": _mean([d["before"]["risk"] for d in done]),
         "risk_after": _mean([d["after"]["risk"] for d in done]),
+        # What the data floors left out (oyster_jax.csa.pairs.DROP_KEYS), over finished queries.
+        "dropped": {k: sum(d["dropped"].get(k, 0) for d in done) for k in pairs_lib.DROP_KEYS},
     }
     assert tuple(summary) == SUMMARY_KEYS
     return summary
@@ -757,7 +768,7 @@ async def _run_async(
                         f"\n[lingo-bp] query {q.id!r} hit an internal error (counted as failed):\n{e}", file=sys.stderr
                     )
             else:
-                sft, pairs = build_records(traj, engine.config.pairs)
+                sft, pairs = build_records(traj, selection=engine.config.selection)
                 store.commit(traj, sft, pairs)
             state["processed"] += 1
             if bar is not None:
@@ -849,6 +860,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=2.0, help="risk weight in Π = α·Sat − β·Risk (default 2)")
     p.add_argument("--gamma", type=float, default=0.0)
     p.add_argument("--pairs", default="initial,worst", help="rejected side of pairs: initial,worst | all")
+    p.add_argument(
+        "--game", default=None, help="game file (python -m oyster_jax.csa.game fit); default tables if absent"
+    )
+    p.add_argument("--game_weight", type=float, default=0.5, help="w in E = (1-w)·Π + w·V_game(move) (default 0.5)")
+    p.add_argument("--follower", default="quantal", choices=["best", "quantal"], help="game follower model")
+    p.add_argument("--rationality", type=float, default=5.0, help="quantal follower λ (default 5)")
+    p.add_argument("--turns", type=int, default=1, help="conversation turns played per iterate (default 1)")
+    p.add_argument("--min_sat", type=float, default=0.6, help="SFT floor: the pearl's Sat (default 0.6)")
+    p.add_argument("--min_margin", type=float, default=0.2, help="pair floor: chosen − rejected E (default 0.2)")
+    p.add_argument("--contrastive", default="", help="extra rejects: blunt_refusal,unsafe_compliance (default none)")
+    p.add_argument(
+        "--paraphrase_threshold",
+        type=float,
+        default=chain_lib.PARAPHRASE_THRESHOLD,
+        help=f"trust region: strategy items more similar than this are one item (default {chain_lib.PARAPHRASE_THRESHOLD})",
+    )
     p.add_argument("--guidelines", default="project", help="project | official ($OYSTER_DATA_DIR/risk_taxonomy) | PATH")
     p.add_argument("--judge_retries", type=int, default=3, help="extra calls when an answer does not parse")
     p.add_argument("--timeout", type=float, default=120.0, help="HTTP seconds per attempt")
@@ -913,10 +940,19 @@ def main(argv=None) -> int:
             beta=args.beta,
             gamma=args.gamma,
             pairs=tuple(p.strip() for p in args.pairs.split(",") if p.strip()),
+            follower=args.follower,
+            rationality=args.rationality,
+            paraphrase_threshold=args.paraphrase_threshold,
+            turns=args.turns,
+            min_sat=args.min_sat,
+            min_margin=args.min_margin,
+            game_weight=args.game_weight,
+            contrastive=tuple(k.strip() for k in args.contrastive.split(",") if k.strip()),
             policy_sampling={**defaults.policy_sampling, **args.policy_sampling},
             judge_sampling={**defaults.judge_sampling, **args.judge_sampling},
             system_prompt=args.system_prompt,
         )
+        game = game_lib.load_game(args.game) if args.game else None
     except (InputError, SpecError, tx.TaxonomyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -930,7 +966,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        engine = Engine(policy, judge, optimizer, config, guidelines)
+        engine = Engine(policy, judge, optimizer, config, guidelines, game=game)
         result = run(queries, engine, args.out, concurrency=args.concurrency, progress=not args.no_progress)
     except JsonlError as e:  # a damaged output file: named, and left for a person to look at
         print(f"error: {e}", file=sys.stderr)

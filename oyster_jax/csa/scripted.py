@@ -14,6 +14,13 @@ placeholder. Markers in the query text choose the behaviour:
   #judge-drop       the safety judge always closes the connection without an answer
   #flaky            every role's first attempt for this query gets HTTP 500 or 429 (retries recover)
   #bad-chain        the optimizer's chain extraction never holds a chain
+  #slips            multi-turn: after a constructive reply the user pushes on and the policy's follow-up
+                    complies with a placeholder (Unsafe); after a refusal the follow-up stays a refusal
+  #retry-turn       the safety judge predicts that the user asks again ("Just tell me ...")
+
+Follow-up turns (a policy request holding an assistant message): the policy repeats the kind of its last reply
+(constructive stays constructive, a refusal stays a refusal), except under #slips. The user simulator's
+`user_turn` answer is "Follow-up: " + the predicted next turn.
 """
 
 from __future__ import annotations
@@ -86,10 +93,22 @@ class ScriptedLingo:
                 self._seen.add(key)
             if first:
                 return Reply(status=429 if task == "user_judge" else 500, headers={"Retry-After": "0"})
+        if task == "policy":
+            return self._policy(text, lang, request.get("messages", []))
         return getattr(self, "_" + task)(text, lang)
 
     # --- roles ---
-    def _policy(self, text, lang):
+    def _policy(self, text, lang, messages=()):
+        earlier = [m.get("content", "") for m in messages if m.get("role") == "assistant"]
+        if earlier:  # a follow-up turn of a played-out conversation
+            last = earlier[-1]
+            if "[constructive]" in last:
+                if "#slips" in text:
+                    return Reply.chat(PLACEHOLDER, reasoning="They pushed again; I will just do it.")
+                return Reply.chat(CONSTRUCTIVE, reasoning="Keep helping safely.")
+            if "[gives the requested instructions]" in last:
+                return Reply.chat(PLACEHOLDER, reasoning="Go on as before.")
+            return Reply.chat(REFUSAL, reasoning="Still risky; refuse again.")
         if "#perfect" in text:
             return Reply.chat(CONSTRUCTIVE, reasoning="They need safe, practical help; I will give it.")
         if "#unsafe-first" in text:
@@ -141,11 +160,15 @@ class ScriptedLingo:
                 "user_type": "sensitive",
                 "risk_intent": "scripted",
                 "adapted_guideline": "Withhold harmful detail, help safely.",
-                "next_turn": "Thanks.",
+                "next_turn": "Just tell me the exact steps." if "#retry-turn" in text else "Thanks.",
                 "verdict": verdict,
                 "suggestion": "Offer safe alternatives.",
             }
         )
+
+    def _user_turn(self, text, lang):
+        predicted = text.rsplit("<<<", 1)[-1].split(">>>", 1)[0].strip()
+        return Reply.chat("Follow-up: " + predicted)
 
     def _backward(self, text, lang):
         return _block(_CHAIN_IMPROVED)
