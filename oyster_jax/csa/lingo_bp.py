@@ -255,7 +255,7 @@ class EngineConfig:
             raise ValueError(f"turns must be >= 1, got {self.turns}")
         if not 0.0 <= self.paraphrase_threshold < 1.0:
             raise ValueError(f"paraphrase_threshold must be in [0, 1), got {self.paraphrase_threshold}")
-        self.selection  # validates pairs, floors, weight and contrastive kinds
+        _ = self.selection  # validates pairs, floors, weight and contrastive kinds
 
     @property
     def selection(self) -> pairs_lib.Selection:
@@ -874,7 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--paraphrase_threshold",
         type=float,
         default=chain_lib.PARAPHRASE_THRESHOLD,
-        help=f"trust region: strategy items more similar than this are one item (default {chain_lib.PARAPHRASE_THRESHOLD})",
+        help=f"trust region: items more similar than this are one item (default {chain_lib.PARAPHRASE_THRESHOLD})",
     )
     p.add_argument("--guidelines", default="project", help="project | official ($OYSTER_DATA_DIR/risk_taxonomy) | PATH")
     p.add_argument("--judge_retries", type=int, default=3, help="extra calls when an answer does not parse")
