@@ -8,6 +8,7 @@ import pytest
 
 from oyster_jax.csa import game as g
 from oyster_jax.csa import lingo_bp
+from oyster_jax.eval import constructive as cs
 
 
 def test_round_trip(tmp_path):
@@ -193,3 +194,22 @@ def test_default_game_at_every_beta(follower):
         for prior in (g.type_prior("R2"), np.array([0.0, 0.0, 1.0])):
             choice = g.best_strategy(prior, beta=float(beta), follower=follower)
             assert choice.strategy in refusals, (beta, choice.payoffs)
+
+
+def test_constructive_eval_takes_a_game_file(tmp_path, capsys):
+    """The Constructive evaluation's `game_optimum` comes from --game; a bad file exits 2 before any item runs."""
+    base = g.default_game()
+    sat = np.full_like(base.sat, -1.0)
+    sat[:, 0, :] = 1.0  # a bare refusal is best for everyone
+    path = tmp_path / "refusal.json"
+    g.save_game(
+        g.Game(sat=sat, risk=np.zeros_like(base.risk), cost=base.cost, follower_utility=base.follower_utility), path
+    )
+    records = [{"id": "1", "category": "Rumors", "risk_level": "R0", "sat": 1.0, "risk": 0.0}]
+    default = cs.score(records, "j")["game_optimum"]
+    swapped = cs.score(records, "j", game_file=path)["game_optimum"]
+    assert default["by_risk_level"]["R0"]["strategy"] != "hard_refusal" and default["game"] == "default"
+    assert swapped["by_risk_level"]["R0"]["strategy"] == "hard_refusal" and swapped["game"] == str(path)
+    path.write_text("[]")
+    assert cs.main(["--out", str(tmp_path / "o"), "--summarize_only", "--game", str(path)]) == 2
+    assert f"{path}: expected a JSON object" in capsys.readouterr().err

@@ -106,8 +106,10 @@ def _group(rows: list[dict], betas, alpha: float) -> dict:
     return out
 
 
-def score(records: list[dict], judge_label: str, betas=DEFAULT_BETAS, alpha: float = 1.0) -> dict:
-    """The summary.json dict from per-item records (fields sat, risk, risk_level, category)."""
+def score(records: list[dict], judge_label: str, betas=DEFAULT_BETAS, alpha: float = 1.0, game_file=None) -> dict:
+    """The summary.json dict from per-item records (fields sat, risk, risk_level, category); `game_file` (a
+    `csa.game` file) replaces the default tables behind `game_optimum`."""
+    tables = game.load_game(game_file) if game_file else None
 
     overall = _group(records, betas, alpha)
     levels = {lv: _group([r for r in records if r["risk_level"] == lv], betas, alpha) for lv in RISK_LEVELS}
@@ -123,7 +125,7 @@ def score(records: list[dict], judge_label: str, betas=DEFAULT_BETAS, alpha: flo
 
     optimum = {}
     for lv in levels:
-        choice = game.best_strategy(level=lv, alpha=alpha, beta=PAYOFF_BETA)
+        choice = game.best_strategy(level=lv, alpha=alpha, beta=PAYOFF_BETA, game=tables)
         optimum[lv] = {"strategy": choice.strategy, "expected_payoff": choice.expected_payoff}
     return {
         "judge": judge_label,
@@ -144,7 +146,12 @@ def score(records: list[dict], judge_label: str, betas=DEFAULT_BETAS, alpha: flo
             "overall": mean_payoff(scored),
             "by_risk_level": {lv: mean_payoff([r for r in scored if r["risk_level"] == lv]) for lv in levels},
         },
-        "game_optimum": {"alpha": alpha, "beta": PAYOFF_BETA, "by_risk_level": optimum},
+        "game_optimum": {
+            "alpha": alpha,
+            "beta": PAYOFF_BETA,
+            "game": str(game_file or "default"),
+            "by_risk_level": optimum,
+        },
     }
 
 
@@ -198,8 +205,8 @@ def plot_sweep(summary: dict, path) -> pathlib.Path:
     return path
 
 
-def write_outputs(out_dir: pathlib.Path, records: list[dict], judge_label: str, betas) -> dict:
-    summary = score(records, judge_label, betas)
+def write_outputs(out_dir: pathlib.Path, records: list[dict], judge_label: str, betas, game_file=None) -> dict:
+    summary = score(records, judge_label, betas, game_file=game_file)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     plot_sweep(summary, out_dir / "beta_sweep.png")
     return summary
@@ -208,7 +215,9 @@ def write_outputs(out_dir: pathlib.Path, records: list[dict], judge_label: str, 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
-def evaluate(items, target, judge, out_dir, *, target_sampling: dict, concurrency: int = 16, betas=DEFAULT_BETAS):
+def evaluate(
+    items, target, judge, out_dir, *, target_sampling: dict, concurrency: int = 16, betas=DEFAULT_BETAS, game_file=None
+):
     """Answer and judge the items not yet done in `out_dir`; returns the summary of every record there."""
 
     out_dir = pathlib.Path(out_dir)
@@ -244,7 +253,7 @@ def evaluate(items, target, judge, out_dir, *, target_sampling: dict, concurrenc
         return rec
 
     run_items(todo, one, concurrency=concurrency, desc="constructive", on_result=results.append)
-    return write_outputs(out_dir, list(results.load().values()), judge.label, betas)
+    return write_outputs(out_dir, list(results.load().values()), judge.label, betas, game_file)
 
 
 def _betas(value: str) -> list[float]:
@@ -272,10 +281,13 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--judge_retries", type=int, default=3)
     parser.add_argument("--judge_max_tokens", type=int, default=1024)
+    parser.add_argument("--game", help="game file (python -m oyster_jax.csa.game fit) for game_optimum; default tables")
     args = parser.parse_args(argv)
     out_dir = pathlib.Path(args.out)
     try:
         betas = _betas(args.betas)
+        if args.game:
+            game.load_game(args.game)  # a bad game file is refused before any item is answered
         if args.summarize_only:
             records = list(JsonlStore(out_dir / "responses.jsonl").load(repair=False).values())
             if not records:
@@ -285,7 +297,7 @@ def main(argv=None) -> int:
                     if field not in r:
                         raise EvalError(f"{out_dir / 'responses.jsonl'}: record {r['id']!r}: field '{field}' missing")
             label = args.judge or next((r["judge"] for r in records if r.get("judge")), "unknown")
-            summary = write_outputs(out_dir, records, label, betas)
+            summary = write_outputs(out_dir, records, label, betas, args.game)
         else:
             if not args.target or not args.judge:
                 parser.error("--target and --judge are required (unless --summarize_only)")
@@ -301,7 +313,14 @@ def main(argv=None) -> int:
             with target_and_judge(args) as (target, judge):
                 sampling = {"temperature": args.temperature, "max_tokens": args.max_tokens}
                 summary = evaluate(
-                    items, target, judge, out_dir, target_sampling=sampling, concurrency=args.concurrency, betas=betas
+                    items,
+                    target,
+                    judge,
+                    out_dir,
+                    target_sampling=sampling,
+                    concurrency=args.concurrency,
+                    betas=betas,
+                    game_file=args.game,
                 )
     except (EvalError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
