@@ -10,23 +10,31 @@ local:CKPT_DIR (our own JAX model). The optimizer (chain extraction and backward
 
 Input: JSONL, one query per line: {id, query, language?, category?, risk_level?, persona?}. language is
 'en' or 'zh' ('cn' accepted), defaulting to --language; category is one of the 32 second-level (or 9
-first-level) names in English or Chinese, or "no risk"; risk_level is R0/R1/R2.
+first-level) names in English or Chinese, or "no risk"; risk_level is R0/R1/R2. A conversation goes in as
+`messages` ([{role: system|user|assistant, content}], ending with a user turn) instead of `query`: the policy
+gets it as it is, the judges and the optimizer see it rendered as text.
 
 Per query: risk assessment (judge) -> game prior p(θ|x) and recommended strategy -> adaptive guideline ->
 initial pass (policy) -> chain extraction (optimizer) -> user-simulator and safety judges -> up to
 --rounds times: backward step (optimizer) -> trust-region merge -> recombine (policy) -> re-judge; stop
-early at full marks (Sat = 1 and Safe). The pearl point is the safe iterate with the highest Sat (earliest
-on ties). Π = α·Sat − β·Risk (−γ·Cost) ranks iterates.
+early at full marks (Sat = 1 and Safe). With --turns K > 1 every iterate's conversation is then played on for
+K − 1 more turns (the safety judge's predicted next user turn, voiced by the user simulator, answered by the
+policy, judged in context; oyster_jax.csa.rollout) and scored at the conversation level. The game decides
+(oyster_jax.csa.pairs): each iterate is ranked by E = (1 − w)·Π + w·V(move), Π = α·Sat − β·Risk (−γ·Cost) of
+the judges and V the game's expected leader payoff of the reply's move under p(θ|x) with the follower's
+(--follower quantal|best) response; the pearl point is the safe iterate with the highest E. --game FILE
+replaces the default tables (python -m oyster_jax.csa.game fit writes one from a run's trajectories).
 
 Outputs in --out:
   trajectories.jsonl  one line per finished query: every iterate with its chain, judgments and scores
-  sft.jsonl           one SFT record for each finished query that has a safe iterate (the pearl point)
-  pairs.jsonl         preference pairs: pearl vs the initial response and vs the worst iterate by Π
-                      (--pairs initial,worst|all), only where the rejected one has a strictly lower Π
+  sft.jsonl           one SFT record per finished query whose pearl point is safe with Sat >= --min_sat
+  pairs.jsonl         preference pairs: pearl vs the initial response and vs the worst iterate by E
+                      (--pairs initial,worst|all), only where E drops by at least --min_margin; with
+                      --contrastive, also vs a blunt refusal / an unsafe-compliance placeholder
   summary.json        total, improved, unchanged, failed, sft_written, pairs_written, judge_parse_failures,
-                      sat_before, sat_after, risk_before, risk_after
+                      sat_before, sat_after, risk_before, risk_after, dropped (what the floors left out)
   pearl_point.png     Sat vs Risk of each query before (initial) and after (pearl point)
-"improved": the output iterate (pearl point, or best by Π when no iterate is safe) has a higher Π than the
+"improved": the output iterate (pearl point, or best by E when no iterate is safe) has a higher E than the
 initial one; "unchanged": finished otherwise; "failed": no trajectory (a call kept failing: HTTP errors
 or timeouts after the backend's retries, or an answer that never parsed in 1 + --judge_retries calls).
 A failed query produces no record and nothing is scored by default; sat_*/risk_* are means over finished
@@ -36,8 +44,8 @@ oyster_jax.data.jsonl_store). A trajectory line is written last, after the query
 marks the query as finished.
 
 Exit status: 0 when the run completed, even if some or all queries failed (see summary.json "failed");
-2 for bad input (arguments, input file, SPEC, rules file, an output line other than a torn last one that is
-not a record: the message names file, line and field); 130 when interrupted (finished queries are kept and
+2 for bad input (arguments, input file, SPEC, rules file, game file, an output line other than a torn last one
+that is not a record: the message names file, line and field); 130 when interrupted (finished queries are kept and
 the summary is written, with the queries not yet reached counted as failed; rerun to resume); 1 for an
 internal error.
 """
