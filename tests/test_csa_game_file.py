@@ -213,3 +213,11 @@ def test_constructive_eval_takes_a_game_file(tmp_path, capsys):
     path.write_text("[]")
     assert cs.main(["--out", str(tmp_path / "o"), "--summarize_only", "--game", str(path)]) == 2
     assert f"{path}: expected a JSON object" in capsys.readouterr().err
+
+
+def test_fingerprint_tells_games_apart(tmp_path):
+    game = g.default_game()
+    g.save_game(game, tmp_path / "a.json")
+    assert g.fingerprint(g.load_game(tmp_path / "a.json")) == g.fingerprint(game)
+    other = g.Game(sat=game.sat, risk=game.risk, cost=game.cost, follower_utility=game.follower_utility * 2)
+    assert g.fingerprint(other) != g.fingerprint(game)

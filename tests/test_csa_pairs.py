@@ -186,6 +186,7 @@ def test_a_game_swap_changes_the_pairs(tmp_path):
     strip = lambda ts: [[(it["response"], it["sat"], it["risk"]) for it in t["iterates"]] for t in ts]
     assert strip(t_default) == strip(t_refusal)
     assert t_refusal[0]["game"]["recommended"] == "hard_refusal"
+    assert t_refusal[0]["game"]["game_id"] == g.fingerprint(_refusal_game()) != t_default[0]["game"]["game_id"]
     # ... but other pairs: the refusal game prefers the initial blunt refusal of "a" over the constructive reply.
     assert sorted(p["id"] for p in p_default) == ["a#pair-r1-r0", "b#pair-r1-r0"]
     assert sorted(p["id"] for p in p_refusal) == ["a#pair-r0-r1", "b#pair-r1-r0"]

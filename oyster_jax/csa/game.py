@@ -46,6 +46,7 @@ import argparse
 import dataclasses
 import enum
 import functools
+import hashlib
 import json
 import math
 import pathlib
@@ -79,6 +80,7 @@ __all__ = [
     "game_from_dict",
     "save_game",
     "load_game",
+    "fingerprint",
     "reply_strategy",
     "classify_reaction",
     "quantal_reactions",
@@ -412,6 +414,12 @@ def game_from_dict(obj, where: str = "<game>") -> Game:
 
 def save_game(game: Game, path, fit: dict | None = None) -> None:
     atomic_write_json(path, game_to_dict(game, fit))
+
+
+def fingerprint(game: Game) -> str:
+    """A short content hash of a game's names and tables (which game made a trajectory)."""
+    text = json.dumps(game_to_dict(game), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def load_game(path) -> Game:

@@ -309,6 +309,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.guidelines = guidelines
         self.game = game or game_lib.default_game()
+        self.game_id = game_lib.fingerprint(self.game)  # in every trajectory: which tables ranked its iterates
         # One judge client per backend; the same backend object shares one client.
         self._clients: dict[int, JudgeClient] = {}
 
@@ -331,8 +332,8 @@ class Engine:
 
     def _prompt_messages(self, q: Query) -> list[dict]:
         msgs = [{"role": "system", "content": self.config.system_prompt}] if self.config.system_prompt else []
-        if q.history:  # conversation input, sent as it is
-            return msgs + list(q.history)
+        if q.history:  # conversation input, sent as it is (its own system turn wins over --system_prompt)
+            return (msgs if q.history[0]["role"] != "system" else []) + list(q.history)
         return msgs + [{"role": "user", "content": q.query}]
 
     async def _judge(self, q: Query, ctx: dict, response: str, stats: dict) -> dict:
@@ -428,6 +429,7 @@ class Engine:
             rationality=c.rationality,
         )
         game_info = {
+            "game_id": self.game_id,
             "prior": dict(zip(self.game.type_names, map(float, prior))),
             "recommended": choice.strategy,
             "expected_payoffs": choice.payoffs,
