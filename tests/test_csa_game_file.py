@@ -138,7 +138,7 @@ def test_fit_by_hand(tmp_path):
     assert choice.reactions["sensitive"]["hard_refusal"] == "leave"
 
 
-def test_fit_cli_writes_a_game_lingo_bp_accepts(tmp_path, capsys):
+def test_fit_cli_writes_a_game_file(tmp_path, capsys):
     path = _write_trajectories(tmp_path / "trajectories.jsonl")
     assert g.main(["fit", "--trajectories", str(path)]) == 0
     out = tmp_path / "game.json"

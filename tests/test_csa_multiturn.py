@@ -86,6 +86,10 @@ def test_fit_reads_played_turns(tmp_path):
     counts = info["counts"]
     rephrase = game.reaction_names.index("rephrase")
     assert sum(counts[t][s][rephrase] for t in range(3) for s in range(5)) == 4
+    # The fitted file goes back into Lingo-BP.
+    g.save_game(game, tmp_path / "fitted.json", info)
+    rc, _, trajs, *_ = _run(tmp_path, QUERIES[:1], "--game", str(tmp_path / "fitted.json"), name="again")
+    assert rc == 0 and trajs["a"]["game"]["game_id"] == g.fingerprint(game) != g.fingerprint(g.default_game())
 
 
 def test_conversation_input(tmp_path):

@@ -993,6 +993,7 @@ def main(argv=None) -> int:
         f"lingo-bp: {s['total']} queries: {s['improved']} improved, {s['unchanged']} unchanged, "
         f"{s['failed']} failed; {s['sft_written']} SFT records, {s['pairs_written']} pairs; "
         f"judge parse failures {s['judge_parse_failures']}\n"
+        f"  left out by the floors: {', '.join(f'{k} {v}' for k, v in s['dropped'].items())}\n"
         f"  Sat {fmt(s['sat_before'])} -> {fmt(s['sat_after'])}   "
         f"Risk {fmt(s['risk_before'])} -> {fmt(s['risk_after'])}\n"
         f"  this run: {result.processed} queries in {result.elapsed_s:.1f}s ({result.queries_per_minute:.1f}/min)"
