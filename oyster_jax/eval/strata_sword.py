@@ -29,7 +29,8 @@ import sys
 from oyster_jax import cli
 from oyster_jax.core import taxonomy as tx
 from oyster_jax.core.files import atomic_write_text
-from oyster_jax.core.schemas import iter_json_lines, read_records
+from oyster_jax.core.schemas import RecordError, iter_json_lines
+from oyster_jax.data import strata_sword as strata_data
 from oyster_jax.data.jsonl_store import JsonlStore
 from oyster_jax.eval.common import (
     KEYWORD_LABEL,
@@ -56,8 +57,8 @@ __all__ = [
     "main",
 ]
 
-LANGUAGES = ("en", "cn")
-LEVELS = (1, 2, 3)
+LANGUAGES = strata_data.LANGUAGES
+LEVELS = strata_data.LEVELS
 JUDGMENTS = ("Safe", "Unsafe")
 
 
@@ -74,30 +75,16 @@ def _language(value: str, where: str) -> str:
 
 
 def load_prompts(data_dir, languages=LANGUAGES, levels=LEVELS, limit: int | None = None) -> list[dict]:
-    """Prompts of `data_dir/strata_sword/{lang}_level_{n}.jsonl` (or `data_dir` itself holding the files);
-    `limit` keeps N of each file, stratified over its attack methods (`stratified_subset`). Every line is
-    validated (errors name file, line, field)."""
-    root = pathlib.Path(data_dir)
-    if (root / "strata_sword").is_dir():
-        root = root / "strata_sword"
+    """Prompts of `data_dir/strata_sword/{lang}_level_{n}.jsonl` (or `data_dir` itself holding the files),
+    read by the project's one Strata-Sword loader (`oyster_jax.data.strata_sword`); `limit` keeps N of each
+    language x level, stratified over its attack methods (`stratified_subset`)."""
     items = []
-    for lang in languages:
-        for level in levels:
-            path = root / f"{lang}_level_{level}.jsonl"
-            if not path.is_file():
-                raise EvalError(
-                    f"{path}: Strata-Sword file not found. Import the official release (the strata_sword/*.xlsx "
-                    "files of the Alibaba-AAIG/Strata-Sword repository) with `python -m oyster_jax.data.import_release "
-                    "strata_sword --src FOLDER --out DATA_DIR` and pass DATA_DIR (or set OYSTER_DATA_DIR)"
-                )
-            records = read_records(path, "eval")
-            for rec in records:
-                if rec["language"] != lang or rec["level"] != level:
-                    raise EvalError(
-                        f"{path}: record {rec['id']!r} says language={rec['language']!r} level={rec['level']!r}, "
-                        f"but the file is {lang} level {level}"
-                    )
-            items += stratified_subset(records, limit) if limit is not None else records
+    try:
+        files = strata_data.load(data_dir, languages, levels)
+    except (strata_data.StrataSwordNotFound, strata_data.StrataSwordError, RecordError) as e:
+        raise EvalError(str(e)) from None
+    for records in files.values():
+        items += stratified_subset(records, limit) if limit is not None else records
     return items
 
 
@@ -329,7 +316,7 @@ def main(argv=None) -> int:
             if not args.target or not args.judge:
                 parser.error("--target and --judge are required (unless --summarize_only)")
             if not args.data_dir:
-                parser.error("--data_dir is required when $OYSTER_DATA_DIR is not set")
+                parser.error(f"--data_dir is required when $OYSTER_DATA_DIR is not set; {strata_data.HOWTO}")
             if args.limit is not None and args.limit < 1:
                 parser.error("--limit must be >= 1")
             languages = [
