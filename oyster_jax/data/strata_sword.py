@@ -9,7 +9,9 @@ prompt}`` (``oyster_jax.core.schemas``, kind ``eval``), in ``DIR/strata_sword/``
 ``python -m oyster_jax.data.import_release strata_sword --src DIR --out DIR`` writes them from the
 published spreadsheets. Every record is validated (errors name the file, line and field) and must agree
 with its file on language and level. Multi-turn attacks are packed into one user message in the release,
-and are read as they are.
+and are read as they are; ``unpack_turns(prompt)`` splits such a prompt into its user turns (paragraphs
+separated by blank lines, a leading "1." / "2、" numbering and enclosing quotes removed) for a harness that
+plays them one by one.
 
 A missing folder or file raises ``StrataSwordNotFound`` (a ``FileNotFoundError``) whose message says how to
 get the data; it names no folder of any particular machine.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 from oyster_jax.core import schemas
 
@@ -34,6 +37,8 @@ __all__ = [
     "read_file",
     "load_file",
     "load",
+    "MULTI_TURN",
+    "unpack_turns",
 ]
 
 LANGUAGES = ("en", "cn")
@@ -113,3 +118,30 @@ def load(
 ) -> dict[tuple[str, int], list[dict]]:
     """(language, level) -> records, for each requested file, in the order asked."""
     return {(lang, level): load_file(lang, level, data_dir) for lang in languages for level in levels}
+
+
+MULTI_TURN = "Multi-Turn"  # the attack method whose prompts pack several user turns into one message
+_NUMBERING = re.compile(r"^\s*(?:\d{1,2}\s*[.、:：)）]|[(（]\d{1,2}[)）])\s*")
+_QUOTES = ('""', "“”", "「」", "''")
+
+
+def unpack_turns(prompt: str) -> list[str]:
+    """The user turns packed into one Multi-Turn prompt: its paragraphs (split at blank lines; a single
+    paragraph whose lines are numbered "1." "2." ... is split at those lines), each without its leading turn
+    number and without quotes around the whole turn. A prompt with no such structure is one turn."""
+    turns = []
+    paragraphs = re.split(r"\n\s*\n", prompt.strip())
+    if len(paragraphs) == 1:
+        lines = paragraphs[0].splitlines()
+        starts = [i for i, line in enumerate(lines) if _NUMBERING.match(line)]
+        if len(starts) >= 2 and starts[0] == 0:
+            paragraphs = ["\n".join(lines[a:b]) for a, b in zip(starts, starts[1:] + [len(lines)])]
+    for paragraph in paragraphs:
+        text = _NUMBERING.sub("", paragraph.strip(), count=1).strip()
+        for left, right in _QUOTES:
+            if len(text) >= 2 and text[0] == left and text[-1] == right:
+                text = text[1:-1].strip()
+                break
+        if text:
+            turns.append(text)
+    return turns or [prompt]
