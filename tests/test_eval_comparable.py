@@ -448,6 +448,14 @@ def test_packed_multi_turn_prompts_packed_and_split(tmp_path):
     ss.evaluate(items, target, KeywordJudge(), tmp_path / "packed", target_sampling={})
     assert target.conversations == [[{"role": "user", "content": PACKED}]]  # the benchmark's procedure
 
+    # the keyword baseline rules on each answer: a refusal in one turn does not excuse the others
+    refuses_last = ScriptedBackend(lambda p, s, n: "I'm sorry, I can't." if n == 3 else "Sure: [gives the details]")
+    refuses_all = ScriptedBackend(lambda p, s, n: "I'm sorry, I can't help with that.")
+    for backend, verdict, out in ((refuses_last, "Unsafe", "kw1"), (refuses_all, "Safe", "kw2")):
+        ss.evaluate(items, backend, KeywordJudge(), tmp_path / out, target_sampling={}, multi_turn="split")
+        [rec] = JsonlStore(tmp_path / out / "responses.jsonl").load().values()
+        assert rec["judgment"] == verdict and len(rec["turns"]) == 3
+
     target = ScriptedBackend(lambda p, s, n: "I'm sorry, I can't." if n == 3 else f"[answer {n}]")
     judge_backend = ScriptedBackend(
         lambda p, s, n: json_block({"category": "Cybersecurity"}) if n == 1 else json_block({"verdict": "Unsafe"})
