@@ -38,17 +38,26 @@ def json_block(obj) -> str:
 
 
 class ScriptedBackend:
-    """Backend whose answer is `script(prompt_text, sampling, call_number)` -> str or (reasoning, content)."""
+    """Backend whose answer is `script(prompt_text, sampling, call_number)` -> str, (reasoning, content) or
+    (reasoning, content, finish_reason); the finish reason defaults to "stop". `conversations` keeps every
+    call's whole message list."""
 
     def __init__(self, script, name="scripted"):
         self.script, self.name = script, name
         self.calls: list[tuple[str, dict]] = []
+        self.conversations: list[list[dict]] = []
 
-    async def achat(self, messages, **sampling):
+    async def achat_finish(self, messages, **sampling):
         prompt = messages[-1]["content"]
         self.calls.append((prompt, sampling))
+        self.conversations.append([dict(m) for m in messages])
         out = self.script(prompt, sampling, len(self.calls))
-        return out if isinstance(out, tuple) else ("", out)
+        out = out if isinstance(out, tuple) else ("", out)
+        return out if len(out) == 3 else (*out, "stop")
+
+    async def achat(self, messages, **sampling):
+        reasoning, content, _ = await self.achat_finish(messages, **sampling)
+        return reasoning, content
 
     def chat(self, messages, **sampling):
         import asyncio

@@ -50,6 +50,16 @@ def test_a_complete_last_line_without_newline_is_kept(tmp_path):
     assert [r["id"] for r in JsonlStore(store.path).records()] == ["a", "b", "c"]
 
 
+def test_numbered_gives_each_record_its_line(tmp_path):
+    store = _store(tmp_path, '{"id": "a"}\n\n{"id": "b"}\n{"id": "a", "v": 2}\n{"id": "c", "v')
+    assert JsonlStore(store.path).numbered(repair=False) == [
+        (1, {"id": "a"}),
+        (3, {"id": "b"}),
+        (4, {"id": "a", "v": 2}),
+    ]
+    assert store.path.read_text().endswith('"v')  # read-only
+
+
 def test_a_torn_multibyte_character_is_a_torn_line(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_bytes(b'{"id": "a"}\n' + '{"id": "b", "v": "中'.encode()[:-1])

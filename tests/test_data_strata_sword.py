@@ -1,11 +1,12 @@
 """Strata-Sword through the SeqIO tasks and the TFDS builder, read from OYSTER_DATA_DIR (skips when absent)."""
 
 import collections
+import json
 
 import pytest
 
 from oyster_jax.core import chat
-from oyster_jax.data import tasks
+from oyster_jax.data import strata_sword, tasks
 from oyster_jax.data.tf_setup import seqio
 from oyster_jax.data.vocab import default_vocabulary
 
@@ -67,5 +68,71 @@ def test_missing_data_dir_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("OYSTER_DATA_DIR", raising=False)
     source = seqio.TaskRegistry.get("strata_sword_en_l1").source
     assert isinstance(source, tasks.JsonlSource)
-    with pytest.raises(FileNotFoundError, match="set OYSTER_DATA_DIR"):
+    with pytest.raises(strata_sword.StrataSwordNotFound, match="OYSTER_DATA_DIR is not set") as e:
         source.records("test")
+    assert "python -m oyster_jax.data.import_release strata_sword --src DIR --out DIR" in str(e.value)
+
+
+# --- one loader for the three readers, on small files written here (never the real prompts) ---------------
+
+
+def _fixture(folder, sub=True, bad=None):
+    """Six tiny files (2 prompts each); `bad` = (lang, level) whose second record claims another level."""
+    root = folder / "strata_sword" if sub else folder
+    root.mkdir(parents=True)
+    for lang in ("en", "cn"):
+        for level in (1, 2, 3):
+            rows = [
+                {"id": f"{lang}-L{level}-{i:03d}", "language": lang, "level": level,
+                 "attack_method": "Direct" if level == 1 else f"M{i}", "prompt": f"[placeholder prompt {i}]"}
+                for i in range(2)
+            ]  # fmt: skip
+            if bad == (lang, level):
+                rows[1]["level"] = 1 if level != 1 else 2
+            (root / f"{lang}_level_{level}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    return folder
+
+
+def test_loader_reads_both_layouts(tmp_path):
+    a = strata_sword.load(_fixture(tmp_path / "a"), ("en",), (2,))
+    b = strata_sword.load(_fixture(tmp_path / "b", sub=False) / "", ("en",), (2,))
+    assert [r["id"] for r in a["en", 2]] == [r["id"] for r in b["en", 2]] == ["en-L2-000", "en-L2-001"]
+    assert set(strata_sword.load(tmp_path / "a")) == {(g, n) for g in ("en", "cn") for n in (1, 2, 3)}
+
+
+def test_missing_file_says_how_to_get_the_data(tmp_path):
+    with pytest.raises(strata_sword.StrataSwordNotFound) as e:
+        strata_sword.load_file("cn", 3, tmp_path)
+    message = str(e.value)
+    assert "cn_level_3.jsonl" in message and "Alibaba-AAIG/Strata-Sword" in message
+    assert "python -m oyster_jax.data.import_release strata_sword --src DIR --out DIR" in message
+    assert "shared" not in message.replace(str(tmp_path), "")  # no folder of this machine besides the one asked
+
+
+def test_harness_task_and_tfds_builder_share_the_loader(tmp_path, monkeypatch):
+    """A file whose record disagrees with its name fails the same way in all three readers (one loader)."""
+    from oyster_jax.data.tf_setup import tfds
+    from oyster_jax.eval import strata_sword as harness
+
+    folder = _fixture(tmp_path / "data", bad=("cn", 2))
+    monkeypatch.setenv("OYSTER_DATA_DIR", str(folder))
+    expected = "cn_level_2.jsonl: record 'cn-L2-001'"
+    with pytest.raises(harness.EvalError, match=expected):
+        harness.load_prompts(folder, ["cn"], [2])
+    with pytest.raises(strata_sword.StrataSwordError, match=expected):
+        seqio.TaskRegistry.get("strata_sword_cn_l2").source.records("test")
+    import oyster_jax.data.tfds_builders  # noqa: F401  (registers the builders)
+
+    builder = tfds.builder("strata_sword/cn", data_dir=str(tmp_path / "tfds"))
+    with pytest.raises(strata_sword.StrataSwordError, match=expected):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(folder / "strata_sword"))
+        )
+    # the good files read the same through each
+    good = [r["id"] for r in strata_sword.load_file("en", 3, folder)]
+    assert [it["id"] for it in harness.load_prompts(folder, ["en"], [3])] == good
+    assert [r["id"] for r in seqio.TaskRegistry.get("strata_sword_en_l3").source.records("test")] == good
+    en = tfds.builder("strata_sword/en", data_dir=str(tmp_path / "tfds"))
+    en.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(folder)))
+    ids = sorted(ex["id"].decode() for ex in tfds.as_numpy(en.as_dataset(split="level3")))
+    assert ids == sorted(good)

@@ -87,7 +87,7 @@ FIXED = [
 def test_summary_arithmetic_on_fixed_judgments():
     s = ss.summarize(FIXED, "some-judge")
     assert s["judge"] == "some-judge"
-    assert set(s) == {"judge", "asr", "asr_by_attack_method", "valid", "invalid"}
+    assert set(s) == {"judge", "asr", "asr_ci", "asr_by_attack_method", "valid", "invalid", "finish_reasons"}
     assert s["asr"]["en"]["1"] == pytest.approx(100 / 3)
     assert s["asr"]["en"]["2"] == pytest.approx(200 / 3)
     assert s["asr"]["en"]["3"] is None  # no valid judgment: no rate, and left out of the average
@@ -256,6 +256,7 @@ def test_summarize_only_rebuilds_from_a_handwritten_file(tmp_path, capsys):
     (tmp_path / "responses.jsonl").write_text(HANDWRITTEN)
     assert ss.main(["--out", str(tmp_path), "--summarize_only", "--judge", "keyword"]) == 0
     s = json.loads((tmp_path / "summary.json").read_text())
+    assert s.pop("asr_ci")["en"]["1"]["n"] == 2 and s.pop("finish_reasons") == {"unknown": 5}
     assert s == {
         "judge": "keyword (baseline)",
         "asr": {"en": {"1": 100.0, "2": 100.0, "avg": 100.0}, "cn": {"3": 0.0, "avg": 0.0}},  # a1: last line wins
@@ -285,7 +286,11 @@ def test_cli_local_target_keyword_judge(data_dir, tmp_path, capsys):
     args += ["--data_dir", str(data_dir), "--out", str(out), "--languages", "en", "--levels", "1", "--limit", "2"]
     assert ss.main(args + ["--max_tokens", "4"]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["judge"] == "keyword (baseline)" and sum(s["valid"]["en"].values()) == 2
+    # a 4-token budget cuts the random model off: truncated answers are invalid for the keyword judge
+    assert s["judge"] == "keyword (baseline)" and s["valid"]["en"] == {"1": 0} and s["invalid"]["en"] == {"1": 2}
+    assert s["finish_reasons"] == {"length": 2}
+    records = JsonlStore(out / "responses.jsonl").load()
+    assert all(r["finish_reason"] == "length" and "truncated" in r["invalid_reason"] for r in records.values())
     assert "keyword (baseline)" in json.loads((out / "run.json").read_text())["judge"]
     assert ss.main(args + ["--max_tokens", "8"]) == 2  # a different budget must not mix into this run
     assert "max_tokens" in capsys.readouterr().err

@@ -65,6 +65,8 @@ __all__ = [
     "parse_user_type",
     "guideline",
     "load_official_guidelines",
+    "resolve_guidelines",
+    "GUIDELINE_CHOICES",
     "adaptive_guideline",
 ]
 
@@ -732,6 +734,37 @@ def guideline(category: str, language: str = "en", guidelines: GuidelineSet | No
     if guidelines is not None and cat.name_en in guidelines:
         return guidelines[cat.name_en][lang]
     return PROJECT_GUIDELINES[cat.name_en][lang]
+
+
+GUIDELINE_CHOICES = ("auto", "project", "official")
+
+
+def resolve_guidelines(
+    choice: str = "auto", data_dir: str | os.PathLike | None = None
+) -> tuple[dict[str, dict[str, str]] | None, str]:
+    """The one guideline source of the tools: ``(guidelines for guideline(), source label)``.
+
+    ``auto``: the official rules when ``data_dir/risk_taxonomy`` (default ``$OYSTER_DATA_DIR``) has them, else the
+    project's wording; ``project``: always the project's (None); ``official``: the official rules, an error when
+    they cannot be read; any other value is the path of a ``level2_rules.jsonl`` (or its folder). The label is
+    ``"project"``, ``"official"`` or ``"official:PATH"`` for an explicit path; write it next to the scores.
+    An official file that exists but does not read is an error under every choice but ``project``.
+    """
+    if choice == "project":
+        return None, "project"
+    if choice in ("auto", "official"):
+        data_dir = data_dir if data_dir not in (None, "") else os.environ.get("OYSTER_DATA_DIR")
+        folder = pathlib.Path(data_dir) / "risk_taxonomy" if data_dir else None
+        if folder is None or not (folder / "level2_rules.jsonl").is_file():
+            if choice == "auto":
+                return None, "project"
+            where = f"{folder}/level2_rules.jsonl" if folder else "risk_taxonomy/ (OYSTER_DATA_DIR is not set)"
+            raise TaxonomyError(
+                f"official guidelines requested but {where} is missing; import them with "
+                "`python -m oyster_jax.data.import_release taxonomy --src DIR --out DIR`"
+            )
+        return load_official_guidelines(folder), "official"
+    return load_official_guidelines(choice), f"official:{choice}"
 
 
 _INTENT_ADAPTATION = {

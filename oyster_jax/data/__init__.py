@@ -32,6 +32,7 @@ Other pieces:
 - ``oyster_jax.data.tf_setup``: the one import of TensorFlow, SeqIO and TFDS; it hides every GPU and TPU
   from TensorFlow (``tf.config.set_visible_devices``) so that JAX keeps them.
 - ``oyster_jax.data.tfds_builders``: TFDS builders ``strata_sword`` (manual dir) and ``oyster_csa_seed``.
+- ``oyster_jax.data.strata_sword``: the one Strata-Sword loader (harness, SeqIO tasks and TFDS builder).
 - ``oyster_jax.data.seed``: the bundled seed dataset (``python -m oyster_jax.data.seed.generate``) and
   ``seed.categories`` (L2 -> L1 taxonomy map, shared with ``oyster_jax.core.taxonomy``).
 """

@@ -54,10 +54,14 @@ class JsonlStore:
     def records(self, *, repair: bool = True) -> list[dict]:
         """Every record in file order (several per id possible). With `repair`, a damaged last line is fixed in
         the file (dropped when torn, newline added when complete); without it the file is only read."""
+        return [rec for _, rec in self.numbered(repair=repair)]
+
+    def numbered(self, *, repair: bool = True) -> list[tuple[int, dict]]:
+        """`records` with the line number of each (for errors that name `path:line`)."""
         if not self.path.exists():
             self._repaired = True
             return []
-        records: list[dict] = []
+        records: list[tuple[int, dict]] = []
         torn_at = None  # byte offset of a torn last line
         missing_newline = False
         offset = 0
@@ -77,7 +81,7 @@ class JsonlStore:
                     rid = rec.get("id")
                     if isinstance(rid, bool) or not isinstance(rid, str | int):
                         raise JsonlError(self.path, lineno, "field 'id': missing or not a string / integer")
-                    records.append(rec)
+                    records.append((lineno, rec))
                     missing_newline = is_last_unterminated
                 offset += len(raw)
         if repair:

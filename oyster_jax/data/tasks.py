@@ -13,7 +13,8 @@ Built-in tasks (vocabulary: the bundled tiny tokenizer; chat format ChatML; chai
 Mixture ``oyster_csa_sft_mix`` = constructive SFT (rate 0.85) + general chat (0.15); build another with
 ``register_sft_mixture(name, constructive_rate=..., general_rate=...)`` or pass ``rates=`` to
 ``pipeline.make_sft_iterator``. The Strata-Sword tasks are always registered; their files are looked
-up when read, and a missing ``OYSTER_DATA_DIR`` gives an error that says so.
+up when read by ``oyster_jax.data.strata_sword`` (the loader the harness and the TFDS builder use too),
+and missing data gives an error that says how to import it.
 
 Users register their own JSONL files with
 ``register_jsonl_task(name, path, kind, vocabulary=None, chat_format="chatml", chain_style="prose",
@@ -44,7 +45,7 @@ import pathlib
 from collections.abc import Callable, Mapping
 
 from oyster_jax.core import chat, schemas
-from oyster_jax.data import features
+from oyster_jax.data import features, strata_sword
 from oyster_jax.data.tf_setup import seqio, tf
 from oyster_jax.data.vocab import default_vocabulary
 
@@ -90,23 +91,34 @@ def holdout_split(records, fraction: float, seed: int = 0) -> tuple[list, list]:
 PathLike = str | os.PathLike | Callable[[], str | os.PathLike]
 
 
+def _read_kind(path: pathlib.Path, kind: str) -> list[dict]:
+    return schemas.read_records(path, kind)
+
+
 class JsonlSource(seqio.DataSource):
     """Validated JSONL records of one kind (sft/pref/eval/constructive), one file per split.
 
     ``split_paths`` maps split -> path (or a zero-argument callable returning one, resolved when read:
-    how the Strata-Sword tasks find ``$OYSTER_DATA_DIR``). With ``holdout_fraction > 0`` a single
-    "train" file also yields a "validation" split (see ``holdout_split``).
+    how the Strata-Sword tasks find ``$OYSTER_DATA_DIR``); ``reader(path)`` replaces the schema reader (the
+    Strata-Sword tasks read through ``oyster_jax.data.strata_sword``, the one loader). With
+    ``holdout_fraction > 0`` a single "train" file also yields a "validation" split (see ``holdout_split``).
     ``records(split)`` gives the Python dicts (cached per file version); ``get_dataset`` gives a
     ``tf.data`` of ``{"id": str, "record": json str}``.
     """
 
     def __init__(
-        self, split_paths: Mapping[str, PathLike], kind: str, holdout_fraction: float = 0.0, holdout_seed: int = 0
+        self,
+        split_paths: Mapping[str, PathLike],
+        kind: str,
+        holdout_fraction: float = 0.0,
+        holdout_seed: int = 0,
+        reader: Callable[[pathlib.Path], list[dict]] | None = None,
     ):
         if kind not in schemas.KINDS:
             raise ValueError(f"unknown record kind {kind!r}: expected one of {schemas.KINDS}")
         self._split_paths = dict(split_paths)
         self._kind = kind
+        self._reader = reader or functools.partial(_read_kind, kind=kind)
         self._holdout = (float(holdout_fraction), int(holdout_seed))
         splits = list(self._split_paths)
         if holdout_fraction > 0:
@@ -141,7 +153,7 @@ class JsonlSource(seqio.DataSource):
         stat = path.stat()
         key = (str(path), stat.st_mtime_ns, stat.st_size)
         if self._cache.get("key") != key:
-            self._cache = {"key": key, "records": schemas.read_records(path, self._kind)}
+            self._cache = {"key": key, "records": self._reader(path)}
         records = self._cache["records"]
         fraction, seed = self._holdout
         if fraction > 0:
@@ -304,11 +316,12 @@ def register_jsonl_task(
     holdout_fraction: float = 0.0,
     holdout_seed: int = 0,
     overwrite: bool = False,
+    reader: Callable[[pathlib.Path], list[dict]] | None = None,
 ) -> seqio.Task:
     """Register a seqio Task over JSONL file(s) of ``kind`` in {"sft", "pref", "eval", "constructive"}.
 
     ``vocabulary`` defaults to the bundled tiny tokenizer. Re-registering an existing name needs
-    ``overwrite=True``.
+    ``overwrite=True``. ``reader(path)`` replaces the schema reader of the source (see ``JsonlSource``).
     """
     if kind not in schemas.KINDS:
         raise ValueError(f"unknown record kind {kind!r}: expected one of {schemas.KINDS}")
@@ -322,7 +335,7 @@ def register_jsonl_task(
             raise ValueError(f"task {name!r} is already registered (pass overwrite=True to replace it)")
         seqio.TaskRegistry.remove(name)
     vocabulary = vocabulary if vocabulary is not None else default_vocabulary()
-    source = JsonlSource(split_paths, kind, holdout_fraction, holdout_seed)
+    source = JsonlSource(split_paths, kind, holdout_fraction, holdout_seed, reader)
     if kind == "sft":
         preprocessors = [functools.partial(tokenize_sft, chat_format=chat_format, chain_style=chain_style)]
     elif kind == "pref":
@@ -353,16 +366,11 @@ def register_sft_mixture(
 
 
 def _strata_path(lang: str, level: int) -> Callable[[], pathlib.Path]:
-    def resolve() -> pathlib.Path:
-        data_dir = os.environ.get("OYSTER_DATA_DIR")
-        if not data_dir:
-            raise FileNotFoundError(
-                f"strata_sword_{lang}_l{level}: set OYSTER_DATA_DIR to the directory holding strata_sword/ "
-                "(see ../shared/data/README.md)"
-            )
-        return pathlib.Path(data_dir) / "strata_sword" / f"{lang}_level_{level}.jsonl"
+    return functools.partial(strata_sword.file_path, lang, level)  # resolved when read: $OYSTER_DATA_DIR
 
-    return resolve
+
+def _strata_reader(lang: str, level: int) -> Callable[[pathlib.Path], list[dict]]:
+    return lambda path: strata_sword.read_file(path, lang, level)
 
 
 def _register_builtins():
@@ -382,7 +390,11 @@ def _register_builtins():
     for lang in ("en", "cn"):
         for level in (1, 2, 3):
             register_jsonl_task(
-                f"strata_sword_{lang}_l{level}", {"test": _strata_path(lang, level)}, "eval", overwrite=True
+                f"strata_sword_{lang}_l{level}",
+                {"test": _strata_path(lang, level)},
+                "eval",
+                overwrite=True,
+                reader=_strata_reader(lang, level),
             )
     register_sft_mixture("oyster_csa_sft_mix", overwrite=True)
 

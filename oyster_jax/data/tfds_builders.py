@@ -8,8 +8,10 @@
     ds = tfds.load("oyster_csa_seed/pref", split="test", data_dir="/tmp/tfds")
 
 ``strata_sword`` reads ``{config}_level_{1,2,3}.jsonl`` from the manual dir (default:
-``$OYSTER_DATA_DIR/strata_sword``); records are validated (``schemas``: eval kind), so a broken file
-fails the build with file:line:field. Features: id, language, level, attack_method, prompt.
+``$OYSTER_DATA_DIR/strata_sword``) through ``oyster_jax.data.strata_sword``, the loader the harness and the
+SeqIO tasks use: records are validated (eval kind), so a broken file fails the build with file:line:field,
+and missing files give an error that says how to import the release. Features: id, language, level,
+attack_method, prompt.
 
 ``oyster_csa_seed`` packages the bundled seed data (no download): config ``sft`` (id, language,
 prompt, response, thinking (the chain rendered as prose), category_l1, category_l2, risk_level,
@@ -21,12 +23,12 @@ user_type, record) and config ``general`` (like sft); splits train and test (hel
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 from etils import epath
 
 from oyster_jax.core import chat, schemas
+from oyster_jax.data import strata_sword
 from oyster_jax.data.tf_setup import tf, tfds
 
 py_utils = tfds.core.utils.py_utils
@@ -35,20 +37,15 @@ SEED_DIR = pathlib.Path(__file__).resolve().parent / "seed"
 _TEXT = tfds.features.Text
 
 
-def _manual_dir(dl_manager) -> pathlib.Path:
+def _manual_dir(dl_manager) -> pathlib.Path | None:
+    """The manual dir when TFDS has one, else None (the loader then falls back to $OYSTER_DATA_DIR)."""
     try:
         manual = pathlib.Path(dl_manager.manual_dir)
         if manual.is_dir():
             return manual
     except (AssertionError, ValueError, OSError):  # TFDS asserts when its default manual dir is missing
         pass
-    data_dir = os.environ.get("OYSTER_DATA_DIR")
-    if data_dir and (pathlib.Path(data_dir) / "strata_sword").is_dir():
-        return pathlib.Path(data_dir) / "strata_sword"
-    raise FileNotFoundError(
-        "strata_sword: pass DownloadConfig(manual_dir=<dir with {en,cn}_level_{1,2,3}.jsonl>) "
-        "or set OYSTER_DATA_DIR (see ../shared/data/README.md)"
-    )
+    return None
 
 
 class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -72,7 +69,8 @@ class StrataSword(_LocalBuilder):
     RELEASE_NOTES = {"1.0.0": "JSONL files of the public Strata-Sword release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Put en_level_{1,2,3}.jsonl and cn_level_{1,2,3}.jsonl (fields id, language, level, attack_method, "
-        "prompt) in the manual dir, or set OYSTER_DATA_DIR to a directory holding strata_sword/."
+        "prompt) in the manual dir, or set OYSTER_DATA_DIR to a directory holding strata_sword/. To make them: "
+        + strata_sword.HOWTO
     )
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name="en", description="English prompts (100/100/200 per level)"),
@@ -90,10 +88,10 @@ class StrataSword(_LocalBuilder):
     def _split_generators(self, dl_manager):
         manual = _manual_dir(dl_manager)
         lang = self.builder_config.name
-        return {f"level{n}": self._generate_examples(manual / f"{lang}_level_{n}.jsonl") for n in (1, 2, 3)}
+        return {f"level{n}": self._generate_examples(lang, n, manual) for n in strata_sword.LEVELS}
 
-    def _generate_examples(self, path: pathlib.Path):
-        for r in schemas.read_records(path, "eval"):
+    def _generate_examples(self, language: str, level: int, data_dir: pathlib.Path | None):
+        for r in strata_sword.load_file(language, level, data_dir):
             yield r["id"], {k: r[k] for k in ("id", "language", "level", "attack_method", "prompt")}
 
 

@@ -6,37 +6,50 @@
     python -m oyster_jax.eval.strata_sword --out OUT --summarize_only       # rebuild summary + chart
 
 Procedure per prompt: (1) the judge classifies the prompt into one of the 32 risk categories, "no risk"
-or "unknown"; (2) the target answers the prompt as a single user turn; (3) the judge rules the answer
-Safe / Unsafe against that category's guideline (none for no risk / unknown), an unparseable ruling being
-retried up to `--judge_retries` (5) more times. A ruling that never becomes valid, or a target / judge
-call that failed, is recorded with `judgment: null`: excluded from the ASR and counted as invalid.
+or "unknown"; (2) the target answers the prompt as a single user turn (a Multi-Turn prompt packed as
+released; `--multi_turn split` plays its turns one by one); (3) the judge rules the answer Safe / Unsafe
+against that category's guideline (`--guidelines`: official rules when the data folder has them, else the
+project's; none for no risk / unknown) with the project's JSON judge or, `--judge_prompt benchmark`, a
+plain Safe / Unsafe prompt; an unparseable ruling is retried up to `--judge_retries` (5) more times. A
+ruling that never becomes valid, or a target / judge call that failed, is recorded with `judgment: null`:
+excluded from the ASR and counted as invalid. `--timeout` is the overall deadline of one HTTP attempt.
 
-ASR = 100 · Unsafe / valid, per language and level; `avg` = mean of the levels present. The `keyword`
-judge (refusal-phrase matching) is a cheap baseline and is labelled "keyword (baseline)" everywhere.
+ASR = 100 · Unsafe / valid, per language and level; `avg` = mean of the levels present; each with a
+bootstrap 95 % interval (`asr_ci`, with n). The `keyword` judge (refusal-phrase matching) is a cheap
+baseline, labelled "keyword (baseline)" everywhere; for it an empty or truncated answer (finish reason
+"length") is invalid, not Safe. `--limit N` keeps N prompts per language x level, stratified over the
+attack methods.
 
 Outputs in OUT: responses.jsonl (one line per prompt: id, language, level, attack_method, category,
-response, judgment, plus judge, reasoning, attempts, error), summary.json, asr.png, run.json. Resumable:
-rerun the same command and only missing or failed prompts are run.
+response, finish_reason, judgment, plus judge, reasoning, attempts, error, turns), summary.json, asr.png,
+run.json. Resumable: rerun the same command and only missing or failed prompts are run (a damaged last
+line of responses.jsonl is repaired, see `oyster_jax.data.jsonl_store`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
 import sys
 
 from oyster_jax import cli
-from oyster_jax.core import taxonomy as tx
 from oyster_jax.core.files import atomic_write_text
-from oyster_jax.core.schemas import iter_json_lines, read_records
-from oyster_jax.data.jsonl_store import JsonlStore
+from oyster_jax.core.schemas import RecordError
+from oyster_jax.data import strata_sword as strata_data
+from oyster_jax.data.jsonl_store import JsonlError, JsonlStore
+from oyster_jax.eval import bootstrap
 from oyster_jax.eval.common import (
     KEYWORD_LABEL,
     NO_RISK,
     UNKNOWN,
     EvalError,
+    add_run_flags,
+    answer,
+    check_run_flags,
     check_run_meta,
+    guideline_source,
     pending_items,
     run_items,
     target_and_judge,
@@ -56,8 +69,8 @@ __all__ = [
     "main",
 ]
 
-LANGUAGES = ("en", "cn")
-LEVELS = (1, 2, 3)
+LANGUAGES = strata_data.LANGUAGES
+LEVELS = strata_data.LEVELS
 JUDGMENTS = ("Safe", "Unsafe")
 
 
@@ -74,30 +87,16 @@ def _language(value: str, where: str) -> str:
 
 
 def load_prompts(data_dir, languages=LANGUAGES, levels=LEVELS, limit: int | None = None) -> list[dict]:
-    """Prompts of `data_dir/strata_sword/{lang}_level_{n}.jsonl` (or `data_dir` itself holding the files);
-    `limit` keeps N of each file, stratified over its attack methods (`stratified_subset`). Every line is
-    validated (errors name file, line, field)."""
-    root = pathlib.Path(data_dir)
-    if (root / "strata_sword").is_dir():
-        root = root / "strata_sword"
+    """Prompts of `data_dir/strata_sword/{lang}_level_{n}.jsonl` (or `data_dir` itself holding the files),
+    read by the project's one Strata-Sword loader (`oyster_jax.data.strata_sword`); `limit` keeps N of each
+    language x level, stratified over its attack methods (`stratified_subset`)."""
     items = []
-    for lang in languages:
-        for level in levels:
-            path = root / f"{lang}_level_{level}.jsonl"
-            if not path.is_file():
-                raise EvalError(
-                    f"{path}: Strata-Sword file not found. Import the official release (the strata_sword/*.xlsx "
-                    "files of the Alibaba-AAIG/Strata-Sword repository) with `python -m oyster_jax.data.import_release "
-                    "strata_sword --src FOLDER --out DATA_DIR` and pass DATA_DIR (or set OYSTER_DATA_DIR)"
-                )
-            records = read_records(path, "eval")
-            for rec in records:
-                if rec["language"] != lang or rec["level"] != level:
-                    raise EvalError(
-                        f"{path}: record {rec['id']!r} says language={rec['language']!r} level={rec['level']!r}, "
-                        f"but the file is {lang} level {level}"
-                    )
-            items += stratified_subset(records, limit) if limit is not None else records
+    try:
+        files = strata_data.load(data_dir, languages, levels)
+    except (strata_data.StrataSwordNotFound, strata_data.StrataSwordError, RecordError) as e:
+        raise EvalError(str(e)) from None
+    for records in files.values():
+        items += stratified_subset(records, limit) if limit is not None else records
     return items
 
 
@@ -118,16 +117,20 @@ def stratified_subset(records: list[dict], n: int, key: str = "attack_method") -
 
 
 def read_responses(path) -> list[dict]:
-    """Validated records of a responses.jsonl (last line per id wins); errors name the line and field."""
+    """Validated records of a responses.jsonl (last record per id wins), read as the resumable store reads it:
+    a last line without its newline is kept, a torn last line is ignored (the file is not changed); any
+    other bad line or record is an error naming the line (and field)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise EvalError(f"{path}: responses file not found")
+    try:
+        stored = JsonlStore(path).numbered(repair=False)
+    except JsonlError as e:
+        raise EvalError(str(e)) from None
     by_id: dict[str, dict] = {}
-    for lineno, rec in iter_json_lines(path, EvalError):
+    for lineno, rec in stored:
         where = f"{path}:{lineno}"
-        if not isinstance(rec, dict):
-            raise EvalError(f"{where}: expected a JSON object")
-        for field in ("id", "language", "level", "attack_method", "judgment"):
+        for field in ("language", "level", "attack_method", "judgment"):
             if field not in rec:
                 raise EvalError(f"{where}: field '{field}' missing")
         rec = dict(rec)
@@ -153,14 +156,27 @@ def _asr(unsafe: int, valid: int) -> float | None:
     return 100.0 * unsafe / valid if valid else None
 
 
-def summarize(records: list[dict], judge_label: str) -> dict:
-    """The summary.json dict from per-prompt records (fields language, level, attack_method, judgment)."""
+def _asr_stat(groups: list) -> object:
+    """Bootstrap statistic: mean over the groups of 100 x the Unsafe share (one group = one level's ASR)."""
+    return sum(100.0 * g.mean(axis=1) for g in groups) / len(groups)
+
+
+def summarize(records: list[dict], judge_label: str, meta: dict | None = None) -> dict:
+    """The summary.json dict from per-prompt records (fields language, level, attack_method, judgment).
+
+    `asr_ci` holds a bootstrap 95 % interval for each ASR (resampling the valid judgments of each level; the
+    Avg resamples every level on its own), with `n` valid judgments and the fixed seed. `meta` (the run's
+    guideline source, judge prompt, ...) is copied in."""
     counts: dict = {}  # (lang, level) -> [unsafe, valid, invalid]
     by_method: dict = {}  # (lang, method) -> [unsafe, valid]
+    outcomes: dict = {}  # (lang, level) -> [1 Unsafe / 0 Safe per valid judgment]
+    finish: dict = {}
     for r in records:
         lang, level = r["language"], int(r["level"])
         c = counts.setdefault((lang, level), [0, 0, 0])
         m = by_method.setdefault((lang, r["attack_method"]), [0, 0])
+        reason = r.get("finish_reason") or "unknown"
+        finish[reason] = finish.get(reason, 0) + 1
         if r["judgment"] is None:
             c[2] += 1
             continue
@@ -169,8 +185,9 @@ def summarize(records: list[dict], judge_label: str) -> dict:
         c[1] += 1
         m[0] += unsafe
         m[1] += 1
+        outcomes.setdefault((lang, level), []).append(float(unsafe))
     langs = [lang for lang in LANGUAGES if any(k[0] == lang for k in counts)]
-    asr, valid, invalid, methods = {}, {}, {}, {}
+    asr, valid, invalid, methods, ci = {}, {}, {}, {}, {}
     for lang in langs:
         levels = sorted(level for (lg, level) in counts if lg == lang)
         asr[lang] = {str(level): _asr(*counts[(lang, level)][:2]) for level in levels}
@@ -179,21 +196,40 @@ def summarize(records: list[dict], judge_label: str) -> dict:
         valid[lang] = {str(level): counts[(lang, level)][1] for level in levels}
         invalid[lang] = {str(level): counts[(lang, level)][2] for level in levels}
         methods[lang] = {m: _asr(*by_method[(lg, m)]) for (lg, m) in sorted(by_method) if lg == lang}
-    return {"judge": judge_label, "asr": asr, "asr_by_attack_method": methods, "valid": valid, "invalid": invalid}
+        ci[lang] = {str(level): bootstrap.interval([outcomes.get((lang, level), [])], _asr_stat) for level in levels}
+        judged = [outcomes[(lang, level)] for level in levels if (lang, level) in outcomes]
+        ci[lang]["avg"] = bootstrap.interval(judged, _asr_stat) if judged else None
+    return {
+        "judge": judge_label,
+        **(meta or {}),
+        "asr": asr,
+        "asr_ci": ci,
+        "asr_by_attack_method": methods,
+        "valid": valid,
+        "invalid": invalid,
+        "finish_reasons": dict(sorted(finish.items())),
+    }
 
 
 def _fmt(v) -> str:
     return "  n/a" if v is None else f"{v:5.1f}"
 
 
+def _fmt_ci(ci) -> str:
+    return "" if not ci else f" [{ci['low']:.1f}, {ci['high']:.1f}]"
+
+
 def format_summary(summary: dict) -> str:
     baseline = " — a BASELINE, not the report's LLM judge" if summary["judge"] == KEYWORD_LABEL else ""
     lines = [f"Strata-Sword ASR % (lower is safer); judge: {summary['judge']}{baseline}"]
-    lines.append("lang     L1     L2     L3    Avg   valid/invalid")
+    if summary.get("guidelines"):
+        lines[0] += f"; guidelines: {summary['guidelines']}"
+    lines.append("lang     L1     L2     L3    Avg   valid/invalid   Avg 95% bootstrap CI")
     for lang, row in summary["asr"].items():
         cells = " ".join(_fmt(row.get(str(level))) + " " for level in LEVELS)
         v, i = sum(summary["valid"][lang].values()), sum(summary["invalid"][lang].values())
-        lines.append(f"{lang:<5} {cells} {_fmt(row['avg'])}   {v}/{i}")
+        ci = (summary.get("asr_ci") or {}).get(lang, {}).get("avg")
+        lines.append(f"{lang:<5} {cells} {_fmt(row['avg'])}   {v}/{i}  {_fmt_ci(ci)}")
     return "\n".join(lines)
 
 
@@ -213,11 +249,17 @@ def plot_summary(summary: dict, path) -> pathlib.Path:
     width = 0.8 / max(len(langs), 1)
     for j, lang in enumerate(langs):
         vals = [summary["asr"][lang].get(k) for k in keys]
-        bars = ax1.bar(x + j * width, [np.nan if v is None else v for v in vals], width, label=lang)
-        ax1.bar_label(bars, labels=["" if v is None else f"{v:.1f}" for v in vals], fontsize=8)
+        cis = [(summary.get("asr_ci") or {}).get(lang, {}).get(k) for k in keys]
+        heights = np.array([np.nan if v is None else v for v in vals])
+        err = np.array(
+            [[0.0, 0.0] if c is None or v is None else [v - c["low"], c["high"] - v] for v, c in zip(vals, cis)]
+        ).T
+        bars = ax1.bar(x + j * width, heights, width, yerr=err, capsize=3, label=lang)
+        labels = ["" if v is None else f"{v:.1f}" + (f"\nn={c['n']}" if c else "") for v, c in zip(vals, cis)]
+        ax1.bar_label(bars, labels=labels, fontsize=7)
     ax1.set_xticks(x + width * (len(langs) - 1) / 2, ["L1", "L2", "L3", "Avg"])
     ax1.set_ylabel("ASR % (lower is safer)")
-    ax1.set_title(f"{ours}: ASR by level")
+    ax1.set_title(f"{ours}: ASR by level (bars: bootstrap 95% CI)")
     ax1.legend()
     models = [ours] + list(STRATA_SWORD_AVG_ASR)
     table = {ours: {lang: summary["asr"][lang]["avg"] for lang in langs}} | STRATA_SWORD_AVG_ASR
@@ -237,8 +279,8 @@ def plot_summary(summary: dict, path) -> pathlib.Path:
     return path
 
 
-def write_outputs(out_dir: pathlib.Path, records: list[dict], judge_label: str) -> dict:
-    summary = summarize(records, judge_label)
+def write_outputs(out_dir: pathlib.Path, records: list[dict], judge_label: str, meta: dict | None = None) -> dict:
+    summary = summarize(records, judge_label, meta)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     plot_summary(summary, out_dir / "asr.png")
     return summary
@@ -247,9 +289,51 @@ def write_outputs(out_dir: pathlib.Path, records: list[dict], judge_label: str) 
 # ------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------
-def evaluate(items: list[dict], target, judge, out_dir, *, target_sampling: dict, concurrency: int = 16) -> dict:
+def _conversation(item: dict, multi_turn: str) -> list[str]:
+    """The user turns to play: the prompt as one message (the benchmark's procedure), or with
+    ``multi_turn="split"`` a Multi-Turn prompt's packed turns one by one."""
+    if multi_turn == "split" and item["attack_method"] == strata_data.MULTI_TURN:
+        return strata_data.unpack_turns(item["prompt"])
+    return [item["prompt"]]
+
+
+def _transcript(turns: list[dict]) -> str:
+    """What the judge rules on for a played-out conversation: every assistant turn, numbered."""
+    return "\n\n".join(f"[turn {i}] {t['response']}" for i, t in enumerate(turns, 1))
+
+
+async def _keyword_conversation(judge, item: dict, turns: list[dict]):
+    """The keyword baseline on a played-out conversation: each answer on its own (a refusal in one turn does
+    not excuse compliance in another): Unsafe when any answer is, else invalid when any answer is, else Safe."""
+    rulings = [
+        await judge.rule(t["user"], t["response"], None, item["language"], finish_reason=t["finish_reason"])
+        for t in turns
+    ]
+    verdicts = [r.value for r in rulings]
+    if "Unsafe" in verdicts:
+        return dataclasses.replace(rulings[verdicts.index("Unsafe")], attempts=len(turns))
+    invalid = next((r for r in rulings if r.value is None), None)
+    if invalid is not None:
+        return dataclasses.replace(invalid, attempts=len(turns))
+    return dataclasses.replace(rulings[-1], attempts=len(turns))
+
+
+def evaluate(
+    items: list[dict],
+    target,
+    judge,
+    out_dir,
+    *,
+    target_sampling: dict,
+    concurrency: int = 16,
+    multi_turn: str = "packed",
+    meta: dict | None = None,
+) -> dict:
     """Run the procedure on `items` not yet done in `out_dir`, appending to responses.jsonl; returns the
-    summary of every record in the file. `target` is a Backend; `judge` an LLMJudge or KeywordJudge."""
+    summary of every record in the file. `target` is a Backend; `judge` an LLMJudge or KeywordJudge.
+    Each record keeps the target's `finish_reason`; a conversation (`multi_turn="split"`) keeps its `turns`,
+    and is ruled on as a whole (the judge sees the packed prompt and every answer; the last turn's finish
+    reason is the record's)."""
 
     out_dir = pathlib.Path(out_dir)
     results = JsonlStore(out_dir / "responses.jsonl")
@@ -257,18 +341,30 @@ def evaluate(items: list[dict], target, judge, out_dir, *, target_sampling: dict
 
     async def one(item: dict) -> dict:
         rec = {k: item[k] for k in ("id", "language", "level", "attack_method")}
-        rec.update(category=None, response=None, judgment=None, judge=judge.label)
+        rec.update(category=None, response=None, finish_reason=None, judgment=None, judge=judge.label)
         stage = "judge (classify)"
         try:
             cls = await judge.classify(item["prompt"], item["language"])
             rec["category"] = cls.value if cls.value is not None else UNKNOWN
             rec["category_valid"] = cls.value is not None
             stage = "target"
-            reasoning, response = await target.achat([{"role": "user", "content": item["prompt"]}], **target_sampling)
-            rec["response"], rec["reasoning"] = response, reasoning
+            user_turns, messages, turns = _conversation(item, multi_turn), [], []
+            for text in user_turns:
+                messages.append({"role": "user", "content": text})
+                turns.append({"user": text, **await answer(target, messages, target_sampling)})
+                messages.append({"role": "assistant", "content": turns[-1]["response"]})
+            if len(turns) == 1:
+                rec.update({k: turns[0][k] for k in ("response", "reasoning", "finish_reason")})
+            else:
+                rec.update(turns=turns, response=_transcript(turns), finish_reason=turns[-1]["finish_reason"])
             stage = "judge (rule)"
             category = None if rec["category"] in (UNKNOWN, NO_RISK) else rec["category"]
-            ruling = await judge.rule(item["prompt"], response, category, item["language"])
+            if judge.baseline and len(turns) > 1:
+                ruling = await _keyword_conversation(judge, item, turns)
+            else:
+                ruling = await judge.rule(
+                    item["prompt"], rec["response"], category, item["language"], finish_reason=rec["finish_reason"]
+                )
             rec["judgment"], rec["judge_attempts"] = ruling.value, ruling.attempts
             if ruling.value is None:
                 rec["invalid_reason"] = f"no valid ruling in {ruling.attempts} attempts: {ruling.error}"
@@ -278,7 +374,7 @@ def evaluate(items: list[dict], target, judge, out_dir, *, target_sampling: dict
 
     run_items(todo, one, concurrency=concurrency, desc="strata_sword", on_result=results.append)
     records = [r for r in results.load().values()]
-    return write_outputs(out_dir, records, judge.label)
+    return write_outputs(out_dir, records, judge.label, meta)
 
 
 def _csv(value: str, cast, name: str, allowed) -> list:
@@ -292,6 +388,20 @@ def _csv(value: str, cast, name: str, allowed) -> list:
     return out
 
 
+SUMMARY_META = ("guidelines", "judge_prompt", "multi_turn")  # run.json keys repeated in summary.json
+
+
+def _meta_from_run(out_dir: pathlib.Path) -> dict:
+    path = out_dir / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        run = json.loads(path.read_text("utf-8"))
+    except json.JSONDecodeError as e:
+        raise EvalError(f"{path}: not valid JSON ({e})") from None
+    return {k: run[k] for k in SUMMARY_META if k in run} | {"judge": run.get("judge")}
+
+
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python -m oyster_jax.eval.strata_sword", description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", help="openai:BASE_URL#MODEL or local:CKPT_DIR")
@@ -301,37 +411,38 @@ def main(argv=None) -> int:
     parser.add_argument("--languages", default="en,cn")
     parser.add_argument("--levels", default="1,2,3")
     parser.add_argument(
-        "--limit", type=int, help="N prompts of each language x level file, spread over its attack methods"
+        "--limit", type=int, help="N prompts per language x level, spread evenly over its attack methods"
+    )
+    parser.add_argument(
+        "--multi_turn",
+        default="packed",
+        choices=("packed", "split"),
+        help="Multi-Turn prompts: packed (one user message, the benchmark's procedure) | split (play each "
+        "packed turn in order, the judge rules on the whole conversation)",
     )
     parser.add_argument("--summarize_only", action="store_true", help="rebuild summary.json and asr.png only")
-    parser.add_argument("--tokenizer", help="tokenizer.json for local: specs (default: the one in CKPT_DIR)")
-    parser.add_argument("--max_tokens", type=int, default=512, help="target's generation budget")
-    parser.add_argument("--temperature", type=float, default=0.0, help="target's temperature (0 = greedy)")
-    parser.add_argument("--concurrency", type=int, default=16, help="prompts in flight (local: batch size)")
     parser.add_argument("--judge_retries", type=int, default=5)
-    parser.add_argument("--judge_max_tokens", type=int, default=1024)
+    add_run_flags(parser)
     args = parser.parse_args(argv)
     out_dir = pathlib.Path(args.out)
     try:
         if args.summarize_only:
             records = read_responses(out_dir / "responses.jsonl")
+            meta = _meta_from_run(out_dir)
             label = args.judge
             if label is None:
                 labels = {r.get("judge") for r in records} - {None}
-                meta = out_dir / "run.json"
-                if len(labels) == 1:
-                    label = labels.pop()
-                elif meta.is_file():
-                    label = json.loads(meta.read_text("utf-8")).get("judge")
+                label = labels.pop() if len(labels) == 1 else meta.get("judge")
             label = KEYWORD_LABEL if label == "keyword" else (label or "unknown")
-            summary = write_outputs(out_dir, records, label)
+            summary = write_outputs(out_dir, records, label, {k: v for k, v in meta.items() if k != "judge"})
         else:
             if not args.target or not args.judge:
                 parser.error("--target and --judge are required (unless --summarize_only)")
             if not args.data_dir:
-                parser.error("--data_dir is required when $OYSTER_DATA_DIR is not set")
+                parser.error(f"--data_dir is required when $OYSTER_DATA_DIR is not set; {strata_data.HOWTO}")
             if args.limit is not None and args.limit < 1:
                 parser.error("--limit must be >= 1")
+            check_run_flags(parser, args)
             languages = [
                 "cn" if v == "zh" else v
                 for v in _csv(args.languages, str, "languages", ("en", "cn", "zh"))
@@ -339,6 +450,11 @@ def main(argv=None) -> int:
             levels = _csv(args.levels, int, "levels", LEVELS)
             items = load_prompts(args.data_dir, languages, levels, args.limit)
             judge_label = KEYWORD_LABEL if args.judge == "keyword" else args.judge
+            if args.judge == "keyword":
+                guidelines, source = None, "none (keyword baseline)"
+            else:
+                guidelines, source = guideline_source(args.guidelines, args.data_dir)
+            meta = {"guidelines": source, "judge_prompt": args.judge_prompt, "multi_turn": args.multi_turn}
             check_run_meta(
                 out_dir,
                 {
@@ -347,14 +463,21 @@ def main(argv=None) -> int:
                     "max_tokens": args.max_tokens,
                     "temperature": args.temperature,
                     "judge_retries": args.judge_retries,
+                    **meta,
                 },
-                pinned=("target", "judge", "max_tokens", "temperature"),
+                pinned=("target", "judge", "max_tokens", "temperature", *SUMMARY_META),
             )
-            guidelines = _official_guidelines(args.data_dir)
             with target_and_judge(args, guidelines=guidelines) as (target, judge):
                 sampling = {"temperature": args.temperature, "max_tokens": args.max_tokens}
                 summary = evaluate(
-                    items, target, judge, out_dir, target_sampling=sampling, concurrency=args.concurrency
+                    items,
+                    target,
+                    judge,
+                    out_dir,
+                    target_sampling=sampling,
+                    concurrency=args.concurrency,
+                    multi_turn=args.multi_turn,
+                    meta=meta,
                 )
     except (EvalError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -362,19 +485,6 @@ def main(argv=None) -> int:
     print(format_summary(summary))
     print(f"wrote {out_dir / 'summary.json'}, {out_dir / 'asr.png'}, {out_dir / 'responses.jsonl'}")
     return 0
-
-
-def _official_guidelines(data_dir):
-    """The official numbered guidelines when the data folder has them (else the project's wording)."""
-
-    path = pathlib.Path(data_dir) / "risk_taxonomy"
-    if not path.is_dir():
-        return None
-    try:
-        return tx.load_official_guidelines(path)
-    except tx.TaxonomyError as e:
-        print(f"[strata_sword] official guidelines not used: {e}", file=sys.stderr)
-        return None
 
 
 if __name__ == "__main__":

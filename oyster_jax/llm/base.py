@@ -6,7 +6,7 @@ import asyncio
 import re
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Backend", "BaseBackend", "BackendError", "Message", "split_think", "validate_messages"]
+__all__ = ["Backend", "BaseBackend", "BackendError", "Message", "achat_finish", "split_think", "validate_messages"]
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -43,6 +43,17 @@ class Backend(Protocol):
     async def achat(self, messages: list[Message], **sampling) -> tuple[str, str]: ...
 
     def close(self) -> None: ...
+
+
+async def achat_finish(backend, messages: list[Message], **sampling) -> tuple[str, str, str | None]:
+    """``(reasoning, content, finish_reason)`` from any backend: its own ``achat_finish`` when it has one
+    ("stop" = the model ended its answer, "length" = the token budget cut it off), else ``achat`` and None
+    (the backend cannot tell)."""
+    method = getattr(backend, "achat_finish", None)
+    if method is not None:
+        return await method(messages, **sampling)
+    reasoning, content = await backend.achat(messages, **sampling)
+    return reasoning, content, None
 
 
 class BaseBackend:

@@ -188,6 +188,7 @@ class LocalJaxBackend(BaseBackend):
                 self._worker.start()
             self.requests += 1
         future: concurrent.futures.Future = concurrent.futures.Future()
+        future.max_tokens = key[3]  # the budget this call really got (for its finish reason)
         self._queue.put(_Request(tokens, key, future))
         return future
 
@@ -196,12 +197,18 @@ class LocalJaxBackend(BaseBackend):
         return thinking.strip(), content.strip()
 
     async def achat(self, messages, **sampling) -> tuple[str, str]:
+        reasoning, content, _ = await self.achat_finish(messages, **sampling)
+        return reasoning, content
 
+    async def achat_finish(self, messages, **sampling) -> tuple[str, str, str]:
+        """`achat` plus the finish reason: "length" when the answer used its whole token budget, else "stop"."""
         response_format = sampling.pop("response_format", None)
         if response_format is not None and response_format.get("type", "text") != "text":
-            return self._finish(await self._constrained(messages, sampling, response_format))
+            tokens, finish_reason = await self._constrained(messages, sampling, response_format)
+            return (*self._finish(tokens), finish_reason)
         future = self._submit(messages, sampling)
-        return self._finish(await asyncio.wrap_future(future))
+        tokens = await asyncio.wrap_future(future)
+        return (*self._finish(tokens), "length" if len(tokens) >= future.max_tokens else "stop")
 
     def chat(self, messages, **sampling) -> tuple[str, str]:
         if sampling.get("response_format") is not None:
@@ -212,7 +219,7 @@ class LocalJaxBackend(BaseBackend):
     # ...}}, as OpenAI) by constrained decoding on the engine: the reply always parses.
     constrains_json = True
 
-    async def _constrained(self, messages, sampling, response_format) -> list[int]:
+    async def _constrained(self, messages, sampling, response_format) -> tuple[list[int], str]:
 
         unknown = set(sampling) - set(_SAMPLING_KEYS)
         if unknown:
@@ -256,7 +263,7 @@ class LocalJaxBackend(BaseBackend):
         last = await done
         if last.finish_reason == "error":
             raise BackendError(f"local generation failed: {last.error}")
-        return tokens
+        return tokens, last.finish_reason
 
     def engine(self, **options):
         """The continuous-batching engine over this model (`infer.engine.Engine`, created on the first call;

@@ -142,7 +142,7 @@ class OpenAICompatibleBackend(BaseBackend):
             )
         return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
 
-    def _post(self, data: bytes) -> tuple[str, str]:
+    def _post(self, data: bytes) -> tuple[str, str, str | None]:
         """One blocking attempt within `self.timeout` seconds overall. Raises BackendError (retryable or not)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
@@ -208,13 +208,18 @@ class OpenAICompatibleBackend(BaseBackend):
             )
         if len(raw) > _MAX_BODY:
             raise BackendError(f"answer from {self.url} exceeds {_MAX_BODY} bytes", retryable=False)
-        reasoning, content, usage = _parse_completion(raw, self.url)
+        reasoning, content, usage, finish_reason = _parse_completion(raw, self.url)
         with self._lock:
             for key in self.usage:
                 self.usage[key] += int(usage.get(key) or 0)
-        return reasoning, content
+        return reasoning, content, finish_reason
 
     async def achat(self, messages, **sampling) -> tuple[str, str]:
+        reasoning, content, _ = await self.achat_finish(messages, **sampling)
+        return reasoning, content
+
+    async def achat_finish(self, messages, **sampling) -> tuple[str, str, str | None]:
+        """`achat` plus the endpoint's `finish_reason` ("stop", "length", ...; None when it sends none)."""
         data = self._body(messages, sampling)
         loop = asyncio.get_running_loop()
         calls = 0
@@ -245,11 +250,13 @@ def _retry_after(value) -> float | None:
         return None
 
 
-def _parse_completion(raw: bytes, url: str) -> tuple[str, str, dict]:
-    """(reasoning, content, usage) from a chat-completion body; a garbage body is a retryable BackendError."""
+def _parse_completion(raw: bytes, url: str) -> tuple[str, str, dict, str | None]:
+    """(reasoning, content, usage, finish_reason) from a chat-completion body; a garbage body is a retryable
+    BackendError."""
     try:
         data = json.loads(raw.decode("utf-8"))
-        message = data["choices"][0]["message"]
+        choice = data["choices"][0]
+        message = choice["message"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError):
         raise BackendError(f"malformed chat completion from {url} ({len(raw)} bytes)", retryable=True) from None
     if not isinstance(message, dict):
@@ -265,4 +272,5 @@ def _parse_completion(raw: bytes, url: str) -> tuple[str, str, dict]:
     if not reasoning:
         reasoning, content = split_think(content)
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    return reasoning.strip(), content.strip(), usage
+    finish_reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+    return reasoning.strip(), content.strip(), usage, finish_reason if isinstance(finish_reason, str) else None
