@@ -47,6 +47,7 @@ import numpy as np
 
 from oyster_jax.core import chat, schemas
 from oyster_jax.data import features, formats
+from oyster_jax.data.metrics import preference_accuracy
 from oyster_jax.data.tf_setup import seqio, tf
 from oyster_jax.data.vocab import default_vocabulary
 
@@ -307,23 +308,6 @@ def tokenize_eval(dataset: tf.data.Dataset, output_features, chat_format: str, k
         return result
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-# ------------------------------------------------------------------------------------------------
-# Metrics of the evaluation tasks
-# ------------------------------------------------------------------------------------------------
-
-
-def preference_accuracy(targets, scores) -> dict:
-    """Held-out preference accuracy, a SeqIO score metric: ``scores[i]`` is pair i's ``(chosen, rejected)``
-    score (e.g. mean completion log-probs); a pair counts when the chosen score is higher. ``targets`` (the
-    chosen completions) only fix the number of pairs. The trainer's held-out evaluation calls this too."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1, 2)
-    if targets is not None and len(targets) != len(scores):
-        raise ValueError(f"preference_accuracy: {len(targets)} targets but {len(scores)} score pairs")
-    if len(scores) == 0:
-        raise ValueError("preference_accuracy: no pairs")
-    return {"preference_accuracy": float(np.mean(scores[:, 0] > scores[:, 1]))}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -522,6 +522,12 @@ def run_stage(
     )
     layout = batches_lib.global_layout(spec, iterator)
     example = batches_lib.step_batch_spec(spec, layout)
+    # The resolved mixture (rates, sizes, expected epochs): said at start-up and kept beside the checkpoints
+    # (W/<stage>/mixture.json; each checkpoint's data state carries it too).
+    mixture = batches_lib.mixture_report(spec, iterator)
+    if mixture is not None and distributed.is_main_process():
+        print(batches_lib.format_mixture(name, mixture), flush=True)
+        workdir_lib.write_json(stage_dir / "mixture.json", {"stage": name, "sources": mixture})
     batch_sh = _batch_shardings(mesh, example)
 
     # --- Model, optimizer, state shardings --------------------------------------------------------
