@@ -137,7 +137,9 @@ def test_hf_datasets_save_to_disk_parquet_arrow_and_json(tmp_path):
 
 
 def test_hf_dataset_rejection_names_the_row(tmp_path):
-    ds = _hf_dataset([{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b", "rejected": None}])
+    ds = _hf_dataset(
+        [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b", "rejected": None}]
+    )
     ds.to_parquet(str(tmp_path / "bad.parquet"))
     with pytest.raises(schemas.RecordError) as e:
         formats.read_records(str(tmp_path / "bad.parquet"), "pref")

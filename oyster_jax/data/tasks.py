@@ -487,7 +487,8 @@ class SftPackingConverter(seqio.FeatureConverter):
             zeros = tf.zeros_like(ex["inputs"])
             return {
                 "tokens": tf.concat([ex["inputs"], ex["targets"]], 0)[:length],
-                "loss_weights": tf.concat([zeros, ex["targets_loss_weights"]], 0)[:length],
+                # + 1: seqio's packer takes 0 for padding and would drop the zero weights of the inputs
+                "loss_weights": tf.concat([zeros, ex["targets_loss_weights"]], 0)[:length] + 1,
             }
 
         ds = ds.map(concat, num_parallel_calls=tf.data.AUTOTUNE)
@@ -496,7 +497,7 @@ class SftPackingConverter(seqio.FeatureConverter):
         def convert(ex):
             return {
                 "tokens": ex["tokens"],
-                "loss_weights": ex["loss_weights"],
+                "loss_weights": tf.maximum(ex["loss_weights"] - 1, 0),
                 "segment_ids": ex["tokens_segment_ids"],
                 "positions": ex["tokens_positions"],
             }
