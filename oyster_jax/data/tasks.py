@@ -7,6 +7,7 @@ Built-in tasks (vocabulary: the bundled tiny tokenizer; chat format ChatML; chai
 | ``oyster_csa_seed_sft`` | sft | train, test | ``oyster_jax/data/seed/sft_{split}.jsonl`` |
 | ``oyster_csa_seed_pref`` | pref | train, test | ``oyster_jax/data/seed/pref_{split}.jsonl`` |
 | ``oyster_general_seed_sft`` | sft | train, test | benign general chat, ``seed/general_{split}.jsonl`` |
+| ``oyster_seed_general`` | sft | train, test | the same general chat (the name mixture examples use) |
 | ``oyster_constructive_seed`` | constructive | test | ``seed/constructive_items.jsonl`` (40 items) |
 | ``strata_sword_{en,cn}_l{1,2,3}`` | eval | test | ``$OYSTER_DATA_DIR/strata_sword/{lang}_level_{n}.jsonl`` |
 
@@ -20,18 +21,22 @@ Users register their own JSONL files with
 holdout_fraction=0.0)``: ``path`` is one file (split "train"; plus "validation" when
 ``holdout_fraction > 0``, chosen by a stable hash of the id) or a dict ``{split: path}``.
 
-Records are validated when the source reads the file (``schemas.RecordError`` names file:line:field).
-Task output features (tf.data, ``task.get_dataset(...)``):
+Records are read by ``oyster_jax.data.formats`` (JSONL, parquet, arrow, ``save_to_disk`` directories, TRL and
+chat formats normalized) and validated (``schemas.RecordError`` names file:line / row and field). Task output
+features (tf.data, ``task.get_dataset(...)``), standard SeqIO names (docs/data.md):
 
-- sft: ``tokens``, ``loss_weights`` (int32 [n], 1 on assistant tokens incl. thinking), ``id``.
-- pref: ``prompt_tokens``, ``chosen_tokens``, ``rejected_tokens`` (completions end with the
-  end-of-turn marker), ``id``.
-- eval / constructive: ``prompt_tokens`` (the generation prompt), ``prompt_text``, ``id`` and the
-  record's metadata fields as strings/ints.
+- sft: ``inputs`` (up to the first trained token), ``targets``, ``targets_loss_weights`` (int32, 1 on
+  assistant tokens incl. thinking), ``id``.
+- pref: ``inputs`` (prompt), ``targets`` (chosen completion), ``rejected_targets`` (completions end with the
+  end-of-turn marker), ``id``; ``metric_fns=[preference_accuracy]``.
+- eval / constructive: ``inputs`` (the generation prompt), ``prompt_text``, ``id`` and the record's
+  metadata fields as strings/ints.
 
-``SftPackingConverter`` is a seqio FeatureConverter that packs the sft features into
-``tokens / loss_weights / segment_ids / positions`` with seqio's packer; the numpy iterators in
-``oyster_jax.data.pipeline`` are the fast path the trainers use.
+SeqIO's ``DecoderFeatureConverter`` works on them; ``SftPackingConverter`` packs the sft features into
+the trainer's ``tokens / loss_weights / segment_ids / positions`` with seqio's packer. ``record_features``
+is the one record -> features function: the preprocessors call it per record, the numpy iterators in
+``oyster_jax.data.pipeline`` (the fast path the trainers use) once for all records. ``task_for_spec``
+registers a task over a user's data spec.
 """
 
 from __future__ import annotations
@@ -435,6 +440,10 @@ def _register_builtins():
     register_jsonl_task(
         "oyster_general_seed_sft", {s: SEED_DIR / f"general_{s}.jsonl" for s in seed_splits}, "sft", overwrite=True
     )
+    # The name the mixture examples use (docs/data.md, README): the same general-chat task.
+    register_jsonl_task(
+        "oyster_seed_general", {s: SEED_DIR / f"general_{s}.jsonl" for s in seed_splits}, "sft", overwrite=True
+    )
     register_jsonl_task(
         "oyster_constructive_seed", {"test": SEED_DIR / "constructive_items.jsonl"}, "constructive", overwrite=True
     )
@@ -449,6 +458,26 @@ def _register_builtins():
 # ------------------------------------------------------------------------------------------------
 # SeqIO feature converter (tf.data packing; the numpy iterators are the fast path)
 # ------------------------------------------------------------------------------------------------
+
+
+@tf.autograph.experimental.do_not_convert  # plain tensor ops; autograph's closure cache mixed up instances
+def _concat_sft(ex, length: int):
+    zeros = tf.zeros_like(ex["inputs"])
+    return {
+        "tokens": tf.concat([ex["inputs"], ex["targets"]], 0)[:length],
+        # + 1: seqio's packer takes 0 for padding and would drop the zero weights of the inputs
+        "loss_weights": tf.concat([zeros, ex["targets_loss_weights"]], 0)[:length] + 1,
+    }
+
+
+@tf.autograph.experimental.do_not_convert
+def _packed_rows(ex):
+    return {
+        "tokens": ex["tokens"],
+        "loss_weights": tf.maximum(ex["loss_weights"] - 1, 0),
+        "segment_ids": ex["tokens_segment_ids"],
+        "positions": ex["tokens_positions"],
+    }
 
 
 class SftPackingConverter(seqio.FeatureConverter):
@@ -482,27 +511,9 @@ class SftPackingConverter(seqio.FeatureConverter):
 
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
         length = task_feature_lengths["targets"]
-
-        def concat(ex):
-            zeros = tf.zeros_like(ex["inputs"])
-            return {
-                "tokens": tf.concat([ex["inputs"], ex["targets"]], 0)[:length],
-                # + 1: seqio's packer takes 0 for padding and would drop the zero weights of the inputs
-                "loss_weights": tf.concat([zeros, ex["targets_loss_weights"]], 0)[:length] + 1,
-            }
-
-        ds = ds.map(concat, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(functools.partial(_concat_sft, length=length), num_parallel_calls=tf.data.AUTOTUNE)
         ds = self._pack_or_pad(ds, {"tokens": length, "loss_weights": length})
-
-        def convert(ex):
-            return {
-                "tokens": ex["tokens"],
-                "loss_weights": tf.maximum(ex["loss_weights"] - 1, 0),
-                "segment_ids": ex["tokens_segment_ids"],
-                "positions": ex["tokens_positions"],
-            }
-
-        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(_packed_rows, num_parallel_calls=tf.data.AUTOTUNE)
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
         length = task_feature_lengths["targets"]
