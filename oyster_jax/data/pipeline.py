@@ -11,12 +11,15 @@ tokenized in one batched call and kept in memory as flat int32 arrays; batches a
 numpy. Everything is a pure function of ``(seed, shard_index, position)``, which is why the state is a
 few integers and a restored iterator continues exactly.
 
-Sources: a registered task or mixture name, a ``seqio.Task``/``seqio.Mixture``, a list of those, or a
-path to a JSONL file (the iterator's kind). Tasks registered through ``oyster_jax.data.tasks`` bring
-their chat format and chain style (override with ``chat_format=`` / ``chain_style=``); other seqio
-tasks must already output the features of the kind (``tokens``/``loss_weights`` for SFT;
-``prompt_tokens``/``chosen_tokens``/``rejected_tokens`` for preference). ``vocab`` defaults to the
-task's vocabulary.
+Sources: a registered task or mixture name, a ``seqio.Task``/``seqio.Mixture``, a data spec (a JSONL /
+parquet / arrow file, a ``save_to_disk`` directory, ``hf:PATH[:split]``; ``oyster_jax.data.formats``), a list of
+those, or a mixture ``{source: rate}``. A data spec becomes a SeqIO task (``tasks.task_for_spec``) whose only
+split is "train". Tasks over records (``tasks.RecordSource``) are tokenized by the task's own
+``tasks.record_features`` (what its SeqIO preprocessor calls), with the chat format and chain style the task
+was registered with (override with ``chat_format=`` / ``chain_style=``); other seqio tasks must output the
+standard features (``targets`` and optionally ``inputs`` / ``targets_loss_weights`` for SFT;
+``inputs``/``targets``/``rejected_targets`` for preference). ``vocab`` defaults to the task's vocabulary.
+``it.mixture`` / ``it.describe_mixture(steps)``: the resolved sources, rates and sizes.
 
 Order: each task's examples (this shard's share) are shuffled per epoch with a permutation seeded by
 ``(seed, shard_index, task index, epoch)``; with several tasks, the task of the d-th draw is sampled
