@@ -33,8 +33,9 @@ def _same(a, b):
 
 
 def test_mixture_from_the_command_line_resumes_exactly(tmp_path):
-    spec, path = _spec(tmp_path, {"data.sft_mixture": '{"CHAT": 0.85, "oyster_general_seed_sft": 0.15}'})
-    assert spec.data.mixture == ((path, 0.85), ("oyster_general_seed_sft", 0.15))
+    # the issue's own example, names as written
+    spec, path = _spec(tmp_path, {"data.sft_mixture": '{"CHAT": 0.85, "oyster_seed_general": 0.15}'})
+    assert spec.data.mixture == ((path, 0.85), ("oyster_seed_general", 0.15))
     it = batches.make_train_iterator(spec)
     stream = [next(it) for _ in range(6)]
     resumed = batches.make_train_iterator(spec)
@@ -50,7 +51,7 @@ def test_mixture_from_the_command_line_resumes_exactly(tmp_path):
     report = batches.mixture_report(spec, it)
     assert [(m["source"], round(m["rate"], 6), m["examples"]) for m in report] == [
         (path, 0.85, 40),
-        ("oyster_general_seed_sft", 0.15, it.sources[1].__len__()),
+        ("oyster_seed_general", 0.15, len(it.sources[1])),
     ]
     assert all(m["epochs"] > 0 for m in report) and state["mixture"][0]["source"] == path
     text = batches.format_mixture("sft", report)
@@ -86,3 +87,18 @@ def test_unknown_spec_in_a_mixture_is_a_data_error(tmp_path):
     spec, _ = _spec(tmp_path, {"data.sft_mixture": '{"no/such/file.jsonl": 1.0}'})
     with pytest.raises(batches.DataError, match="config.data.sft_mixture=.*no/such/file.jsonl.*hf:PATH"):
         batches.make_train_iterator(spec)
+
+
+def test_mixture_flag_through_the_main_entry_point(tmp_path):
+    from oyster_jax import main
+
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in CHAT), encoding="utf-8")
+    argv = ["--config", "tiny_csa", "--workdir", str(tmp_path / "w")]
+    argv += [f'--config.data.sft_mixture={{"{path}": 0.85, "oyster_seed_general": 0.15}}']
+    args, overrides = main.parse_args(argv)
+    config = main.build_config(args.config, overrides)
+    assert config_lib.parse_mixture(config.data.sft_mixture, "data.sft_mixture") == (
+        (str(path), 0.85),
+        ("oyster_seed_general", 0.15),
+    )

@@ -450,7 +450,8 @@ def _tokenizer_source(spec: StageSpec) -> tuple[str, str]:
     fmt = spec.data.chat_format
     if not fmt:
         try:
-            fmt = tasks_lib.task_options(spec.data.task).get("chat_format") or "chatml"
+            first = spec.data.mixture[0][0] if spec.data.mixture else spec.data.task
+            fmt = tasks_lib.task_options(first).get("chat_format") or "chatml"
         except KeyError:  # a JSONL path or a seqio task of someone else: the pipeline's default
             fmt = "chatml"
     return spec.data.tokenizer or data.default_tokenizer_path(), fmt
