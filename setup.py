@@ -30,6 +30,7 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "etils[epath]==1.15.0",  # workdir paths: local or gs:// (oyster_jax.train.workdir)
     "openpyxl==3.1.5",  # the official benchmark releases are spreadsheets (oyster_jax.data.import_release)
+    "datasets==5.2.0",  # Hugging Face datasets as training data (oyster_jax.data.formats; imported when used)
     "gguf==0.19.0",  # GGUF reader and dequantizers (convert.gguf)
     "llguidance==1.9.1",  # grammar masks for constrained decoding (oyster_jax.infer.constrained)
 ]

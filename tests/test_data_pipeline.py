@@ -290,16 +290,24 @@ def test_seqio_graph_path_equals_numpy_path(tmp_path):
     path = _sft_file(tmp_path, records)
     task = tasks.register_jsonl_task("test_pipeline_graph_sft", path, "sft", overwrite=True)
     ds = task.get_dataset(sequence_length=None, split="train", shuffle=False)
-    graph = [(ex["tokens"].tolist(), ex["loss_weights"].tolist()) for ex in ds.as_numpy_iterator()]
+    graph = [
+        (
+            ex["inputs"].tolist() + ex["targets"].tolist(),
+            [0] * len(ex["inputs"]) + ex["targets_loss_weights"].tolist(),
+        )
+        for ex in ds.as_numpy_iterator()
+    ]
     numpy_path = features.tokenize_segments(default_vocabulary(), [features.sft_segments(r) for r in records])
     assert graph == [(t.tolist(), w.tolist()) for t, w in numpy_path]
-    # The generic (non-JSONL) seqio path of the iterator reads the same features.
-    columns = pipeline._from_seqio("sft", task, "train", 0, 1)
+    assert all(ex["targets_loss_weights"][0] == 1 for ex in ds.as_numpy_iterator())  # targets start trainable
+    # The generic (non-record) seqio path of the iterator reads the same features.
+    columns = pipeline._columns("sft", pipeline._from_seqio("sft", task, "train", 0, 1))
     assert [c.tolist() for c in columns["tokens"]] == [t.tolist() for t, _ in numpy_path]
+    assert [c.tolist() for c in columns["loss_weights"]] == [w.tolist() for _, w in numpy_path]
     # The seqio feature converter packs them into the same four model features.
     packed = seqio.get_dataset(
         "test_pipeline_graph_sft",
-        {"tokens": 128, "loss_weights": 128},
+        {"inputs": 128, "targets": 128, "targets_loss_weights": 128},
         tasks.SftPackingConverter(pack=True),
         dataset_split="train",
         shuffle=False,

@@ -47,7 +47,7 @@ def test_task_outputs_generation_prompts(data_dir):
     record = _records("cn", 2)[0]
     text = chat.render_generation_prompt([{"role": "user", "content": record["prompt"]}])
     assert first["prompt_text"].decode() == text
-    assert first["prompt_tokens"].tolist() == list(default_vocabulary().encode(text))
+    assert first["inputs"].tolist() == list(default_vocabulary().encode(text))
     assert first["level"] == 2 and first["attack_method"].decode() == record["attack_method"]
 
 

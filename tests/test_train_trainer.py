@@ -295,3 +295,28 @@ def test_workdir_of_another_model_is_refused_unless_fresh(tmp_path):
 def test_config_roundtrip_is_json():
     d = config_lib.to_dict(micro_config())
     assert json.loads(json.dumps(d)) == d
+
+
+def test_mixture_is_printed_at_start_up_and_saved_beside_the_checkpoints(tmp_path, capsys):
+    chats = tmp_path / "chats.jsonl"
+    turn = "Tell me about bread baking at home, step by step."
+    records = [
+        {"messages": [{"role": "user", "content": f"{turn} {i}"}, {"role": "assistant", "content": "Knead."}]}
+        for i in range(12)
+    ]
+    chats.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    mixture = json.dumps({str(chats): 0.85, "oyster_seed_general": 0.15})
+    cfg = micro_config(
+        **{
+            "stages": "sft",
+            "synthetic_data": False,
+            "model.vocab_size": 4096,
+            "data.sft_mixture": mixture,
+            "sft.num_steps": 2,
+        }
+    )
+    train(cfg, tmp_path / "w", progress=False)
+    saved = json.loads((tmp_path / "w" / "sft" / "mixture.json").read_text())
+    assert [(m["source"], round(m["rate"], 6), m["examples"]) for m in saved["sources"]][0] == (str(chats), 0.85, 12)
+    out = capsys.readouterr().out
+    assert "sft: data mixture (2 sources):" in out and "85.0%" in out and "oyster_seed_general" in out

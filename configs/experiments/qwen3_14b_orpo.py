@@ -3,7 +3,8 @@
 As in the report, ORPO starts from the base model (no SFT stage, no reference model): loss = NLL(chosen)
 + λ·L_OR with λ = 0.1 on mean completion log-probs; chosen and rejected run through one fused forward.
 Weights: a Hugging Face directory (`huggingface-cli download Qwen/Qwen3-14B --local-dir checkpoints/Qwen3-14B`).
-Pairs: `config.data.pref_task` = a JSONL of preference records (e.g. written by the Lingo-BP engine).
+Pairs: `config.data.pref_task` = a data spec of preference records (e.g. the Lingo-BP engine's JSONL, TRL
+`{prompt, chosen, rejected}` records or a Hugging Face dataset; docs/data.md), or `config.data.pref_mixture`.
 
 TPU v5p-64 (32 chips): FSDP over all chips, 32 pairs (64 rows of 4096 tokens) per step.
 
@@ -28,7 +29,7 @@ HF_DIR = "checkpoints/Qwen3-14B"
 
 def get_config():
     c = large_model_config("qwen3_14b", HF_DIR, "chatml", stages="pref")
-    c.data.pref_task = "oyster_csa_seed_pref"  # or a JSONL path of preference records
+    c.data.pref_task = "oyster_csa_seed_pref"  # or any data spec (docs/data.md)
     c.data.heldout_pref_task = "oyster_csa_seed_pref"
     c.data.pref_seq_len = 4096
     c.data.max_prompt_len = 1024

@@ -28,7 +28,10 @@ HF_DIR = "checkpoints/Qwen3-14B"
 
 def get_config():
     c = large_model_config("qwen3_14b", HF_DIR, "chatml", stages="sft")
-    c.data.sft_task = "oyster_csa_sft_mix"  # or a JSONL path of SFT records (oyster_jax.core.schemas)
+    c.data.sft_task = "oyster_csa_sft_mix"  # or any data spec (docs/data.md)
+    # Your data with 15 % general chat kept beside it (docs/data.md), e.g. on the command line:
+    #   --config.data.sft_mixture='{"runs/lingo/sft.jsonl": 0.85, "oyster_seed_general": 0.15}'
+    c.data.sft_mixture = ""
     c.data.seq_len = 4096
 
     c.sft.num_steps = 2000

@@ -12,7 +12,7 @@ ignored; ``id`` may be a string or an integer and is returned as a string; ids m
   its earlier turns there); ``follow_up`` is what came after it when Lingo-BP played the conversation on
   (``--turns``): alternating ``{role: user, content}`` / ``{role: assistant, content, thinking?}`` turns,
   starting with the user. Records without it (every file written before it existed) load unchanged.
-- ``pref``: ``{id, language, prompt_messages, chosen: {thinking, response}, rejected: {thinking,
+- ``pref``: ``{id, language, prompt_messages, chosen: {thinking?, response}, rejected: {thinking?,
   response}, scores?}``; ``prompt_messages`` ends with a user turn; ``scores`` is an object of numbers
   (nesting allowed: the Lingo-BP engine writes ``{"chosen": {...}, "rejected": {...}}``); ``chosen`` /
   ``rejected`` may carry an optional ``chain`` and an optional ``follow_up`` (as in ``sft``); a pair may name
@@ -63,21 +63,23 @@ _RESERVED_MARKERS = tuple(dict.fromkeys(m for f in FORMATS.values() for m in f.s
 
 
 class RecordError(ValueError):
-    """A malformed record: ``str(e)`` is ``"<path>:<line>: field '<field>': <reason>"``."""
+    """A malformed record: ``str(e)`` is ``"<path>:<line>: field '<field>': <reason>"``, or for a record that
+    is not a line of a file (a row of a Hugging Face dataset) ``"<path> <unit> <line>: field ..."``."""
 
-    def __init__(self, path: str, line: int, field: str, reason: str):
-        self.path, self.line, self.field, self.reason = str(path), line, field, reason
-        super().__init__(f"{path}:{line}: field '{field}': {reason}")
+    def __init__(self, path: str, line: int, field: str, reason: str, unit: str = ""):
+        self.path, self.line, self.field, self.reason, self.unit = str(path), line, field, reason, unit
+        where = f"{path} {unit} {line}" if unit else f"{path}:{line}"
+        super().__init__(f"{where}: field '{field}': {reason}")
 
 
 class _Checker:
     """Field checks for one record; ``fail`` raises with the record's location."""
 
-    def __init__(self, path: str, line: int):
-        self.path, self.line = path, line
+    def __init__(self, path: str, line: int, unit: str = ""):
+        self.path, self.line, self.unit = path, line, unit
 
     def fail(self, field: str, reason: str):
-        raise RecordError(self.path, self.line, field, reason)
+        raise RecordError(self.path, self.line, field, reason, unit=self.unit)
 
     def get(self, obj: dict, key: str, prefix: str = "", required: bool = True):
         name = f"{prefix}{key}"
@@ -203,7 +205,7 @@ def _check_scores(c: _Checker, value, name: str):
 
 def _check_completion(c: _Checker, r: dict, key: str):
     completion = c.obj(r, key)
-    c.string(completion, "thinking", f"{key}.", nonempty=False)
+    c.string(completion, "thinking", f"{key}.", required=False, nonempty=False)
     c.string(completion, "response", f"{key}.")
     _check_chain(c, completion, f"{key}.")
     _check_follow_up(c, completion, f"{key}.")
@@ -266,11 +268,12 @@ _RENDERED_FIELDS = {
 _CHECKS = {"sft": _check_sft, "pref": _check_pref, "eval": _check_eval, "constructive": _check_constructive}
 
 
-def validate_record(record, kind: str, path: str = "<memory>", line: int = 0) -> dict:
-    """Check one record of ``kind``; returns it with ``id`` as a string. Raises RecordError."""
+def validate_record(record, kind: str, path: str = "<memory>", line: int = 0, unit: str = "") -> dict:
+    """Check one record of ``kind``; returns it with ``id`` as a string. Raises RecordError (``unit``: see
+    RecordError)."""
     if kind not in _CHECKS:
         raise ValueError(f"unknown record kind {kind!r}: expected one of {KINDS}")
-    c = _Checker(str(path), line)
+    c = _Checker(str(path), line, unit)
     if not isinstance(record, dict):
         c.fail("<record>", f"expected a JSON object, got {type(record).__name__}")
     record_id = c.identifier(record)

@@ -16,7 +16,8 @@ Trainer API (numpy, int32 [B, T]; layout and guarantees in ``oyster_jax.data.pip
 Both take ``shard_index`` / ``shard_count`` (default ``jax.process_index()`` / ``jax.process_count()``),
 ``vocab`` (default: the task's), ``rates`` (mixture override), ``chat_format``/``chain_style``
 (default: the task's), ``shuffle``, ``repeat``. Sources are task/mixture names (registered by
-``import oyster_jax.data.tasks``, which the iterators do for you), seqio objects, or JSONL paths.
+``import oyster_jax.data.tasks``, which the iterators do for you), seqio objects, data specs (paths,
+``hf:PATH[:split]``), or a mixture ``{spec: rate}``.
 
 Other pieces:
 
@@ -28,7 +29,10 @@ Other pieces:
   ``split_thinking``, safety-chain rendering (``"prose"`` or ``"tagged"``). No TensorFlow.
 - ``oyster_jax.core.schemas``: JSONL schemas (sft, pref, eval, constructive); ``read_records(path, kind)``
   raises ``RecordError`` naming ``file:line: field``.
-- ``oyster_jax.data.tasks``: built-in SeqIO tasks/mixtures, ``register_jsonl_task``, ``holdout_split``.
+- ``oyster_jax.data.formats``: data specs (paths, ``hf:PATH[:split]``) and record formats (project, TRL,
+  chat, Hugging Face ``datasets``), normalized to the project schema (docs/data.md).
+- ``oyster_jax.data.tasks``: built-in SeqIO tasks/mixtures (standard ``inputs``/``targets`` features),
+  ``register_jsonl_task``, ``task_for_spec``, ``holdout_split``.
 - ``oyster_jax.data.tf_setup``: the one import of TensorFlow, SeqIO and TFDS; it hides every GPU and TPU
   from TensorFlow (``tf.config.set_visible_devices``) so that JAX keeps them.
 - ``oyster_jax.data.tfds_builders``: TFDS builders ``strata_sword`` (manual dir) and ``oyster_csa_seed``.

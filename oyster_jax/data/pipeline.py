@@ -11,12 +11,15 @@ tokenized in one batched call and kept in memory as flat int32 arrays; batches a
 numpy. Everything is a pure function of ``(seed, shard_index, position)``, which is why the state is a
 few integers and a restored iterator continues exactly.
 
-Sources: a registered task or mixture name, a ``seqio.Task``/``seqio.Mixture``, a list of those, or a
-path to a JSONL file (the iterator's kind). Tasks registered through ``oyster_jax.data.tasks`` bring
-their chat format and chain style (override with ``chat_format=`` / ``chain_style=``); other seqio
-tasks must already output the features of the kind (``tokens``/``loss_weights`` for SFT;
-``prompt_tokens``/``chosen_tokens``/``rejected_tokens`` for preference). ``vocab`` defaults to the
-task's vocabulary.
+Sources: a registered task or mixture name, a ``seqio.Task``/``seqio.Mixture``, a data spec (a JSONL /
+parquet / arrow file, a ``save_to_disk`` directory, ``hf:PATH[:split]``; ``oyster_jax.data.formats``), a list of
+those, or a mixture ``{source: rate}``. A data spec becomes a SeqIO task (``tasks.task_for_spec``) whose only
+split is "train". Tasks over records (``tasks.RecordSource``) are tokenized by the task's own
+``tasks.record_features`` (what its SeqIO preprocessor calls), with the chat format and chain style the task
+was registered with (override with ``chat_format=`` / ``chain_style=``); other seqio tasks must output the
+standard features (``targets`` and optionally ``inputs`` / ``targets_loss_weights`` for SFT;
+``inputs``/``targets``/``rejected_targets`` for preference). ``vocab`` defaults to the task's vocabulary.
+``it.mixture`` / ``it.describe_mixture(steps)``: the resolved sources, rates and sizes.
 
 Order: each task's examples (this shard's share) are shuffled per epoch with a permutation seeded by
 ``(seed, shard_index, task index, epoch)``; with several tasks, the task of the d-th draw is sampled
@@ -50,16 +53,13 @@ to ``max(seq_len - longest_completion, min(len(prompt), max_prompt_len))`` token
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from oyster_jax.core import schemas
-from oyster_jax.data import features, layouts
+from oyster_jax.data import features, formats, layouts
 from oyster_jax.data import tasks as tasks_lib
 from oyster_jax.data.tf_setup import seqio
 from oyster_jax.data.vocab import default_vocabulary, vocabulary_fingerprint
@@ -123,30 +123,37 @@ def _vocab_fingerprint(vocab) -> str:
     return vocabulary_fingerprint(vocab)
 
 
-def _file_fingerprint(path: pathlib.Path) -> str:
-    stat = path.stat()
-    return hashlib.sha256(repr((str(path.resolve()), stat.st_mtime_ns, stat.st_size)).encode()).hexdigest()[:16]
-
-
-def _tokenize_records(
-    record_kind: str, records: list[dict], vocab, chat_format: str, chain_style
-) -> dict[str, list[np.ndarray]]:
+def _columns(record_kind: str, task_columns: dict[str, list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """Task features (``tasks.FEATURES`` names) -> the packer's fields: SFT ``tokens``/``loss_weights`` (inputs +
+    targets, weights 0 on inputs), preference ``prompt``/``chosen``/``rejected``."""
     if record_kind == "sft":
-        pairs = features.tokenize_segments(vocab, [features.sft_segments(r, chat_format, chain_style) for r in records])
-        return {"tokens": [p[0] for p in pairs], "loss_weights": [p[1] for p in pairs]}
-    texts = [features.pref_texts(r, chat_format, chain_style) for r in records]
-    flat = features.tokenize_texts(vocab, [t for triple in texts for t in triple])
-    return {"prompt": flat[0::3], "chosen": flat[1::3], "rejected": flat[2::3]}
+        inputs, targets = task_columns.get("inputs"), task_columns["targets"]
+        weights = task_columns.get("targets_loss_weights") or [np.ones(len(t), np.int32) for t in targets]
+        if inputs is None:
+            inputs = [np.zeros([0], np.int32) for _ in targets]
+        return {
+            "tokens": [np.concatenate([i, t]) for i, t in zip(inputs, targets, strict=True)],
+            "loss_weights": [
+                np.concatenate([np.zeros(len(i), np.int32), w]) for i, w in zip(inputs, weights, strict=True)
+            ],
+        }
+    return {
+        "prompt": task_columns["inputs"],
+        "chosen": task_columns["targets"],
+        "rejected": task_columns["rejected_targets"],
+    }
 
 
-def _load(record_kind, name, task, path, split, vocab, chat_format, chain_style, shard_index, shard_count) -> _Examples:
-    """This shard's tokenized examples of one task (or JSONL path), cached per process."""
-    if path is not None:
-        content_fp = _file_fingerprint(path)
-    elif isinstance(task.source, tasks_lib.JsonlSource):
-        content_fp = task.source.fingerprint(split)
-    else:
-        content_fp = f"seqio:{task.name}"
+def _load(record_kind, name, task, split, vocab, chat_format, chain_style, shard_index, shard_count) -> _Examples:
+    """This shard's tokenized examples of one task, cached per process.
+
+    A task over records (``tasks.RecordSource``: every built-in task and every file spec) is tokenized by
+    the task's own feature function (``tasks.record_features``, the one its SeqIO preprocessor calls), in
+    one batched call; any other SeqIO task is read through ``task.get_dataset``.
+    """
+    source = task.source
+    records_source = isinstance(source, tasks_lib.RecordSource)
+    content_fp = source.fingerprint(split) if records_source else f"seqio:{task.name}"
     key = (
         record_kind,
         name,
@@ -160,15 +167,14 @@ def _load(record_kind, name, task, path, split, vocab, chat_format, chain_style,
     )
     if key in _CACHE:
         return _CACHE[key]
-    if path is not None or isinstance(task.source, tasks_lib.JsonlSource):
-        records = schemas.read_records(path, record_kind) if path is not None else task.source.records(split)
-        if task is not None and task.source.kind != record_kind:
-            raise ValueError(f"task {name!r} holds {task.source.kind!r} records, not {record_kind!r}")
-        records = records[shard_index::shard_count]
-        columns = _tokenize_records(record_kind, records, vocab, chat_format, chain_style)
+    if records_source:
+        if source.kind != record_kind:
+            raise ValueError(f"task {name!r} holds {source.kind!r} records, not {record_kind!r}")
+        records = source.records(split)[shard_index::shard_count]
+        task_columns = tasks_lib.record_features(record_kind, records, vocab, chat_format, chain_style)
     else:
-        columns = _from_seqio(record_kind, task, split, shard_index, shard_count)
-    examples = _flatten(name, content_fp, columns)
+        task_columns = _from_seqio(record_kind, task, split, shard_index, shard_count)
+    examples = _flatten(name, content_fp, _columns(record_kind, task_columns))
     if len(examples) == 0:
         raise ValueError(f"{name}: split {split!r} has no examples in shard {shard_index} of {shard_count}")
     if len(_CACHE) >= _CACHE_LIMIT:
@@ -180,10 +186,9 @@ def _load(record_kind, name, task, path, split, vocab, chat_format, chain_style,
 def _from_seqio(
     record_kind: str, task: seqio.Task, split: str, shard_index: int, shard_count: int
 ) -> dict[str, list[np.ndarray]]:
-    wanted = {
-        "sft": {"tokens": "tokens", "loss_weights": "loss_weights"},
-        "pref": {"prompt": "prompt_tokens", "chosen": "chosen_tokens", "rejected": "rejected_tokens"},
-    }[record_kind]
+    """The standard task features of any SeqIO task: SFT ``targets`` (``inputs`` and ``targets_loss_weights``
+    optional: weights default to 1 on every target token), preference ``inputs``/``targets``/``rejected_targets``."""
+    required = {"sft": ("targets",), "pref": tasks_lib.FEATURES["pref"]}[record_kind]
     ds = task.get_dataset(
         sequence_length=None,
         split=split,
@@ -191,54 +196,75 @@ def _from_seqio(
         shard_info=seqio.ShardInfo(shard_index, shard_count),
         num_epochs=1,
     )
-    missing = [f for f in wanted.values() if f not in ds.element_spec]
+    missing = [f for f in required if f not in ds.element_spec]
     if missing:
         raise ValueError(f"task {task.name!r} does not output {missing} needed for {record_kind} batches")
-    columns = {k: [] for k in wanted}
+    names = [f for f in tasks_lib.FEATURES[record_kind] if f in ds.element_spec]
+    columns = {f: [] for f in names}
     for ex in ds.as_numpy_iterator():
-        for k, f in wanted.items():
-            columns[k].append(np.asarray(ex[f], dtype=np.int32))
+        for f in names:
+            columns[f].append(np.asarray(ex[f], dtype=np.int32))
     return columns
 
 
-def _resolve(
-    source, rates: Mapping[str, float] | None
-) -> list[tuple[str, seqio.Task | None, pathlib.Path | None, float]]:
-    """[(name, task, path, rate)] for a name/Task/Mixture/path or a list of them."""
-    items: list = []
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """One source of a mixture: the name shown and saved, its task, its rate, the split it reads (a file spec
+    has only "train"; None: the iterator's split)."""
+
+    name: str
+    task: seqio.Task
+    rate: float
+    split: str | None = None
+
+
+def _resolve(source, rates: Mapping[str, float] | None, record_kind: str) -> list[_Source]:
+    """The sources of a name / Task / Mixture / data spec, a list of those, or a mixture ``{spec: rate}``.
+
+    A registered mixture inside a ``{spec: rate}`` mixture shares its rate among its tasks by their rates."""
+    items: list[_Source] = []
 
     def add(obj, rate):
         if isinstance(obj, seqio.Mixture):
+            total = sum(float(obj.get_rate(t)) for t in obj.tasks) or 1.0
             for t in obj.tasks:
-                items.append((t.name, t, None, float(obj.get_rate(t)) * rate))
+                items.append(_Source(t.name, t, float(obj.get_rate(t)) * rate / total))
         elif isinstance(obj, seqio.Task):
-            items.append((obj.name, obj, None, rate))
+            items.append(_Source(obj.name, obj, rate))
         elif isinstance(obj, str | os.PathLike):
-            name = str(obj)
+            name = os.fspath(obj)
             if name in seqio.MixtureRegistry.names():
                 add(seqio.get_mixture_or_task(name), rate)
             elif name in seqio.TaskRegistry.names():
                 add(seqio.TaskRegistry.get(name), rate)
-            elif pathlib.Path(name).is_file():
-                items.append((pathlib.Path(name).name, None, pathlib.Path(name), rate))
+            elif formats.is_file_spec(name):
+                items.append(_Source(name, tasks_lib.task_for_spec(name, record_kind), rate, split="train"))
             else:
-                raise ValueError(f"{name!r} is neither a registered seqio task/mixture nor an existing JSONL file")
+                raise ValueError(
+                    f"{name!r} is neither a registered seqio task/mixture nor an existing file or directory "
+                    f"(a data spec is a path, a task name or hf:PATH[:split])"
+                )
         else:
             raise TypeError(f"unsupported data source {obj!r}")
 
-    if isinstance(source, list | tuple):
+    if isinstance(source, Mapping):
+        for obj, rate in source.items():
+            if isinstance(rate, bool) or not isinstance(rate, int | float):
+                raise ValueError(f"mixture rate of {obj!r} must be a number, got {rate!r}")
+            add(obj, float(rate))
+    elif isinstance(source, list | tuple):
         for obj in source:
             add(obj, 1.0)
     else:
         add(source, 1.0)
     if rates:
-        names = {name for name, *_ in items}
+        names = {s.name for s in items}
         unknown = set(rates) - names
         if unknown:
             raise ValueError(f"rates name unknown tasks {sorted(unknown)}; tasks are {sorted(names)}")
-        items = [(n, t, p, float(rates.get(n, r))) for n, t, p, r in items]
-    if any(r < 0 for *_, r in items) or sum(r for *_, r in items) <= 0:
-        raise ValueError(f"mixing rates must be >= 0 with a positive sum, got {[(n, r) for n, _, _, r in items]}")
+        items = [dataclasses.replace(s, rate=float(rates.get(s.name, s.rate))) for s in items]
+    if any(s.rate < 0 for s in items) or sum(s.rate for s in items) <= 0:
+        raise ValueError(f"mixing rates must be >= 0 with a positive sum, got {[(s.name, s.rate) for s in items]}")
     return items
 
 
@@ -355,6 +381,7 @@ class _BaseIterator:
             "draws": self._stream.draws,
             "consumed": list(self._stream.consumed),
             "config": self._config,
+            "mixture": getattr(self, "mixture", None),  # for people reading a checkpoint; not compared
         }
 
     def set_state(self, state: Mapping) -> None:
@@ -376,6 +403,25 @@ class _BaseIterator:
             raise StateMismatchError(f"state has {len(consumed)} task counters, iterator has {len(self.sources)} tasks")
         self._stream.draws = int(state["draws"])
         self._stream.consumed = consumed
+
+    def describe_mixture(self, steps: int | None = None) -> list[dict]:
+        """The resolved mixture, one dict per source: ``source``, ``task``, ``split``, ``rate`` (share of
+        draws), ``examples`` (this shard's), ``tokens`` (SFT) and, given the run's ``steps``, ``epochs``: the
+        passes over the source that ``steps`` batches are expected to make (SFT: rows x seq_len / the
+        mixture's mean example length, capped at seq_len; packing waste ignored, so an upper bound)."""
+        out = [dict(m) for m in self.mixture]
+        if steps is not None:
+            if self.record_kind == "sft":
+                mean_len = sum(
+                    m["rate"] * float(np.minimum(src.lengths["tokens"], self.seq_len).mean())
+                    for m, src in zip(out, self.sources, strict=True)
+                )
+                per_batch = self.batch_size * self.seq_len / max(mean_len, 1.0)
+            else:
+                per_batch = self.batch_size
+            for m in out:
+                m["epochs"] = steps * per_batch * m["rate"] / m["examples"]
+        return out
 
     # Orbax / PyTorch-style aliases.
     state_dict = get_state
@@ -468,12 +514,11 @@ class PrefIterator(_BaseIterator):
         return self.layout.build(triples)
 
 
-def _task_vocab(resolved, record_kind: str):
-    feature = "tokens" if record_kind == "sft" else "prompt_tokens"
-    for _, task, _, _ in resolved:
-        if task is not None and feature in task.output_features:
-            return task.output_features[feature].vocabulary
-
+def _task_vocab(resolved: list[_Source]):
+    for s in resolved:
+        feature = s.task.output_features.get("inputs") or s.task.output_features.get("targets")
+        if feature is not None:
+            return feature.vocabulary
     return default_vocabulary()
 
 
@@ -498,22 +543,34 @@ def _make(
     """The iterator ``cls`` over ``source``: the shared body of ``make_sft_iterator`` / ``make_pref_iterator``."""
     record_kind = cls.record_kind
     shard_index, shard_count = _default_shard(shard_index, shard_count)
-    resolved = _resolve(source, rates)
+    resolved = _resolve(source, rates, record_kind)
     # One vocabulary for all tasks: the caller's, else the first task's, else the bundled tiny one.
-    vocab = vocab if vocab is not None else _task_vocab(resolved, record_kind)
-    loaded, names = [], []
-    for name, task, path, rate in resolved:
+    vocab = vocab if vocab is not None else _task_vocab(resolved)
+    loaded, names, mixture = [], [], []
+    total_rate = sum(s.rate for s in resolved)
+    for s in resolved:
         options = {"chat_format": "chatml", "chain_style": "prose"}
-        if task is not None:
-            try:
-                options.update({k: v for k, v in tasks_lib.task_options(task.name).items() if k != "kind"})
-            except KeyError:
-                pass
+        try:
+            options.update({k: v for k, v in tasks_lib.task_options(s.task.name).items() if k != "kind"})
+        except KeyError:
+            pass
         fmt = chat_format or options["chat_format"]
         style = options["chain_style"] if chain_style == "task" else chain_style
-        examples = _load(record_kind, name, task, path, split, vocab, fmt, style, shard_index, shard_count)
-        loaded.append((examples, rate))
-        names.append([name, examples.fingerprint, fmt, style, rate])
+        task_split = s.split or split
+        examples = _load(record_kind, s.name, s.task, task_split, vocab, fmt, style, shard_index, shard_count)
+        loaded.append((examples, s.rate))
+        names.append([s.name, examples.fingerprint, fmt, style, s.rate])
+        lengths = examples.lengths["tokens" if record_kind == "sft" else "chosen"]
+        mixture.append(
+            {
+                "source": s.name,
+                "task": s.task.name,
+                "split": task_split,
+                "rate": s.rate / total_rate,
+                "examples": len(examples),
+                "tokens": int(lengths.sum()) if record_kind == "sft" else None,
+            }
+        )
     config = {
         "seed": int(seed),
         "split": split,
@@ -524,7 +581,9 @@ def _make(
         "vocab": _vocab_fingerprint(vocab),
         "tasks": names,
     }
-    return cls(loaded, vocab, batch_size, seq_len, seed, shard_index, shard_count, shuffle, repeat, config, **extra)
+    it = cls(loaded, vocab, batch_size, seq_len, seed, shard_index, shard_count, shuffle, repeat, config, **extra)
+    it.mixture = mixture
+    return it
 
 
 def make_sft_iterator(

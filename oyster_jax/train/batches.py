@@ -10,6 +10,7 @@ of the whole data set). `SyntheticIterator` makes random batches of the same lay
 from __future__ import annotations
 
 import functools
+import json
 import logging
 
 import numpy as np
@@ -129,29 +130,48 @@ def make_train_iterator(spec, *, process_index: int = 0, process_count: int = 1)
         vocab=_vocab(d),
         chat_format=d.chat_format or None,
     )
+    source, key = spec.data_source, spec.data_key
+    named = f"{key}={json.dumps(source) if isinstance(source, dict) else repr(source)}"
     if not hp.is_pref:
         try:
-            it = data.make_sft_iterator(d.task, batch_size=local, seq_len=d.seq_len, **common)
-        except ValueError as e:
-            raise DataError(f"config.data.sft_task={d.task!r}: {e}") from e
-        _check_sft_size(it, d.task, d.seq_len, local)
+            it = data.make_sft_iterator(source, batch_size=local, seq_len=d.seq_len, **common)
+        except (ValueError, FileNotFoundError) as e:
+            raise DataError(f"{named}: {e}") from e
+        _check_sft_size(it, named, d.seq_len, local)
     else:
         try:
             it = data.make_pref_iterator(
-                d.task, batch_size=local, seq_len=d.seq_len, max_prompt_len=d.max_prompt_len or None, **common
+                source, batch_size=local, seq_len=d.seq_len, max_prompt_len=d.max_prompt_len or None, **common
             )
-        except ValueError as e:
-            raise DataError(f"config.data.pref_task={d.task!r}: {e}") from e
+        except (ValueError, FileNotFoundError) as e:
+            raise DataError(f"{named}: {e}") from e
         if it.num_examples < local:
             raise DataError(
-                f"config.data.pref_task={d.task!r} has {it.num_examples} preference pairs, fewer than one batch "
+                f"{named} has {it.num_examples} preference pairs, fewer than one batch "
                 f"(config.pref.batch_size={hp.batch_size} pairs); lower the batch size or add data"
             )
         shared = _shared_len(d, it)
         if shared:
             it.set_layout(layouts.SharedPrompt(local, shared))
-    _check_vocab(it, spec.model, d.task)
+    _check_vocab(it, spec.model, named)
     return it
+
+
+def mixture_report(spec, iterator) -> list[dict] | None:
+    """The resolved mixture of the stage's iterator (rates, sizes, expected epochs over the stage's steps),
+    or None for synthetic data."""
+    describe = getattr(iterator, "describe_mixture", None)
+    return describe(spec.hparams.num_steps) if describe is not None else None
+
+
+def format_mixture(stage_name: str, report: list[dict]) -> str:
+    """The start-up lines of a resolved mixture."""
+    lines = [f"{stage_name}: data mixture ({len(report)} source{'s' * (len(report) != 1)}):"]
+    for m in report:
+        tokens = f", {m['tokens']:,} tokens" if m.get("tokens") is not None else ""
+        epochs = f", ~{m['epochs']:.2f} epochs" if "epochs" in m else ""
+        lines.append(f"  {m['rate']:6.1%}  {m['source']} [{m['split']}]: {m['examples']:,} examples{tokens}{epochs}")
+    return "\n".join(lines)
 
 
 def global_layout(spec, iterator):
@@ -212,7 +232,7 @@ def _check_sft_size(it, task, seq_len, rows):
     if it.num_examples < rows or (total is not None and total < rows * seq_len):
         size = f"{it.num_examples} examples" + (f" ({total} tokens)" if total is not None else "")
         raise DataError(
-            f"config.data.sft_task={task!r} has {size}, less than one batch of {rows} rows x {seq_len} tokens "
+            f"{task} has {size}, less than one batch of {rows} rows x {seq_len} tokens "
             f"(config.sft.batch_size, config.data.seq_len); lower them or add data"
         )
 
@@ -221,7 +241,7 @@ def _check_vocab(it, model_cfg, task):
     size = getattr(getattr(it, "vocab", None), "vocab_size", None)
     if size is not None and size > model_cfg.vocab_size:
         raise DataError(
-            f"task {task!r}: tokenizer has {size} ids but config.model.vocab_size={model_cfg.vocab_size}; "
+            f"{task}: tokenizer has {size} ids but config.model.vocab_size={model_cfg.vocab_size}; "
             f"set config.data.tokenizer to the model's tokenizer"
         )
 

@@ -8,8 +8,9 @@ An experiment config is an `ml_collections.ConfigDict` with these fields (defaul
     init_from        "" (random init) | a Hugging Face model dir | an Orbax model checkpoint (convert.save_model)
     stages           "sft" | "pref" | "sft,pref" (chained: pref starts from sft's final parameters)
     seed, mesh, sharding
-    data             sft_task, pref_task (task/mixture names or JSONL paths), heldout_pref_task/split,
-                     seq_len, pref_seq_len, max_prompt_len, tokenizer, chat_format
+    data             sft_task, pref_task (data specs: task/mixture names, paths, hf:PATH[:split]),
+                     sft_mixture, pref_mixture ({spec: rate} as JSON; when set they replace the *_task),
+                     heldout_pref_task/split, seq_len, pref_seq_len, max_prompt_len, tokenizer, chat_format
     sft, pref        per stage: num_steps, batch_size (rows for SFT, *pairs* for pref), microbatches,
                      learning_rate, warmup_steps, min_lr_ratio, weight_decay, b1, b2, eps, grad_clip,
                      logits_chunk; pref also loss (orpo|dpo|ipo|simpo), orpo_lambda, beta, simpo_gamma,
@@ -100,6 +101,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.sft_task = "oyster_csa_sft_mix"
     c.data.pref_task = "oyster_csa_seed_pref"
+    # Mixtures {data spec: rate} as a JSON string (a spec is a path, a task/mixture name or hf:PATH[:split]),
+    # e.g. --config.data.sft_mixture='{"runs/lingo/sft.jsonl": 0.85, "oyster_general_seed_sft": 0.15}'.
+    # "" = the one source data.sft_task / data.pref_task; set, a mixture replaces it.
+    c.data.sft_mixture = ""
+    c.data.pref_mixture = ""
     c.data.heldout_pref_task = "oyster_csa_seed_pref"
     c.data.heldout_split = "test"
     c.data.seq_len = 256  # SFT packed row length
@@ -249,10 +255,41 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         _check_choice("sharding", cfg.sharding, tuple(RECIPES))
     if cfg.data.get("chat_format"):
         _check_choice("data.chat_format", cfg.data.chat_format, tuple(chat.FORMATS))
+    for key in ("sft_mixture", "pref_mixture"):
+        parse_mixture(cfg.data.get(key, ""), f"data.{key}")
     try:
         parse_mesh_spec(cfg.mesh)
     except ValueError as e:
         raise ConfigError(f"config.mesh={cfg.mesh!r}: {e}") from None
+
+
+def parse_mixture(value, key: str) -> tuple[tuple[str, float], ...]:
+    """`config.data.{sft,pref}_mixture` -> ((spec, rate), ...); "" -> (). Accepts a JSON object string (the
+    command line) or a mapping / sequence of (spec, rate) pairs (a Python config)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                f"config.{key}: not a JSON object of {{spec: rate}} ({e.msg} at column {e.colno}); e.g. "
+                f'--config.{key}=\'{{"runs/lingo/sft.jsonl": 0.85, "oyster_general_seed_sft": 0.15}}\''
+            ) from None
+    items = list(value.items()) if hasattr(value, "items") else list(value)
+    out = []
+    for item in items:
+        if not (isinstance(item, list | tuple) and len(item) == 2):
+            raise ConfigError(f"config.{key}: expected {{spec: rate}} pairs, got {item!r}")
+        spec, rate = item
+        if not isinstance(spec, str) or not spec:
+            raise ConfigError(f"config.{key}: a data spec must be a non-empty string, got {spec!r}")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate < 0:
+            raise ConfigError(f"config.{key}: rate of {spec!r} must be a finite number >= 0, got {rate!r}")
+        out.append((spec, float(rate)))
+    if not out or sum(r for _, r in out) <= 0:
+        raise ConfigError(f"config.{key}: needs at least one source with a positive rate")
+    return tuple(out)
 
 
 def _check_choice(key: str, value, choices: tuple) -> None:

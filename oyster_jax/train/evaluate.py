@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from oyster_jax import models
+from oyster_jax.data import metrics as data_metrics
 from oyster_jax.train.step import pair_logprobs
 
 
@@ -24,18 +25,19 @@ def make_pair_logprobs(cfg: models.ModelConfig, logits_chunk: int = 0):
 def preference_accuracy(cfg: models.ModelConfig, params, batches, *, logits_chunk: int = 0, fn=None) -> dict:
     """Over an iterable of [P, 2, T] batches: accuracy, pair count and mean log-probs (empty pairs skipped)."""
     fn = fn or make_pair_logprobs(cfg, logits_chunk)
-    wins, n, chosen_sum, rejected_sum = 0, 0, 0.0, 0.0
+    scores = []
     for batch in batches:
         mean_logp, counts = jax.device_get(fn(params, batch))
         valid = np.all(np.asarray(counts) > 0, axis=1)
-        wins += int(np.sum(mean_logp[valid, 0] > mean_logp[valid, 1]))
-        n += int(np.sum(valid))
-        chosen_sum += float(np.sum(mean_logp[valid, 0]))
-        rejected_sum += float(np.sum(mean_logp[valid, 1]))
+        scores.append(np.asarray(mean_logp, np.float64)[valid])
+    scores = np.concatenate(scores) if scores else np.zeros([0, 2])
+    n = len(scores)
     if n == 0:
         raise ValueError("preference_accuracy: no non-empty held-out pairs")
+    chosen_sum, rejected_sum = float(scores[:, 0].sum()), float(scores[:, 1].sum())
     return {
-        "accuracy": wins / n,
+        # The metric_fns of the preference tasks: one definition of held-out preference accuracy.
+        "accuracy": data_metrics.preference_accuracy(None, scores)["preference_accuracy"],
         "pairs": n,
         "mean_logp_chosen": chosen_sum / n,
         "mean_logp_rejected": rejected_sum / n,

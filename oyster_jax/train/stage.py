@@ -89,7 +89,8 @@ def hyper_from_config(stage_cfg, stage_name: str) -> Hyper:
 class DataSpec:
     """Where a stage's batches come from and how they are laid out (`config.data`)."""
 
-    task: str  # SFT: data.sft_task; preference: data.pref_task
+    task: str  # SFT: data.sft_task; preference: data.pref_task (a data spec)
+    mixture: tuple[tuple[str, float], ...]  # data.sft_mixture / pref_mixture ((spec, rate), ...); () = task
     seq_len: int  # SFT: packed row length; preference: prompt + completion per row
     shared_len: int  # preference: 0 two rows per pair, -1 sized from the data, L one row of L per pair
     max_prompt_len: int  # 0: the pipeline's default (seq_len // 2)
@@ -141,6 +142,17 @@ class StageSpec:
     def is_pref(self) -> bool:
         return self.hparams.is_pref
 
+    @property
+    def data_source(self):
+        """What the stage reads: the mixture {spec: rate} when one is configured, else the one task spec."""
+        return dict(self.data.mixture) if self.data.mixture else self.data.task
+
+    @property
+    def data_key(self) -> str:
+        """The config key that names the stage's data (for error messages)."""
+        kind = "pref" if self.is_pref else "sft"
+        return f"config.data.{kind}_mixture" if self.data.mixture else f"config.data.{kind}_task"
+
 
 def mesh_from_config(spec: str):
     """config.mesh -> Mesh. A mesh without a -1 axis that needs fewer devices than there are takes the first
@@ -164,6 +176,9 @@ def describe(config, stage_name: str, mesh=None) -> StageSpec:
     pref = stage_name == "pref"
     data = DataSpec(
         task=str(d.pref_task if pref else d.sft_task),
+        mixture=config_lib.parse_mixture(
+            d.get("pref_mixture" if pref else "sft_mixture", ""), "data.pref_mixture" if pref else "data.sft_mixture"
+        ),
         seq_len=int(d.pref_seq_len if pref else d.seq_len),
         shared_len=int(d.get("pref_shared_len", 0)) if pref else 0,
         max_prompt_len=int(d.get("max_prompt_len", 0) or 0),

@@ -450,7 +450,8 @@ def _tokenizer_source(spec: StageSpec) -> tuple[str, str]:
     fmt = spec.data.chat_format
     if not fmt:
         try:
-            fmt = tasks_lib.task_options(spec.data.task).get("chat_format") or "chatml"
+            first = spec.data.mixture[0][0] if spec.data.mixture else spec.data.task
+            fmt = tasks_lib.task_options(first).get("chat_format") or "chatml"
         except KeyError:  # a JSONL path or a seqio task of someone else: the pipeline's default
             fmt = "chatml"
     return spec.data.tokenizer or data.default_tokenizer_path(), fmt
@@ -522,6 +523,12 @@ def run_stage(
     )
     layout = batches_lib.global_layout(spec, iterator)
     example = batches_lib.step_batch_spec(spec, layout)
+    # The resolved mixture (rates, sizes, expected epochs): said at start-up and kept beside the checkpoints
+    # (W/<stage>/mixture.json; each checkpoint's data state carries it too).
+    mixture = batches_lib.mixture_report(spec, iterator)
+    if mixture is not None and distributed.is_main_process():
+        print(batches_lib.format_mixture(name, mixture), flush=True)
+        workdir_lib.write_json(stage_dir / "mixture.json", {"stage": name, "sources": mixture})
     batch_sh = _batch_shardings(mesh, example)
 
     # --- Model, optimizer, state shardings --------------------------------------------------------
