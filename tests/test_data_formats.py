@@ -3,6 +3,7 @@ JSON through `datasets`), hashed ids, detected language, and rejections that nam
 
 import json
 
+import datasets
 import numpy as np
 import pytest
 
@@ -109,12 +110,10 @@ def test_exact_duplicates_without_ids_get_distinct_stable_ids(tmp_path):
 
 
 def _hf_dataset(records):
-    datasets = pytest.importorskip("datasets")
     return datasets.Dataset.from_list(records)
 
 
 def test_hf_datasets_save_to_disk_parquet_arrow_and_json(tmp_path):
-    datasets = pytest.importorskip("datasets")
     ds = _hf_dataset(TRL_STRINGS)
     expected = formats.read_records(_jsonl(tmp_path / "p.jsonl", TRL_STRINGS), "pref")
     ds.save_to_disk(str(tmp_path / "single"))
