@@ -1,0 +1,62 @@
+"""`make demo-real`: SmolLM2-135M-Instruct (the real pretrained model) through constructive SFT, then ORPO, on the
+bundled seed data, on 2 CPU cores — evaluated before and after, exported to Hugging Face, checked by transformers.
+
+    make real-model                  # once: python -m oyster_jax.convert.fetch smollm2-135m-instruct
+    make demo-real                   # python -m oyster_jax.demo_real --workdir runs/demo-real
+    python -m oyster_jax.main --config smollm2_csa --workdir runs/smollm2     # the training alone
+    python -m oyster_jax.demo_real --config configs/experiments/smollm2_csa.py --config.sft.num_steps=2 ...
+
+Weights and tokenizer: the fetched Hugging Face directory `$OYSTER_CACHE/models/smollm2-135m-instruct`
+(`OYSTER_CACHE` defaults to `~/.cache/oyster_jax`, as in `oyster_jax.convert.fetch`).
+
+Recipe: the thinking is the seed records' safety chain in tagged lines (`data.chain_style="tagged"`), so that
+the chain the model writes can be parsed back (`core.chat.parse_chain`). SFT on the constructive + general
+chat mixture teaches the format and the constructive answers; ORPO (λ 0.1) on the seed pairs then separates
+the pearl answers from unsafe compliance and reflexive refusal. Rows are short (the seed records are 150-470
+SmolLM2 tokens; Chinese takes about twice the English count) and the steps few: the whole demo, with its
+evaluations, has to fit in 40 minutes of a 2-core CPU (sized for about 25 on a quiet one).
+
+Hardware: 2 CPU cores, f32. Wall time: see runs/demo-real/report.json `wall_seconds` and the README table.
+Expected: held-out preference accuracy from about chance to >= 0.85; chain parse rate from 0 (the base model
+writes no chain) to >= 0.80; general perplexity within 1.15x of the base model's; benign over-refusal <= 0.10.
+"""
+
+from oyster_jax.convert.fetch import default_dir
+from oyster_jax.train.config import base_config, model_fields
+
+MODEL = "smollm2-135m-instruct"
+
+
+def get_config():
+    hf_dir = str(default_dir(MODEL))
+    c = base_config()
+    c.model = model_fields("smollm2_135m", param_dtype="float32", dtype="float32", scan_layers=True)
+    c.init_from = hf_dir
+    c.stages = "sft,pref"
+    c.mesh = "data=1,fsdp=-1,tensor=1"
+    c.data.tokenizer = f"{hf_dir}/tokenizer.json"
+    c.data.chat_format = "chatml"
+    c.data.chain_style = "tagged"
+    c.data.seq_len = 512  # packed SFT rows
+    c.data.pref_seq_len = 512  # prompt + completion; the longest seed pair (Chinese) needs about 420
+    c.data.max_prompt_len = 128
+    c.data.pref_shared_len = -1  # one row per pair, prompt | chosen | rejected, sized from the data
+
+    c.sft.num_steps = 40
+    c.sft.batch_size = 4
+    c.sft.learning_rate = 1e-4
+    c.sft.warmup_steps = 4
+    c.sft.logits_chunk = 128
+
+    c.pref.loss = "orpo"
+    c.pref.orpo_lambda = 0.1
+    c.pref.num_steps = 40
+    c.pref.batch_size = 4  # pairs
+    c.pref.learning_rate = 5e-5
+    c.pref.warmup_steps = 4
+    c.pref.logits_chunk = 128
+
+    c.checkpoint.every_steps = 20
+    c.checkpoint.keep = 1
+    c.peak_tflops = 1.0  # skip the start-up matmul measurement (MFU in the logs is then relative to 1 TFLOP/s)
+    return c
