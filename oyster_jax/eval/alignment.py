@@ -52,17 +52,17 @@ METRICS = ("heldout_pref_accuracy", "chain_parse_rate", "general_ppl", "benign_o
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    pref_pairs: int = 48  # held-out preference pairs
+    pref_pairs: int = 32  # held-out preference pairs
     pref_seq_len: int = 512  # prompt + completion per row
     chat_format: str = "chatml"
     chain_style: str = "tagged"  # how the held-out pairs' chosen thinking is rendered (as in training)
-    gen_queries: int = 32  # held-out seed queries generated for chain_parse_rate / benign_overrefusal
-    gen_max_new_tokens: int = 448  # a Chinese tagged chain plus its answer is up to ~400 SmolLM2 tokens
-    gen_batch_size: int = 32
+    gen_queries: int = 24  # held-out seed queries generated for chain_parse_rate / benign_overrefusal
+    gen_max_new_tokens: int = 384  # a Chinese tagged chain plus its answer: 330 SmolLM2 tokens on average
+    gen_batch_size: int = 24
     ppl_seq_len: int = 128
-    strata_per_language: int = 12  # spread over levels 1-3 and their attack methods
+    strata_per_language: int = 6  # spread over levels 1-3 and their attack methods
     strata_max_prompt_tokens: int = 512
-    strata_max_new_tokens: int = 448
+    strata_max_new_tokens: int = 384
     bootstrap_samples: int = 1000
     seed: int = 0
 
