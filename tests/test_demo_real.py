@@ -139,3 +139,22 @@ def test_eval_settings_overrides(bad):
         demo_real.eval_settings({key: value}, "chatml", "tagged")
     assert demo_real.eval_settings({"pref_pairs": "7"}, "", "").pref_pairs == 7
     assert np.isclose(alignment.Settings().bootstrap_samples, 1000)
+
+
+def test_tagged_chain_style_reaches_the_seed_pairs_and_is_checked():
+    from oyster_jax.core.schemas import read_records
+    from oyster_jax.data import features
+    from oyster_jax.models.config import ConfigError
+    from oyster_jax.train import stage
+
+    record = read_records(data.SEED_DIR / "pref_test.jsonl", "pref")[0]
+    _, chosen, rejected = features.pref_texts(record, "chatml", "tagged")
+    thinking, _ = chat.split_thinking(chosen)
+    assert alignment.chain_is_complete(thinking) and not alignment.chain_is_complete(chat.split_thinking(rejected)[0])
+    assert "<user_needs>" not in features.pref_texts(record, "chatml", "prose")[1]  # the tiny demo's prose is kept
+
+    config = config_lib.load_experiment("smollm2_csa")
+    assert stage.describe(config, "sft").data.chain_style == "tagged"
+    config_lib.apply_overrides(config, {"data.chain_style": "bullets"})
+    with pytest.raises(ConfigError, match="data.chain_style"):
+        config_lib.validate(config)

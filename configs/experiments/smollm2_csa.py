@@ -42,24 +42,24 @@ def get_config():
     c.data.max_prompt_len = 128
     c.data.pref_shared_len = -1  # one row per pair, prompt | chosen | rejected, sized from the data
 
-    # Small on purpose (2 CPU cores): ~100 seed conversations of SFT, then 64 pairs of ORPO.
-    c.sft.num_steps = 24
+    # Small on purpose (2 shared CPU cores): about 80 seed conversations of SFT, then 32 pairs of ORPO.
+    c.sft.num_steps = 12
     c.sft.batch_size = 4
     c.sft.microbatches = 2  # the same gradient in two halves: half the activation memory (about 8 GB at once)
     c.sft.learning_rate = 2e-4
-    c.sft.warmup_steps = 3
+    c.sft.warmup_steps = 2
     c.sft.logits_chunk = 128
 
     c.pref.loss = "orpo"
     c.pref.orpo_lambda = 0.1
-    c.pref.num_steps = 16
+    c.pref.num_steps = 8
     c.pref.batch_size = 4  # pairs
     c.pref.microbatches = 2
-    c.pref.learning_rate = 4e-5
-    c.pref.warmup_steps = 2
+    c.pref.learning_rate = 3e-5
+    c.pref.warmup_steps = 1
     c.pref.logits_chunk = 128
 
-    c.checkpoint.every_steps = 8
+    c.checkpoint.every_steps = 4
     c.checkpoint.keep = 1
     c.peak_tflops = 1.0  # skip the start-up matmul measurement (MFU in the logs is then relative to 1 TFLOP/s)
     return c

@@ -52,17 +52,17 @@ METRICS = ("heldout_pref_accuracy", "chain_parse_rate", "general_ppl", "benign_o
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    pref_pairs: int = 32  # held-out preference pairs
+    pref_pairs: int = 24  # held-out preference pairs
     pref_seq_len: int = 512  # prompt + completion per row
     chat_format: str = "chatml"
     chain_style: str = "tagged"  # how the held-out pairs' chosen thinking is rendered (as in training)
-    gen_queries: int = 24  # held-out seed queries generated for chain_parse_rate / benign_overrefusal
-    gen_max_new_tokens: int = 384  # a Chinese tagged chain plus its answer: 330 SmolLM2 tokens on average
-    gen_batch_size: int = 24
+    gen_queries: int = 16  # held-out seed queries generated for chain_parse_rate / benign_overrefusal
+    gen_max_new_tokens: int = 320  # English chain + answer ~150 SmolLM2 tokens, Chinese ~330
+    gen_batch_size: int = 16
     ppl_seq_len: int = 128
     strata_per_language: int = 6  # spread over levels 1-3 and their attack methods
     strata_max_prompt_tokens: int = 512
-    strata_max_new_tokens: int = 384
+    strata_max_new_tokens: int = 320
     bootstrap_samples: int = 1000
     seed: int = 0
 
@@ -187,7 +187,8 @@ def _pref_accuracy(cfg, params, tokenizer, tokenizer_path, s: Settings, out_dir:
             shard_count=1, chat_format=s.chat_format, chain_style=s.chain_style, max_prompt_len=seq_len // 2,
         )  # fmt: skip
         batches.extend(it)
-    return evaluate.preference_accuracy(cfg, params, batches)
+    # The LM head in slabs of 64 positions: no [rows, T, 49152] logits buffer at once.
+    return evaluate.preference_accuracy(cfg, params, batches, logits_chunk=64)
 
 
 def _strata_sword(cfg, params, tokenizer, s: Settings, data_dir, records: list) -> dict:
