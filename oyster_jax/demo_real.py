@@ -273,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     # --- Export and check ---------------------------------------------------------------------------
     t = time.perf_counter()
     hf_dir = demo.export_hf(cfg, params, workdir)
-    probes = [q["prompt"] for q in alignment.heldout_queries(dataclasses.replace(settings, gen_queries=4))]
-    export = {"dir": str(hf_dir)} | greedy_check(cfg, params, hf_dir, tokenizer, probes)
+    probes = alignment.heldout_queries(dataclasses.replace(settings, gen_queries=settings.export_check_prompts))
+    prompts = [q["prompt"] for q in probes]
+    export = {"dir": str(hf_dir)} | greedy_check(cfg, params, hf_dir, tokenizer, prompts, settings.export_check_tokens)
     seconds["export"] = time.perf_counter() - t
 
     # --- Report --------------------------------------------------------------------------------------

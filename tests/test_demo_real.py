@@ -45,6 +45,8 @@ SMALL_EVAL = {
     "strata_per_language": "3",
     "strata_max_new_tokens": "8",
     "bootstrap_samples": "50",
+    "export_check_prompts": "2",
+    "export_check_tokens": "8",
 }
 
 

@@ -65,6 +65,8 @@ class Settings:
     strata_max_new_tokens: int = 320
     bootstrap_samples: int = 1000
     seed: int = 0
+    export_check_prompts: int = 4  # held-out seed queries whose greedy tokens transformers must reproduce
+    export_check_tokens: int = 32
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
