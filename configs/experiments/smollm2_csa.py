@@ -11,14 +11,18 @@ Weights and tokenizer: the fetched Hugging Face directory `$OYSTER_CACHE/models/
 
 Recipe: the thinking is the seed records' safety chain in tagged lines (`data.chain_style="tagged"`), so that
 the chain the model writes can be parsed back (`core.chat.parse_chain`). SFT on the constructive + general
-chat mixture teaches the format and the constructive answers; ORPO (λ 0.1) on the seed pairs then separates
-the pearl answers from unsafe compliance and reflexive refusal. Rows are short (the seed records are 150-470
-SmolLM2 tokens; Chinese takes about twice the English count) and the steps few: the whole demo, with its
-evaluations, has to fit in 40 minutes of a 2-core CPU (sized for about 25 on a quiet one).
+chat mixture (12 steps of 4 packed rows x 512 tokens, about 80 conversations, lr 2e-4) teaches the format and
+the constructive answers; ORPO (8 steps of 4 pairs, λ 0.1, lr 3e-5) on the seed pairs then separates the pearl
+answers from unsafe compliance and reflexive refusal. The seed records are 150-470 SmolLM2 tokens (Chinese
+takes about twice the English count).
 
-Hardware: 2 CPU cores, f32. Wall time: see runs/demo-real/report.json `wall_seconds` and the README table.
-Expected: held-out preference accuracy from about chance to >= 0.85; chain parse rate from 0 (the base model
-writes no chain) to >= 0.80; general perplexity within 1.15x of the base model's; benign over-refusal <= 0.10.
+Hardware: 2 CPU cores, f32 (one SFT step of 4 x 512 is 1.76 TFLOP with the backward pass).
+Wall time: sized for about 10-15 minutes of a quiet 2-core machine, evaluations included (an estimate from
+that FLOP count at ~150 GFLOP/s; the end-to-end run of 2026-12-04 did not finish on the heavily shared machine
+of that day, see the README).
+Expected result (the issue's targets): held-out preference accuracy >= 0.85 and >= base + 0.20; chain parse
+rate from 0 (the base model writes no chain) to >= 0.80; general perplexity within 1.15x of the base model's;
+benign over-refusal <= 0.10. Not yet confirmed by a finished run.
 """
 
 from oyster_jax.convert.fetch import default_dir
