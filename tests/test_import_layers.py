@@ -11,7 +11,7 @@ function-level import that dodges a cycle is still an edge. The layers, bottom f
     train, llm
     csa
     eval
-    entry points               main, demo, serve, tools, bench, and the bundled configs
+    entry points               main, demo, demo_real, serve, tools, bench, and the bundled configs
 
 A package may import its own modules and any package of a lower layer, never a package of its own layer
 or above. Entry points may also import each other (the benchmarks reuse `main`'s config loading).
@@ -35,7 +35,7 @@ LAYERS: list[set[str]] = [
     {"train", "llm"},
     {"csa"},
     {"eval"},
-    {"main", "demo", "serve", "tools", "bench", "configs"},
+    {"main", "demo", "demo_real", "serve", "tools", "bench", "configs"},
 ]
 ENTRY_LAYER = len(LAYERS) - 1
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

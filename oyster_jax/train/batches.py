@@ -129,6 +129,7 @@ def make_train_iterator(spec, *, process_index: int = 0, process_count: int = 1)
         shard_count=process_count,
         vocab=_vocab(d),
         chat_format=d.chat_format or None,
+        chain_style=d.chain_style or "task",
     )
     source, key = spec.data_source, spec.data_key
     named = f"{key}={json.dumps(source) if isinstance(source, dict) else repr(source)}"
@@ -264,4 +265,5 @@ def make_heldout_iterator(spec, batch_size: int):
         shard_count=1,
         max_prompt_len=d.max_prompt_len or None,
         chat_format=d.chat_format or None,
+        chain_style=d.chain_style or "task",
     )

@@ -10,7 +10,8 @@ An experiment config is an `ml_collections.ConfigDict` with these fields (defaul
     seed, mesh, sharding
     data             sft_task, pref_task (data specs: task/mixture names, paths, hf:PATH[:split]),
                      sft_mixture, pref_mixture ({spec: rate} as JSON; when set they replace the *_task),
-                     heldout_pref_task/split, seq_len, pref_seq_len, max_prompt_len, tokenizer, chat_format
+                     heldout_pref_task/split, seq_len, pref_seq_len, max_prompt_len, tokenizer, chat_format,
+                     chain_style
     sft, pref        per stage: num_steps, batch_size (rows for SFT, *pairs* for pref), microbatches,
                      learning_rate, warmup_steps, min_lr_ratio, weight_decay, b1, b2, eps, grad_clip,
                      logits_chunk; pref also loss (orpo|dpo|ipo|simpo), orpo_lambda, beta, simpo_gamma,
@@ -118,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.pref_shared_len = 0
     c.data.tokenizer = ""  # "" = the task's (the bundled tiny tokenizer); else a tokenizer.json (the model's)
     c.data.chat_format = ""  # "" = the task's; "chatml" (Qwen3) | "deepseek_r1"
+    # How a record's safety chain becomes the thinking: "" = the task's (prose for the seed tasks); "tagged"
+    # = one <node>value</node> line per node (parseable back into a chain, core.chat.parse_chain); "prose".
+    c.data.chain_style = ""
     c.sft = stage_defaults()
     c.pref = pref_defaults()
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, async_save=True))
@@ -257,6 +261,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         _check_choice("data.chat_format", cfg.data.chat_format, tuple(chat.FORMATS))
     for key in ("sft_mixture", "pref_mixture"):
         parse_mixture(cfg.data.get(key, ""), f"data.{key}")
+    if cfg.data.get("chain_style"):
+        _check_choice("data.chain_style", cfg.data.chain_style, tuple(chat.CHAIN_STYLES))
     try:
         parse_mesh_spec(cfg.mesh)
     except ValueError as e:

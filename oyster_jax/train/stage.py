@@ -96,6 +96,7 @@ class DataSpec:
     max_prompt_len: int  # 0: the pipeline's default (seq_len // 2)
     tokenizer: str  # "" = the task's own (the bundled tiny tokenizer)
     chat_format: str  # "" = the task's
+    chain_style: str  # "" = the task's; "prose" | "tagged" (core.chat.render_chain)
     synthetic: bool  # random tokens instead of the data pipeline
     heldout_task: str  # held-out preference pairs (train.evals), in every stage
     heldout_split: str
@@ -184,6 +185,7 @@ def describe(config, stage_name: str, mesh=None) -> StageSpec:
         max_prompt_len=int(d.get("max_prompt_len", 0) or 0),
         tokenizer=str(d.get("tokenizer", "") or ""),
         chat_format=str(d.get("chat_format", "") or ""),
+        chain_style=str(d.get("chain_style", "") or ""),
         synthetic=bool(config.get("synthetic_data", False)),
         heldout_task=str(d.get("heldout_pref_task", "") or ""),
         heldout_split=str(d.get("heldout_split", "test")),

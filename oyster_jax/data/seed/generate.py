@@ -426,7 +426,8 @@ def build_csa(seed: int = 0) -> dict[str, list[dict]]:
                             id=rid,
                             language=lang,
                             prompt_messages=[{"role": "user", "content": ex["query"]}],
-                            chosen={"thinking": chosen_thinking, "response": ex["answer"]},
+                            # The chain too: chain_style="tagged" renders it as parseable thinking lines.
+                            chosen={"thinking": chosen_thinking, "response": ex["answer"], "chain": ex["chain"]},
                             rejected=ex["rejected"],
                             rejected_kind=ex["rejected_kind"],
                             **common,
