@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Backend", "BaseBackend", "BackendError", "Message", "split_think", "validate_messages"]
+__all__ = [
+    "Backend",
+    "BaseBackend",
+    "BackendError",
+    "Completion",
+    "Message",
+    "complete",
+    "split_think",
+    "validate_messages",
+]
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -26,6 +36,31 @@ class BackendError(RuntimeError):
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One chat answer with its accounting: what `acomplete` returns.
+
+    `usage` holds `prompt_tokens` / `completion_tokens` when the backend reports them (empty otherwise);
+    `finish_reason` is the backend's ('stop', 'length', ...) or None when unknown; `cached` is True when the
+    answer came from an on-disk cache (`llm.cache`) and cost nothing.
+    """
+
+    reasoning: str
+    content: str
+    usage: dict = dataclasses.field(default_factory=dict)
+    finish_reason: str | None = None
+    cached: bool = False
+
+
+async def complete(backend, messages: list[Message], **sampling) -> Completion:
+    """`backend.acomplete(...)` when the backend has it, else its `achat` wrapped (no usage known)."""
+    acomplete = getattr(backend, "acomplete", None)
+    if acomplete is not None:
+        return await acomplete(messages, **sampling)
+    reasoning, content = await backend.achat(messages, **sampling)
+    return Completion(reasoning, content)
 
 
 @runtime_checkable
@@ -59,6 +94,11 @@ class BaseBackend:
 
     async def achat(self, messages: list[Message], **sampling) -> tuple[str, str]:  # pragma: no cover
         raise NotImplementedError
+
+    async def acomplete(self, messages: list[Message], **sampling) -> Completion:
+        """The answer with its token usage and finish reason; backends that know them override this."""
+        reasoning, content = await self.achat(messages, **sampling)
+        return Completion(reasoning, content)
 
     def close(self) -> None:
         pass
