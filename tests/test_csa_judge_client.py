@@ -35,8 +35,16 @@ def test_unparseable_answers_are_asked_again_until_one_parses():
     )
     assert answer.value["verdict"] == "Unsafe" and answer.attempts == 3
     assert [s for _, s in backend.calls] == [GREEDY, retry_sampling(GREEDY, 1), retry_sampling(GREEDY, 2)]
-    tasks = {"safety_judge": {"calls": 3, "parse_failures": 2, "errors": 0, "cached": 0, "prompt_tokens": 0,
-                              "completion_tokens": 0}}
+    tasks = {
+        "safety_judge": {
+            "calls": 3,
+            "parse_failures": 2,
+            "errors": 0,
+            "cached": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+        }
+    }
     assert stats == {"calls": 3, "parse_failures": {"safety_judge": 2}, "tasks": tasks}
 
 
@@ -56,8 +64,14 @@ def test_an_answer_that_never_parses_raises_judge_failed():
 
 def test_every_call_is_logged_with_its_raw_text_parse_error_and_attempt():
     """The audit trail: an echoed prompt example and a broken last block are failures, logged raw."""
-    example = {"user_type": "benign", "risk_intent": "...", "adapted_guideline": "...", "next_turn": "...",
-               "verdict": "Safe", "suggestion": "..."}
+    example = {
+        "user_type": "benign",
+        "risk_intent": "...",
+        "adapted_guideline": "...",
+        "next_turn": "...",
+        "verdict": "Safe",
+        "suggestion": "...",
+    }
     echoed = "Here is the format:\n" + json_block(example)
     broken_last = json_block({"verdict": "Safe"}) + '\nrevised:\n```json\n{"verdict": "Unsa\n```'
     answers = iter([echoed, broken_last, json_block({"verdict": "Unsafe"})])

@@ -84,9 +84,7 @@ class JudgeClient:
     """`ask` a backend for a structured answer. `retries`: extra calls when an answer does not parse;
     `retry_sampling`: merged over the sampling of those calls (see `retry_sampling`)."""
 
-    def __init__(
-        self, backend, *, retries: int = 3, retry_sampling: dict | None = None, schemas: bool | None = None
-    ):
+    def __init__(self, backend, *, retries: int = 3, retry_sampling: dict | None = None, schemas: bool | None = None):
         self.backend = backend
         self.policy = RetryPolicy(retries=retries, backoff_base=0.0, backoff_max=0.0, retry_on=_is_parse_error)
         self.retry_sampling = dict(RETRY_SAMPLING if retry_sampling is None else retry_sampling)
