@@ -366,9 +366,8 @@ def _traj(points):
 
 
 def test_parse_retries_follow_the_one_judge_client_rule(tmp_path):
-    """The user judge never parses for d: one greedy call (seed 0, the default --seed), then three sampled retries with seeds 1, 2,
-    3 (the
-    rule of oyster_jax.csa.judge_client, shared with the evaluation harnesses)."""
+    """The user judge never parses for d: one greedy call (seed 0, the default --seed), then three sampled
+    retries with seeds 1, 2, 3 (the rule of oyster_jax.csa.judge_client, shared with the evaluation harnesses)."""
     inp = _write(tmp_path / "q.jsonl", [q for q in QUERIES if q["id"] == "d"])
     with FakeOpenAIServer(ScriptedLingo()) as server:
         assert lingo_bp.main(_args(server, inp, tmp_path / "out")) == lingo_bp.EXIT_OK
