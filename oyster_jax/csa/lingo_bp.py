@@ -1114,7 +1114,7 @@ def main(argv=None) -> int:
             judge_schemas={"auto": None, "on": True, "off": False}[args.judge_schemas],
         )
         engine_game = game_lib.default_game()
-        manifest_lib.check_and_write(args.out, _manifest(args, config, engine_game), force=args.force)
+        manifest = manifest_lib.reconcile(args.out, _manifest(args, config, engine_game), force=args.force)
     except manifest_lib.ManifestMismatch as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -1130,6 +1130,7 @@ def main(argv=None) -> int:
     except (SpecError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    manifest_lib.write(args.out, manifest)  # once the backends exist: a bad SPEC leaves nothing behind
     cache = None if args.no_cache else CallCache(args.cache or os.path.join(args.out, "cache"))
     if cache is not None:  # judge and optimizer calls only: the policy's answers are what is being improved
         wrapped: dict[int, CachedBackend] = {}

@@ -1,7 +1,8 @@
 """The run manifest: what a Lingo-BP output folder was made with, so that a resume cannot mix settings.
 
     manifest = build_manifest(settings)                # {"format", "settings", "versions", "created"}
-    check_and_write(out_dir, manifest, force=False)    # raises ManifestMismatch naming the differing keys
+    manifest = reconcile(out_dir, manifest)            # raises ManifestMismatch naming the differing keys
+    write(out_dir, manifest)                           # (check_and_write does both)
 
 `settings` is everything that changes the data a run produces: backend SPECs, sampling per role (seed
 included), endpoint extras, the prompts' SHA-256, α/β/γ, rounds, retries, the game's fingerprint, the
@@ -35,6 +36,8 @@ __all__ = [
     "build_manifest",
     "check_and_write",
     "differences",
+    "reconcile",
+    "write",
     "game_fingerprint",
     "prompt_hashes",
     "versions",
@@ -127,33 +130,43 @@ def differences(old_settings: dict, new_settings: dict) -> dict[str, dict]:
     return {k: {"old": a.get(k), "new": b.get(k)} for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def check_and_write(out_dir, manifest: dict, *, force: bool = False) -> dict:
-    """Compare with `out_dir/manifest.json` (if any) and write `manifest`. Returns the differences found
-    (empty when none, or when the folder had no manifest). Raises ManifestMismatch on a difference unless
-    `force`; an unreadable manifest is a mismatch too (it names the file), never silently replaced."""
+def reconcile(out_dir, manifest: dict, *, force: bool = False) -> dict:
+    """The manifest to write into `out_dir` after comparing with its `manifest.json` (if any); nothing is
+    written. Raises ManifestMismatch on a difference unless `force` (then the differences are appended to
+    `forced`); an unreadable manifest is a mismatch too (it names the file), never silently replaced."""
     path = pathlib.Path(out_dir) / MANIFEST_NAME
-    diffs: dict = {}
-    if path.exists():
-        try:
-            old = json.loads(path.read_text("utf-8"))
-            old_settings = old["settings"]
-            if not isinstance(old_settings, dict):
-                raise TypeError("settings is not an object")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            if not force:
-                unreadable = {"manifest.json": {"old": f"unreadable ({e})", "new": "this run"}}
-                raise ManifestMismatch(path, unreadable) from None
-            old, old_settings = {}, {}
-        diffs = differences(old_settings, manifest["settings"])
-        if diffs and not force:
-            raise ManifestMismatch(path, diffs)
-        history = list(old.get("forced") or [])  # one entry per forced resume, oldest first
-        if diffs:
-            history.append({"at": manifest["created"], "differences": diffs})
-        else:
-            manifest = {**manifest, "created": old.get("created", manifest["created"])}
-        if history:
-            manifest = {**manifest, "forced": history}
-    os.makedirs(path.parent, exist_ok=True)
-    atomic_write_json(path, manifest)
-    return diffs
+    if not path.exists():
+        return manifest
+    try:
+        old = json.loads(path.read_text("utf-8"))
+        old_settings = old["settings"]
+        if not isinstance(old_settings, dict):
+            raise TypeError("settings is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if not force:
+            unreadable = {"manifest.json": {"old": f"unreadable ({e})", "new": "this run"}}
+            raise ManifestMismatch(path, unreadable) from None
+        old, old_settings = {}, {}
+    diffs = differences(old_settings, manifest["settings"])
+    if diffs and not force:
+        raise ManifestMismatch(path, diffs)
+    history = list(old.get("forced") or [])  # one entry per forced resume, oldest first
+    if diffs:
+        history.append({"at": manifest["created"], "differences": diffs})
+    else:
+        manifest = {**manifest, "created": old.get("created", manifest["created"])}
+    if history:
+        manifest = {**manifest, "forced": history}
+    return manifest
+
+
+def write(out_dir, manifest: dict) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_json(pathlib.Path(out_dir) / MANIFEST_NAME, manifest)
+
+
+def check_and_write(out_dir, manifest: dict, *, force: bool = False) -> dict:
+    """`reconcile`, then `write`; returns what was written."""
+    manifest = reconcile(out_dir, manifest, force=force)
+    write(out_dir, manifest)
+    return manifest
