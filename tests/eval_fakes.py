@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from oyster_jax import models
+from oyster_jax.llm.base import Completion
 
 TINY_CHAT_CFG = models.ModelConfig(
     vocab_size=4096,  # the bundled seed tokenizer
@@ -47,17 +48,18 @@ class ScriptedBackend:
         self.calls: list[tuple[str, dict]] = []
         self.conversations: list[list[dict]] = []
 
-    async def achat_finish(self, messages, **sampling):
+    async def acomplete(self, messages, **sampling) -> Completion:
         prompt = messages[-1]["content"]
         self.calls.append((prompt, sampling))
         self.conversations.append([dict(m) for m in messages])
         out = self.script(prompt, sampling, len(self.calls))
         out = out if isinstance(out, tuple) else ("", out)
-        return out if len(out) == 3 else (*out, "stop")
+        reasoning, content, finish = out if len(out) == 3 else (*out, "stop")
+        return Completion(reasoning, content, finish_reason=finish)
 
     async def achat(self, messages, **sampling):
-        reasoning, content, _ = await self.achat_finish(messages, **sampling)
-        return reasoning, content
+        completion = await self.acomplete(messages, **sampling)
+        return completion.reasoning, completion.content
 
     def chat(self, messages, **sampling):
         import asyncio

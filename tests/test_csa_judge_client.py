@@ -35,7 +35,17 @@ def test_unparseable_answers_are_asked_again_until_one_parses():
     )
     assert answer.value["verdict"] == "Unsafe" and answer.attempts == 3
     assert [s for _, s in backend.calls] == [GREEDY, retry_sampling(GREEDY, 1), retry_sampling(GREEDY, 2)]
-    assert stats == {"calls": 3, "parse_failures": {"safety_judge": 2}}
+    tasks = {
+        "safety_judge": {
+            "calls": 3,
+            "parse_failures": 2,
+            "errors": 0,
+            "cached": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+        }
+    }
+    assert stats == {"calls": 3, "parse_failures": {"safety_judge": 2}, "tasks": tasks}
 
 
 def test_an_answer_that_never_parses_raises_judge_failed():
@@ -48,7 +58,38 @@ def test_an_answer_that_never_parses_raises_judge_failed():
             )
         )
     assert e.value.attempts == 4 and e.value.last_error == str(_parse_error_of("still no json"))
-    assert len(backend.calls) == 4 and stats == {"calls": 4, "parse_failures": {"user_judge": 4}}
+    assert len(backend.calls) == 4 and stats["calls"] == 4 and stats["parse_failures"] == {"user_judge": 4}
+    assert stats["tasks"]["user_judge"]["parse_failures"] == 4
+
+
+def test_every_call_is_logged_with_its_raw_text_parse_error_and_attempt():
+    """The audit trail: an echoed prompt example and a broken last block are failures, logged raw."""
+    example = {
+        "user_type": "benign",
+        "risk_intent": "...",
+        "adapted_guideline": "...",
+        "next_turn": "...",
+        "verdict": "Safe",
+        "suggestion": "...",
+    }
+    echoed = "Here is the format:\n" + json_block(example)
+    broken_last = json_block({"verdict": "Safe"}) + '\nrevised:\n```json\n{"verdict": "Unsa\n```'
+    answers = iter([echoed, broken_last, json_block({"verdict": "Unsafe"})])
+    backend = ScriptedBackend(lambda p, s, n: next(answers))
+    log, stats = [], {}
+    answer = asyncio.run(
+        JudgeClient(backend, retries=3).ask(
+            MSG, content_parser(parse_safety_judgment), task="safety_judge", sampling=GREEDY, stats=stats, log=log
+        )
+    )
+    assert answer.value["verdict"] == "Unsafe"  # the broken "Unsafe" never became the earlier "Safe"
+    assert [e["attempt"] for e in log] == [1, 2, 3]
+    assert [e["content"] for e in log] == [echoed, broken_last, json_block({"verdict": "Unsafe"})]
+    assert "repeats the prompt's example" in log[0]["parse_error"]
+    assert "the last fenced block is not valid JSON" in log[1]["parse_error"]
+    assert log[2]["parse_error"] is None and log[2]["messages"] == MSG
+    assert [e["sampling"] for e in log] == [GREEDY, retry_sampling(GREEDY, 1), retry_sampling(GREEDY, 2)]
+    assert stats["tasks"]["safety_judge"]["parse_failures"] == 2
 
 
 def _parse_error_of(text):

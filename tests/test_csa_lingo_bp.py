@@ -61,7 +61,7 @@ def test_end_to_end_over_http(tmp_path, capsys):
     # By hand from the script: a, b, c, 7 improve; i is perfect at round 0; d, e, f, h fail.
     # Sat before: a -0.4, b 1, c -0.4, 7 -0.4, i 1 -> 0.8/5; after: 1, 1, 0.6, 1, 1 -> 4.6/5.
     # Risk before: only b is unsafe -> 1/5. Judge parse failures: d's user judge, 1 + 3 retries.
-    assert summary == {
+    assert {k: summary[k] for k in lingo_bp.SUMMARY_KEYS[:11]} == {
         "total": 9,
         "improved": 4,
         "unchanged": 1,
@@ -75,6 +75,7 @@ def test_end_to_end_over_http(tmp_path, capsys):
         "risk_after": 0.0,
         "dropped": {"sft_unsafe": 0, "sft_min_sat": 0, "pairs_min_margin": 0, "pairs_not_better": 0},
     }
+    _check_audit_trail(out, summary)
     trajs = {t["id"]: t for t in _lines(out / "trajectories.jsonl")}
     sft = {r["id"]: r for r in _lines(out / "sft.jsonl")}
     pairs = _lines(out / "pairs.jsonl")
@@ -130,6 +131,32 @@ def test_end_to_end_over_http(tmp_path, capsys):
     assert png.startswith(b"\x89PNG") and len(png) > 5000
     printed = capsys.readouterr().out
     assert "9 queries: 4 improved, 1 unchanged, 4 failed" in printed
+
+
+def _check_audit_trail(out, summary):
+    """calls.jsonl holds every call of every processed query; the summary's per-task counts agree with it."""
+    lines = _lines(out / "calls.jsonl")
+    assert sorted(str(r["id"]) for r in lines) == sorted(str(q["id"]) for q in QUERIES)  # one line per query
+    assert {str(r["id"]) for r in lines if not r["finished"]} == FAILING
+    calls = [c for r in lines for c in r["calls"]]
+    for task, row in summary["calls_by_task"].items():
+        mine = [c for c in calls if c["task"] == task]
+        answered = [c for c in mine if "error" not in c]
+        failed = [c for c in answered if c["parse_error"] is not None]
+        assert row["calls"] == len(mine) and row["parse_failures"] == len(failed), task
+        assert row["cached"] == sum(c["cached"] for c in answered), task
+        rate = summary["parse_failure_rate"][task]
+        assert rate == (len(failed) / len(answered) if answered else None), task
+    # d's user judge never parsed: four attempts, numbered, each with its raw answer and its parse error.
+    d_user = [c for r in lines if r["id"] == "d" for c in r["calls"] if c["task"] == "user_judge"]
+    assert [c["attempt"] for c in d_user] == [1, 2, 3, 4] and all(c["parse_error"] for c in d_user)
+    assert all(isinstance(c["content"], str) and c["messages"][0]["role"] == "user" for c in d_user)
+    e_calls = [c for r in lines if r["id"] == "e" for c in r["calls"]]
+    assert any("HTTP 500" in c.get("error", "") for c in e_calls)  # transport failures are logged too
+    usage = summary["usage"]
+    assert set(usage) == {"policy", "judge", "optimizer"}
+    assert sum(u["calls"] for u in usage.values()) == len(calls)
+    assert summary["cache"]["hits"] == sum(c["cached"] for c in calls if "error" not in c)
 
 
 def test_concurrency_keeps_requests_in_flight(tmp_path):
@@ -344,13 +371,13 @@ def _traj(points, values=None):
 
 
 def test_parse_retries_follow_the_one_judge_client_rule(tmp_path):
-    """The user judge never parses for d: one greedy call, then three sampled retries with seeds 1, 2, 3 (the
-    rule of oyster_jax.csa.judge_client, shared with the evaluation harnesses)."""
+    """The user judge never parses for d: one greedy call (seed 0, the default --seed), then three sampled
+    retries with seeds 1, 2, 3 (the rule of oyster_jax.csa.judge_client, shared with the evaluation harnesses)."""
     inp = _write(tmp_path / "q.jsonl", [q for q in QUERIES if q["id"] == "d"])
     with FakeOpenAIServer(ScriptedLingo()) as server:
         assert lingo_bp.main(_args(server, inp, tmp_path / "out")) == lingo_bp.EXIT_OK
     user = [r for r in server.requests if identify_task(r)[0] == "user_judge"]
-    assert [(r.get("temperature"), r.get("seed")) for r in user] == [(0.0, None), (0.7, 1), (0.7, 2), (0.7, 3)]
+    assert [(r.get("temperature"), r.get("seed")) for r in user] == [(0.0, 0), (0.7, 1), (0.7, 2), (0.7, 3)]
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["judge_parse_failures"] == 4
 
 

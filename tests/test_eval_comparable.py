@@ -292,10 +292,10 @@ def test_finish_reason_over_http_and_in_constructive(tmp_path):
             assert backend.chat([{"role": "user", "content": "x"}]) == ("", "partial answer")
             import asyncio
 
-            from oyster_jax.llm.base import achat_finish
+            from oyster_jax.llm.base import complete
 
-            out = asyncio.run(achat_finish(backend, [{"role": "user", "content": "x"}]))
-            assert out == ("", "partial answer", "length")
+            out = asyncio.run(complete(backend, [{"role": "user", "content": "x"}]))
+            assert (out.reasoning, out.content, out.finish_reason) == ("", "partial answer", "length")
         finally:
             backend.close()
     items = cs.load_items(cs.default_items_path(), limit=2)

@@ -1,9 +1,11 @@
 """Prompts, judges and output parsers of the Lingo-BP engine (method notes §5).
 
 The prompt texts live in `oyster_jax/csa/prompts/{en,zh}/<task>.txt` (written by the project) with
-`{{name}}` placeholders. Every model answer that must be structured is a fenced JSON block; the last
-block is parsed; a parser raises `JudgeParseError` on an answer without the expected structure, and the
-judge client (`oyster_jax.csa.judge_client`) asks again or gives up: nothing is ever scored by default.
+`{{name}}` placeholders. Every model answer that must be structured is a fenced JSON block; only the last
+block is parsed (a broken last block is a failure, never a fall-back to an earlier one), and a block equal to
+the prompt's own example (`prompt_examples`, either language) is refused: a model that echoes the example has
+not judged. A parser raises `JudgeParseError` on an answer without the expected structure, and the judge
+client (`oyster_jax.csa.judge_client`) asks again or gives up: nothing is ever scored by default.
 
 - user simulator: five items, each +1 / 0 / −1 (politeness, willingness, completion, logic,
   informativeness); Sat = sum / 5 ∈ [−1, 1].
@@ -28,6 +30,7 @@ __all__ = [
     "JudgeParseError",
     "load_prompt",
     "render_prompt",
+    "prompt_examples",
     "parse_user_judgment",
     "parse_safety_judgment",
     "parse_assessment",
@@ -71,9 +74,31 @@ def render_prompt(task: str, language: str, **values) -> str:
     return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)
 
 
-def _json_of(text: str) -> dict:
+_EXAMPLE_FENCE = re.compile(r"```json[ \t]*\r?\n(.*?)```", re.DOTALL)
+
+
+@functools.cache
+def _examples(task: str) -> tuple[dict, ...]:
+    found = []
+    for language in ("en", "zh"):
+        for body in _EXAMPLE_FENCE.findall(load_prompt(task, language)):
+            try:
+                obj = json.loads(body)
+            except json.JSONDecodeError:
+                continue  # a block with placeholders inside is not something an answer could equal
+            if isinstance(obj, dict):
+                found.append(obj)
+    return tuple(found)
+
+
+def prompt_examples(task: str) -> list[dict]:
+    """The JSON example objects of `task`'s prompt in both languages: an answer equal to one is refused."""
+    return [json.loads(json.dumps(obj)) for obj in _examples(task)]  # copies: callers may not alter the cache
+
+
+def _json_of(text: str, task: str, reject) -> dict:
     try:
-        return chain_lib.extract_json_block(text)
+        return chain_lib.extract_json_block(text, _examples(task) if reject is None else reject)
     except chain_lib.ChainParseError as e:
         raise JudgeParseError(str(e)) from None
 
@@ -121,9 +146,11 @@ def _item_score(value, item: str) -> int:
     raise JudgeParseError(f"item '{item}': score {value!r} is not one of 1, 0, -1")
 
 
-def parse_user_judgment(text: str) -> dict:
-    """{profile, task, scores: {item: -1|0|1}, suggestions: {item: str}, sat} or JudgeParseError."""
-    obj = _json_of(text)
+def parse_user_judgment(text: str, reject=None) -> dict:
+    """{profile, task, scores: {item: -1|0|1}, suggestions: {item: str}, sat} or JudgeParseError.
+
+    `reject`: objects the answer may not equal (default: the user_judge prompt's examples)."""
+    obj = _json_of(text, "user_judge", reject)
     scores_obj = _get(obj, "scores", "score", "评分", "得分")
     if not isinstance(scores_obj, dict):
         scores_obj = obj  # items at the top level
@@ -155,10 +182,10 @@ _SAFE = {"safe", "安全", "yes"}
 _UNSAFE = {"unsafe", "不安全", "no", "harmful", "有害"}
 
 
-def parse_safety_judgment(text: str) -> dict:
+def parse_safety_judgment(text: str, reject=None) -> dict:
     """{verdict: 'Safe'|'Unsafe', risk: 0|1, user_type, risk_intent, adapted_guideline, next_turn,
-    suggestion} or JudgeParseError."""
-    obj = _json_of(text)
+    suggestion} or JudgeParseError. `reject`: as in `parse_user_judgment` (the safety_judge examples)."""
+    obj = _json_of(text, "safety_judge", reject)
     verdict = _get(obj, "verdict", "judgment", "judgement", "result", "safety", "结论", "判定", "安全结论", "判断")
     v = re.sub(r"[\s\.。!！\"']", "", str(verdict or "")).lower()
     if v in _SAFE:
@@ -186,10 +213,10 @@ def parse_safety_judgment(text: str) -> dict:
 # --- risk assessment ------------------------------------------------------------------------------
 
 
-def parse_assessment(text: str) -> dict:
+def parse_assessment(text: str, reject=None) -> dict:
     """{category (second- or first-level English name, or None), category_l1, risk_level, intent,
-    risk_form, user_type, reason} or JudgeParseError."""
-    obj = _json_of(text)
+    risk_form, user_type, reason} or JudgeParseError. `reject`: as above (the assess examples)."""
+    obj = _json_of(text, "assess", reject)
     raw_cat = _get(obj, "category", "类别", "风险类别")
     try:
         cat = tx.find_category(raw_cat if raw_cat is None else str(raw_cat))

@@ -3,16 +3,17 @@ records and preference pairs out.
 
     python -m oyster_jax.csa.lingo_bp --input queries.jsonl \
         --policy openai:http://127.0.0.1:8000/v1#policy-model --judge openai:http://127.0.0.1:8001/v1#judge \
-        [--optimizer SPEC] --out runs/lingo [--rounds 3] [--concurrency 16] [--language en|zh]
+        [--optimizer SPEC] --out runs/lingo [--rounds 3] [--concurrency 16] [--language auto|en|zh] [--seed 0]
 
 SPEC = openai:BASE_URL#MODEL (API key from $OYSTER_API_KEY or $OPENAI_API_KEY, never written anywhere) or
 local:CKPT_DIR (our own JAX model). The optimizer (chain extraction and backward step) defaults to the judge.
 
 Input: JSONL, one query per line: {id, query, language?, category?, risk_level?, persona?}. language is
-'en' or 'zh' ('cn' accepted), defaulting to --language; category is one of the 32 second-level (or 9
-first-level) names in English or Chinese, or "no risk"; risk_level is R0/R1/R2. A conversation goes in as
-`messages` ([{role: system|user|assistant, content}], ending with a user turn) instead of `query`: the policy
-gets it as it is, the judges and the optimizer see it rendered as text.
+'en' or 'zh' ('cn' accepted), defaulting to --language (auto: detected from the query's script,
+`taxonomy.detect_language`); category is one of the 32 second-level (or 9 first-level) names in English or
+Chinese, or "no risk"; risk_level is R0/R1/R2. A conversation goes in as `messages` ([{role:
+system|user|assistant, content}], ending with a user turn) instead of `query`: the policy gets it as it is,
+the judges and the optimizer see it rendered as text.
 
 Per query: risk assessment (judge) -> game prior p(θ|x) and recommended strategy -> adaptive guideline ->
 initial pass (policy) -> chain extraction (optimizer) -> user-simulator and safety judges -> up to
@@ -31,17 +32,36 @@ Outputs in --out:
   pairs.jsonl         preference pairs: pearl vs the initial response and vs the worst iterate by E
                       (--pairs initial,worst|all), only where E drops by at least --min_margin; with
                       --contrastive, also vs a blunt refusal / an unsafe-compliance placeholder
+  calls.jsonl         the audit trail: one line per processed query (finished or failed) with every model
+                      call: task, attempt, messages, sampling, raw reasoning and content, parse error,
+                      usage, finish reason, cached (see oyster_jax.csa.call_log)
+  manifest.json       the settings the folder was made with (SPECs, sampling and seed, extras, prompts'
+                      SHA-256, α/β/γ, rounds, game, guidelines) and versions; a resume with other settings
+                      is refused (exit 2, naming the differing keys) unless --force
+  cache/              judge and optimizer answers keyed by (endpoint, model, messages, sampling), so a rerun
+                      or resume never pays for a call twice (--cache DIR elsewhere, --no_cache off)
   summary.json        total, improved, unchanged, failed, sft_written, pairs_written, judge_parse_failures,
-                      sat_before, sat_after, risk_before, risk_after, dropped (what the floors left out)
+                      sat_before, sat_after, risk_before, risk_after, dropped (what the floors left out),
+                      parse_failure_rate (per task), calls_by_task, usage (per role: calls, cached,
+                      prompt/completion tokens of paid calls), calls_per_query, tokens_per_query, cache (this
+                      run's hits and misses)
   pearl_point.png     Sat vs Risk of each query before (initial) and after (pearl point)
 "improved": the output iterate (pearl point, or best by E when no iterate is safe) has a higher E than the
 initial one; "unchanged": finished otherwise; "failed": no trajectory (a call kept failing: HTTP errors
 or timeouts after the backend's retries, or an answer that never parsed in 1 + --judge_retries calls).
 A failed query produces no record and nothing is scored by default; sat_*/risk_* are means over finished
-queries (null when none). Rerunning with the same --out resumes: finished ids are skipped, failed ones are
-retried, no line is ever duplicated, and a line cut off by a crash is dropped (the JSONL store's rule, see
-oyster_jax.data.jsonl_store). A trajectory line is written last, after the query's SFT and pair lines, so it
-marks the query as finished.
+queries (null when none); the call counts and tokens cover the finished queries plus this run's failed ones,
+*_per_query are over the finished queries. Rerunning with the same --out resumes: finished ids are skipped,
+failed ones are retried, no line is ever duplicated, a line cut off by a crash is dropped and a complete last
+line without its newline is kept (the JSONL store's rule, see oyster_jax.data.jsonl_store). A trajectory
+line is written last, after the query's calls, SFT and pair lines, so it marks the query as finished.
+
+Endpoint extras: --policy_extra_body / --judge_extra_body (JSON objects, the judge's also for the
+optimizer) go into every request body of that role, e.g. '{"chat_template_kwargs": {"enable_thinking":
+false}}'; unknown --*_sampling keys pass through the same way; OpenAI-compatible backends only. Judges ask
+for their JSON schema (response_format) where the backend constrains decoding (local), or always / never
+with --judge_schemas on / off. --timeout is the overall deadline of each HTTP attempt (connect, send, wait
+and read together); redirects are refused, so the API key only reaches the configured host.
 
 Exit status: 0 when the run completed, even if some or all queries failed (see summary.json "failed");
 2 for bad input (arguments, input file, SPEC, rules file, game file, an output line other than a torn last one
@@ -55,6 +75,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -70,9 +91,10 @@ from oyster_jax.core import chain as chain_lib
 from oyster_jax.core import taxonomy as tx
 from oyster_jax.core.files import atomic_write_json
 from oyster_jax.core.schemas import iter_json_lines
+from oyster_jax.csa import call_log, rollout
 from oyster_jax.csa import game as game_lib
+from oyster_jax.csa import manifest as manifest_lib
 from oyster_jax.csa import pairs as pairs_lib
-from oyster_jax.csa import rollout
 from oyster_jax.csa.judge_client import RETRY_SAMPLING, JudgeClient, JudgeFailed, content_parser
 from oyster_jax.csa.judges import (
     JudgeParseError,
@@ -81,11 +103,13 @@ from oyster_jax.csa.judges import (
     parse_recombined,
     parse_safety_judgment,
     parse_user_judgment,
+    prompt_examples,
     render_prompt,
     user_feedback_text,
 )
 from oyster_jax.data.jsonl_store import JsonlError, JsonlStore
 from oyster_jax.llm.base import BackendError
+from oyster_jax.llm.cache import CachedBackend, CallCache
 from oyster_jax.llm.spec import SpecError, backend_from_spec, parse_spec
 
 __all__ = [
@@ -122,6 +146,12 @@ SUMMARY_KEYS = (
     "risk_before",
     "risk_after",
     "dropped",
+    "parse_failure_rate",
+    "calls_by_task",
+    "usage",
+    "calls_per_query",
+    "tokens_per_query",
+    "cache",
 )
 JUDGE_TASKS = ("assess", "user_judge", "safety_judge")
 
@@ -154,7 +184,8 @@ class Query:
 
 
 def read_queries(path, default_language: str = "en") -> list[Query]:
-    """Validate and read the input JSONL. Raises InputError naming file, line and field."""
+    """Validate and read the input JSONL. Raises InputError naming file, line and field.
+    `default_language` 'auto': a line without a language gets the one its query is written in."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise InputError(f"{path}: input file not found")
@@ -180,7 +211,8 @@ def read_queries(path, default_language: str = "en") -> list[Query]:
             if not isinstance(text, str) or not text.strip():
                 raise InputError(f"{where}: field 'query' missing or not a non-empty string")
         try:
-            language = tx.normalize_language(rec.get("language") or default_language)
+            given = rec.get("language") or default_language
+            language = tx.detect_language(text) if given == "auto" else tx.normalize_language(given)
         except tx.TaxonomyError as e:
             raise InputError(f"{where}: field 'language': {e}") from None
         category, category_given = None, "category" in rec and rec["category"] is not None
@@ -255,6 +287,7 @@ class EngineConfig:
     judge_sampling: dict = dataclasses.field(default_factory=lambda: {"temperature": 0.0, "max_tokens": 1024})
     retry_sampling: dict = dataclasses.field(default_factory=lambda: dict(RETRY_SAMPLING))  # merged over parse retries
     system_prompt: str | None = None  # sent to the policy with the query (and kept in the records)
+    judge_schemas: bool | None = None  # ask for JSON schemas: None = where the backend constrains decoding
 
     def __post_init__(self):
         if self.rounds < 0 or self.judge_retries < 0:
@@ -297,6 +330,11 @@ _DIRECTIONS = {
 }
 
 
+def _chain_parser(task: str):
+    examples = prompt_examples(task)
+    return lambda text: chain_lib.parse_chain(text, reject=examples)
+
+
 class Engine:
     """Runs the Lingo-BP loop for one query at a time (call `process` concurrently for throughput).
 
@@ -316,7 +354,9 @@ class Engine:
     def _client(self, backend) -> JudgeClient:
         if id(backend) not in self._clients:
             c = self.config
-            self._clients[id(backend)] = JudgeClient(backend, retries=c.judge_retries, retry_sampling=c.retry_sampling)
+            self._clients[id(backend)] = JudgeClient(
+                backend, retries=c.judge_retries, retry_sampling=c.retry_sampling, schemas=c.judge_schemas
+            )
         return self._clients[id(backend)]
 
     # --- helpers ---
@@ -327,7 +367,9 @@ class Engine:
 
     async def _structured(self, backend, prompt: str, parser, task: str, stats: dict, sampling: dict):
         messages = [{"role": "user", "content": prompt}]
-        answer = await self._client(backend).ask(messages, parser, task=task, sampling=sampling, stats=stats)
+        answer = await self._client(backend).ask(
+            messages, parser, task=task, sampling=sampling, stats=stats, log=stats.get("log")
+        )
         return answer.value
 
     def _prompt_messages(self, q: Query) -> list[dict]:
@@ -382,7 +424,7 @@ class Engine:
     # --- the loop ---
     async def process(self, q: Query) -> dict:
         """The full trajectory of one query. Raises QueryFailed (with call statistics) when a call keeps failing."""
-        stats: dict = {"calls": 0, "parse_failures": {}}
+        stats: dict = {"calls": 0, "parse_failures": {}, "tasks": {}, "log": []}
         t0 = time.monotonic()
         try:
             traj = await self._process(q, stats)
@@ -393,7 +435,9 @@ class Engine:
         traj["calls"] = stats["calls"]
         traj["parse_failures"] = stats["parse_failures"]
         traj["judge_parse_failures"] = sum(stats["parse_failures"].get(t, 0) for t in JUDGE_TASKS)
+        traj["tasks"] = stats["tasks"]
         traj["elapsed_s"] = round(time.monotonic() - t0, 3)
+        traj["call_log"] = stats["log"]  # taken out by the runner into calls.jsonl, not kept in the trajectory
         return traj
 
     async def _process(self, q: Query, stats: dict) -> dict:
@@ -452,7 +496,12 @@ class Engine:
             return reasoning.strip(), content.strip()
 
         initial = await self._client(self.policy).ask(
-            self._prompt_messages(q), initial_parser, task="policy", sampling=c.policy_sampling, stats=stats
+            self._prompt_messages(q),
+            initial_parser,
+            task="policy",
+            sampling=c.policy_sampling,
+            stats=stats,
+            log=stats.get("log"),
         )
         thinking, response = initial.value
         prompt = render_prompt(
@@ -464,7 +513,7 @@ class Engine:
             guideline=guideline or "-",
         )
         chain = await self._structured(
-            self.optimizer, prompt, content_parser(chain_lib.parse_chain), "extract_chain", stats, js
+            self.optimizer, prompt, content_parser(_chain_parser("extract_chain")), "extract_chain", stats, js
         )
         iterates = [
             {
@@ -504,7 +553,7 @@ class Engine:
                 direction=direction,
             )
             proposed = await self._structured(
-                self.optimizer, prompt, content_parser(chain_lib.parse_chain), "backward", stats, js
+                self.optimizer, prompt, content_parser(_chain_parser("backward")), "backward", stats, js
             )
             merged, merge_info = chain_lib.merge_chain_strategies(
                 chain, proposed, max_changes=c.max_changes, threshold=c.paraphrase_threshold
@@ -584,6 +633,7 @@ def _compact(traj: dict) -> dict:
         "outcome": traj["outcome"],
         "judge_parse_failures": traj.get("judge_parse_failures", 0),
         "dropped": traj.get("dropped", {}),
+        "tasks": traj.get("tasks", {}),
     }
 
 
@@ -593,10 +643,11 @@ class OutputStore:
     On open, a line cut off by a crash is dropped (the store's rule), and duplicate ids and SFT/pair lines
     whose trajectory line never got written are removed (each file rewritten atomically, only when something
     is removed). A bad line anywhere else is a `JsonlError` naming the file and line. `commit` appends a
-    query's SFT and pair lines, then its trajectory line, each flushed (and fsynced unless fsync=False).
+    query's calls line (calls.jsonl), its SFT and pair lines, then its trajectory line, each flushed (and
+    fsynced unless fsync=False).
     """
 
-    NAMES = {"traj": "trajectories.jsonl", "sft": "sft.jsonl", "pairs": "pairs.jsonl"}
+    NAMES = {"traj": "trajectories.jsonl", "sft": "sft.jsonl", "pairs": "pairs.jsonl", "calls": call_log.CALLS_NAME}
 
     def __init__(self, out_dir, *, fsync: bool = True):
         self.dir = pathlib.Path(out_dir)
@@ -633,10 +684,17 @@ class OutputStore:
             if len(keep) != len(recs):
                 self._stores[kind].rewrite(keep.values())
             self.counts[kind] = len(keep)
+        self._stores["calls"].records()  # the audit log keeps every line; only a torn last one is repaired
 
-    def commit(self, traj: dict, sft: list[dict], pairs: list[dict]) -> None:
+    def log_calls(self, query_id: str, calls: list[dict], finished: bool) -> None:
+        """One calls.jsonl line: every model call of one try at one query."""
+        self._stores["calls"].append(call_log.calls_record(query_id, calls, finished))
+
+    def commit(self, traj: dict, sft: list[dict], pairs: list[dict], calls: list[dict] | None = None) -> None:
         if traj["id"] in self.finished:
             raise ValueError(f"query {traj['id']!r} is already finished in {self.dir}")
+        if calls is not None:
+            self.log_calls(traj["id"], calls, finished=True)
         self._stores["sft"].extend(sft)
         self._stores["pairs"].extend(pairs)
         self._stores["traj"].append(traj)
@@ -663,9 +721,13 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
-def compute_summary(queries: list[Query], store: OutputStore, failures: dict[str, QueryFailed]) -> dict:
+def compute_summary(
+    queries: list[Query], store: OutputStore, failures: dict[str, QueryFailed], cache: CallCache | None = None
+) -> dict:
     done = [store.finished[q.id] for q in queries if q.id in store.finished]
     failed_parse = sum(sum(f.stats.get("parse_failures", {}).get(t, 0) for t in JUDGE_TASKS) for f in failures.values())
+    by_task = call_log.totals([d.get("tasks") for d in done] + [f.stats.get("tasks") for f in failures.values()])
+    done_usage = call_log.role_usage(call_log.totals([d.get("tasks") for d in done]))
     summary = {
         "total": len(queries),
         "improved": sum(d["outcome"] == "improved" for d in done),
@@ -680,7 +742,18 @@ def compute_summary(queries: list[Query], store: OutputStore, failures: dict[str
         "risk_after": _mean([d["after"]["risk"] for d in done]),
         # What the data floors left out (oyster_jax.csa.pairs.DROP_KEYS), over finished queries.
         "dropped": {k: sum(d["dropped"].get(k, 0) for d in done) for k in pairs_lib.DROP_KEYS},
+        "parse_failure_rate": call_log.parse_failure_rates(by_task),
+        "calls_by_task": by_task,
+        "usage": call_log.role_usage(by_task),
+        "calls_per_query": None,
+        "tokens_per_query": None,
+        "cache": None if cache is None else {"dir": str(cache.dir), "hits": cache.hits, "misses": cache.misses},
     }
+    if done:
+        summary["calls_per_query"] = sum(r["calls"] for r in done_usage.values()) / len(done)
+        summary["tokens_per_query"] = {
+            key: sum(r[key] for r in done_usage.values()) / len(done) for key in ("prompt_tokens", "completion_tokens")
+        }
     assert tuple(summary) == SUMMARY_KEYS
     return summary
 
@@ -772,14 +845,16 @@ async def _run_async(
                 traj = await engine.process(q)
             except QueryFailed as e:
                 failures[q.id] = e
+                store.log_calls(q.id, e.stats.pop("log", []), finished=False)
                 if str(e).startswith("internal error") and not reported_internal[0]:
                     reported_internal[0] = True
                     print(
                         f"\n[lingo-bp] query {q.id!r} hit an internal error (counted as failed):\n{e}", file=sys.stderr
                     )
             else:
+                calls = traj.pop("call_log", [])
                 sft, pairs = build_records(traj, selection=engine.config.selection)
-                store.commit(traj, sft, pairs)
+                store.commit(traj, sft, pairs, calls)
             state["processed"] += 1
             if bar is not None:
                 bar.update(1)
@@ -801,6 +876,7 @@ def run(
     progress: bool = True,
     plot: bool = True,
     fsync: bool = True,
+    cache: CallCache | None = None,
 ) -> RunResult:
     """Process every unfinished query, then write summary.json and the PNG. Safe to call again (resume)."""
     if concurrency < 1:
@@ -814,7 +890,7 @@ def run(
         except KeyboardInterrupt:
             interrupted = True
         elapsed = time.monotonic() - t0
-        summary = compute_summary(queries, store, state["failures"])
+        summary = compute_summary(queries, store, state["failures"], cache)
         atomic_write_json(store.dir / "summary.json", summary)
         if plot:
             ids = {q.id for q in queries}
@@ -848,6 +924,16 @@ def _sampling_arg(text: str) -> dict:
     return out
 
 
+def _json_object_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__.split("\n\n")
     p = cli.ArgumentParser(
@@ -865,10 +951,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (rerun with the same one to resume)")
     p.add_argument("--rounds", type=int, default=3, help="backward steps at most (default 3)")
     p.add_argument("--concurrency", type=int, default=16, help="queries (and requests per backend) in flight")
-    p.add_argument("--language", default="en", choices=["en", "zh", "cn"], help="language of lines without one")
+    p.add_argument(
+        "--language",
+        default="auto",
+        choices=["auto", "en", "zh", "cn"],
+        help="language of lines without one (default auto: detected from the query)",
+    )
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--beta", type=float, default=2.0, help="risk weight in Π = α·Sat − β·Risk (default 2)")
-    p.add_argument("--gamma", type=float, default=0.0)
+    p.add_argument("--gamma", type=float, default=0.0, help="cost weight in Π (with --cost_per_1k_chars)")
+    p.add_argument(
+        "--cost_per_1k_chars", type=float, default=0.0, help="Cost(y) = len(reply) / 1000 · this (default 0)"
+    )
     p.add_argument("--pairs", default="initial,worst", help="rejected side of pairs: initial,worst | all")
     p.add_argument(
         "--game", default=None, help="game file (python -m oyster_jax.csa.game fit); default tables if absent"
@@ -888,11 +982,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--guidelines", default="project", help="project | official ($OYSTER_DATA_DIR/risk_taxonomy) | PATH")
     p.add_argument("--judge_retries", type=int, default=3, help="extra calls when an answer does not parse")
-    p.add_argument("--timeout", type=float, default=120.0, help="HTTP seconds per attempt")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="overall deadline in seconds of each HTTP attempt: connect, send, wait and read together",
+    )
     p.add_argument("--max_retries", type=int, default=4, help="HTTP retries on 429/5xx/timeouts")
     p.add_argument("--backoff", type=float, default=1.0, help="first HTTP backoff delay in seconds")
     p.add_argument("--policy_sampling", type=_sampling_arg, default={}, help="e.g. temperature=0.7,max_tokens=2048")
     p.add_argument("--judge_sampling", type=_sampling_arg, default={}, help="e.g. temperature=0,max_tokens=1024")
+    p.add_argument(
+        "--policy_extra_body", type=_json_object_arg, default={}, help="JSON object added to every policy request body"
+    )
+    p.add_argument(
+        "--judge_extra_body",
+        type=_json_object_arg,
+        default={},
+        help="JSON object added to every judge and optimizer request body",
+    )
+    p.add_argument(
+        "--judge_schemas",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="ask judges for their JSON schema (response_format): auto = where decoding is constrained (local)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of every call (retries add their attempt)")
+    p.add_argument("--cache", default=None, help="judge-call cache folder (default: OUT/cache)")
+    p.add_argument("--no_cache", action="store_true", help="do not cache judge and optimizer calls")
+    p.add_argument("--force", action="store_true", help="resume into a folder made with other settings")
     p.add_argument("--system_prompt", default=None, help="system message sent to the policy with each query")
     p.add_argument("--limit", type=int, default=None, help="only the first N queries")
     p.add_argument("--no_progress", action="store_true")
@@ -918,6 +1036,84 @@ def _make_backends(args):
     return get(args.policy), get(args.judge), get(args.optimizer or args.judge), list(built.values())
 
 
+def _role_sampling(role: str, sampling: dict, extra_body: dict, kinds: list[str], seed: int) -> dict:
+    """A role's sampling: the seed, the --ROLE_sampling keys, and its endpoint extras under `extra_body`
+    (which the OpenAI-compatible backend merges into the request body)."""
+    if extra_body:
+        if "local" in kinds:
+            raise InputError(f"--{role}_extra_body: endpoint extras need an OpenAI-compatible backend, not local:")
+        reserved = sorted({"model", "messages", "stream"} & set(extra_body))
+        if reserved:
+            raise InputError(f"--{role}_extra_body: {reserved[0]!r} is part of the request itself")
+        both = sorted(set(extra_body) & set(sampling))
+        if both:
+            raise InputError(f"--{role}_extra_body and --{role}_sampling both set {both[0]!r}: give it once")
+    out = {"seed": seed, **sampling}
+    if extra_body:
+        out["extra_body"] = dict(extra_body)
+    return out
+
+
+def _manifest(args, config: EngineConfig, game) -> dict:
+    """The settings that change what the run produces (see csa.manifest)."""
+    if args.guidelines in ("project", "official"):
+        guidelines = args.guidelines
+    else:
+        guidelines = {"path": str(args.guidelines), "sha256": _file_sha256(args.guidelines)}
+    settings = {
+        "specs": {"policy": args.policy, "judge": args.judge, "optimizer": args.optimizer or args.judge},
+        "sampling": {
+            "policy": config.policy_sampling,
+            "judge": config.judge_sampling,
+            "retry": config.retry_sampling,
+        },
+        "judge_schemas": args.judge_schemas,
+        "prompts": manifest_lib.prompt_hashes(),
+        "system_prompt": config.system_prompt,
+        "language": args.language,
+        "seed": args.seed,
+        "alpha": config.alpha,
+        "beta": config.beta,
+        "gamma": config.gamma,
+        "cost_per_1k_chars": config.cost_per_1k_chars,
+        "rounds": config.rounds,
+        "judge_retries": config.judge_retries,
+        "pairs": list(config.pairs),
+        "game": {
+            "fingerprint": game_lib.fingerprint(game),
+            "follower": config.follower,
+            "rationality": config.rationality,
+            "hint_weight": config.hint_weight,
+            "weight": config.game_weight,
+        },
+        "max_changes": config.max_changes,
+        "paraphrase_threshold": config.paraphrase_threshold,
+        "turns": config.turns,
+        "floors": {"min_sat": config.min_sat, "min_margin": config.min_margin, "contrastive": list(config.contrastive)},
+        "guidelines": guidelines,
+    }
+    return manifest_lib.build_manifest(settings)
+
+
+def _file_sha256(path) -> str | None:
+    try:
+        return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _rates(rates: dict) -> str:
+    return ", ".join(f"{task} {rate:.0%}" for task, rate in rates.items() if rate is not None) or "n/a"
+
+
+def _per_query(s: dict) -> str:
+    if s["calls_per_query"] is None:
+        return "n/a"
+    t = s["tokens_per_query"]
+    calls, prompt, completion = s["calls_per_query"], t["prompt_tokens"], t["completion_tokens"]
+    return f"{calls:.1f} calls, {prompt:.0f} prompt + {completion:.0f} completion tokens"
+
+
 def main(argv=None) -> int:
 
     parser = build_parser()
@@ -934,6 +1130,8 @@ def main(argv=None) -> int:
         _check_sampling("--policy_sampling", args.policy_sampling, kinds[0])
         for kind in kinds[1:]:  # the judge and the optimizer share --judge_sampling
             _check_sampling("--judge_sampling", args.judge_sampling, kind)
+        policy_sampling = _role_sampling("policy", args.policy_sampling, args.policy_extra_body, kinds[:1], args.seed)
+        judge_sampling = _role_sampling("judge", args.judge_sampling, args.judge_extra_body, kinds[1:], args.seed)
         queries = read_queries(args.input, args.language)
         if args.limit is not None:
             queries = queries[: args.limit]
@@ -949,6 +1147,7 @@ def main(argv=None) -> int:
             alpha=args.alpha,
             beta=args.beta,
             gamma=args.gamma,
+            cost_per_1k_chars=args.cost_per_1k_chars,
             pairs=tuple(p.strip() for p in args.pairs.split(",") if p.strip()),
             follower=args.follower,
             rationality=args.rationality,
@@ -958,11 +1157,16 @@ def main(argv=None) -> int:
             min_margin=args.min_margin,
             game_weight=args.game_weight,
             contrastive=tuple(k.strip() for k in args.contrastive.split(",") if k.strip()),
-            policy_sampling={**defaults.policy_sampling, **args.policy_sampling},
-            judge_sampling={**defaults.judge_sampling, **args.judge_sampling},
+            policy_sampling={**defaults.policy_sampling, **policy_sampling},
+            judge_sampling={**defaults.judge_sampling, **judge_sampling},
             system_prompt=args.system_prompt,
+            judge_schemas={"auto": None, "on": True, "off": False}[args.judge_schemas],
         )
-        game = game_lib.load_game(args.game) if args.game else None
+        engine_game = game_lib.load_game(args.game) if args.game else game_lib.default_game()
+        manifest = manifest_lib.reconcile(args.out, _manifest(args, config, engine_game), force=args.force)
+    except manifest_lib.ManifestMismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (InputError, SpecError, tx.TaxonomyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -975,9 +1179,16 @@ def main(argv=None) -> int:
     except (SpecError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    manifest_lib.write(args.out, manifest)  # once the backends exist: a bad SPEC leaves nothing behind
+    cache = None if args.no_cache else CallCache(args.cache or os.path.join(args.out, "cache"))
+    if cache is not None:  # judge and optimizer calls only: the policy's answers are what is being improved
+        wrapped: dict[int, CachedBackend] = {}
+        judge, optimizer = (wrapped.setdefault(id(b), CachedBackend(b, cache)) for b in (judge, optimizer))
     try:
-        engine = Engine(policy, judge, optimizer, config, guidelines, game=game)
-        result = run(queries, engine, args.out, concurrency=args.concurrency, progress=not args.no_progress)
+        engine = Engine(policy, judge, optimizer, config, guidelines, game=engine_game)
+        result = run(
+            queries, engine, args.out, concurrency=args.concurrency, progress=not args.no_progress, cache=cache
+        )
     except JsonlError as e:  # a damaged output file: named, and left for a person to look at
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -996,6 +1207,8 @@ def main(argv=None) -> int:
         f"  left out by the floors: {', '.join(f'{k} {v}' for k, v in s['dropped'].items())}\n"
         f"  Sat {fmt(s['sat_before'])} -> {fmt(s['sat_after'])}   "
         f"Risk {fmt(s['risk_before'])} -> {fmt(s['risk_after'])}\n"
+        f"  parse failure rate: {_rates(s['parse_failure_rate'])}\n"
+        f"  per finished query: {_per_query(s)}\n"
         f"  this run: {result.processed} queries in {result.elapsed_s:.1f}s ({result.queries_per_minute:.1f}/min)"
         f"{', INTERRUPTED' if result.interrupted else ''}; outputs in {args.out}"
     )

@@ -30,7 +30,7 @@ from oyster_jax.csa.judges import JudgeParseError, parse_safety_judgment, parse_
 from oyster_jax.data.jsonl_store import JsonlStore
 from oyster_jax.eval.keyword_judge import EMPTY_ANSWER, TRUNCATED_ANSWER, keyword_judgment
 from oyster_jax.eval.keyword_judge import LABEL as KEYWORD_LABEL
-from oyster_jax.llm.base import achat_finish
+from oyster_jax.llm.base import complete
 from oyster_jax.llm.spec import SpecError, backend_from_spec
 
 __all__ = [
@@ -501,5 +501,9 @@ def guideline_source(choice: str, data_dir) -> tuple[dict | None, str]:
 async def answer(target, messages: list[dict], sampling: dict) -> dict:
     """The target's answer as record fields: ``response``, ``reasoning`` and ``finish_reason`` ("stop",
     "length" = cut off by --max_tokens, None = the backend cannot tell)."""
-    reasoning, response, finish_reason = await achat_finish(target, messages, **sampling)
-    return {"response": response, "reasoning": reasoning, "finish_reason": finish_reason}
+    completion = await complete(target, messages, **sampling)
+    return {
+        "response": completion.content,
+        "reasoning": completion.reasoning,
+        "finish_reason": completion.finish_reason,
+    }

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Backend", "BaseBackend", "BackendError", "Message", "achat_finish", "split_think", "validate_messages"]
+__all__ = [
+    "Backend",
+    "BaseBackend",
+    "BackendError",
+    "Completion",
+    "Message",
+    "complete",
+    "split_think",
+    "validate_messages",
+]
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -28,6 +38,31 @@ class BackendError(RuntimeError):
         self.retry_after = retry_after
 
 
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One chat answer with its accounting: what `acomplete` returns.
+
+    `usage` holds `prompt_tokens` / `completion_tokens` when the backend reports them (empty otherwise);
+    `finish_reason` is the backend's ('stop', 'length', ...) or None when unknown; `cached` is True when the
+    answer came from an on-disk cache (`llm.cache`) and cost nothing.
+    """
+
+    reasoning: str
+    content: str
+    usage: dict = dataclasses.field(default_factory=dict)
+    finish_reason: str | None = None
+    cached: bool = False
+
+
+async def complete(backend, messages: list[Message], **sampling) -> Completion:
+    """`backend.acomplete(...)` when the backend has it, else its `achat` wrapped (no usage known)."""
+    acomplete = getattr(backend, "acomplete", None)
+    if acomplete is not None:
+        return await acomplete(messages, **sampling)
+    reasoning, content = await backend.achat(messages, **sampling)
+    return Completion(reasoning, content)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """`chat(messages, **sampling) -> (reasoning, content)`; `achat` is the same as a coroutine.
@@ -45,17 +80,6 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-async def achat_finish(backend, messages: list[Message], **sampling) -> tuple[str, str, str | None]:
-    """``(reasoning, content, finish_reason)`` from any backend: its own ``achat_finish`` when it has one
-    ("stop" = the model ended its answer, "length" = the token budget cut it off), else ``achat`` and None
-    (the backend cannot tell)."""
-    method = getattr(backend, "achat_finish", None)
-    if method is not None:
-        return await method(messages, **sampling)
-    reasoning, content = await backend.achat(messages, **sampling)
-    return reasoning, content, None
-
-
 class BaseBackend:
     """Implements the blocking `chat` on top of `achat`; subclasses implement `achat`."""
 
@@ -70,6 +94,11 @@ class BaseBackend:
 
     async def achat(self, messages: list[Message], **sampling) -> tuple[str, str]:  # pragma: no cover
         raise NotImplementedError
+
+    async def acomplete(self, messages: list[Message], **sampling) -> Completion:
+        """The answer with its token usage and finish reason; backends that know them override this."""
+        reasoning, content = await self.achat(messages, **sampling)
+        return Completion(reasoning, content)
 
     def close(self) -> None:
         pass

@@ -24,7 +24,7 @@ import time
 from oyster_jax import convert, infer
 from oyster_jax.core import chat
 from oyster_jax.infer.engine import Engine, QueueFull, SamplingParams
-from oyster_jax.llm.base import BackendError, BaseBackend, validate_messages
+from oyster_jax.llm.base import BackendError, BaseBackend, Completion, validate_messages
 
 __all__ = ["LocalJaxBackend"]
 
@@ -188,7 +188,7 @@ class LocalJaxBackend(BaseBackend):
                 self._worker.start()
             self.requests += 1
         future: concurrent.futures.Future = concurrent.futures.Future()
-        future.max_tokens = key[3]  # the budget this call really got (for its finish reason)
+        future.n_prompt, future.max_tokens = len(tokens), key[3]  # for acomplete's usage and finish reason
         self._queue.put(_Request(tokens, key, future))
         return future
 
@@ -197,18 +197,22 @@ class LocalJaxBackend(BaseBackend):
         return thinking.strip(), content.strip()
 
     async def achat(self, messages, **sampling) -> tuple[str, str]:
-        reasoning, content, _ = await self.achat_finish(messages, **sampling)
-        return reasoning, content
+        completion = await self.acomplete(messages, **sampling)
+        return completion.reasoning, completion.content
 
-    async def achat_finish(self, messages, **sampling) -> tuple[str, str, str]:
-        """`achat` plus the finish reason: "length" when the answer used its whole token budget, else "stop"."""
+    async def acomplete(self, messages, **sampling) -> Completion:
+        """The answer with its token counts; finish_reason 'length' when the token budget ran out."""
         response_format = sampling.pop("response_format", None)
         if response_format is not None and response_format.get("type", "text") != "text":
-            tokens, finish_reason = await self._constrained(messages, sampling, response_format)
-            return (*self._finish(tokens), finish_reason)
-        future = self._submit(messages, sampling)
-        tokens = await asyncio.wrap_future(future)
-        return (*self._finish(tokens), "length" if len(tokens) >= future.max_tokens else "stop")
+            n_prompt, tokens, finish = await self._constrained(messages, sampling, response_format)
+        else:
+            future = self._submit(messages, sampling)
+            tokens = await asyncio.wrap_future(future)
+            n_prompt, budget = future.n_prompt, future.max_tokens
+            finish = "length" if len(tokens) >= budget else "stop"
+        reasoning, content = self._finish(tokens)
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": len(tokens)}
+        return Completion(reasoning, content, usage, finish)
 
     def chat(self, messages, **sampling) -> tuple[str, str]:
         if sampling.get("response_format") is not None:
@@ -219,7 +223,8 @@ class LocalJaxBackend(BaseBackend):
     # ...}}, as OpenAI) by constrained decoding on the engine: the reply always parses.
     constrains_json = True
 
-    async def _constrained(self, messages, sampling, response_format) -> tuple[list[int], str]:
+    async def _constrained(self, messages, sampling, response_format) -> tuple[int, list[int], str]:
+        """(prompt tokens, new tokens, finish reason) of a grammar-constrained generation."""
 
         unknown = set(sampling) - set(_SAMPLING_KEYS)
         if unknown:
@@ -263,7 +268,7 @@ class LocalJaxBackend(BaseBackend):
         last = await done
         if last.finish_reason == "error":
             raise BackendError(f"local generation failed: {last.error}")
-        return tokens, last.finish_reason
+        return len(prompt), tokens, last.finish_reason
 
     def engine(self, **options):
         """The continuous-batching engine over this model (`infer.engine.Engine`, created on the first call;

@@ -12,7 +12,9 @@ retried by the project's one `RetryPolicy` (exponential backoff with jitter, hon
 429); other 4xx and redirects fail at once. The API key is read only from an environment variable and is
 never logged, put in an error message or written anywhere. Sampling keywords beyond the standard ones
 (`top_k`, `chat_template_kwargs`, `response_format`, ...) go into the request body as they are, for
-vLLM/SGLang extras; `extra_body` adds fixed ones. Token usage is summed in `usage`.
+vLLM/SGLang extras; a sampling key `extra_body` (a dict, as in the `openai` client) is merged into the body;
+the constructor's `extra_body` adds fixed ones. Token usage is summed in `usage`; `acomplete` returns each
+call's own usage and finish reason.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import ssl
 import threading
 import urllib.parse
 
-from oyster_jax.llm.base import BackendError, BaseBackend, split_think, validate_messages
+from oyster_jax.llm.base import BackendError, BaseBackend, Completion, split_think, validate_messages
 from oyster_jax.llm.retry import RetryPolicy
 
 __all__ = ["OpenAICompatibleBackend", "DEFAULT_API_KEY_ENVS"]
@@ -128,6 +130,10 @@ class OpenAICompatibleBackend(BaseBackend):
 
     def _body(self, messages, sampling) -> bytes:
         params = {**self.default_sampling, **sampling}
+        extras = params.pop("extra_body", None) or {}
+        if not isinstance(extras, dict):
+            raise ValueError(f"sampling extra_body must be a JSON object, got {type(extras).__name__}")
+        params = {**params, **extras}
         reserved = {"model", "messages", "stream"} & set(params)
         if reserved:
             raise ValueError(f"sampling may not set {sorted(reserved)}")
@@ -142,7 +148,7 @@ class OpenAICompatibleBackend(BaseBackend):
             )
         return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
 
-    def _post(self, data: bytes) -> tuple[str, str, str | None]:
+    def _post(self, data: bytes) -> Completion:
         """One blocking attempt within `self.timeout` seconds overall. Raises BackendError (retryable or not)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
@@ -208,18 +214,17 @@ class OpenAICompatibleBackend(BaseBackend):
             )
         if len(raw) > _MAX_BODY:
             raise BackendError(f"answer from {self.url} exceeds {_MAX_BODY} bytes", retryable=False)
-        reasoning, content, usage, finish_reason = _parse_completion(raw, self.url)
+        completion = _parse_completion(raw, self.url)
         with self._lock:
             for key in self.usage:
-                self.usage[key] += int(usage.get(key) or 0)
-        return reasoning, content, finish_reason
+                self.usage[key] += int(completion.usage.get(key) or 0)
+        return completion
 
     async def achat(self, messages, **sampling) -> tuple[str, str]:
-        reasoning, content, _ = await self.achat_finish(messages, **sampling)
-        return reasoning, content
+        completion = await self.acomplete(messages, **sampling)
+        return completion.reasoning, completion.content
 
-    async def achat_finish(self, messages, **sampling) -> tuple[str, str, str | None]:
-        """`achat` plus the endpoint's `finish_reason` ("stop", "length", ...; None when it sends none)."""
+    async def acomplete(self, messages, **sampling) -> Completion:
         data = self._body(messages, sampling)
         loop = asyncio.get_running_loop()
         calls = 0
@@ -250,9 +255,8 @@ def _retry_after(value) -> float | None:
         return None
 
 
-def _parse_completion(raw: bytes, url: str) -> tuple[str, str, dict, str | None]:
-    """(reasoning, content, usage, finish_reason) from a chat-completion body; a garbage body is a retryable
-    BackendError."""
+def _parse_completion(raw: bytes, url: str) -> Completion:
+    """The completion in a chat-completion body; a garbage body is a retryable BackendError."""
     try:
         data = json.loads(raw.decode("utf-8"))
         choice = data["choices"][0]
@@ -272,5 +276,6 @@ def _parse_completion(raw: bytes, url: str) -> tuple[str, str, dict, str | None]
     if not reasoning:
         reasoning, content = split_think(content)
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    finish_reason = choice.get("finish_reason") if isinstance(choice, dict) else None
-    return reasoning.strip(), content.strip(), usage, finish_reason if isinstance(finish_reason, str) else None
+    usage = {k: int(usage[k]) for k in ("prompt_tokens", "completion_tokens") if isinstance(usage.get(k), int)}
+    finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+    return Completion(reasoning.strip(), content.strip(), usage, finish if isinstance(finish, str) else None)
