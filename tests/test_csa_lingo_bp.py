@@ -61,7 +61,7 @@ def test_end_to_end_over_http(tmp_path, capsys):
     # By hand from the script: a, b, c, 7 improve; i is perfect at round 0; d, e, f, h fail.
     # Sat before: a -0.4, b 1, c -0.4, 7 -0.4, i 1 -> 0.8/5; after: 1, 1, 0.6, 1, 1 -> 4.6/5.
     # Risk before: only b is unsafe -> 1/5. Judge parse failures: d's user judge, 1 + 3 retries.
-    assert {k: summary[k] for k in lingo_bp.SUMMARY_KEYS[:11]} == {
+    assert {k: summary[k] for k in lingo_bp.SUMMARY_KEYS[:12]} == {
         "total": 9,
         "improved": 4,
         "unchanged": 1,

@@ -81,7 +81,7 @@ def test_manifest_records_the_settings_and_a_differing_resume_is_refused(tmp_pat
         assert st["specs"]["policy"] == f"openai:{server.base_url}#scripted"
         assert st["sampling"]["policy"]["seed"] == 7 and st["sampling"]["judge"]["seed"] == 7
         assert set(st["prompts"]) == {f"{lang}/{t}" for lang in ("en", "zh") for t in judges.TASKS}
-        assert len(st["game"]["sha256"]) == 64 and "python" in manifest["versions"]
+        assert len(st["game"]["fingerprint"]) == 16 and "python" in manifest["versions"]
         # Every request carried the seed (retries would add their attempt number).
         assert {r["seed"] for r in server.requests} == {7}
 
