@@ -153,7 +153,7 @@ def test_chat_is_greedy_applies_the_template_and_matches_the_reference(backend, 
     msg = out.choices[0].message
     assert (msg.content, msg.model_extra.get("reasoning_content")) == (content, reasoning)
     assert out.choices[0].finish_reason == ("stop" if ref[-1] == EOS else "length")
-    # the same as the backend's own (non-engine) generation path
+    # the same as the backend's own calls (the judges' and evaluations' path)
     assert backend.chat(HELLO, max_tokens=6) == (reasoning, content)
 
 
