@@ -161,6 +161,33 @@ def test_docs_snippet_runs_verbatim(export):
     assert printed == ["<think>so</think>ok"]  # the thinking tags survive skip_special_tokens; <|im_end|> does not
 
 
+@pytest.mark.parametrize("which", ["W", "W/pref"])
+def test_trainer_workdir_exports_its_tokenizer_and_chat_template(tmp_path, which):
+    """orbax_to_hf --ckpt W (or W/pref): the stage's own tokenizer ships with the chat template and the same
+    EOS everywhere, and transformers' generate stops at the end of the turn."""
+    import torch
+    import transformers
+    from test_convert import _trainer_stage
+
+    w = tmp_path / "W"
+    _trainer_stage(w / "pref", CFG, {3: _params_that_reply()})
+    (w / "config.json").write_text(json.dumps({"stages": "pref", "seed": 0}))
+    (w / "pref" / "tokenizer").mkdir()
+    (w / "pref" / "tokenizer" / "tokenizer.json").write_text(SEED_TOK.to_str())
+    out = tmp_path / "hf"
+    assert orbax_to_hf.main(["--ckpt", str(tmp_path / which), "--out", str(out)]) == 0
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert tok.eos_token_id == IM_END == config["eos_token_id"] == gen["eos_token_id"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    messages = [{"role": "user", "content": "x"}]
+    inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    assert inputs["input_ids"][0].tolist() == _ours(messages, "chatml")
+    new = model.generate(**inputs, max_new_tokens=32)[0, inputs["input_ids"].shape[1] :].tolist()
+    assert new == [SEED_TOK.token_to_id(t) for t in REPLY]
+
+
 def test_no_tokenizer_that_fits_is_refused(tmp_path):
     cfg = CFG.replace(vocab_size=1000)
     with pytest.raises(ValueError, match="tokenizer=PATH"):
