@@ -11,8 +11,10 @@ tokens on the device and hands them to the host, which streams them out, checks 
 grammar matchers and frees the slots of finished rows; waiting requests take free slots between two steps
 (their prompts, less the last token, are prefilled together, one call per padded prompt length, and copied
 into the slots; the last prompt token goes through the next shared step, so the first new token comes out of
-the same sampler as every other). A short request never waits for a long one to finish, and the step's
-shapes never change, so it compiles once.
+the same sampler as every other). A short request never waits for a long one to finish. Slots are taken lowest
+first and a step runs only the first slots up to the highest occupied one, over the cache positions written so
+far (both rounded up to powers of two), so a lone request does not pay for a full batch or a long context it
+does not use; each (rows, positions) bucket compiles once.
 
 Per row, inside the step: presence / frequency penalties over the tokens generated so far, `logit_bias`,
 the grammar's token mask, then greedy (temperature 0) or temperature / top-k / top-p sampling with the key
@@ -165,22 +167,29 @@ def _choose_rows(logits, keys, temperature, top_k, top_p):  # [B, V], [B] keys, 
     return jnp.where(temperature > 0, sampled, greedy)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "decode_attention"), donate_argnames=("state",))
-def _step(cfg: ModelConfig, decode_attention: str, params, state: _DeviceState, x: _StepInputs):
+@functools.partial(jax.jit, static_argnames=("cfg", "decode_attention", "span"), donate_argnames=("state",))
+def _step(cfg: ModelConfig, decode_attention: str, span: int, params, state: _DeviceState, x: _StepInputs):
+    """One token of the first B slots (x holds B rows), attending over the first `span` cache positions: the
+    slots past B are free and the positions past `span` not yet written, so neither is read or computed."""
     B = x.tokens.shape[0]
     rows = jnp.arange(B)
-    counts = jnp.where(x.reset[:, None], 0, state.counts)
+    counts = jnp.where(x.reset[:, None], 0, state.counts[:B])
     counts = counts.at[rows, x.tokens].add(x.count_input.astype(jnp.int32))
-    logits, cache = decode(
+    window = KVCache(state.cache.k[:, :B, :span], state.cache.v[:, :B, :span])
+    logits, window = decode(
         cfg,
         params,
         x.tokens[:, None],
         x.positions[:, None],
-        state.cache,
+        window,
         x.positions,
         jnp.zeros((B,), jnp.int32),
         decode_attention=_decode_attention_fn(decode_attention),
     )  # logits [B, V] float32
+    cache = KVCache(
+        jax.lax.dynamic_update_slice(state.cache.k, window.k, (0, 0, 0, 0, 0)),
+        jax.lax.dynamic_update_slice(state.cache.v, window.v, (0, 0, 0, 0, 0)),
+    )  # in place: the state is donated
     logits = logits - x.presence[:, None] * (counts > 0) - x.frequency[:, None] * counts
     logits = logits.at[rows[:, None], x.bias_ids].add(x.bias_values)
     logits = apply_bitmask(logits, x.bits, x.constrained)
@@ -191,7 +200,7 @@ def _step(cfg: ModelConfig, decode_attention: str, params, state: _DeviceState, 
     tokens = _choose_rows(logits, keys, x.temperature, x.top_k, x.top_p)
     top_values, top_ids = jax.lax.top_k(logprobs, MAX_TOP_LOGPROBS)
     out = (tokens, logprobs[rows, tokens], top_ids.astype(jnp.int32), top_values)
-    return _DeviceState(cache, counts), out
+    return _DeviceState(cache, jax.lax.dynamic_update_slice(state.counts, counts, (0, 0))), out
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -497,19 +506,25 @@ class Engine:
         self._slots[slot] = None
         self._host.constrained[slot] = False
         self._host.temperature[slot] = 0.0
+        self._host.positions[slot] = 0  # a free row inside the step's rows writes inside its window
 
     def _step_once(self):
         h = self._host
-        for slot, choice in enumerate(self._slots):
-            if choice is not None and choice.matcher is not None:
-                h.bits[slot] = choice.matcher.bitmask()
-        self._state, out = _step(self.cfg, self.decode_attention, self.params, self._state, h)
+        occupied = [slot for slot, choice in enumerate(self._slots) if choice is not None]
+        for slot in occupied:
+            if self._slots[slot].matcher is not None:
+                h.bits[slot] = self._slots[slot].matcher.bitmask()
+        # Slots are taken lowest first, so the occupied ones sit at the front: the step runs the first
+        # `rows` slots over the first `span` positions (power-of-two buckets: a few compiles, each reused).
+        rows = min(bucket_batch(occupied[-1] + 1), self.max_batch)
+        span = min(bucket_length(int(h.positions[occupied].max()) + 1, minimum=64), self.max_seq_len)
+        x = jax.tree.map(lambda a: a[:rows], h)
+        self._state, out = _step(self.cfg, self.decode_attention, span, self.params, self._state, x)
         tokens, logprobs, top_ids, top_values = jax.device_get(out)
         self.steps += 1
         h.reset[:] = False
-        for slot, choice in enumerate(self._slots):
-            if choice is None:
-                continue
+        for slot in occupied:
+            choice = self._slots[slot]
             token = int(tokens[slot])
             h.tokens[slot] = token
             h.positions[slot] += 1
