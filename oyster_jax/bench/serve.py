@@ -7,8 +7,8 @@
 For each concurrency (default 1, 8, 32) `--requests` chat requests are sent by that many client threads with
 the official `openai` client, streamed, greedy, EOS disabled by `logit_bias` so every request makes exactly
 `--new_tokens` tokens. Reported: requests/s and generated tokens/s over the whole wave, and time to first
-token (p50 / p90 over requests, from sending to the first content chunk). A warm-up wave compiles every
-program first. Requests beyond the server's slots + queue get 429 and are retried by the client after its
+token (p50 / p90 over requests, from sending to the first content chunk). A warm-up wave per level compiles
+every program first. Requests beyond the server's slots + queue get 429 and are retried by the client after its
 Retry-After, which shows up in latency, not as errors. `--max_prefill_batch 1` prefills requests one at a time
 (the default prefills the requests joining at the same step together); `--prompt_words N` lengthens the prompt.
 """
@@ -147,7 +147,8 @@ def main(argv=None) -> int:
     if args.prompt_words:
         messages = [{"role": "user", "content": PROMPT[0]["content"] + " Context:" + " water" * args.prompt_words}]
     try:
-        _wave(client, model, messages, max(levels), max(levels), args.new_tokens, bias)  # warm-up: compile
+        for c in levels:  # warm-up: every (rows, positions) bucket of the step that the waves use compiles here
+            _wave(client, model, messages, c, c, args.new_tokens, bias)
         results = []
         for c in levels:
             r = _wave(client, model, messages, c, max(args.requests, c), args.new_tokens, bias)
