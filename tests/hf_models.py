@@ -95,3 +95,30 @@ def hf_logits(model, tokens: np.ndarray, mask: np.ndarray | None = None) -> np.n
             attention_mask=None if mask is None else torch.tensor(mask, dtype=torch.long),
         )
     return out.logits.float().numpy()
+
+
+# Keys transformers 4 wrote that transformers 5 renamed (torch_dtype -> dtype; rope_theta and rope_scaling ->
+# rope_parameters): an export must not write them.
+TRANSFORMERS4_KEYS = ("torch_dtype", "rope_theta", "rope_scaling")
+
+
+def transformers_rewrite_of(config_dir: pathlib.Path, tmp: pathlib.Path) -> dict:
+    """config.json as the pinned transformers writes it back: loaded with AutoConfig, saved with
+    save_pretrained (the independent reference for the keys an export should write)."""
+    import json
+
+    import transformers
+
+    transformers.AutoConfig.from_pretrained(config_dir).save_pretrained(tmp)
+    return json.loads((tmp / "config.json").read_text())
+
+
+def assert_transformers5_config(config_dir: pathlib.Path, tmp: pathlib.Path) -> None:
+    """Every key of `config_dir/config.json` is one transformers 5 writes itself, with the same value."""
+    import json
+
+    ours = json.loads((config_dir / "config.json").read_text())
+    theirs = transformers_rewrite_of(config_dir, tmp)
+    assert not set(TRANSFORMERS4_KEYS) & set(ours), sorted(set(TRANSFORMERS4_KEYS) & set(ours))
+    assert set(ours) <= set(theirs), sorted(set(ours) - set(theirs))
+    assert {k: ours[k] for k in ours} == {k: theirs[k] for k in ours}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tokenizers
 from eval_fakes import TINY_CHAT_CFG, random_params
+from hf_models import assert_transformers5_config
 
 from oyster_jax import convert
 from oyster_jax.convert import orbax_to_hf
@@ -25,15 +26,33 @@ SEED_TOK = tokenizers.Tokenizer.from_file(default_tokenizer_path())
 IM_END = SEED_TOK.token_to_id("<|im_end|>")
 
 
-def _params_that_end_turns():
-    """Random weights, except that the residual stream carries a large constant in dimension 0 and the
-    LM head reads it for <|im_end|>: greedy decoding then ends the turn at once (a stop we can test)."""
+# The reply the rigged model writes after the generation prompt: a thought, then an answer, then end of turn.
+REPLY = ["<think>", "so", "</think>", "ok", "<|im_end|>"]
+
+
+def _params_that_reply():
+    """Random weights, except that each token of the chain (the generation prompt's last token, then REPLY)
+    carries a large constant in its own residual dimension and the LM head reads that dimension for the next
+    token of the chain: greedy decoding writes REPLY and ends the turn (a stop and thinking tags we can test)."""
+    chain = [SEED_TOK.encode(chat.render_generation_prompt([{"role": "user", "content": "x"}])).ids[-1]]
+    chain += [SEED_TOK.token_to_id(t) for t in REPLY]
+    assert None not in chain and len(set(chain)) == len(chain), chain
     params = random_params(CFG)
     params["embed_tokens"] = np.array(params["embed_tokens"])
-    params["embed_tokens"][:, 0] += 50.0
     params["lm_head"] = np.array(params["lm_head"])
-    params["lm_head"][0, :] = 0.0
-    params["lm_head"][0, IM_END] = 10.0
+    for dim, (token, nxt) in enumerate(zip(chain, chain[1:])):
+        params["embed_tokens"][token, dim] += 50.0
+        params["lm_head"][dim, :] = 0.0
+        params["lm_head"][dim, nxt] = 10.0
+    # The layers write nothing into those dimensions, so a position's own token alone sets them (attention
+    # cannot carry an earlier chain token's constant forward).
+    chain_dims = slice(0, len(chain) - 1)
+    for i in range(CFG.num_layers):
+        layer = params[f"layers_{i}"]
+        for owner, name in (("self_attn", "o_proj"), ("mlp", "down_proj")):
+            w = np.array(layer[owner][name])
+            w[..., chain_dims] = 0.0
+            layer[owner] = {**layer[owner], name: w}
     return params
 
 
@@ -41,7 +60,7 @@ def _params_that_end_turns():
 def export(tmp_path_factory):
     """The CLI path of the issue: an Orbax checkpoint without a tokenizer -> orbax_to_hf."""
     root = tmp_path_factory.mktemp("export")
-    ckpt = convert.save_model(root / "ckpt", CFG, _params_that_end_turns())
+    ckpt = convert.save_model(root / "ckpt", CFG, _params_that_reply())
     old = os.umask(0o022)
     try:
         assert orbax_to_hf.main(["--ckpt", str(ckpt), "--out", str(root / "hf")]) == 0
@@ -86,7 +105,7 @@ def _ours(msgs, fmt):
     return SEED_TOK.encode(text, add_special_tokens=False).ids
 
 
-def test_export_ships_tokenizer_template_and_consistent_ids(export):
+def test_export_ships_tokenizer_template_and_consistent_ids(export, tmp_path):
     import transformers
 
     files = {p.name for p in export.iterdir()}
@@ -96,6 +115,7 @@ def test_export_ships_tokenizer_template_and_consistent_ids(export):
     gen = json.loads((export / "generation_config.json").read_text())
     assert "torch_dtype" not in config and config["dtype"] == "float32"  # transformers-5 keys
     assert "rope_theta" not in config and config["rope_parameters"]["rope_theta"] == CFG.rope_theta
+    assert_transformers5_config(export, tmp_path)  # only keys transformers 5 itself writes, same values
     tok = transformers.AutoTokenizer.from_pretrained(export)
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == IM_END == config["eos_token_id"] == gen["eos_token_id"]
     assert tok.pad_token_id == SEED_TOK.token_to_id("<|endoftext|>") == config["pad_token_id"] == gen["pad_token_id"]
@@ -137,8 +157,35 @@ def test_docs_snippet_runs_verbatim(export):
     exec(compile(code, "docs/convert_for_pytorch.md", "exec"), scope)  # noqa: S102  (our own documentation)
     out, inputs = scope["out"], scope["inputs"]
     new = out[0, inputs["input_ids"].shape[1] :].tolist()
-    assert new and new[-1] == IM_END and len(new) < 512  # stopped at the end of the turn, not at the limit
-    assert printed == [scope["tok"].decode(new, skip_special_tokens=True)]
+    assert new == [SEED_TOK.token_to_id(t) for t in REPLY]  # stopped at the end of the turn, not at the limit
+    assert printed == ["<think>so</think>ok"]  # the thinking tags survive skip_special_tokens; <|im_end|> does not
+
+
+@pytest.mark.parametrize("which", ["W", "W/pref"])
+def test_trainer_workdir_exports_its_tokenizer_and_chat_template(tmp_path, which):
+    """orbax_to_hf --ckpt W (or W/pref): the stage's own tokenizer ships with the chat template and the same
+    EOS everywhere, and transformers' generate stops at the end of the turn."""
+    import torch
+    import transformers
+    from test_convert import _trainer_stage
+
+    w = tmp_path / "W"
+    _trainer_stage(w / "pref", CFG, {3: _params_that_reply()})
+    (w / "config.json").write_text(json.dumps({"stages": "pref", "seed": 0}))
+    (w / "pref" / "tokenizer").mkdir()
+    (w / "pref" / "tokenizer" / "tokenizer.json").write_text(SEED_TOK.to_str())
+    out = tmp_path / "hf"
+    assert orbax_to_hf.main(["--ckpt", str(tmp_path / which), "--out", str(out)]) == 0
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert tok.eos_token_id == IM_END == config["eos_token_id"] == gen["eos_token_id"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    messages = [{"role": "user", "content": "x"}]
+    inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    assert inputs["input_ids"][0].tolist() == _ours(messages, "chatml")
+    new = model.generate(**inputs, max_new_tokens=32)[0, inputs["input_ids"].shape[1] :].tolist()
+    assert new == [SEED_TOK.token_to_id(t) for t in REPLY]
 
 
 def test_no_tokenizer_that_fits_is_refused(tmp_path):

@@ -18,6 +18,7 @@ from oyster_jax.convert import gguf_to_hf
 from oyster_jax.convert.safetensors_io import SafetensorsFile
 from tests import tolerances as tol
 from tests.gguf_files import CHATML_TEMPLATE, llama_cpp_permute, tiny_vocab, write_tiny_gguf
+from tests.hf_models import assert_transformers5_config
 
 # One file exercises every supported tensor type, permuted (q, k) and plain tensors among them.
 LLAMA_TYPES = {
@@ -174,7 +175,39 @@ def test_tokenizer_and_chat_template_from_metadata(tmp_path):
     messages = [{"role": "user", "content": "the a"}]
     rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert rendered == "<|im_start|>user\nthe a<|im_end|>\n<|im_start|>assistant\n"
-    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_config_has_the_keys_transformers_5_writes(tmp_path, arch):
+    """config.json holds only keys (and values) that the pinned transformers writes itself when it loads and
+    saves the config again: `dtype` and `rope_parameters`, not torch_dtype / rope_theta / rope_scaling."""
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, arch, hidden=64, heads=2, kv_heads=1, ffn=64)
+    code, err, out = _convert(tmp_path, path)
+    assert code == 0, err
+    (tmp_path / "rewritten").mkdir()
+    assert_transformers5_config(out, tmp_path / "rewritten")
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_parameters"]["rope_type"] == "default" and config["dtype"] == "float32"
+
+
+def test_cli_reads_the_header_once(tmp_path, monkeypatch):
+    import gguf
+
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, "llama", hidden=64, heads=2, kv_heads=1, ffn=64)
+    opened = []
+    real = gguf.GGUFReader
+
+    def counting_reader(*args, **kwargs):
+        opened.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting_reader)
+    code, err, _ = _convert(tmp_path, path)
+    assert code == 0, err
+    assert len(opened) == 1, opened
 
 
 @pytest.mark.parametrize(

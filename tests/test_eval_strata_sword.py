@@ -155,9 +155,8 @@ def tiny_target():
     from oyster_jax.llm.local import LocalJaxBackend
 
     backend = LocalJaxBackend(
-        cfg=TINY_CHAT_CFG, params=random_params(TINY_CHAT_CFG), tokenizer=default_tokenizer_path(), max_batch=8,
-        batch_window_s=0.2,
-    )  # fmt: skip
+        cfg=TINY_CHAT_CFG, params=random_params(TINY_CHAT_CFG), tokenizer=default_tokenizer_path(), max_batch=8
+    )
     yield backend
     backend.close()
 

@@ -1,5 +1,6 @@
-"""LocalJaxBackend on the tiny model: greedy output against a plain full-forward greedy loop, micro-batching,
-and one Lingo-BP run with our own model as the policy (judges scripted over HTTP)."""
+"""LocalJaxBackend on the tiny model: greedy output against a plain full-forward greedy loop, concurrent calls
+sharing the engine's decode batch (whatever their sampling settings), and one Lingo-BP run with our own model
+as the policy (judges scripted over HTTP)."""
 
 import asyncio
 import json
@@ -14,6 +15,7 @@ from oyster_jax.core import chat
 from oyster_jax.csa import lingo_bp
 from oyster_jax.csa.scripted import ScriptedLingo
 from oyster_jax.data import SEED_DIR
+from oyster_jax.infer.engine import SamplingParams
 from oyster_jax.llm import LocalJaxBackend, backend_from_spec
 from oyster_jax.llm.testing import FakeOpenAIServer
 
@@ -69,18 +71,19 @@ def test_greedy_matches_full_forward_reference(ckpt):
         text = chat.render_generation_prompt(messages, "chatml")
         assert prompt[:1] == [backend.tokenizer.token_to_id("<|im_start|>")] and text.endswith("assistant\n")
         want = _reference_greedy(cfg, params, prompt, NEW, backend._eos_ids)
-        got = backend._generate([type("R", (), {"tokens": prompt, "key": (0.0, None, None, NEW, 0, ())})()])[0]
-        assert got == want
+        (got,) = backend.engine().generate(prompt, SamplingParams(max_tokens=NEW))
+        assert got.tokens == [t for t in want if t not in backend._eos_ids]  # the end-of-turn token is not text
+        assert got.finish_reason == ("stop" if want[-1] in backend._eos_ids else "length")
         expected = tuple(s.strip() for s in chat.split_thinking(backend.decode(want), "chatml"))
         assert backend.chat(messages, temperature=0.0) == expected
     finally:
         backend.close()
 
 
-def test_concurrent_calls_are_batched_and_match_reference(ckpt):
+def test_concurrent_calls_share_the_decode_batch_and_match_reference(ckpt):
     path, cfg, params = ckpt
-    backend = LocalJaxBackend(str(path), max_new_tokens=NEW, batch_window_s=0.5, adaptive_window=False)
-    # Prompts of different lengths (left-padded inside the batch), one of them in Chinese.
+    backend = LocalJaxBackend(str(path), max_new_tokens=NEW)
+    # Prompts of different lengths (each in its own cache slot), one of them in Chinese.
     prompts = [
         [{"role": "user", "content": c}] for c in ("hi", "how should I cook rice so it is not sticky?", "怎么煮米饭")
     ]
@@ -90,12 +93,34 @@ def test_concurrent_calls_are_batched_and_match_reference(ckpt):
             return await asyncio.gather(*(backend.achat(m) for m in prompts))
 
         got = asyncio.run(together())
-        assert backend.batches == 1 and backend.requests == 3  # all three in one generation batch
+        # all three were decoded in the same steps (the first is still prefilling when the others arrive)
+        assert backend.engine().max_occupancy == 3 and backend.requests == 3
         for m, out in zip(prompts, got):
             ref = _reference_greedy(cfg, params, backend.prompt_tokens(m), NEW, backend._eos_ids)
             assert out == tuple(x.strip() for x in chat.split_thinking(backend.decode(ref), "chatml"))
         with pytest.raises(ValueError, match="unknown sampling"):
             backend.chat(prompts[0], temprature=0.3)
+    finally:
+        backend.close()
+
+
+def test_calls_with_different_settings_share_a_batch_and_keep_their_own_results(ckpt):
+    """One generation path: a greedy call, a seeded sampled call and a stop-string call decoded together
+    give what each gives alone."""
+    path, _, _ = ckpt
+    backend = LocalJaxBackend(str(path), max_new_tokens=12)
+    messages = [{"role": "user", "content": "Tell me about rice."}]
+    calls = [dict(), dict(temperature=1.0, seed=3, top_k=50), dict(temperature=0.8, top_p=0.9, seed=11)]
+    try:
+        alone = [backend.chat(messages, **kw) for kw in calls]
+        before = backend.engine().max_occupancy
+
+        async def together():
+            return await asyncio.gather(*(backend.achat(messages, **kw) for kw in calls))
+
+        assert asyncio.run(together()) == alone
+        assert before == 1 and backend.engine().max_occupancy == 3
+        assert alone[1] != alone[0]  # the sampled call really sampled
     finally:
         backend.close()
 

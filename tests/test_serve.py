@@ -153,7 +153,7 @@ def test_chat_is_greedy_applies_the_template_and_matches_the_reference(backend, 
     msg = out.choices[0].message
     assert (msg.content, msg.model_extra.get("reasoning_content")) == (content, reasoning)
     assert out.choices[0].finish_reason == ("stop" if ref[-1] == EOS else "length")
-    # the same as the backend's own (non-engine) generation path
+    # the same as the backend's own calls (the judges' and evaluations' path)
     assert backend.chat(HELLO, max_tokens=6) == (reasoning, content)
 
 
@@ -371,6 +371,7 @@ def test_completions_endpoint_with_logprobs(backend, client):
         ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
         ({"messages": HELLO, "stream": "yes"}, 400, "stream"),
         ({"messages": HELLO, "tools": []}, 400, "tools"),
+        ({"messages": HELLO, "max_completion_tokens": 0}, 400, "max_completion_tokens"),
         ({"messages": HELLO, "logprobs": False, "top_logprobs": 2}, 400, "top_logprobs"),
         ({"messages": HELLO, "logit_bias": {"x": 1}}, 400, "logit_bias"),
         ({"messages": HELLO, "logit_bias": {"999999": 1}}, 400, "logit_bias"),
@@ -384,6 +385,36 @@ def test_bad_requests_get_4xx_naming_the_field(live, body, status, param):
     assert code == status, text
     err = json.loads(text)["error"]
     assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
+
+
+@pytest.mark.parametrize(
+    "path,field,value",
+    [
+        ("/v1/chat/completions", "tools", []),
+        ("/v1/chat/completions", "tool_choice", "auto"),
+        ("/v1/chat/completions", "parallel_tool_calls", True),
+        ("/v1/chat/completions", "reasoning_effort", "low"),
+        ("/v1/chat/completions", "modalities", ["audio"]),
+        ("/v1/chat/completions", "prediction", {"type": "content", "content": "x"}),
+        ("/v1/completions", "suffix", "and then"),
+        ("/v1/completions", "echo", True),
+        ("/v1/completions", "function_call", "auto"),
+    ],
+)
+def test_unsupported_fields_are_a_400_naming_the_field(live, path, field, value):
+    """Nothing a client asks for is silently ignored: a field this server does not implement is refused."""
+    body = {"messages": HELLO} if path.endswith("chat/completions") else {"prompt": "hello"}
+    code, text, _ = _raw(live.url + path, body | {field: value})
+    assert code == 400, text
+    err = json.loads(text)["error"]
+    assert err["param"] == field and field in err["message"], err
+
+
+def test_max_completion_tokens_limits_the_reply(client):
+    out = client.chat.completions.create(
+        model="tiny-chat", messages=HELLO, max_completion_tokens=3, max_tokens=9, logit_bias={str(EOS): -100}
+    )
+    assert out.usage.completion_tokens == 3 and out.choices[0].finish_reason == "length"
 
 
 def test_transport_errors_are_json(live):

@@ -12,6 +12,7 @@ from test_serve import EOS, HELLO, LiveServer
 
 from oyster_jax.data.vocab import default_tokenizer_path
 from oyster_jax.infer.engine import SamplingParams
+from oyster_jax.infer.generation import bucket_length
 from oyster_jax.llm.local import LocalJaxBackend
 from oyster_jax.serve import Server
 
@@ -59,6 +60,40 @@ def test_requests_join_and_leave_the_running_batch(backend):
     # the slots came back: a full round of n=4 runs
     outs = engine.generate(prompt, SamplingParams(max_tokens=3, temperature=1.0, seed=1, logit_bias=no_eos), n=4)
     assert [len(o.tokens) for o in outs] == [3, 3, 3, 3] and engine.running == 0
+
+
+def test_requests_joining_together_are_prefilled_together(backend):
+    """Requests that join at the same step share one prefill call per padded prompt length, and each gets the
+    tokens it gets alone (greedy and seeded sampling alike)."""
+    engine = backend.engine(max_batch=4, max_seq_len=256, max_queue=16)
+    texts = ("hi", "how should I cook rice so that it is not sticky at all?", "怎么煮米饭", "water " * 20)
+    prompts = [backend.prompt_tokens([{"role": "user", "content": t}]) for t in texts]
+    kinds = [dict(), dict(temperature=1.0, seed=5), dict(temperature=0.7, top_k=40, seed=6), dict()]
+    params = [SamplingParams(max_tokens=6, logit_bias=((EOS, -100.0),), **kw) for kw in kinds]
+    alone = [engine.generate(p, sp)[0].tokens for p, sp in zip(prompts, params)]
+    buckets = {bucket_length(len(p) - 1) for p in prompts}
+    assert len(buckets) < len(prompts)  # at least two of them share a prefill
+
+    got: list[list[int]] = [[] for _ in prompts]
+    done = threading.Semaphore(0)
+
+    def sink_for(i):
+        def sink(event):
+            if event.token is not None:
+                got[i].append(event.token)
+            if event.finish_reason is not None:
+                done.release()
+
+        return sink
+
+    before = engine.prefills
+    with engine._cv:  # the engine thread cannot take any of them until all four wait
+        for i, (p, sp) in enumerate(zip(prompts, params)):
+            engine.submit(p, sp, 1, sink_for(i))
+    for _ in prompts:
+        done.acquire()
+    assert got == alone
+    assert engine.prefills - before == len(buckets)
 
 
 def test_memory_stops_growing_under_sustained_load(backend):

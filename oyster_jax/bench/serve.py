@@ -7,17 +7,16 @@
 For each concurrency (default 1, 8, 32) `--requests` chat requests are sent by that many client threads with
 the official `openai` client, streamed, greedy, EOS disabled by `logit_bias` so every request makes exactly
 `--new_tokens` tokens. Reported: requests/s and generated tokens/s over the whole wave, and time to first
-token (p50 / p90 over requests, from sending to the first content chunk). A warm-up wave compiles every
-program first. Requests beyond the server's slots + queue get 429 and are retried by the client after its
-Retry-After, which shows up in latency, not as errors.
+token (p50 / p90 over requests, from sending to the first content chunk). A warm-up wave per level compiles
+every program first. Requests beyond the server's slots + queue get 429 and are retried by the client after its
+Retry-After, which shows up in latency, not as errors. `--max_prefill_batch 1` prefills requests one at a time
+(the default prefills the requests joining at the same step together); `--prompt_words N` lengthens the prompt.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
-import pathlib
 import socket
 import statistics
 import sys
@@ -28,6 +27,7 @@ import jax
 import openai
 import uvicorn
 
+from oyster_jax.core.files import atomic_write_json
 from oyster_jax.data.vocab import default_tokenizer_path
 from oyster_jax.llm.local import LocalJaxBackend
 from oyster_jax.models import ModelConfig, init_params
@@ -53,7 +53,12 @@ def _start_local(args):
         backend = LocalJaxBackend(
             tokenizer=default_tokenizer_path(), cfg=cfg, params=init_params(cfg, jax.random.key(0))
         )
-    engine = backend.engine(max_batch=args.max_batch, max_seq_len=args.max_seq_len, max_queue=args.max_queue)
+    engine = backend.engine(
+        max_batch=args.max_batch,
+        max_seq_len=args.max_seq_len,
+        max_queue=args.max_queue,
+        max_prefill_batch=args.max_prefill_batch,
+    )
     server = Server(engine, "bench")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -73,12 +78,12 @@ def _start_local(args):
     return url, "bench", eos, stop
 
 
-def _one(client, model, new_tokens, bias):
+def _one(client, model, messages, new_tokens, bias):
     t0 = time.perf_counter()
     first, tokens = None, 0
     stream = client.chat.completions.create(
         model=model,
-        messages=PROMPT,
+        messages=messages,
         max_tokens=new_tokens,
         stream=True,
         logit_bias=bias,
@@ -92,10 +97,10 @@ def _one(client, model, new_tokens, bias):
     return first if first is not None else time.perf_counter() - t0, tokens
 
 
-def _wave(client, model, concurrency, requests, new_tokens, bias):
+def _wave(client, model, messages, concurrency, requests, new_tokens, bias):
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(lambda _: _one(client, model, new_tokens, bias), range(requests)))
+        results = list(pool.map(lambda _: _one(client, model, messages, new_tokens, bias), range(requests)))
     wall = time.perf_counter() - t0
     ttft = sorted(r[0] for r in results)
     return {
@@ -123,6 +128,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max_batch", type=int, default=32)
     ap.add_argument("--max_seq_len", type=int, default=512)
     ap.add_argument("--max_queue", type=int, default=64)
+    ap.add_argument(
+        "--max_prefill_batch", type=int, help="requests joining together prefilled in one call (1: one at a time)"
+    )
+    ap.add_argument("--prompt_words", type=int, default=0, help="lengthen the prompt by this many words")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -134,11 +143,15 @@ def main(argv=None) -> int:
     client = openai.OpenAI(base_url=url, api_key=args.api_key, max_retries=5, timeout=600)
     bias = {str(e): -100 for e in eos}
     levels = [int(c) for c in args.concurrency.split(",")]
+    messages = PROMPT
+    if args.prompt_words:
+        messages = [{"role": "user", "content": PROMPT[0]["content"] + " Context:" + " water" * args.prompt_words}]
     try:
-        _wave(client, model, max(levels), max(levels), args.new_tokens, bias)  # warm-up: compile everything
+        for c in levels:  # warm-up: every (rows, positions) bucket of the step that the waves use compiles here
+            _wave(client, model, messages, c, c, args.new_tokens, bias)
         results = []
         for c in levels:
-            r = _wave(client, model, c, max(args.requests, c), args.new_tokens, bias)
+            r = _wave(client, model, messages, c, max(args.requests, c), args.new_tokens, bias)
             results.append(r)
             print(
                 f"concurrency {c:3d}: {r['requests_per_s']:7.2f} req/s  {r['tokens_per_s']:8.1f} tok/s  "
@@ -151,10 +164,12 @@ def main(argv=None) -> int:
         "url": url if args.url else "in-process",
         "ckpt": args.ckpt or "tiny random",
         "new_tokens": args.new_tokens,
+        "prompt_words": args.prompt_words,
+        "max_prefill_batch": args.max_prefill_batch,
         "results": results,
     }
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(summary, indent=2))
+        atomic_write_json(args.json, summary)
     print(f"done: {len(results)} levels, {args.new_tokens} new tokens per request")
     return 0
 

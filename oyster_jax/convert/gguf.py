@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 from einops import rearrange
 
-from oyster_jax.convert.hf import hf_tensor_names
+from oyster_jax.convert.hf import hf_config_json, hf_tensor_names
 from oyster_jax.convert.safetensors_io import CheckpointFormatError, write_file
 from oyster_jax.core.files import atomic_directory
 from oyster_jax.models.config import ConfigError, ModelConfig, dtype_of
@@ -411,7 +411,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
 
 
 def gguf_to_hf_dir(
-    gguf_path: str | os.PathLike,
+    gguf: str | os.PathLike | GGUFFile,
     out_dir: str | os.PathLike,
     dtype: str = "float32",
     *,
@@ -422,10 +422,11 @@ def gguf_to_hf_dir(
     (or shards + index above `max_shard_bytes`), tokenizer.json, tokenizer_config.json.
 
     Everything is checked (metadata, tensor names, shapes, types) before anything is written; the directory
-    is built beside `out_dir` and moved into place at the end, so a failure leaves `out_dir` as it was."""
+    is built beside `out_dir` and moved into place at the end, so a failure leaves `out_dir` as it was.
+    `gguf`: the file's path, or a `GGUFFile` already read (its header is not parsed again)."""
     from tqdm import tqdm
 
-    src = read_gguf(gguf_path)
+    src = gguf if isinstance(gguf, GGUFFile) else read_gguf(gguf)
     cfg = src.config.replace(param_dtype=dtype)
     np_dtype = np.dtype(dtype_of(dtype))
     plan = src.plan()
@@ -460,7 +461,7 @@ def gguf_to_hf_dir(
         if len(shards) > 1:
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-        hf_config = cfg.to_hf_config()
+        hf_config = hf_config_json(cfg)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_config[k] is not None}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))

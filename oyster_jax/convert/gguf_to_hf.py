@@ -25,11 +25,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t0 = time.time()
     try:
-        cfg = read_gguf(args.gguf).config
-        out = gguf_to_hf_dir(args.gguf, args.out, dtype=args.dtype, progress=True)
+        src = read_gguf(args.gguf)  # the header is parsed once: the conversion reuses it
+        out = gguf_to_hf_dir(src, args.out, dtype=args.dtype, progress=True)
     except (CheckpointFormatError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    cfg = src.config
     print(f"wrote {out}: {cfg.arch}, {cfg.num_params() / 1e6:.1f}M params as {args.dtype}, {time.time() - t0:.1f}s")
     return 0
 

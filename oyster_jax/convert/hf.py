@@ -220,9 +220,10 @@ def _hf_tensors(cfg: ModelConfig, params: dict):
     return out
 
 
-def _transformers5_keys(d: dict) -> dict:
-    """transformers 5 names: `dtype` (was torch_dtype) and `rope_parameters` (was rope_theta + rope_scaling)."""
-    d = dict(d)
+def hf_config_json(cfg: ModelConfig, dtype: str | None = None) -> dict:
+    """The `config.json` every export writes, in transformers-5 names (what `save_pretrained` of
+    transformers 5 writes): `dtype` (was torch_dtype) and `rope_parameters` (was rope_theta + rope_scaling)."""
+    d = cfg.replace(param_dtype=dtype or cfg.param_dtype).to_hf_config()
     d["dtype"] = d.pop("torch_dtype")
     scaling = d.pop("rope_scaling", None) or {}
     d["rope_parameters"] = {"rope_type": "default", **scaling, "rope_theta": d.pop("rope_theta")}
@@ -304,7 +305,7 @@ def to_hf(
         (tmp / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
         )
-        hf_config = _transformers5_keys(cfg.replace(param_dtype=dtype).to_hf_config())
+        hf_config = hf_config_json(cfg, dtype)
         if tokenizer is not None:
             ids = write_tokenizer(
                 tmp,

@@ -9,9 +9,12 @@ The KV cache has a fixed number of slots (`max_batch` rows of `max_seq_len` posi
 token of every occupied slot through the model (`infer.decode` with one write slot per row), samples the next
 tokens on the device and hands them to the host, which streams them out, checks stop strings, advances the
 grammar matchers and frees the slots of finished rows; waiting requests take free slots between two steps
-(their prompt, less its last token, is prefilled alone and copied into the slot; the last prompt token goes
-through the next shared step, so the first new token comes out of the same sampler as every other). A short
-request never waits for a long one to finish, and the step's shapes never change, so it compiles once.
+(their prompts, less the last token, are prefilled together, one call per padded prompt length, and copied
+into the slots; the last prompt token goes through the next shared step, so the first new token comes out of
+the same sampler as every other). A short request never waits for a long one to finish. Slots are taken lowest
+first and a step runs only the first slots up to the highest occupied one, over the cache positions written so
+far (both rounded up to powers of two), so a lone request does not pay for a full batch or a long context it
+does not use; each (rows, positions) bucket compiles once.
 
 Per row, inside the step: presence / frequency penalties over the tokens generated so far, `logit_bias`,
 the grammar's token mask, then greedy (temperature 0) or temperature / top-k / top-p sampling with the key
@@ -37,7 +40,7 @@ import numpy as np
 
 from oyster_jax.infer.constrained import Grammars, TokenMatcher, apply_bitmask, bitmask_words
 from oyster_jax.infer.decoder import KVCache, decode, init_cache
-from oyster_jax.infer.generation import _decode_attention_fn, bucket_length
+from oyster_jax.infer.generation import _decode_attention_fn, bucket_batch, bucket_length
 from oyster_jax.infer.sampling import filter_logits
 from oyster_jax.models.config import ModelConfig
 
@@ -164,22 +167,29 @@ def _choose_rows(logits, keys, temperature, top_k, top_p):  # [B, V], [B] keys, 
     return jnp.where(temperature > 0, sampled, greedy)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "decode_attention"), donate_argnames=("state",))
-def _step(cfg: ModelConfig, decode_attention: str, params, state: _DeviceState, x: _StepInputs):
+@functools.partial(jax.jit, static_argnames=("cfg", "decode_attention", "span"), donate_argnames=("state",))
+def _step(cfg: ModelConfig, decode_attention: str, span: int, params, state: _DeviceState, x: _StepInputs):
+    """One token of the first B slots (x holds B rows), attending over the first `span` cache positions: the
+    slots past B are free and the positions past `span` not yet written, so neither is read or computed."""
     B = x.tokens.shape[0]
     rows = jnp.arange(B)
-    counts = jnp.where(x.reset[:, None], 0, state.counts)
+    counts = jnp.where(x.reset[:, None], 0, state.counts[:B])
     counts = counts.at[rows, x.tokens].add(x.count_input.astype(jnp.int32))
-    logits, cache = decode(
+    window = KVCache(state.cache.k[:, :B, :span], state.cache.v[:, :B, :span])
+    logits, window = decode(
         cfg,
         params,
         x.tokens[:, None],
         x.positions[:, None],
-        state.cache,
+        window,
         x.positions,
         jnp.zeros((B,), jnp.int32),
         decode_attention=_decode_attention_fn(decode_attention),
     )  # logits [B, V] float32
+    cache = KVCache(
+        jax.lax.dynamic_update_slice(state.cache.k, window.k, (0, 0, 0, 0, 0)),
+        jax.lax.dynamic_update_slice(state.cache.v, window.v, (0, 0, 0, 0, 0)),
+    )  # in place: the state is donated
     logits = logits - x.presence[:, None] * (counts > 0) - x.frequency[:, None] * counts
     logits = logits.at[rows[:, None], x.bias_ids].add(x.bias_values)
     logits = apply_bitmask(logits, x.bits, x.constrained)
@@ -190,23 +200,26 @@ def _step(cfg: ModelConfig, decode_attention: str, params, state: _DeviceState, 
     tokens = _choose_rows(logits, keys, x.temperature, x.top_k, x.top_p)
     top_values, top_ids = jax.lax.top_k(logprobs, MAX_TOP_LOGPROBS)
     out = (tokens, logprobs[rows, tokens], top_ids.astype(jnp.int32), top_values)
-    return _DeviceState(cache, counts), out
+    return _DeviceState(cache, jax.lax.dynamic_update_slice(state.counts, counts, (0, 0))), out
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _prefill(cfg: ModelConfig, params, tokens):  # tokens [1, P] right-padded -> KVCache [L, 1, P, K, H]
-    P = tokens.shape[1]
-    positions = jnp.arange(P, dtype=jnp.int32)[None]
+def _prefill(cfg: ModelConfig, params, tokens):  # tokens [R, P] right-padded -> KVCache [L, R, P, K, H]
+    R, P = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (R, P))
     # Right padding: a real token never sees the padding after it, and the rows' later steps overwrite those
     # slots before reading them, so no mask is needed.
-    _, cache = decode(cfg, params, tokens, positions, init_cache(cfg, 1, P), 0, jnp.zeros((1,), jnp.int32))
+    _, cache = decode(cfg, params, tokens, positions, init_cache(cfg, R, P), 0, jnp.zeros((R,), jnp.int32))
     return cache
 
 
 @functools.partial(jax.jit, donate_argnames=("cache",))
-def _insert(cache: KVCache, part: KVCache, slot) -> KVCache:
-    at = (0, slot, 0, 0, 0)
-    return KVCache(jax.lax.dynamic_update_slice(cache.k, part.k, at), jax.lax.dynamic_update_slice(cache.v, part.v, at))
+def _insert(cache: KVCache, part: KVCache, row, slot) -> KVCache:  # part's row `row` -> cache slot `slot`
+    def put(dst, src):
+        src = jax.lax.dynamic_slice_in_dim(src, row, 1, axis=1)
+        return jax.lax.dynamic_update_slice(dst, src, (0, slot, 0, 0, 0))
+
+    return KVCache(put(cache.k, part.k), put(cache.v, part.v))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,6 +254,8 @@ class Engine:
     max_batch: slots decoded together. max_seq_len: positions per slot (prompt + completion;
       default: the model's, at most 4096). max_queue: requests that may wait for a slot.
     decode_attention: "xla" | "pallas" (the single-token attention of `infer.decode`).
+    max_prefill_batch: requests joining at the same step whose prompts are prefilled in one call (grouped by
+      padded prompt length; 1 = one at a time; default max_batch).
     """
 
     def __init__(
@@ -254,8 +269,10 @@ class Engine:
         max_seq_len: int | None = None,
         max_queue: int = 64,
         decode_attention: str = "xla",
+        max_prefill_batch: int | None = None,
     ):
         self.cfg, self.params, self.tokenizer = cfg, params, tokenizer
+        self.max_prefill_batch = max(1, max_prefill_batch or max_batch)
         self.eos_ids = frozenset(int(e) for e in eos_ids)
         self.max_batch = max_batch
         self.max_seq_len = min(max_seq_len or min(cfg.max_position_embeddings, 4096), cfg.max_position_embeddings)
@@ -290,6 +307,7 @@ class Engine:
         self._cv = threading.Condition()
         self._closed = False
         self.steps = 0  # counters for tests and benchmarks
+        self.prefills = 0  # prefill calls (several requests joining together share one)
         self.finished = 0
         self.max_occupancy = 0
         self._thread = threading.Thread(target=self._loop, name="oyster-engine", daemon=True)
@@ -397,8 +415,7 @@ class Engine:
                 admitted = self._take_admissible()
                 self._cv.notify_all()  # callers blocked on a full queue
             try:
-                for request in admitted:
-                    self._admit(request)
+                self._admit(admitted)
                 self._drop_cancelled()
                 if any(self._slots):
                     self._step_once()
@@ -423,28 +440,45 @@ class Engine:
             free -= head.n
         return out
 
-    def _admit(self, request: Request) -> None:
-        params, prompt = request.params, request.prompt
-        matchers = []
-        if params.grammar is not None:
+    def _admit(self, requests: list[Request]) -> None:
+        """Give each request its slots: prefill the prompts (less their last token) of requests of the same
+        padded length together, copy each into its request's slots, set the rows' sampling inputs."""
+        ready = []
+        for request in requests:
             try:
-                matchers = [self.grammars.matcher(params.grammar) for _ in range(request.n)]
-            except Exception as e:  # noqa: BLE001
+                grammar = request.params.grammar
+                matchers = [self.grammars.matcher(grammar) for _ in range(request.n)] if grammar is not None else []
+            except Exception as e:  # noqa: BLE001  (the request learns why; the others go on)
                 self._finish_request(request, "error", f"grammar: {e}")
-                return
-        slots = [i for i, c in enumerate(self._slots) if c is None][: request.n]
-        prefix = prompt[:-1]
-        if prefix:
-            P = min(bucket_length(len(prefix)), self.max_seq_len)
-            tokens = np.zeros((1, P), np.int32)
-            tokens[0, : len(prefix)] = prefix
-            part = _prefill(self.cfg, self.params, jnp.asarray(tokens))
-            for slot in slots:
-                self._state.cache = _insert(self._state.cache, part, jnp.int32(slot))
+                continue
+            slots = [i for i, c in enumerate(self._slots) if c is None][: request.n]
+            for index, slot in enumerate(slots):  # taken now, so the next request gets other slots
+                self._slots[slot] = _Choice(request, index, matchers[index] if matchers else None)
+            ready.append((request, slots))
+        groups: dict[int, list] = collections.defaultdict(list)
+        for request, slots in ready:
+            if len(request.prompt) > 1:
+                groups[min(bucket_length(len(request.prompt) - 1), self.max_seq_len)].append((request, slots))
+        for P, group in groups.items():
+            for at in range(0, len(group), self.max_prefill_batch):
+                part = group[at : at + self.max_prefill_batch]
+                tokens = np.zeros((min(bucket_batch(len(part)), self.max_prefill_batch), P), np.int32)
+                for row, (request, _) in enumerate(part):
+                    tokens[row, : len(request.prompt) - 1] = request.prompt[:-1]
+                cache = _prefill(self.cfg, self.params, jnp.asarray(tokens))
+                self.prefills += 1
+                for row, (_, slots) in enumerate(part):
+                    for slot in slots:
+                        self._state.cache = _insert(self._state.cache, cache, jnp.int32(row), jnp.int32(slot))
+        for request, slots in ready:
+            self._set_rows(request, slots)
+        self.max_occupancy = max(self.max_occupancy, self.running)
+
+    def _set_rows(self, request: Request, slots: list[int]) -> None:
+        params, prompt = request.params, request.prompt
         h = self._host
         bias = dict(params.logit_bias)
         for index, slot in enumerate(slots):
-            self._slots[slot] = _Choice(request, index, matchers[index] if matchers else None)
             h.tokens[slot] = prompt[-1]
             h.positions[slot] = len(prompt) - 1
             h.count_input[slot] = False
@@ -461,8 +495,7 @@ class Engine:
             h.bias_values[slot] = 0
             h.bias_ids[slot, : len(bias)] = list(bias)
             h.bias_values[slot, : len(bias)] = list(bias.values())
-            h.constrained[slot] = bool(matchers)
-        self.max_occupancy = max(self.max_occupancy, self.running)
+            h.constrained[slot] = self._slots[slot].matcher is not None
 
     def _drop_cancelled(self):
         for slot, choice in enumerate(self._slots):
@@ -473,19 +506,25 @@ class Engine:
         self._slots[slot] = None
         self._host.constrained[slot] = False
         self._host.temperature[slot] = 0.0
+        self._host.positions[slot] = 0  # a free row inside the step's rows writes inside its window
 
     def _step_once(self):
         h = self._host
-        for slot, choice in enumerate(self._slots):
-            if choice is not None and choice.matcher is not None:
-                h.bits[slot] = choice.matcher.bitmask()
-        self._state, out = _step(self.cfg, self.decode_attention, self.params, self._state, h)
+        occupied = [slot for slot, choice in enumerate(self._slots) if choice is not None]
+        for slot in occupied:
+            if self._slots[slot].matcher is not None:
+                h.bits[slot] = self._slots[slot].matcher.bitmask()
+        # Slots are taken lowest first, so the occupied ones sit at the front: the step runs the first
+        # `rows` slots over the first `span` positions (power-of-two buckets: a few compiles, each reused).
+        rows = min(bucket_batch(occupied[-1] + 1), self.max_batch)
+        span = min(bucket_length(int(h.positions[occupied].max()) + 1, minimum=64), self.max_seq_len)
+        x = jax.tree.map(lambda a: a[:rows], h)
+        self._state, out = _step(self.cfg, self.decode_attention, span, self.params, self._state, x)
         tokens, logprobs, top_ids, top_values = jax.device_get(out)
         self.steps += 1
         h.reset[:] = False
-        for slot, choice in enumerate(self._slots):
-            if choice is None:
-                continue
+        for slot in occupied:
+            choice = self._slots[slot]
             token = int(tokens[slot])
             h.tokens[slot] = token
             h.positions[slot] += 1

@@ -5,37 +5,32 @@
 
 `ckpt` is anything `convert.open_model` opens: a Hugging Face directory, an Orbax model checkpoint or a
 trainer workdir (with the tokenizer it carries). The chat template is `oyster_jax.core.chat` (Qwen3
-ChatML by default); generation is `oyster_jax.infer.generate`. Concurrent `achat` calls are gathered into
-batches (same sampling settings, up to `max_batch`, waiting at most `batch_window_s` for company, and only
-when the previous batch had company or calls are queued, so a lone caller pays no wait) and run one batch at
-a time on a single worker thread, so the engine's concurrency turns into batch size. Every new (batch,
-length) bucket compiles once per process: short benchmarks should warm up first.
+ChatML by default). Generation has one path: the continuous-batching engine `infer.engine.Engine` (created on
+the first call), the same one `python -m oyster_jax.serve` runs. Concurrent `achat` calls share its decode
+batch whatever their sampling settings: each joins the running batch between two steps and leaves it when
+done, so the callers' concurrency turns into batch size with no batching window. `response_format`
+(`{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {"schema": ...}}`, as OpenAI) is
+honoured by constrained decoding inside the same steps, so a local judge's reply always parses.
+
+Sampling keys: temperature (0 = greedy, the default), top_p, top_k, max_tokens, seed, stop, response_format.
+As with OpenAI, a sampled call without a seed draws a fresh one; a seeded call gives the same tokens alone or
+beside other calls.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import dataclasses
-import queue
 import threading
-import time
 
-from oyster_jax import convert, infer
+from oyster_jax import convert
 from oyster_jax.core import chat
-from oyster_jax.infer.engine import Engine, QueueFull, SamplingParams
+from oyster_jax.infer.engine import Engine, QueueFull, SamplingParams, TokenEvent
 from oyster_jax.llm.base import BackendError, BaseBackend, Completion, validate_messages
 
 __all__ = ["LocalJaxBackend"]
 
-_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "stop")
-
-
-@dataclasses.dataclass
-class _Request:
-    tokens: list[int]
-    key: tuple  # sampling settings; only requests with equal keys share a batch
-    future: concurrent.futures.Future
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "stop", "response_format")
+_QUEUE_RETRY_S = 0.05  # a full engine queue: try again after this long (the caller waits, never fails)
 
 
 class LocalJaxBackend(BaseBackend):
@@ -44,10 +39,14 @@ class LocalJaxBackend(BaseBackend):
     tokenizer: `tokenizer.json` file or a directory holding one; default: `convert.find_tokenizer(ckpt)`.
     chat_format: 'chatml' (Qwen3) or 'deepseek_r1'.
     max_new_tokens: default budget when a call gives no max_tokens.
-    max_batch / batch_window_s: micro-batching of concurrent calls; adaptive_window=False always waits
-      the window (otherwise only after a batch that had company, or with calls already queued).
+    max_batch: decode slots of the engine (calls decoded together). max_seq_len: positions per slot
+      (prompt + reply; default: the model's, at most 4096). max_queue: calls that wait for a slot before
+      further callers poll. decode_attention: "xla" | "pallas".
     cfg / params: pass an already loaded model instead of reading `ckpt` (tests, notebooks).
     """
+
+    # Honours `response_format` by constrained decoding: the judge client asks for each task's schema.
+    constrains_json = True
 
     def __init__(
         self,
@@ -57,14 +56,12 @@ class LocalJaxBackend(BaseBackend):
         chat_format: str = "chatml",
         max_new_tokens: int = 512,
         max_batch: int = 16,
-        batch_window_s: float = 0.05,
-        adaptive_window: bool = True,
+        max_seq_len: int | None = None,
+        max_queue: int = 1024,
+        decode_attention: str = "xla",
         cfg=None,
         params=None,
-        **generate_options,
     ):
-
-        self._chat = chat
         self.chat_format = chat.get_format(chat_format).name
         if (cfg is None) != (params is None):
             raise ValueError("pass both cfg and params, or neither (then ckpt is loaded)")
@@ -79,10 +76,9 @@ class LocalJaxBackend(BaseBackend):
         self.cfg, self.params = cfg, params
         self.name = f"local:{ckpt or '<in-memory>'}"
         self.max_new_tokens = max_new_tokens
-        self.max_batch = max_batch
-        self.batch_window_s = batch_window_s
-        self.adaptive_window = adaptive_window
-        self.generate_options = generate_options
+        self._engine_options = dict(
+            max_batch=max_batch, max_seq_len=max_seq_len, max_queue=max_queue, decode_attention=decode_attention
+        )
         # End-of-turn markers that are single tokens stop inside the decode loop; others as stop strings.
         self._eos_ids, self._stop_strings = [], []
         for s in chat.stop_strings(self.chat_format):
@@ -91,203 +87,121 @@ class LocalJaxBackend(BaseBackend):
         if cfg.eos_token_id is not None:
             ids = cfg.eos_token_id if isinstance(cfg.eos_token_id, (list, tuple)) else [cfg.eos_token_id]
             self._eos_ids.extend(i for i in ids if i not in self._eos_ids)
-        self._queue: queue.Queue = queue.Queue()
-        self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
-        self._last_batch = 1
-        self._engine = None
-        self.batches = 0  # counters for tests and benchmarks
-        self.requests = 0
+        self._engine: Engine | None = None
+        self.requests = 0  # calls made (tests and benchmarks)
 
     # --- tokens in, tokens out ---
     def prompt_tokens(self, messages) -> list[int]:
-        text = self._chat.render_generation_prompt(validate_messages(messages), self.chat_format)
+        text = chat.render_generation_prompt(validate_messages(messages), self.chat_format)
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=False)
 
-    def _generate(self, batch: list[_Request]) -> list[list[int]]:
-
-        temperature, top_p, top_k, max_tokens, seed, stop = batch[0].key
-        return infer.generate(
-            self.cfg,
-            self.params,
-            [r.tokens for r in batch],
-            max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_ids=self._eos_ids,
-            stop_strings=tuple(self._stop_strings) + tuple(stop),
-            decode_fn=self.decode,
-            seed=seed,
-            **self.generate_options,
-        )
-
-    # --- micro-batching worker ---
-    def _run_worker(self):
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, deferred = [first], []
-            # Wait for company only when calls have been arriving together (a lone caller pays no latency).
-            busy = self._last_batch > 1 or not self._queue.empty() or not self.adaptive_window
-            window = self.batch_window_s if busy else 0.002
-            deadline = time.monotonic() + window
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    deferred.append(None)
-                    break
-                (batch if item.key == first.key else deferred).append(item)
-            for item in deferred:  # different settings: next round
-                self._queue.put(item)
-            self._last_batch = len(batch)
-            try:
-                outputs = self._generate(batch)
-                self.batches += 1
-            except Exception as e:  # noqa: BLE001  (delivered to every caller of the batch)
-                for r in batch:
-                    r.future.set_exception(BackendError(f"local generation failed: {type(e).__name__}: {e}"))
-                continue
-            for r, out in zip(batch, outputs):
-                r.future.set_result(out)
-
-    def _submit(self, messages, sampling) -> concurrent.futures.Future:
-        unknown = set(sampling) - set(_SAMPLING_KEYS)
-        if unknown:
-            raise ValueError(f"unknown sampling keyword(s) {sorted(unknown)}; known: {list(_SAMPLING_KEYS)}")
-        stop = sampling.get("stop") or ()
-        key = (
-            float(sampling.get("temperature") or 0.0),
-            sampling.get("top_p"),
-            sampling.get("top_k"),
-            int(sampling.get("max_tokens") or self.max_new_tokens),
-            int(sampling.get("seed") or 0),
-            (stop,) if isinstance(stop, str) else tuple(stop),
-        )
-        tokens = self.prompt_tokens(messages)
-        room = self.cfg.max_position_embeddings - len(tokens)
-        if room <= 0:
-            raise BackendError(
-                f"prompt of {len(tokens)} tokens does not fit the model's {self.cfg.max_position_embeddings} positions"
-            )
-        if key[3] > room:  # a generous default budget must not fail small models: generate what fits
-            key = key[:3] + (room,) + key[4:]
-        with self._lock:
-            if self._closed:
-                raise BackendError("LocalJaxBackend is closed")
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._run_worker, name="oyster-local-gen", daemon=True)
-                self._worker.start()
-            self.requests += 1
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        future.n_prompt, future.max_tokens = len(tokens), key[3]  # for acomplete's usage and finish reason
-        self._queue.put(_Request(tokens, key, future))
-        return future
-
-    def _finish(self, new_tokens: list[int]) -> tuple[str, str]:
-        thinking, content = self._chat.split_thinking(self.decode(new_tokens), self.chat_format)
-        return thinking.strip(), content.strip()
-
-    async def achat(self, messages, **sampling) -> tuple[str, str]:
-        completion = await self.acomplete(messages, **sampling)
-        return completion.reasoning, completion.content
-
-    async def acomplete(self, messages, **sampling) -> Completion:
-        """The answer with its token counts; finish_reason 'length' when the token budget ran out."""
-        response_format = sampling.pop("response_format", None)
-        if response_format is not None and response_format.get("type", "text") != "text":
-            n_prompt, tokens, finish = await self._constrained(messages, sampling, response_format)
-        else:
-            future = self._submit(messages, sampling)
-            tokens = await asyncio.wrap_future(future)
-            n_prompt, budget = future.n_prompt, future.max_tokens
-            finish = "length" if len(tokens) >= budget else "stop"
-        reasoning, content = self._finish(tokens)
-        usage = {"prompt_tokens": n_prompt, "completion_tokens": len(tokens)}
-        return Completion(reasoning, content, usage, finish)
-
-    def chat(self, messages, **sampling) -> tuple[str, str]:
-        if sampling.get("response_format") is not None:
-            return super().chat(messages, **sampling)
-        return self._finish(self._submit(messages, sampling).result())
-
-    # Honours `response_format` ({"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema":
-    # ...}}, as OpenAI) by constrained decoding on the engine: the reply always parses.
-    constrains_json = True
-
-    async def _constrained(self, messages, sampling, response_format) -> tuple[int, list[int], str]:
-        """(prompt tokens, new tokens, finish reason) of a grammar-constrained generation."""
-
-        unknown = set(sampling) - set(_SAMPLING_KEYS)
-        if unknown:
-            raise ValueError(f"unknown sampling keyword(s) {sorted(unknown)}; known: {list(_SAMPLING_KEYS)}")
-        engine = self.engine()
-        kind = response_format.get("type")
-        if kind == "json_object":
-            grammar = engine.grammars.json_object()
-        elif kind == "json_schema":
-            grammar = engine.grammars.json_schema((response_format.get("json_schema") or {}).get("schema"))
-        else:
-            raise ValueError(f"response_format type {kind!r}: expected text, json_object or json_schema")
-        stop = sampling.get("stop") or ()
-        params = SamplingParams(
-            max_tokens=int(sampling.get("max_tokens") or self.max_new_tokens),
-            temperature=float(sampling.get("temperature") or 0.0),
-            top_p=1.0 if sampling.get("top_p") is None else float(sampling["top_p"]),
-            top_k=int(sampling.get("top_k") or 0),
-            seed=int(sampling.get("seed") or 0),
-            stop=(stop,) if isinstance(stop, str) else tuple(stop),
-            grammar=grammar,
-        )
-        loop = asyncio.get_running_loop()
-        done, tokens = loop.create_future(), []
-
-        def sink(event):
-            if event.token is not None and event.token not in engine.eos_ids:
-                tokens.append(event.token)
-            if event.finish_reason is not None:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(event))
-
-        prompt = self.prompt_tokens(messages)
-        while True:
-            try:
-                engine.submit(prompt, params, 1, sink)
-                break
-            except QueueFull:
-                await asyncio.sleep(0.05)
-            except ValueError as e:
-                raise BackendError(f"local generation refused: {e}") from None
-        last = await done
-        if last.finish_reason == "error":
-            raise BackendError(f"local generation failed: {last.error}")
-        return len(prompt), tokens, last.finish_reason
-
-    def engine(self, **options):
+    def engine(self, **options) -> Engine:
         """The continuous-batching engine over this model (`infer.engine.Engine`, created on the first call;
-        `options`: max_batch, max_seq_len, max_queue, decode_attention). The server and constrained calls
-        use it."""
+        `options` override the constructor's max_batch, max_seq_len, max_queue, decode_attention). Every call
+        of this backend and `python -m oyster_jax.serve` run on it."""
         with self._lock:
             if self._closed:
                 raise BackendError("LocalJaxBackend is closed")
             if self._engine is None:
-                options.setdefault("max_batch", self.max_batch)
-                self._engine = Engine(self.cfg, self.params, self.tokenizer, eos_ids=self._eos_ids, **options)
+                opts = self._engine_options | options
+                self._engine = Engine(self.cfg, self.params, self.tokenizer, eos_ids=self._eos_ids, **opts)
             return self._engine
+
+    def sampling_params(self, engine: Engine, sampling: dict) -> SamplingParams:
+        """The engine's SamplingParams for a call's keywords (unknown keys are refused)."""
+        unknown = set(sampling) - set(_SAMPLING_KEYS)
+        if unknown:
+            raise ValueError(f"unknown sampling keyword(s) {sorted(unknown)}; known: {list(_SAMPLING_KEYS)}")
+        stop = sampling.get("stop") or ()
+        seed = sampling.get("seed")
+        return SamplingParams(
+            max_tokens=int(sampling.get("max_tokens") or self.max_new_tokens),
+            temperature=float(sampling.get("temperature") or 0.0),
+            top_p=1.0 if sampling.get("top_p") is None else float(sampling["top_p"]),
+            top_k=int(sampling.get("top_k") or 0),
+            seed=None if seed is None else int(seed),
+            stop=tuple(self._stop_strings) + ((stop,) if isinstance(stop, str) else tuple(stop)),
+            grammar=self._grammar(engine, sampling.get("response_format")),
+        )
+
+    @staticmethod
+    def _grammar(engine: Engine, response_format) -> str | None:
+        if response_format is None or response_format.get("type", "text") == "text":
+            return None
+        kind = response_format.get("type")
+        if kind == "json_object":
+            return engine.grammars.json_object()
+        if kind == "json_schema":
+            return engine.grammars.json_schema((response_format.get("json_schema") or {}).get("schema"))
+        raise ValueError(f"response_format type {kind!r}: expected text, json_object or json_schema")
+
+    # --- calls ---
+    async def _run(self, messages, sampling) -> tuple[str, str, int, int]:
+        """(raw text of the assistant turn, finish reason, prompt tokens, new tokens) of one engine request."""
+        engine = self.engine()
+        params = self.sampling_params(engine, sampling)
+        prompt = self.prompt_tokens(messages)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        pieces: list[str] = []
+        n_new = 0
+
+        def sink(event: TokenEvent):  # engine thread
+            nonlocal n_new
+            pieces.append(event.text)
+            if event.token is not None:
+                n_new += 1
+            if event.finish_reason is not None:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(event))
+
+        while True:
+            try:
+                request = engine.submit(prompt, params, 1, sink)
+                break
+            except QueueFull:
+                await asyncio.sleep(_QUEUE_RETRY_S)
+            except ValueError as e:
+                raise BackendError(f"local generation refused: {e}") from None
+        with self._lock:
+            self.requests += 1
+        try:
+            last = await done
+        except asyncio.CancelledError:
+            request.cancel()  # frees the slot at the next step
+            raise
+        if last.finish_reason != "stop" and last.finish_reason != "length":
+            raise BackendError(f"local generation failed: {last.error or last.finish_reason}")
+        return "".join(pieces), last.finish_reason, len(prompt), n_new
+
+    async def agenerate(self, messages, **sampling) -> str:
+        """The raw text of the assistant turn (thinking included; end-of-turn markers and stop strings cut)."""
+        text, _, _, _ = await self._run(messages, sampling)
+        return text
+
+    def _finish(self, text: str) -> tuple[str, str]:
+        thinking, content = chat.split_thinking(text, self.chat_format)
+        return thinking.strip(), content.strip()
+
+    async def acomplete(self, messages, **sampling) -> Completion:
+        """The answer with its token counts and the engine's finish reason ('length': the budget ran out)."""
+        text, finish, n_prompt, n_new = await self._run(messages, sampling)
+        reasoning, content = self._finish(text)
+        return Completion(reasoning, content, {"prompt_tokens": n_prompt, "completion_tokens": n_new}, finish)
+
+    async def achat(self, messages, **sampling) -> tuple[str, str]:
+        completion = await self.acomplete(messages, **sampling)
+        return completion.reasoning, completion.content
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            if self._worker is not None:
-                self._queue.put(None)
-            if self._engine is not None:
-                self._engine.close()
+            engine = self._engine
+        if engine is not None:
+            engine.close()
