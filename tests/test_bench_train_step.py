@@ -41,7 +41,9 @@ def test_orpo_on_hf_model_against_trl(tiny_hf_dir, tmp_path):
     pytest.importorskip("trl", reason="TRL is the bench extra: pip install -e .[bench]")
     out = tmp_path / "orpo.json"
     argv = ["--hf_model", str(tiny_hf_dir), "--stage", "pref", "--batch", "2", "--seq", "32", "--trl"]
-    assert bench.main(argv + ["--config.data.pref_shared_len=0", "--steps", "1", "--rounds", "1", "--json", str(out)]) == 0
+    assert (
+        bench.main(argv + ["--config.data.pref_shared_len=0", "--steps", "1", "--rounds", "1", "--json", str(out)]) == 0
+    )
     result = json.loads(out.read_text())
     assert result["rows_per_step"] == 4 and result["pref_shared_len"] == 0
     assert result["trl_orpo"]["steps_per_s"] > 0 and result["speedup_vs_trl"] > 0

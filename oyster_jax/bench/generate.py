@@ -11,8 +11,8 @@ both sides run identical weights; or, with `--hf_model DIR`, that Hugging Face c
 rendered with the directory's own chat template (`apply_chat_template`, generation prompt), left-padded for
 transformers, ragged for ours. Greedy decoding with EOS disabled: every row generates exactly
 `--new_tokens` tokens. Compile time (ours) and the first call (theirs) are reported separately from the
-steady-state timing (best of `--repeats`, the two sides alternating). tokens/s = batch · new_tokens / seconds (prefill included).
-Also prints whether the greedy tokens agree.
+steady-state timing (best of `--repeats`, the two sides alternating). tokens/s = batch · new_tokens / seconds
+(prefill included). Also prints the share of greedy tokens that agree.
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def _load_hf(hf_dir: str, param_dtype: str):
 def _chat_prompts(tok, batch: int) -> list[list[int]]:
     """`batch` chat prompts (CHAT_PROMPTS repeated), token ids through the tokenizer's chat template."""
     convs = [CHAT_PROMPTS[i % len(CHAT_PROMPTS)] for i in range(batch)]
-    return [list(tok.apply_chat_template(c, tokenize=True, add_generation_prompt=True, return_dict=False)) for c in convs]
+    return [
+        list(tok.apply_chat_template(c, tokenize=True, add_generation_prompt=True, return_dict=False)) for c in convs
+    ]
 
 
 def _time_alternating(fns, repeats: int) -> list[tuple[float, float, object]]:
