@@ -29,12 +29,18 @@ def tiny_hf_dir(tmp_path_factory):
 
 def test_sft_on_hf_model_reports_the_roofline_share(tiny_hf_dir, tmp_path):
     out = tmp_path / "sft.json"
-    argv = ["--hf_model", str(tiny_hf_dir), "--stage", "sft", "--batch", "2", "--seq", "32"]
+    argv = ["--hf_model", str(tiny_hf_dir), "--stage", "sft", "--batch", "2", "--seq", "32", "--profile_head"]
     assert bench.main(argv + ["--steps", "1", "--rounds", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_hf_dir)  # tied: the embedding counts once
     assert result["hf_model"] == str(tiny_hf_dir) and result["model_params"] == hf.num_parameters()
-    assert result["stage"] == "sft" and 0 < result["oyster_jax"]["fraction_of_roofline"] < 2
+    ours = result["oyster_jax"]
+    assert result["stage"] == "sft" and 0 < ours["fraction_of_roofline"] < 2
+    # the head's FLOP share, by hand: 3·2·D·V per position over the config's training FLOPs per token
+    cfg = bench._hf_model_fields(str(tiny_hf_dir), {})
+    per_token = 3 * 2 * (2 * (32 * 32 * 2 + 32 * 16 * 2 + 3 * 32 * 64) + 4096 * 32) + 3 * 2 * 4 * 4 * 8 * 16.5
+    assert cfg.vocab_size == 4096 and ours["head_share_of_flops"] == pytest.approx(3 * 2 * 32 * 4096 / per_token)
+    assert ours["head_share_of_step"] > 0
 
 
 def test_orpo_on_hf_model_against_trl(tiny_hf_dir, tmp_path):

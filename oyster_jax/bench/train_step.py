@@ -126,7 +126,34 @@ def make_jax_runner(config, stage_name: str, prompt_len: int, hf_model: str = ""
             holder["state"], metrics = jitted(holder["state"], device_batch)
         return float(metrics["loss"])
 
+    run_one_step.holder = holder  # the live train state, for sub-part timing (`make_head_runner`)
     return run_one_step, cfg, layout
+
+
+def make_head_runner(cfg, params, n_tokens: int):
+    """The LM head + log-softmax alone, forward and backward (`train.head_logprobs`, as the losses run it),
+    on `n_tokens` hidden states: the sub-part that a large vocabulary makes expensive. -> run_once()."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from oyster_jax.models.config import dtype_of
+    from oyster_jax.train.head_logprobs import head_logprobs
+
+    rng = np.random.default_rng(1)
+    h = jnp.asarray(rng.standard_normal((n_tokens, cfg.hidden_size)), dtype_of(cfg.dtype))
+    targets = jnp.asarray(rng.integers(0, cfg.vocab_size, (n_tokens,)), jnp.int32)
+    head = {k: params[k] for k in ("embed_tokens", "lm_head") if k in params}
+
+    @jax.jit
+    def fwd_bwd(head, h):
+        return jax.value_and_grad(lambda p, x: head_logprobs(cfg, p, x, targets).sum(), argnums=(0, 1))(head, h)
+
+    def run_once():
+        jax.block_until_ready(fwd_bwd(head, h))
+
+    run_once()  # compile
+    return run_once
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,6 +250,14 @@ def make_trl_runner(cfg, pairs: int, seq: int, prompt_len: int, threads: int, hf
     return run_steps, shape
 
 
+def _head_flops_share(cfg, layout) -> float:
+    """Share of the step's training FLOPs in the LM head matmuls (3 x 2·D·V per position)."""
+    from oyster_jax.train import metrics as metrics_lib
+
+    head = 3 * 2 * cfg.hidden_size * cfg.vocab_size * layout.rows * layout.row_len
+    return head / metrics_lib.train_flops_per_step(cfg, layout.rows, layout.row_len)
+
+
 def _hf_model_fields(hf_dir: str, runtime: dict):
     """config.model fields for the architecture of the Hugging Face directory `hf_dir`, with `runtime`'s."""
     import dataclasses
@@ -261,6 +296,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--trl", action="store_true", help="also time TRL's ORPOTrainer (needs `pip install trl`)")
+    ap.add_argument(
+        "--profile_head",
+        action="store_true",
+        help="also time the LM head + log-softmax forward+backward alone, at the step's token count",
+    )
     ap.add_argument("--json", default="", help="write the results here")
     args, rest = ap.parse_known_args(argv)
     args.hf_model = os.path.expanduser(args.hf_model)
@@ -307,7 +347,10 @@ def main(argv=None) -> int:
         trl_run(1)  # warm-up
         if trl_shape != (args.batch, seq):
             print(f"warning: TRL batch shape {trl_shape} != ({args.batch}, {seq})", file=sys.stderr)
-    jax_times, trl_times, fractions, roofs = [], [], [], []
+    run_head = None
+    if args.profile_head:
+        run_head = make_head_runner(cfg, run_jax.holder["state"]["params"], tokens_per_step)
+    jax_times, trl_times, fractions, roofs, head_shares = [], [], [], [], []
     for _ in range(args.rounds):
         roof = roofline_flops(config.model.dtype)  # measured beside this round's steps, under the same load
         round_times = []
@@ -316,6 +359,13 @@ def main(argv=None) -> int:
             run_jax()
             round_times.append(time.perf_counter() - t)
         jax_times += round_times
+        if run_head is not None:  # right after the round's steps, under the same load
+            head_times = []
+            for _ in range(args.steps):
+                t = time.perf_counter()
+                run_head()
+                head_times.append(time.perf_counter() - t)
+            head_shares.append(float(np.median(head_times)) / float(np.median(round_times)))
         roofs.append(roof)
         fractions.append(flops_per_step / float(np.median(round_times)) / roof)
         if trl_run is not None:
@@ -341,6 +391,10 @@ def main(argv=None) -> int:
         },
         "load_average_1min": os.getloadavg()[0],
     }
+    if head_shares:
+        result["oyster_jax"]["head_share_of_step"] = float(np.median(head_shares))
+        result["oyster_jax"]["head_share_of_step_per_round"] = head_shares
+        result["oyster_jax"]["head_share_of_flops"] = _head_flops_share(cfg, layout)
     if trl_times:
         trl_step = float(np.median(trl_times))
         result["trl_orpo"] = {
@@ -359,6 +413,12 @@ def main(argv=None) -> int:
         f"{ours['gflops']:.1f} GFLOP/s = {100 * ours['fraction_of_roofline']:.1f}% of the f32 matmul roofline "
         f"measured beside it ({roof / 1e9:.1f} GFLOP/s; median over rounds); load average {os.getloadavg()[0]:.1f}"
     )
+    if head_shares:
+        print(
+            f"LM head + log-softmax (forward+backward, {tokens_per_step} tokens, V={cfg.vocab_size}) alone: "
+            f"{100 * result['oyster_jax']['head_share_of_step']:.1f}% of the step's time "
+            f"({100 * result['oyster_jax']['head_share_of_flops']:.1f}% of its FLOPs)"
+        )
     if trl_times:
         t = result["trl_orpo"]
         print(
