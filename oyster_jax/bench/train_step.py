@@ -130,9 +130,10 @@ def make_jax_runner(config, stage_name: str, prompt_len: int, hf_model: str = ""
     return run_one_step, cfg, layout
 
 
-def make_head_runner(cfg, params, n_tokens: int):
+def make_head_runner(cfg, holder: dict, n_tokens: int):
     """The LM head + log-softmax alone, forward and backward (`train.head_logprobs`, as the losses run it),
-    on `n_tokens` hidden states: the sub-part that a large vocabulary makes expensive. -> run_once()."""
+    on `n_tokens` hidden states: the sub-part that a large vocabulary makes expensive. -> run_once().
+    The head weights are read from the live train state `holder["state"]` at each call (the step donates it)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -143,14 +144,14 @@ def make_head_runner(cfg, params, n_tokens: int):
     rng = np.random.default_rng(1)
     h = jnp.asarray(rng.standard_normal((n_tokens, cfg.hidden_size)), dtype_of(cfg.dtype))
     targets = jnp.asarray(rng.integers(0, cfg.vocab_size, (n_tokens,)), jnp.int32)
-    head = {k: params[k] for k in ("embed_tokens", "lm_head") if k in params}
 
     @jax.jit
     def fwd_bwd(head, h):
         return jax.value_and_grad(lambda p, x: head_logprobs(cfg, p, x, targets).sum(), argnums=(0, 1))(head, h)
 
     def run_once():
-        jax.block_until_ready(fwd_bwd(head, h))
+        params = holder["state"]["params"]
+        jax.block_until_ready(fwd_bwd({k: params[k] for k in ("embed_tokens", "lm_head") if k in params}, h))
 
     run_once()  # compile
     return run_once
@@ -349,7 +350,7 @@ def main(argv=None) -> int:
             print(f"warning: TRL batch shape {trl_shape} != ({args.batch}, {seq})", file=sys.stderr)
     run_head = None
     if args.profile_head:
-        run_head = make_head_runner(cfg, run_jax.holder["state"]["params"], tokens_per_step)
+        run_head = make_head_runner(cfg, run_jax.holder, tokens_per_step)
     jax_times, trl_times, fractions, roofs, head_shares = [], [], [], [], []
     for _ in range(args.rounds):
         roof = roofline_flops(config.model.dtype)  # measured beside this round's steps, under the same load
