@@ -39,6 +39,9 @@ INSTALL_REQUIRES = [
 SERVE = ["fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.55.0", "pydantic==2.14.4"]
 
 EXTRAS = {
+    # Side-by-side benchmarks (oyster_jax.bench.train_step --trl): TRL's ORPOTrainer on the test extra's
+    # torch and transformers pins (trl 1.16.0 accepts them; it adds datasets, pandas).
+    "bench": ["trl==1.16.0", "datasets==5.2.0", "torch==2.13.0", "transformers==5.24.0", "accelerate==1.15.0"],
     "tpu": ["jax[tpu]==0.10.2"],
     "gpu": ["jax[cuda12]==0.10.2"],
     "serve": SERVE,

@@ -122,3 +122,39 @@ def assert_transformers5_config(config_dir: pathlib.Path, tmp: pathlib.Path) -> 
     assert not set(TRANSFORMERS4_KEYS) & set(ours), sorted(set(TRANSFORMERS4_KEYS) & set(ours))
     assert set(ours) <= set(theirs), sorted(set(ours) - set(theirs))
     assert {k: ours[k] for k in ours} == {k: theirs[k] for k in ours}
+
+
+def save_tiny_chat_model(path: pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """A tiny random Llama chat model as a complete Hugging Face directory: the weights saved by transformers,
+    the bundled seed tokenizer (4096 ids) with its ChatML template, as `from_pretrained` and TRL read them."""
+    import torch
+    import transformers
+
+    from oyster_jax.convert.hf_tokenizer import write_tokenizer
+    from oyster_jax.data.vocab import default_tokenizer_path
+
+    config = transformers.LlamaConfig(
+        vocab_size=4096,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        rms_norm_eps=1e-6,
+    )
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # larger-than-init weights: greedy outputs then are not one repeated token
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.mul_(4.0)
+    path.mkdir(parents=True, exist_ok=True)
+    ids = write_tokenizer(path, default_tokenizer_path())
+    for k, v in ids.items():
+        setattr(model.config, k, v)
+    model.save_pretrained(path, safe_serialization=True)
+    return path

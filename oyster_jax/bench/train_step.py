@@ -5,6 +5,12 @@ optionally side by side with TRL's ORPOTrainer (PyTorch, float32) on the same mo
     (tiny_csa shares each pair's prompt, data.pref_shared_len; --config.data.pref_shared_len=0 runs two rows)
     python -m oyster_jax.bench.train_step --config configs/experiments/tiny_csa.py --stage sft \\
         --model configs/models/bench_25m.py --seq 512 --batch 8
+    python -m oyster_jax.bench.train_step --hf_model ~/.cache/oyster_jax/models/smollm2-135m-instruct \\
+        --stage pref --batch 4 --seq 256 --trl          # the real model's weights on both sides
+
+`--hf_model DIR` (a Hugging Face directory) replaces the experiment's model with that checkpoint: its
+architecture and weights on our side (`convert.load_weights`, in the experiment's runtime dtypes), the same
+directory through `AutoModelForCausalLM.from_pretrained` and its own tokenizer on TRL's side.
 
 Both frameworks run in this one process with the same thread count (`--threads`, default 2), alternating
 in rounds so that a noisy neighbour slows both alike. FLOPs are the model's causal-aware training FLOPs
@@ -58,14 +64,18 @@ def roofline_flops(dtype_name: str = "float32", reps: int = 12) -> float:
     return max(rates)
 
 
+_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy", "scan_layers", "attention_impl", "math_impl")
+
+
 # ------------------------------------------------------------------------------------------------
 # oyster_jax side
 # ------------------------------------------------------------------------------------------------
 
 
-def make_jax_runner(config, stage_name: str, prompt_len: int):
+def make_jax_runner(config, stage_name: str, prompt_len: int, hf_model: str = ""):
     """-> (run_one_step, model_cfg, layout): a compiled train step on a fixed synthetic batch in the
-    stage's layout (`data.layouts`; one shared-prompt row per pair when config.data.pref_shared_len > 0)."""
+    stage's layout (`data.layouts`; one shared-prompt row per pair when config.data.pref_shared_len > 0),
+    starting from random weights or, with `hf_model`, from that Hugging Face checkpoint."""
     import jax
     import numpy as np
 
@@ -97,7 +107,15 @@ def make_jax_runner(config, stage_name: str, prompt_len: int):
         # Every pair: a prompt of `prompt_len` tokens, both completions fill the rest of a row.
         batch = layout.build([(t[0, :prompt_len], t[0, prompt_len:], t[1, prompt_len:]) for t in tokens])
     optimizer = optim.make_optimizer(hp, hp.num_steps)
-    params = models.init_params(cfg, jax.random.key(0))
+    if hf_model:
+        from oyster_jax import convert
+
+        runtime = {k: getattr(cfg, k) for k in _RUNTIME_FIELDS}
+        loaded_cfg, params = convert.load_weights(hf_model, **runtime)
+        if loaded_cfg != cfg:
+            raise ValueError(f"{hf_model}: the checkpoint's config differs from the benchmark's model config")
+    else:
+        params = models.init_params(cfg, jax.random.key(0))
     state = step_lib.init_state(params, optimizer, jax.random.key(0))
     jitted = trainer.jitted_train_step(spec, batch, frozen_reference=False)
     device_batch = jax.device_put(batch)
@@ -108,7 +126,35 @@ def make_jax_runner(config, stage_name: str, prompt_len: int):
             holder["state"], metrics = jitted(holder["state"], device_batch)
         return float(metrics["loss"])
 
+    run_one_step.holder = holder  # the live train state, for sub-part timing (`make_head_runner`)
     return run_one_step, cfg, layout
+
+
+def make_head_runner(cfg, holder: dict, n_tokens: int):
+    """The LM head + log-softmax alone, forward and backward (`train.head_logprobs`, as the losses run it),
+    on `n_tokens` hidden states: the sub-part that a large vocabulary makes expensive. -> run_once().
+    The head weights are read from the live train state `holder["state"]` at each call (the step donates it)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from oyster_jax.models.config import dtype_of
+    from oyster_jax.train.head_logprobs import head_logprobs
+
+    rng = np.random.default_rng(1)
+    h = jnp.asarray(rng.standard_normal((n_tokens, cfg.hidden_size)), dtype_of(cfg.dtype))
+    targets = jnp.asarray(rng.integers(0, cfg.vocab_size, (n_tokens,)), jnp.int32)
+
+    @jax.jit
+    def fwd_bwd(head, h):
+        return jax.value_and_grad(lambda p, x: head_logprobs(cfg, p, x, targets).sum(), argnums=(0, 1))(head, h)
+
+    def run_once():
+        params = holder["state"]["params"]
+        jax.block_until_ready(fwd_bwd({k: params[k] for k in ("embed_tokens", "lm_head") if k in params}, h))
+
+    run_once()  # compile
+    return run_once
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,8 +162,9 @@ def make_jax_runner(config, stage_name: str, prompt_len: int):
 # ------------------------------------------------------------------------------------------------
 
 
-def make_trl_runner(cfg, pairs: int, seq: int, prompt_len: int, threads: int):
-    """TRL ORPOTrainer on the same architecture (transformers Qwen3, float32), fixed [chosen; rejected] batch.
+def make_trl_runner(cfg, pairs: int, seq: int, prompt_len: int, threads: int, hf_model: str = ""):
+    """TRL ORPOTrainer on the same architecture (transformers, float32), fixed [chosen; rejected] batch:
+    random weights of `cfg`'s shape, or the checkpoint `hf_model` with its own tokenizer.
 
     -> run_steps(n) that runs `n` real trainer steps (forward, backward, clipping, AdamW) and returns the
     wall time of each step, measured by a TrainerCallback between consecutive `on_step_end` calls.
@@ -132,11 +179,17 @@ def make_trl_runner(cfg, pairs: int, seq: int, prompt_len: int, threads: int):
     from oyster_jax import data
 
     torch.set_num_threads(threads)
-    hf_config = transformers.AutoConfig.for_model(**_hf_config_kwargs(cfg))
-    model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=data.default_tokenizer_path())
-    tok.pad_token = "<|endoftext|>"
-    tok.eos_token = "<|im_end|>"
+    if hf_model:
+        model = transformers.AutoModelForCausalLM.from_pretrained(hf_model, dtype=torch.float32)
+        tok = transformers.AutoTokenizer.from_pretrained(hf_model)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    else:
+        hf_config = transformers.AutoConfig.for_model(**_hf_config_kwargs(cfg))
+        model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_file=data.default_tokenizer_path())
+        tok.pad_token = "<|endoftext|>"
+        tok.eos_token = "<|im_end|>"
 
     words = "the model explains warning signs and safe options in plain words".split()
 
@@ -198,6 +251,29 @@ def make_trl_runner(cfg, pairs: int, seq: int, prompt_len: int, threads: int):
     return run_steps, shape
 
 
+def _head_flops_share(cfg, layout) -> float:
+    """Share of the step's training FLOPs in the LM head matmuls (3 x 2·D·V per position)."""
+    from oyster_jax.train import metrics as metrics_lib
+
+    head = 3 * 2 * cfg.hidden_size * cfg.vocab_size * layout.rows * layout.row_len
+    return head / metrics_lib.train_flops_per_step(cfg, layout.rows, layout.row_len)
+
+
+def _hf_model_fields(hf_dir: str, runtime: dict):
+    """config.model fields for the architecture of the Hugging Face directory `hf_dir`, with `runtime`'s."""
+    import dataclasses
+
+    import ml_collections
+
+    from oyster_jax import convert
+    from oyster_jax.models import ModelConfig
+
+    full = dataclasses.asdict(ModelConfig.from_hf_config(convert.read_hf_config(hf_dir), **runtime))
+    if isinstance(full.get("eos_token_id"), tuple):
+        full["eos_token_id"] = list(full["eos_token_id"])
+    return ml_collections.ConfigDict(full)
+
+
 def _hf_config_kwargs(cfg) -> dict:
     d = cfg.to_hf_config()
     d.pop("architectures", None)
@@ -213,6 +289,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="configs/experiments/tiny_csa.py")
     ap.add_argument("--stage", default="pref", choices=("sft", "pref"))
     ap.add_argument("--model", default="", help="configs/models/<name>.py to replace the experiment's model")
+    ap.add_argument("--hf_model", default="", help="a Hugging Face model dir: its architecture and weights")
     ap.add_argument("--seq", type=int, default=256, help="tokens per row (pref: prompt + completion)")
     ap.add_argument("--batch", type=int, default=8, help="SFT rows or preference pairs per step")
     ap.add_argument("--prompt_len", type=int, default=0, help="pref: prompt tokens per row (default seq/2)")
@@ -220,8 +297,14 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--trl", action="store_true", help="also time TRL's ORPOTrainer (needs `pip install trl`)")
+    ap.add_argument(
+        "--profile_head",
+        action="store_true",
+        help="also time the LM head + log-softmax forward+backward alone, at the step's token count",
+    )
     ap.add_argument("--json", default="", help="write the results here")
     args, rest = ap.parse_known_args(argv)
+    args.hf_model = os.path.expanduser(args.hf_model)
     _set_threads(args.threads)
     import oyster_jax.xla_env  # noqa: F401  (the trainers' XLA flags, before JAX starts)
     from oyster_jax.main import build_config
@@ -230,13 +313,14 @@ def main(argv=None) -> int:
 
     overrides = {k[len("--config.") :].split("=")[0]: k.split("=", 1)[1] for k in rest if k.startswith("--config.")}
     config = build_config(args.config, overrides)
+    if args.model and args.hf_model:
+        ap.error("--model and --hf_model both replace the model: pass one")
     with config.unlocked():
+        keep = {k: config.model[k] for k in _RUNTIME_FIELDS}
         if args.model:
-            keep = {
-                k: config.model[k]
-                for k in ("dtype", "param_dtype", "remat_policy", "scan_layers", "attention_impl", "math_impl")
-            }
             config.model = config_lib.model_fields(args.model, **keep)
+        if args.hf_model:
+            config.model = _hf_model_fields(args.hf_model, keep)
         config[args.stage].batch_size = args.batch
         config.data.seq_len = args.seq
         config.data.pref_seq_len = args.seq
@@ -248,7 +332,7 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    run_jax, cfg, layout = make_jax_runner(config, args.stage, prompt_len)
+    run_jax, cfg, layout = make_jax_runner(config, args.stage, prompt_len, args.hf_model)
     shared = config.data.get("pref_shared_len", 0) if args.stage == "pref" else 0
     rows, seq = (2 * args.batch, args.seq) if args.stage == "pref" else (args.batch, args.seq)  # as two rows
     # FLOPs and tokens of the work actually done: with prompt sharing, one row of `shared` tokens per pair.
@@ -260,11 +344,14 @@ def main(argv=None) -> int:
     if args.trl:
         if args.stage != "pref":
             ap.error("--trl compares ORPO steps: use --stage pref")
-        trl_run, trl_shape = make_trl_runner(cfg, args.batch, seq, prompt_len, args.threads)
+        trl_run, trl_shape = make_trl_runner(cfg, args.batch, seq, prompt_len, args.threads, args.hf_model)
         trl_run(1)  # warm-up
         if trl_shape != (args.batch, seq):
             print(f"warning: TRL batch shape {trl_shape} != ({args.batch}, {seq})", file=sys.stderr)
-    jax_times, trl_times, fractions, roofs = [], [], [], []
+    run_head = None
+    if args.profile_head:
+        run_head = make_head_runner(cfg, run_jax.holder, tokens_per_step)
+    jax_times, trl_times, fractions, roofs, head_shares = [], [], [], [], []
     for _ in range(args.rounds):
         roof = roofline_flops(config.model.dtype)  # measured beside this round's steps, under the same load
         round_times = []
@@ -273,6 +360,13 @@ def main(argv=None) -> int:
             run_jax()
             round_times.append(time.perf_counter() - t)
         jax_times += round_times
+        if run_head is not None:  # right after the round's steps, under the same load
+            head_times = []
+            for _ in range(args.steps):
+                t = time.perf_counter()
+                run_head()
+                head_times.append(time.perf_counter() - t)
+            head_shares.append(float(np.median(head_times)) / float(np.median(round_times)))
         roofs.append(roof)
         fractions.append(flops_per_step / float(np.median(round_times)) / roof)
         if trl_run is not None:
@@ -281,6 +375,7 @@ def main(argv=None) -> int:
     roof = float(np.median(roofs))
     result = {
         "model_params": cfg.num_params(),
+        "hf_model": args.hf_model,
         "stage": args.stage,
         "rows_per_step": rows,
         "seq_len": seq,
@@ -297,6 +392,10 @@ def main(argv=None) -> int:
         },
         "load_average_1min": os.getloadavg()[0],
     }
+    if head_shares:
+        result["oyster_jax"]["head_share_of_step"] = float(np.median(head_shares))
+        result["oyster_jax"]["head_share_of_step_per_round"] = head_shares
+        result["oyster_jax"]["head_share_of_flops"] = _head_flops_share(cfg, layout)
     if trl_times:
         trl_step = float(np.median(trl_times))
         result["trl_orpo"] = {
@@ -315,6 +414,12 @@ def main(argv=None) -> int:
         f"{ours['gflops']:.1f} GFLOP/s = {100 * ours['fraction_of_roofline']:.1f}% of the f32 matmul roofline "
         f"measured beside it ({roof / 1e9:.1f} GFLOP/s; median over rounds); load average {os.getloadavg()[0]:.1f}"
     )
+    if head_shares:
+        print(
+            f"LM head + log-softmax (forward+backward, {tokens_per_step} tokens, V={cfg.vocab_size}) alone: "
+            f"{100 * result['oyster_jax']['head_share_of_step']:.1f}% of the step's time "
+            f"({100 * result['oyster_jax']['head_share_of_flops']:.1f}% of its FLOPs)"
+        )
     if trl_times:
         t = result["trl_orpo"]
         print(
