@@ -267,6 +267,10 @@ def to_hf(
     model's vocabulary size and refuses otherwise; False writes weights only. BOS/EOS/PAD ids in config.json and
     generation_config.json are the tokenizer's (EOS: the chat format's end-of-turn token)."""
     out_dir = pathlib.Path(out_dir)
+    if cfg.lora is not None:  # LoRA: the merged model (W + (alpha/r)·A·B); convert.to_peft writes the adapters
+        from oyster_jax.models import lora
+
+        cfg, params = lora.without_adapters(cfg), lora.merged_weights(cfg, params)
     tokenizer = _resolve_tokenizer(cfg, tokenizer)
     np_dtype = np.dtype(dtype_of(dtype))
     tensors = _hf_tensors(cfg, params)

@@ -200,7 +200,9 @@ def fingerprint(params: dict, samples: int = 256) -> str:
     picks = {}
     for path, x in flat:
         n = math.prod(x.shape)
-        picks[jax.tree_util.keystr(path)] = np.unique(np.linspace(0, max(n - 1, 0), num=min(samples, n)).astype(np.int64))
+        picks[jax.tree_util.keystr(path)] = np.unique(
+            np.linspace(0, max(n - 1, 0), num=min(samples, n)).astype(np.int64)
+        )
 
     @jax.jit
     def gather(tree):

@@ -254,9 +254,7 @@ def make_train_step(cfg: models.ModelConfig, hp: stage_lib.Hyper, optimizer: opt
                 return jax.tree.map(jnp.add, acc, (g, m)), None
 
             zeros_g = jax.tree.map(jnp.zeros_like, params)
-            m_shape = jax.eval_shape(
-                lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), totals, frozen, rng)
-            )
+            m_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), totals, frozen, rng))
             zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape[0][1])
             steps = jnp.arange(num_micro, dtype=jnp.int32)
             (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), (micro, steps))

@@ -266,6 +266,8 @@ def _check_same_base(stage_dir: epath.Path, spec: StageSpec, fp: str) -> None:
     path = stage_dir / LORA_FILE
     mine = {
         "base_model": spec.init_from or f"random init, seed {spec.seed}",
+        "base_path": str(epath.Path(spec.init_from).absolute()) if spec.init_from else "",
+        "seed": spec.seed,
         "base_fingerprint": fp,
         "base_dtype": spec.model.param_dtype,
         "lora": spec.model.lora.to_dict(),
