@@ -2,7 +2,6 @@
 reference with the adapters off, exact resume, a different base refused."""
 
 import json
-import pathlib
 import signal
 import subprocess
 

@@ -79,9 +79,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     merged = " (LoRA adapters merged)" if cfg.lora is not None else ""
-    print(
-        f"wrote {out}: {cfg.arch}{merged}, {cfg.num_params() / 1e6:.1f}M params as {args.dtype}, {time.time() - t0:.1f}s"
-    )
+    size = f"{cfg.num_params() / 1e6:.1f}M params as {args.dtype}"
+    print(f"wrote {out}: {cfg.arch}{merged}, {size}, {time.time() - t0:.1f}s")
     return 0
 
 

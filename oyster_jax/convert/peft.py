@@ -260,8 +260,8 @@ def load_lora_stage(path: str | os.PathLike) -> tuple[ModelConfig, dict, dict]:
         if problems:
             broken.append(f"{params_dir} ({'; '.join(problems)})")
             continue
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda a, d=one: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=d), abstract)
         try:
             return cfg, ocp.StandardCheckpointer().restore(params_dir, target), meta
         except Exception as e:  # noqa: BLE001 - any failure to read means this step is unusable

@@ -6,8 +6,8 @@ params = models.init_params(cfg, jax.random.key(0))
 logits = models.forward(cfg, params, tokens)         # int32 [B, T] -> float32 [B, T, V]
 """
 
-from oyster_jax.models.attention import AttentionBackendError, attention, resolve_impl, xla_attention
 from oyster_jax.models import lora
+from oyster_jax.models.attention import AttentionBackendError, attention, resolve_impl, xla_attention
 from oyster_jax.models.config import ConfigError, ModelConfig, model_config_from_file
 from oyster_jax.models.lora import LoraConfig
 from oyster_jax.models.model import (
