@@ -105,3 +105,37 @@ def test_aot_compile_14b_train_step_on_8_devices(experiment, recipe, capsys):
     expected_args = cfg.num_params() * 12 / 8
     assert 0.9 * expected_args < mem.argument_size_in_bytes < 1.2 * expected_args
     assert mem.alias_size_in_bytes > 0.9 * expected_args  # the state is donated: updated in place
+
+
+V5E_HBM_BYTES = 16 * 10**9  # TPU v5e: 16 GB of HBM per chip
+
+
+def test_aot_qwen3_14b_lora_fits_a_v5e_8(capsys):
+    """Qwen3-14B with LoRA (rank 16 on all seven projections, base frozen in bf16, adapters and Adam in f32),
+    8 rows x 2048 tokens, scanned + fully rematerialised layers, FSDP over 8 devices: the step's arguments
+    are the bf16 base / 8 plus the adapters' state, and everything it holds at once fits one 16 GB v5e chip."""
+    from oyster_jax import models
+    from oyster_jax.main import build_config
+    from oyster_jax.models import lora
+
+    overrides = {"mesh": EIGHT, "lora.rank": "16", "lora.base_dtype": "bfloat16", "sft.batch_size": "8"}
+    config = build_config(str(REPO / "configs" / "experiments" / "qwen3_14b_sft.py"), overrides | {"data.seq_len": "2048"})
+    cfg = config_lib.model_config(config)
+    assert (cfg.param_dtype, cfg.remat_policy, cfg.lora.rank) == ("bfloat16", "full", 16)
+    compiled = trainer.aot_compile_train_step(config, "sft")
+    mem = compiled.memory_analysis()
+    n_adapter = sum(x.size for x in jax.tree.leaves(lora.split(models.abstract_params(cfg))[1]))
+    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    gib = 1 << 30
+    with capsys.disabled():
+        print(
+            f"\n[aot] qwen3_14b LoRA r16 bf16 base, 8x2048, remat full, mesh {EIGHT}: {cfg.num_params() / 1e9:.2f}B "
+            f"base + {n_adapter / 1e6:.1f}M adapter params; per device arguments "
+            f"{mem.argument_size_in_bytes / gib:.2f} GiB, outputs {mem.output_size_in_bytes / gib:.2f} GiB "
+            f"(aliased {mem.alias_size_in_bytes / gib:.2f} GiB), temporaries {mem.temp_size_in_bytes / gib:.2f} GiB, "
+            f"total {peak / gib:.2f} GiB ({peak / 1e9:.2f} GB) of a v5e's 16 GB"
+        )
+    # bf16 base (2 bytes / param) + f32 adapters with two Adam moments (12 bytes / param), all over 8 devices.
+    expected_args = (cfg.num_params() * 2 + n_adapter * 12) / 8
+    assert 0.95 * expected_args < mem.argument_size_in_bytes < 1.1 * expected_args
+    assert peak < V5E_HBM_BYTES
