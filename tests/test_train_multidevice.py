@@ -118,8 +118,9 @@ def test_aot_qwen3_14b_lora_fits_a_v5e_8(capsys):
     from oyster_jax.main import build_config
     from oyster_jax.models import lora
 
-    overrides = {"mesh": EIGHT, "lora.rank": "16", "lora.base_dtype": "bfloat16", "sft.batch_size": "8"}
-    config = build_config(str(REPO / "configs" / "experiments" / "qwen3_14b_sft.py"), overrides | {"data.seq_len": "2048"})
+    overrides = {"mesh": EIGHT, "lora.rank": "16", "lora.base_dtype": "bfloat16"}
+    overrides |= {"sft.batch_size": "8", "data.seq_len": "2048"}
+    config = build_config(str(REPO / "configs" / "experiments" / "qwen3_14b_sft.py"), overrides)
     cfg = config_lib.model_config(config)
     assert (cfg.param_dtype, cfg.remat_policy, cfg.lora.rank) == ("bfloat16", "full", 16)
     compiled = trainer.aot_compile_train_step(config, "sft")
