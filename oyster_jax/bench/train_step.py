@@ -5,6 +5,7 @@ optionally side by side with TRL's ORPOTrainer (PyTorch, float32) on the same mo
     (tiny_csa shares each pair's prompt, data.pref_shared_len; --config.data.pref_shared_len=0 runs two rows)
     python -m oyster_jax.bench.train_step --config configs/experiments/tiny_csa.py --stage sft \\
         --model configs/models/bench_25m.py --seq 512 --batch 8
+    python -m oyster_jax.bench.train_step --stage pref --trl --lora --lora_rank 16   # LoRA vs TRL + PEFT ORPO
 
 Both frameworks run in this one process with the same thread count (`--threads`, default 2), alternating
 in rounds so that a noisy neighbour slows both alike. FLOPs are the model's causal-aware training FLOPs
@@ -134,6 +135,7 @@ def make_trl_runner(cfg, pairs: int, seq: int, prompt_len: int, threads: int):
     torch.set_num_threads(threads)
     hf_config = transformers.AutoConfig.for_model(**_hf_config_kwargs(cfg))
     model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    model = _with_peft_lora(model, cfg.lora)
     tok = transformers.PreTrainedTokenizerFast(tokenizer_file=data.default_tokenizer_path())
     tok.pad_token = "<|endoftext|>"
     tok.eos_token = "<|im_end|>"
@@ -198,6 +200,40 @@ def make_trl_runner(cfg, pairs: int, seq: int, prompt_len: int, threads: int):
     return run_steps, shape
 
 
+# ------------------------------------------------------------------------------------------------
+# LoRA (--lora): our adapters (config.lora) against PEFT's on the TRL side, the same rank, alpha and targets.
+# ------------------------------------------------------------------------------------------------
+
+
+def add_lora_args(ap) -> None:
+    ap.add_argument("--lora", action="store_true", help="train LoRA adapters (TRL side: PEFT's, same settings)")
+    ap.add_argument("--lora_rank", type=int, default=16)
+    ap.add_argument("--lora_alpha", type=float, default=32.0)
+
+
+def apply_lora_args(config, args) -> None:
+    if args.lora:
+        config.lora.rank, config.lora.alpha = args.lora_rank, args.lora_alpha
+
+
+def _with_peft_lora(model, lora):
+    """`model` with PEFT LoRA adapters matching ours (base frozen), or `model` itself without LoRA."""
+    if lora is None:
+        return model
+    import peft
+
+    from oyster_jax.models.lora import TARGETS
+
+    conf = peft.LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=[TARGETS[t][1] for t in lora.targets],
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, conf)
+
+
 def _hf_config_kwargs(cfg) -> dict:
     d = cfg.to_hf_config()
     d.pop("architectures", None)
@@ -221,6 +257,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--trl", action="store_true", help="also time TRL's ORPOTrainer (needs `pip install trl`)")
     ap.add_argument("--json", default="", help="write the results here")
+    add_lora_args(ap)
     args, rest = ap.parse_known_args(argv)
     _set_threads(args.threads)
     import oyster_jax.xla_env  # noqa: F401  (the trainers' XLA flags, before JAX starts)
@@ -238,6 +275,7 @@ def main(argv=None) -> int:
             }
             config.model = config_lib.model_fields(args.model, **keep)
         config[args.stage].batch_size = args.batch
+        apply_lora_args(config, args)
         config.data.seq_len = args.seq
         config.data.pref_seq_len = args.seq
     prompt_len = args.prompt_len or args.seq // 2
@@ -286,6 +324,7 @@ def main(argv=None) -> int:
         "seq_len": seq,
         "threads": args.threads,
         "pref_shared_len": shared,
+        "lora": cfg.lora.to_dict() if cfg.lora is not None else None,
         "roofline_gflops": roof / 1e9,
         "oyster_jax": {
             "step_seconds_median": jax_step,
