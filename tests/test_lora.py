@@ -260,3 +260,32 @@ def test_lora_resume_after_sigkill_is_bit_identical(tmp_path):
     _, want, _ = convert.load_lora_stage(tmp_path / "ref" / "sft")
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.real_model
+def test_peft_loads_our_adapter_on_the_real_smollm2(tmp_path):
+    import torch
+    import transformers
+
+    from oyster_jax.convert import fetch
+
+    name = "smollm2-135m-instruct"
+    model_dir = fetch.default_dir(name)
+    if not fetch.is_fetched(model_dir, name):
+        msg = f"{model_dir}: real model not fetched; run `make real-model`"
+        if __import__("os").environ.get("OYSTER_REQUIRE_REAL_MODEL") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    base_cfg, base = convert.from_hf(model_dir, scan_layers=True)
+    cfg = base_cfg.replace(lora=models.LoraConfig(rank=8, alpha=16.0))
+    fresh = lora.split(models.init_params(cfg, jax.random.key(0)))[1]
+    params = _random_adapters(cfg, lora.merge(base, fresh), scale=0.05)
+    tokens = np.array([[1, 9690, 314, 253, 5356, 30, 2, 198, 1681, 288]], np.int32)
+    ours = np.asarray(models.forward(cfg, params, tokens))
+    assert np.max(np.abs(ours - np.asarray(models.forward(base_cfg, base, tokens)))) > 0.1
+    out = convert.to_peft(cfg, params, tmp_path / "adapter", base_model_name_or_path=str(model_dir))
+    import peft
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    theirs = hf_logits(peft.PeftModel.from_pretrained(hf, out).eval(), tokens)
+    assert np.max(np.abs(theirs - ours)) <= tol.HF_LOGITS_F32
