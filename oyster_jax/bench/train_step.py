@@ -222,7 +222,7 @@ def _with_peft_lora(model, lora):
         return model
     import peft
 
-    from oyster_jax.models.lora import TARGETS
+    from oyster_jax.models.lora import TARGETS  # here: JAX starts only after the thread count is set
 
     conf = peft.LoraConfig(
         r=lora.rank,

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from oyster_jax import models
 from oyster_jax.convert import checkpoint as checkpoint_lib
 from oyster_jax.convert.formats import load_weights, resolve_model_dir
 from oyster_jax.convert.safetensors_io import CheckpointFormatError, SafetensorsFile, write_file
@@ -202,8 +203,6 @@ def read_peft(cfg: ModelConfig, adapter_dir: str | os.PathLike) -> tuple[ModelCo
 
 
 def _abstract(cfg):
-    from oyster_jax import models
-
     return models.abstract_params(cfg)
 
 
@@ -220,9 +219,7 @@ def from_peft(base_dir, adapter_dir, *, mesh=None, rules=None, **config_override
     base_cfg, base = load_weights(base_dir, mesh=mesh, rules=rules, **config_overrides)
     cfg, adapters = read_peft(base_cfg, adapter_dir)
     if mesh is not None:
-        from oyster_jax.models import param_shardings
-
-        adapters = jax.device_put(adapters, lora_lib.split(param_shardings(cfg, mesh, rules))[1])
+        adapters = jax.device_put(adapters, lora_lib.split(models.param_shardings(cfg, mesh, rules))[1])
     return cfg, lora_lib.merge(base, adapters)
 
 
@@ -278,8 +275,6 @@ def load_stage_base(cfg: ModelConfig, meta: dict):
         overrides = {k: getattr(cfg, k) for k in ("param_dtype", "dtype")}
         _, base = load_weights(source, **overrides)
     else:
-        from oyster_jax import models
-
         base = models.init_params(base_cfg, jax.random.key(int(meta.get("seed", 0))))
     fp = lora_lib.fingerprint(base)
     if meta.get("base_fingerprint") and fp != meta["base_fingerprint"]:
