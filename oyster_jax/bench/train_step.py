@@ -98,7 +98,7 @@ def make_jax_runner(config, stage_name: str, prompt_len: int):
         # Every pair: a prompt of `prompt_len` tokens, both completions fill the rest of a row.
         batch = layout.build([(t[0, :prompt_len], t[0, prompt_len:], t[1, prompt_len:]) for t in tokens])
     optimizer = optim.make_optimizer(hp, hp.num_steps)
-    params = models.init_params(cfg, jax.random.key(0))
+    params, frozen = lora_split(cfg, models.init_params(cfg, jax.random.key(0)))
     state = step_lib.init_state(params, optimizer, jax.random.key(0))
     jitted = trainer.jitted_train_step(spec, batch, frozen_reference=False)
     device_batch = jax.device_put(batch)
@@ -106,7 +106,7 @@ def make_jax_runner(config, stage_name: str, prompt_len: int):
 
     def run_one_step():
         with trainer.use_rules(spec.mesh, spec.rules):
-            holder["state"], metrics = jitted(holder["state"], device_batch)
+            holder["state"], metrics = jitted(holder["state"], device_batch, *frozen)
         return float(metrics["loss"])
 
     return run_one_step, cfg, layout
@@ -214,6 +214,16 @@ def add_lora_args(ap) -> None:
 def apply_lora_args(config, args) -> None:
     if args.lora:
         config.lora.rank, config.lora.alpha = args.lora_rank, args.lora_alpha
+
+
+def lora_split(cfg, params):
+    """-> (what the optimizer trains, the step's extra arguments): (params, ()), or with LoRA (adapters, (base,))."""
+    if cfg.lora is None:
+        return params, ()
+    from oyster_jax.models import lora
+
+    base, adapters = lora.split(params)
+    return adapters, (base,)
 
 
 def _with_peft_lora(model, lora):
