@@ -139,11 +139,13 @@ def qwen3_14b_lora_step():
 
 def test_aot_qwen3_14b_lora_state_is_the_bf16_base_and_the_adapters(qwen3_14b_lora_step):
     cfg, n_adapter, mem, _ = qwen3_14b_lora_step
-    # bf16 base (2 bytes / param) + f32 adapters with two Adam moments (12 bytes / param), all over 8 devices:
-    # no optimizer state, no f32 copy and no reference copy of the base.
-    expected_args = (cfg.num_params() * 2 + n_adapter * 12) / 8
-    assert 0.95 * expected_args < mem.argument_size_in_bytes < 1.1 * expected_args
-    assert mem.alias_size_in_bytes < 2 * n_adapter * 12 / 8  # only the adapters' state is updated in place
+    # bf16 base (2 bytes / param) sharded 8 ways + f32 adapters with two Adam moments (12 bytes / param), some
+    # of them replicated (a rank-16 B whose output axis the recipe leaves unsharded): no optimizer state, no
+    # f32 copy and no reference copy of the base (any of which would add >= 3.4 GiB per device).
+    base_bytes = cfg.num_params() * 2 / 8
+    assert base_bytes + n_adapter * 12 / 8 < mem.argument_size_in_bytes < base_bytes + n_adapter * 12 + 2**27
+    assert mem.alias_size_in_bytes == mem.output_size_in_bytes  # the (adapter) state is donated
+    assert mem.alias_size_in_bytes <= n_adapter * 12  # ...and it is only the adapters' state
 
 
 @pytest.mark.xfail(
