@@ -144,7 +144,7 @@ def test_aot_qwen3_14b_lora_state_is_the_bf16_base_and_the_adapters(qwen3_14b_lo
     # f32 copy and no reference copy of the base (any of which would add >= 3.4 GiB per device).
     base_bytes = cfg.num_params() * 2 / 8
     assert base_bytes + n_adapter * 12 / 8 < mem.argument_size_in_bytes < base_bytes + n_adapter * 12 + 2**27
-    assert mem.alias_size_in_bytes == mem.output_size_in_bytes  # the (adapter) state is donated
+    assert mem.output_size_in_bytes - 4096 < mem.alias_size_in_bytes  # the state is donated (not the metrics)
     assert mem.alias_size_in_bytes <= n_adapter * 12  # ...and it is only the adapters' state
 
 
