@@ -20,6 +20,7 @@ beside other calls.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 
 from oyster_jax import convert
@@ -196,6 +197,12 @@ class LocalJaxBackend(BaseBackend):
     async def achat(self, messages, **sampling) -> tuple[str, str]:
         completion = await self.acomplete(messages, **sampling)
         return completion.reasoning, completion.content
+
+    def chat(self, messages, **sampling) -> tuple[str, str]:
+        """Blocking `achat`, also where an event loop already runs (a notebook): the call gets its own loop on a
+        short-lived thread, and the engine's thread answers it there."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, self.achat(messages, **sampling)).result()
 
     def close(self) -> None:
         with self._lock:
