@@ -62,7 +62,9 @@ SSH = f"gcloud compute tpus tpu-vm ssh csa-v5p {SCOPE}"
 PID = "$HOME/oyster_jax/logs/main.pid"
 
 
-def expected_tpu_commands(tmpdir, create: bool, main_args: str = "", setup: str = "", config: str = CONFIG) -> list[str]:
+def expected_tpu_commands(
+    tmpdir, create: bool, main_args: str = "", setup: str = "", config: str = CONFIG
+) -> list[str]:
     lines = [f"gcloud compute tpus tpu-vm describe csa-v5p {SCOPE} --format='value(state)'"]
     if create:
         lines.append(
