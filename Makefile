@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) -m oyster_jax.demo --workdir $(WORKDIR)
 
 # The real model: evaluate SmolLM2-135M-Instruct, constructive SFT, ORPO, evaluate again, export, check with
-# transformers (configs/experiments/smollm2_csa.py; about 25 min on 2 CPU cores). A rerun only re-measures.
+# transformers (configs/experiments/smollm2_csa.py; 20 min measured on 2 quiet CPU cores). A rerun only re-measures.
 demo-real: $(STAMP) real-model
 	OYSTER_DATA_DIR=$${OYSTER_DATA_DIR:-$(abspath ../shared/data)} $(PY) -m oyster_jax.demo_real --workdir $(or $(REAL_WORKDIR),runs/demo-real)
 
