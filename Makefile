@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,bench]'  # bench: TRL, so the side-by-side benchmark's test runs too
 	touch $(STAMP)
 
 demo: $(STAMP)
