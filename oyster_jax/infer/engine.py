@@ -271,7 +271,9 @@ class Engine:
         decode_attention: str = "xla",
         max_prefill_batch: int | None = None,
     ):
-        self.cfg, self.params, self.tokenizer = cfg, params, tokenizer
+        # Placed once: a host (numpy) tree would be re-sent to the device on every step. Arrays that are
+        # already placed (sharded over a mesh) pass through unchanged.
+        self.cfg, self.params, self.tokenizer = cfg, jax.device_put(params), tokenizer
         self.max_prefill_batch = max(1, max_prefill_batch or max_batch)
         self.eos_ids = frozenset(int(e) for e in eos_ids)
         self.max_batch = max_batch
