@@ -107,6 +107,30 @@ def test_aot_compile_14b_train_step_on_8_devices(experiment, recipe, capsys):
     assert mem.alias_size_in_bytes > 0.9 * expected_args  # the state is donated: updated in place
 
 
+@pytest.mark.parametrize("attention,remat", [("xla", "dots"), ("pallas", "full")])
+def test_lora_trains_alike_on_8_devices_and_on_one(tmp_path, attention, remat):
+    """Adapters carry their base weights' logical axes: two LoRA SFT steps on fsdp=4,tensor=2 end where they
+    end on one device, for both attention backends and two remat policies."""
+    from oyster_jax.models import lora
+    from tests.test_lora import _micro_hf
+
+    hf_dir = _micro_hf(tmp_path)
+    runs = {}
+    for i, mesh in enumerate((ONE, "data=1,fsdp=4,tensor=2")):
+        extra = {"stages": "sft", "mesh": mesh, "sft.batch_size": 8, "sft.num_steps": 2, "lora.rank": 4}
+        extra |= {"init_from": str(hf_dir), "model.attention_impl": attention, "model.remat_policy": remat}
+        runs[mesh] = train(micro_config(**extra), tmp_path / f"w{i}", progress=False)["sft"]
+    one, eight = runs.values()
+    sharded = [a for a in jax.tree.leaves(lora.split(eight.params)[1]) if len(a.sharding.device_set) == 8]
+    assert sharded and any(not a.sharding.is_fully_replicated for a in sharded)  # the adapters are split
+    l1, l8 = float(one.final_metrics["loss"]), float(eight.final_metrics["loss"])
+    assert abs(l8 - l1) <= tol.SHARDED_VS_SINGLE_REL * abs(l1), (l1, l8)  # step 2 sees step 1's update
+    got, want = _leaves(lora.split(eight.params)[1]), _leaves(lora.split(one.params)[1])
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
 V5E_HBM_BYTES = 16 * 10**9  # TPU v5e: 16 GB of HBM per chip
 
 
