@@ -75,7 +75,7 @@ def test_schemas_refuse_free_text_the_parsers_read_as_empty(task):
     paths = list(_text_paths(schema))
     assert paths or task == "classify"
     for path in paths:
-        for blank in (" ", "; ", "\n", "1.", "- ", "；", "（1）"):
+        for blank in (" ", ", ", "; ", "\n", "1.", "- ", "；", "（1）"):
             doc = _filled(schema, "general")
             node = doc
             for k in path[:-1]:
