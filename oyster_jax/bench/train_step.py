@@ -110,11 +110,14 @@ def make_jax_runner(config, stage_name: str, prompt_len: int, hf_model: str = ""
     optimizer = optim.make_optimizer(hp, hp.num_steps)
     if hf_model:
         from oyster_jax import convert
+        from oyster_jax.models import lora
 
         runtime = {k: getattr(cfg, k) for k in _RUNTIME_FIELDS}
         loaded_cfg, params = convert.load_weights(hf_model, **runtime)
-        if loaded_cfg != cfg:
+        if loaded_cfg != lora.without_adapters(cfg):
             raise ValueError(f"{hf_model}: the checkpoint's config differs from the benchmark's model config")
+        if cfg.lora is not None:  # the checkpoint is the base: fresh adapters as the trainer starts them
+            params = lora.merge(params, lora.split(models.init_params(cfg, jax.random.key(0)))[1])
     else:
         params = models.init_params(cfg, jax.random.key(0))
     params, frozen = lora_split(cfg, params)
@@ -251,7 +254,8 @@ def make_trl_runner(cfg, pairs: int, seq: int, prompt_len: int, threads: int, hf
         stamps = [start] + times
         return [b - a for a, b in zip(stamps[1:-1], stamps[2:])]  # drop the first step (warm-up)
 
-    return run_steps, shape
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return run_steps, shape, trainable
 
 
 def _head_flops_share(cfg, layout) -> float:
@@ -301,6 +305,17 @@ def lora_split(cfg, params):
 
     base, adapters = lora.split(params)
     return adapters, (base,)
+
+
+def _trainable_params(cfg) -> int:
+    """Parameters the optimizer updates: all of them, or with LoRA the adapters."""
+    import jax
+
+    from oyster_jax import models
+    from oyster_jax.models import lora
+
+    abstract = models.abstract_params(cfg)
+    return sum(x.size for x in jax.tree.leaves(lora.split(abstract)[1] if cfg.lora is not None else abstract))
 
 
 def _with_peft_lora(model, lora):
@@ -393,7 +408,9 @@ def main(argv=None) -> int:
     if args.trl:
         if args.stage != "pref":
             ap.error("--trl compares ORPO steps: use --stage pref")
-        trl_run, trl_shape = make_trl_runner(cfg, args.batch, seq, prompt_len, args.threads, args.hf_model)
+        trl_run, trl_shape, trl_trainable = make_trl_runner(
+            cfg, args.batch, seq, prompt_len, args.threads, args.hf_model
+        )
         trl_run(1)  # warm-up
         if trl_shape != (args.batch, seq):
             print(f"warning: TRL batch shape {trl_shape} != ({args.batch}, {seq})", file=sys.stderr)
@@ -431,6 +448,7 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "pref_shared_len": shared,
         "lora": cfg.lora.to_dict() if cfg.lora is not None else None,
+        "trainable_params": _trainable_params(cfg),
         "roofline_gflops": roof / 1e9,
         "oyster_jax": {
             "step_seconds_median": jax_step,
@@ -453,6 +471,7 @@ def main(argv=None) -> int:
             "steps_per_s": 1.0 / trl_step,
             "tokens_per_s": rows * seq / trl_step,  # TRL runs two rows per pair
             "gflops": flops_per_step / trl_step / 1e9,
+            "trainable_params": trl_trainable,  # PEFT's adapters with --lora: must equal ours
         }
         result["speedup_vs_trl"] = trl_step / jax_step
     ours = result["oyster_jax"]
