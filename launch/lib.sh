@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shared by launch/*.sh (sourced, not run): printing and running commands, with --dry_run support.
-# The caller sets DRY_RUN=0|1 and SCRIPT (its name, for error messages).
+# The caller sets DRY_RUN=0|1, SCRIPT (its name, for error messages) and REPO (the checkout).
 
 die() {
   echo "${SCRIPT:-launch}: $*" >&2
@@ -38,4 +38,27 @@ abspath() {
     /*) printf '%s' "$1" ;;
     *) printf '%s/%s' "$PWD" "${1#./}" ;;
   esac
+}
+
+# --config takes a bundled experiment by name (tiny_csa, qwen3_14b_sft: configs/experiments/NAME.py, which
+# the package ships as oyster_jax.configs and `python -m oyster_jax.main --config NAME` resolves) or the path
+# of a config file. As in oyster_jax.main: a value ending in .py or holding a / is a path, anything else a name.
+is_config_name() {
+  [[ $1 != *.py && $1 != */* ]]
+}
+
+# bundled_experiments: the names --config accepts, comma-separated (private modules _x.py left out).
+bundled_experiments() {
+  local path out=""
+  for path in "$REPO"/configs/experiments/*.py; do
+    path=${path##*/}
+    [[ $path == _* ]] || out+="${out:+, }${path%.py}"
+  done
+  printf '%s' "$out"
+}
+
+# check_config_name NAME: dies unless NAME is one of this checkout's bundled experiments.
+check_config_name() {
+  [[ $1 =~ ^[A-Za-z][A-Za-z0-9_]*$ && -f $REPO/configs/experiments/$1.py ]] ||
+    die "--config '$1' is not a bundled experiment (bundled: $(bundled_experiments)); or give the path of a .py config file"
 }

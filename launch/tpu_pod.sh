@@ -2,8 +2,11 @@
 # Run an oyster_jax experiment on every worker of a Cloud TPU VM slice (single host or pod).
 #
 #   launch/tpu_pod.sh --name my-v5p --zone us-east5-a --accelerator v5p-64 \
-#       --config configs/experiments/qwen3_14b_sft.py --workdir gs://my-bucket/runs/sft [--create] [--dry_run] \
+#       --config qwen3_14b_sft --workdir gs://my-bucket/runs/sft [--create] [--dry_run] \
 #       [-- --config.sft.num_steps=2000 ...]
+#
+# --config is a bundled experiment by name (configs/experiments/NAME.py, e.g. qwen3_14b_sft) or the path of a
+# config file inside this checkout (e.g. configs/experiments/qwen3_14b_sft.py); both are shipped to the workers.
 #
 # Steps: (1) reuse the TPU VM, or create it with --create; (2) pack this checkout (.git, .venv/, runs/,
 # checkpoints/ and caches excluded) and copy it to every worker; (3) install `.[tpu]` into a venv on every
@@ -19,13 +22,14 @@ source "$REPO/launch/lib.sh"
 
 usage() {
   cat <<'EOF'
-usage: launch/tpu_pod.sh --name NAME --zone ZONE --accelerator TYPE --config FILE --workdir gs://... [options] [-- MAIN_ARGS]
+usage: launch/tpu_pod.sh --name NAME --zone ZONE --accelerator TYPE --config NAME|FILE --workdir gs://... [options] [-- MAIN_ARGS]
 
 required
   --name NAME           TPU VM name (reused when it exists)
   --zone ZONE           e.g. us-east5-a
   --accelerator TYPE    e.g. v5p-64, v5litepod-16, v4-32, v6e-64 (needed with --create)
-  --config FILE         experiment config inside this checkout, e.g. configs/experiments/qwen3_14b_sft.py
+  --config NAME|FILE    experiment config: a bundled name (configs/experiments/NAME.py), e.g. qwen3_14b_sft,
+                        or a config file inside this checkout, e.g. configs/experiments/qwen3_14b_sft.py
   --workdir URL         gs://bucket/path: checkpoints and metrics (shared by all workers)
 options
   --project ID          GCP project (default: gcloud's configured project)
@@ -102,11 +106,17 @@ esac
 [[ -n $CONFIG ]] || die "--config is required"
 [[ -n $WORKDIR ]] || die "--workdir is required"
 [[ $WORKDIR == gs://* ]] || die "--workdir '$WORKDIR' must be a gs:// URL: every worker writes its checkpoint shards there"
-# The config travels inside the code tarball, so it must live in this checkout.
-[[ -f $CONFIG ]] || die "--config '$CONFIG' does not exist"
-CONFIG_ABS=$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")
-[[ $CONFIG_ABS == "$REPO"/* ]] || die "--config '$CONFIG' must be inside this checkout ($REPO) so it is shipped to the workers"
-CONFIG_REL=${CONFIG_ABS#"$REPO"/}
+# The config travels inside the code tarball, so it must live in this checkout: a bundled name is passed as it
+# is (the workers' install resolves it to the shipped configs/experiments/NAME.py), a file relative to the code.
+if is_config_name "$CONFIG"; then
+  check_config_name "$CONFIG"
+  CONFIG_ARG=$CONFIG
+else
+  [[ -f $CONFIG ]] || die "--config '$CONFIG' does not exist"
+  CONFIG_ABS=$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")
+  [[ $CONFIG_ABS == "$REPO"/* ]] || die "--config '$CONFIG' must be inside this checkout ($REPO) so it is shipped to the workers"
+  CONFIG_ARG=${CONFIG_ABS#"$REPO"/}
+fi
 
 default_version() {
   case $1 in
@@ -162,7 +172,7 @@ fi
 # 4. Start the job on all workers at once (any previous job of this launcher is stopped first: the
 #    TPU chips can only be held by one process).
 stop_job
-main_cmd="env OYSTER_TPU_POD=1 .venv/bin/python -m oyster_jax.main --config $(printf '%q' "$CONFIG_REL") --workdir $(printf '%q' "$WORKDIR")"
+main_cmd="env OYSTER_TPU_POD=1 .venv/bin/python -m oyster_jax.main --config $(printf '%q' "$CONFIG_ARG") --workdir $(printf '%q' "$WORKDIR")"
 for arg in ${MAIN_ARGS[@]+"${MAIN_ARGS[@]}"}; do main_cmd+=" $(printf '%q' "$arg")"; done
 on_workers all "cd \$HOME/$REMOTE_DIR && mkdir -p logs && (nohup setsid $main_cmd > logs/main.log 2>&1 < /dev/null & echo \$! > logs/main.pid)"
 

@@ -97,14 +97,20 @@ def parse_args(argv, *, prog: str, description: str, config: str, workdir: str):
     parser = cli.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--workdir", default=os.environ.get("WORKDIR") or workdir)
     parser.add_argument("--config", default=config, help="experiment config: a bundled name or a .py file")
-    overrides, rest = {}, []
+    rest, overrides = split_overrides(argv, "--config.")
+    return parser.parse_args(rest), overrides
+
+
+def split_overrides(argv: list[str], prefix: str) -> tuple[list[str], dict[str, str]]:
+    """(the other arguments, {key: value} of every `PREFIXkey=value` argument) of a command line."""
+    rest, overrides = [], {}
     for arg in argv:
-        if arg.startswith("--config.") and "=" in arg:
-            key, _, value = arg[len("--config.") :].partition("=")
+        if arg.startswith(prefix) and "=" in arg:
+            key, _, value = arg[len(prefix) :].partition("=")
             overrides[key] = value
         else:
             rest.append(arg)
-    return parser.parse_args(rest), overrides
+    return rest, overrides
 
 
 def setup_logging() -> None:

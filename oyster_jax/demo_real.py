@@ -48,17 +48,6 @@ TARGETS = {
 SCALARS = ("heldout_pref_accuracy", "chain_parse_rate", "general_ppl", "benign_overrefusal")
 
 
-def _split_eval_overrides(argv: list[str]) -> tuple[list[str], dict]:
-    rest, eval_overrides = [], {}
-    for arg in argv:
-        if arg.startswith("--eval.") and "=" in arg:
-            key, _, value = arg[len("--eval.") :].partition("=")
-            eval_overrides[key] = value
-        else:
-            rest.append(arg)
-    return rest, eval_overrides
-
-
 def eval_settings(overrides: dict, chat_format: str, chain_style: str):
     """`eval.alignment.Settings` with --eval.key=value overrides (an unknown key or bad value: ValueError)."""
     from oyster_jax.eval import alignment
@@ -211,7 +200,7 @@ def plot_metrics(before: dict, after: dict, path: pathlib.Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    argv, eval_overrides = _split_eval_overrides(argv)
+    argv, eval_overrides = demo.split_overrides(argv, "--eval.")
     args, overrides = demo.parse_args(
         argv, prog="python -m oyster_jax.demo_real", description=__doc__.splitlines()[0], config=EXPERIMENT,
         workdir="runs/demo-real",

@@ -55,6 +55,17 @@ def test_orpo_on_hf_model_against_trl(tiny_hf_dir, tmp_path):
     assert result["trl_orpo"]["steps_per_s"] > 0 and result["speedup_vs_trl"] > 0
 
 
+def test_lora_orpo_on_hf_model_against_trl_with_peft(tiny_hf_dir, tmp_path):
+    pytest.importorskip("trl", reason="TRL is the bench extra: pip install -e .[bench]")
+    out = tmp_path / "lora.json"
+    argv = ["--hf_model", str(tiny_hf_dir), "--stage", "pref", "--batch", "2", "--seq", "32", "--trl", "--lora"]
+    assert bench.main(argv + ["--lora_rank", "4", "--steps", "1", "--rounds", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["lora"]["rank"] == 4 and result["hf_model"] == str(tiny_hf_dir)
+    assert result["trainable_params"] == result["trl_orpo"]["trainable_params"] > 0  # PEFT trains what we train
+    assert result["trl_orpo"]["steps_per_s"] > 0 and result["speedup_vs_trl"] > 0
+
+
 def test_model_and_hf_model_together_are_refused(tiny_hf_dir):
     with pytest.raises(SystemExit) as e:
         bench.main(["--hf_model", str(tiny_hf_dir), "--model", "configs/models/tiny.py"])

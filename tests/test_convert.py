@@ -180,6 +180,8 @@ def test_open_model_hf_dir_and_tokenizer_checks(hf_dir, tmp_path):
     cfg, params, tok = convert.open_model(d)
     assert cfg == ref_cfg and tok.get_vocab_size() == ref_cfg.vocab_size
     _assert_same_params(params, ref_params)
+    # Placed on the device once, not left as host arrays that every jitted call would copy again.
+    assert all(isinstance(a, jax.Array) for a in jax.tree.leaves(params))
     assert tok.encode("w3 w5 zzz").ids == [3, 5, ref_cfg.vocab_size - 1]
     # A tokenizer with more ids than the model's embedding is refused, naming the file.
     big = _word_tokenizer(tmp_path / "big" / "tokenizer.json", ref_cfg.vocab_size + 1)

@@ -16,11 +16,9 @@ from oyster_jax.csa.game import LeaderStrategy
 from oyster_jax.csa.scripted import CONSTRUCTIVE, PLACEHOLDER, REFUSAL, ScriptedLingo, identify_task
 from oyster_jax.llm import OpenAICompatibleBackend
 from oyster_jax.llm.testing import FakeOpenAIServer, Reply
+from tests.lingo_cli import lingo_args, read_jsonl, write_jsonl
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Fast retries, but a generous HTTP timeout: a healthy request to the local server must never time out, however
-# loaded the machine (the timeout path has its own test, where the judge never answers).
-FAST = ["--backoff", "0.01", "--max_retries", "1", "--timeout", "120", "--no_progress"]
 
 QUERIES = [
     {"id": "a", "query": "How do I do the thing?"},
@@ -36,25 +34,11 @@ QUERIES = [
 FAILING = {"d", "e", "f", "h"}
 
 
-def _write(path, records):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def _lines(path):
-    return [json.loads(x) for x in path.read_text("utf-8").splitlines()] if path.exists() else []
-
-
-def _args(server, inp, out, *extra):
-    spec = f"openai:{server.base_url}#scripted"
-    return ["--input", str(inp), "--policy", spec, "--judge", spec, "--out", str(out), *FAST, *extra]
-
-
 def test_end_to_end_over_http(tmp_path, capsys):
-    inp = _write(tmp_path / "q.jsonl", QUERIES)
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES)
     out = tmp_path / "out"
     with FakeOpenAIServer(ScriptedLingo()) as server:
-        rc = lingo_bp.main(_args(server, inp, out, "--concurrency", "4"))
+        rc = lingo_bp.main(lingo_args(server, inp, out, "--concurrency", "4"))
     assert rc == lingo_bp.EXIT_OK
     summary = json.loads((out / "summary.json").read_text())
     assert tuple(summary) == lingo_bp.SUMMARY_KEYS
@@ -76,9 +60,9 @@ def test_end_to_end_over_http(tmp_path, capsys):
         "dropped": {"sft_unsafe": 0, "sft_min_sat": 0, "pairs_min_margin": 0, "pairs_not_better": 0},
     }
     _check_audit_trail(out, summary)
-    trajs = {t["id"]: t for t in _lines(out / "trajectories.jsonl")}
-    sft = {r["id"]: r for r in _lines(out / "sft.jsonl")}
-    pairs = _lines(out / "pairs.jsonl")
+    trajs = {t["id"]: t for t in read_jsonl(out / "trajectories.jsonl")}
+    sft = {r["id"]: r for r in read_jsonl(out / "sft.jsonl")}
+    pairs = read_jsonl(out / "pairs.jsonl")
     assert set(trajs) == set(sft) == {"a", "b", "c", "7", "i"}
     assert not FAILING & ({p["id"].split("#")[0] for p in pairs} | set(trajs) | set(sft))  # nothing fabricated
 
@@ -135,7 +119,7 @@ def test_end_to_end_over_http(tmp_path, capsys):
 
 def _check_audit_trail(out, summary):
     """calls.jsonl holds every call of every processed query; the summary's per-task counts agree with it."""
-    lines = _lines(out / "calls.jsonl")
+    lines = read_jsonl(out / "calls.jsonl")
     assert sorted(str(r["id"]) for r in lines) == sorted(str(q["id"]) for q in QUERIES)  # one line per query
     assert {str(r["id"]) for r in lines if not r["finished"]} == FAILING
     calls = [c for r in lines for c in r["calls"]]
@@ -181,7 +165,7 @@ def test_concurrency_keeps_requests_in_flight(tmp_path):
 
 
 def test_every_query_fails_against_garbage_endpoints(tmp_path):
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:3])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:3])
     endpoints = {
         "non_json": lambda r: Reply(body="<html>garbage</html>"),
         "http_500": lambda r: Reply(status=500),
@@ -190,7 +174,7 @@ def test_every_query_fails_against_garbage_endpoints(tmp_path):
     for name, handler in endpoints.items():
         out = tmp_path / name
         with FakeOpenAIServer(handler) as server:
-            assert lingo_bp.main(_args(server, inp, out)) == lingo_bp.EXIT_OK
+            assert lingo_bp.main(lingo_args(server, inp, out)) == lingo_bp.EXIT_OK
         s = json.loads((out / "summary.json").read_text())
         assert s["failed"] == s["total"] == 3, name
         assert s["improved"] == s["unchanged"] == s["sft_written"] == s["pairs_written"] == 0
@@ -201,16 +185,16 @@ def test_every_query_fails_against_garbage_endpoints(tmp_path):
         assert s["judge_parse_failures"] == (12 if name == "junk_text" else 0)
     # Nothing listens on the port any more: connection refused.
     out = tmp_path / "refused"
-    rc = lingo_bp.main(_args(server, inp, out))
+    rc = lingo_bp.main(lingo_args(server, inp, out))
     assert rc == 0 and json.loads((out / "summary.json").read_text())["failed"] == 3
 
 
 def test_cli_subprocess_garbage_endpoint_exit_status(tmp_path):
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:2])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:2])
     out = tmp_path / "out"
     with FakeOpenAIServer(lambda r: Reply(body="garbage")) as server:
         proc = subprocess.run(
-            [sys.executable, "-m", "oyster_jax.csa.lingo_bp", *_args(server, inp, out)],
+            [sys.executable, "-m", "oyster_jax.csa.lingo_bp", *lingo_args(server, inp, out)],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -245,7 +229,7 @@ def test_bad_input_exit_status(tmp_path, capsys, lines, needle):
 
 
 def test_bad_spec_exit_status(tmp_path, capsys):
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:1])
     rc = lingo_bp.main(["--input", str(inp), "--policy", "gpt4", "--judge", "openai:http://x/v1#m", "--out", "o"])
     assert rc == lingo_bp.EXIT_BAD_INPUT and "bad backend SPEC 'gpt4'" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
@@ -255,25 +239,25 @@ def test_bad_spec_exit_status(tmp_path, capsys):
 
 
 def test_resume_skips_finished_and_retries_failed(tmp_path):
-    inp = _write(tmp_path / "q.jsonl", QUERIES)
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES)
     out = tmp_path / "out"
     with FakeOpenAIServer(ScriptedLingo()) as server:
-        assert lingo_bp.main(_args(server, _write(tmp_path / "q3.jsonl", QUERIES[:3]), out)) == 0
+        assert lingo_bp.main(lingo_args(server, write_jsonl(tmp_path / "q3.jsonl", QUERIES[:3]), out)) == 0
         n_before = len(server.requests)
-        assert lingo_bp.main(_args(server, inp, out)) == 0
+        assert lingo_bp.main(lingo_args(server, inp, out)) == 0
         # a, b, c were finished: no request mentions them again.
         later = [json.dumps(r) for r in server.requests[n_before:]]
         assert not any("#unsafe-first" in r or "#never-full" in r for r in later)
         n_mid = len(server.requests)
-        assert lingo_bp.main(_args(server, inp, out)) == 0
+        assert lingo_bp.main(lingo_args(server, inp, out)) == 0
         # Third run: only the four failing queries are retried.
         retried = {
             q["id"] for q in QUERIES for r in server.requests[n_mid:] if q["query"] in json.dumps(r, ensure_ascii=False)
         }
         assert retried == FAILING
-    trajs = [t["id"] for t in _lines(out / "trajectories.jsonl")]
+    trajs = [t["id"] for t in read_jsonl(out / "trajectories.jsonl")]
     assert sorted(trajs) == ["7", "a", "b", "c", "i"]
-    assert len(_lines(out / "sft.jsonl")) == 5 and len(_lines(out / "pairs.jsonl")) == 4
+    assert len(read_jsonl(out / "sft.jsonl")) == 5 and len(read_jsonl(out / "pairs.jsonl")) == 4
     s = json.loads((out / "summary.json").read_text())
     assert (s["total"], s["improved"], s["unchanged"], s["failed"], s["sft_written"]) == (9, 4, 1, 4, 5)
 
@@ -282,7 +266,7 @@ def test_judge_that_never_answers_times_out_and_fails_its_query(tmp_path, capsys
     """The timeout path: this query's safety judge never answers, so only the client's timeout ends each
     attempt. The timeout is short and that is safe: the query fails by timing out however slow the machine
     is (if even a healthy call of it were slow, it would time out too), and no other query shares the run."""
-    inp = _write(tmp_path / "q.jsonl", [{"id": "t", "query": "#judge-timeout x"}])
+    inp = write_jsonl(tmp_path / "q.jsonl", [{"id": "t", "query": "#judge-timeout x"}])
     out = tmp_path / "out"
     args = ["--backoff", "0.01", "--max_retries", "1", "--timeout", "2", "--no_progress"]
     with FakeOpenAIServer(ScriptedLingo()) as server:
@@ -291,14 +275,14 @@ def test_judge_that_never_answers_times_out_and_fails_its_query(tmp_path, capsys
     assert rc == lingo_bp.EXIT_OK
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["total"], summary["failed"], summary["sft_written"], summary["pairs_written"]) == (1, 1, 0, 0)
-    assert not _lines(out / "trajectories.jsonl")  # nothing fabricated for the query that never got a verdict
+    assert not read_jsonl(out / "trajectories.jsonl")  # nothing fabricated for the query that never got a verdict
     assert "timed out" in capsys.readouterr().out
 
 
 def test_resume_after_kill(tmp_path):
     """SIGKILL mid-run, a line cut in half and an orphan SFT line: the rerun repairs and completes."""
     queries = [{"id": f"q{i}", "query": f"question {i}"} for i in range(8)]
-    inp = _write(tmp_path / "q.jsonl", queries)
+    inp = write_jsonl(tmp_path / "q.jsonl", queries)
     out = tmp_path / "out"
     scripted = ScriptedLingo()
     reached_q2, release = threading.Event(), threading.Event()
@@ -313,7 +297,7 @@ def test_resume_after_kill(tmp_path):
 
     with FakeOpenAIServer(gated) as server:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "oyster_jax.csa.lingo_bp", *_args(server, inp, out, "--concurrency", "1")],
+            [sys.executable, "-m", "oyster_jax.csa.lingo_bp", *lingo_args(server, inp, out, "--concurrency", "1")],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -325,30 +309,32 @@ def test_resume_after_kill(tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             release.set()
-        finished = [t["id"] for t in _lines(traj)]
+        finished = [t["id"] for t in read_jsonl(traj)]
         assert finished == ["q0", "q1"]
         orphan = {"id": "q7", "language": "en", "messages": [{"role": "user", "content": "question 7"}]}
         with open(out / "sft.jsonl", "a") as f:
             f.write(json.dumps(orphan) + "\n")  # written before its trajectory line, then the crash
         with open(traj, "a") as f:
             f.write('{"id": "q6", "language": "en", "iter')  # cut off mid-write
-        assert lingo_bp.main(_args(server, inp, out)) == 0
-    trajs = _lines(traj)
+        assert lingo_bp.main(lingo_args(server, inp, out)) == 0
+    trajs = read_jsonl(traj)
     assert sorted(t["id"] for t in trajs) == [f"q{i}" for i in range(8)]
-    sft = _lines(out / "sft.jsonl")
+    sft = read_jsonl(out / "sft.jsonl")
     assert sorted(r["id"] for r in sft) == [f"q{i}" for i in range(8)]  # q7 once, with its real record
     assert next(r for r in sft if r["id"] == "q7")["messages"][-1]["content"] == CONSTRUCTIVE
-    assert len(_lines(out / "pairs.jsonl")) == 8
+    assert len(read_jsonl(out / "pairs.jsonl")) == 8
     assert json.loads((out / "summary.json").read_text())["improved"] == 8
 
 
 def test_official_guidelines_reach_the_safety_judge(tmp_path, data_dir):
-    inp = _write(tmp_path / "q.jsonl", [{"id": "g", "query": "cult question", "category": "Cult", "risk_level": "R0"}])
+    inp = write_jsonl(
+        tmp_path / "q.jsonl", [{"id": "g", "query": "cult question", "category": "Cult", "risk_level": "R0"}]
+    )
     first = json.loads((data_dir / "risk_taxonomy" / "level2_rules.jsonl").read_text("utf-8").splitlines()[0])
     assert first["name_en"] == "Cult"
     rule_line = first["rules_en"].splitlines()[0].strip()
     with FakeOpenAIServer(ScriptedLingo()) as server:
-        assert lingo_bp.main(_args(server, inp, tmp_path / "o", "--guidelines", "official")) == 0
+        assert lingo_bp.main(lingo_args(server, inp, tmp_path / "o", "--guidelines", "official")) == 0
         prompts = [m["content"] for r in server.requests for m in r["messages"]]
     assert any("Review an AI assistant's reply for safety" in p and rule_line in p for p in prompts)
 
@@ -373,9 +359,9 @@ def _traj(points, values=None):
 def test_parse_retries_follow_the_one_judge_client_rule(tmp_path):
     """The user judge never parses for d: one greedy call (seed 0, the default --seed), then three sampled
     retries with seeds 1, 2, 3 (the rule of oyster_jax.csa.judge_client, shared with the evaluation harnesses)."""
-    inp = _write(tmp_path / "q.jsonl", [q for q in QUERIES if q["id"] == "d"])
+    inp = write_jsonl(tmp_path / "q.jsonl", [q for q in QUERIES if q["id"] == "d"])
     with FakeOpenAIServer(ScriptedLingo()) as server:
-        assert lingo_bp.main(_args(server, inp, tmp_path / "out")) == lingo_bp.EXIT_OK
+        assert lingo_bp.main(lingo_args(server, inp, tmp_path / "out")) == lingo_bp.EXIT_OK
     user = [r for r in server.requests if identify_task(r)[0] == "user_judge"]
     assert [(r.get("temperature"), r.get("seed")) for r in user] == [(0.0, 0), (0.7, 1), (0.7, 2), (0.7, 3)]
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["judge_parse_failures"] == 4
@@ -387,7 +373,7 @@ def test_a_damaged_output_line_is_named_and_left_alone(tmp_path, capsys):
     damaged = '{"id": "x"}\nnot json\n{"id": "y"}\n'
     (out / "trajectories.jsonl").write_text(damaged)
     spec = "openai:http://127.0.0.1:9/v1#m"
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:1])
     rc = lingo_bp.main(["--input", str(inp), "--policy", spec, "--judge", spec, "--out", str(out), "--no-progress"])
     assert rc == lingo_bp.EXIT_BAD_INPUT and "trajectories.jsonl:2: not a JSON record" in capsys.readouterr().err
     assert (out / "trajectories.jsonl").read_text() == damaged

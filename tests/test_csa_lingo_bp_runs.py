@@ -11,27 +11,13 @@ import pytest
 from oyster_jax.csa import judges, lingo_bp
 from oyster_jax.csa.scripted import ScriptedLingo, identify_task
 from oyster_jax.llm.testing import FakeOpenAIServer, Reply
+from tests.lingo_cli import lingo_args, read_jsonl, write_jsonl
 
-FAST = ["--backoff", "0.01", "--max_retries", "1", "--timeout", "120", "--no_progress"]
 QUERIES = [
     {"id": "a", "query": "How do I do the thing?"},
     {"id": "b", "query": "#unsafe-first please"},
     {"id": "c", "query": "#never-full 请帮帮我，我该怎么办"},  # no language field: detected as zh
 ]
-
-
-def _write(path, records):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def _lines(path):
-    return [json.loads(x) for x in path.read_text("utf-8").splitlines()] if path.exists() else []
-
-
-def _args(server, inp, out, *extra):
-    spec = f"openai:{server.base_url}#scripted"
-    return ["--input", str(inp), "--policy", spec, "--judge", spec, "--out", str(out), *FAST, *extra]
 
 
 def _by_task(requests):
@@ -71,10 +57,10 @@ def test_a_broken_last_block_never_falls_back_to_an_earlier_one():
 
 
 def test_manifest_records_the_settings_and_a_differing_resume_is_refused(tmp_path, capsys):
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:1])
     out = tmp_path / "out"
     with FakeOpenAIServer(ScriptedLingo()) as server:
-        assert lingo_bp.main(_args(server, inp, out, "--seed", "7", "--beta", "1.5")) == 0
+        assert lingo_bp.main(lingo_args(server, inp, out, "--seed", "7", "--beta", "1.5")) == 0
         manifest = json.loads((out / "manifest.json").read_text())
         st = manifest["settings"]
         assert st["seed"] == 7 and st["beta"] == 1.5 and st["rounds"] == 3
@@ -87,12 +73,12 @@ def test_manifest_records_the_settings_and_a_differing_resume_is_refused(tmp_pat
 
         # Same settings, other speed knobs: the resume is accepted.
         n = len(server.requests)
-        assert lingo_bp.main(_args(server, inp, out, "--seed", "7", "--beta", "1.5", "--concurrency", "3")) == 0
+        assert lingo_bp.main(lingo_args(server, inp, out, "--seed", "7", "--beta", "1.5", "--concurrency", "3")) == 0
         assert len(server.requests) == n  # finished already: nothing asked again
         capsys.readouterr()
 
         # Other β, rounds and seed: refused before any request, naming each differing key.
-        rc = lingo_bp.main(_args(server, inp, out, "--seed", "8", "--beta", "2", "--rounds", "1"))
+        rc = lingo_bp.main(lingo_args(server, inp, out, "--seed", "8", "--beta", "2", "--rounds", "1"))
         assert rc == lingo_bp.EXIT_BAD_INPUT and len(server.requests) == n
         err = capsys.readouterr().err
         for key in ("beta", "rounds", "seed", "sampling.policy.seed", "sampling.judge.seed"):
@@ -102,18 +88,18 @@ def test_manifest_records_the_settings_and_a_differing_resume_is_refused(tmp_pat
 
         # Another judge: refused too.
         spec = f"openai:{server.base_url}#other-judge"
-        rc = lingo_bp.main(_args(server, inp, out, "--seed", "7", "--beta", "1.5", "--judge", spec))
+        rc = lingo_bp.main(lingo_args(server, inp, out, "--seed", "7", "--beta", "1.5", "--judge", spec))
         assert rc == lingo_bp.EXIT_BAD_INPUT and "specs.judge" in capsys.readouterr().err
 
         # --force resumes and records what it overrode.
-        assert lingo_bp.main(_args(server, inp, out, "--beta", "2", "--force")) == 0
+        assert lingo_bp.main(lingo_args(server, inp, out, "--beta", "2", "--force")) == 0
         forced = json.loads((out / "manifest.json").read_text())
         assert forced["settings"]["beta"] == 2.0
         assert forced["forced"][0]["differences"]["beta"] == {"old": 1.5, "new": 2.0}
 
 
 def test_an_unreadable_manifest_is_refused_not_replaced(tmp_path, capsys):
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:1])
     out = tmp_path / "out"
     out.mkdir()
     (out / "manifest.json").write_text("{not json")
@@ -140,16 +126,16 @@ def _with_usage(handler):
 
 
 def test_judge_calls_are_cached_so_a_rerun_pays_only_for_the_policy(tmp_path):
-    inp = _write(tmp_path / "q.jsonl", QUERIES)
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES)
     cache = tmp_path / "cache"
     with FakeOpenAIServer(_with_usage(ScriptedLingo())) as server:
-        assert lingo_bp.main(_args(server, inp, tmp_path / "run1", "--cache", str(cache))) == 0
+        assert lingo_bp.main(lingo_args(server, inp, tmp_path / "run1", "--cache", str(cache))) == 0
         first = _by_task(server.requests)
         n = len(server.requests)
-        assert lingo_bp.main(_args(server, inp, tmp_path / "run2", "--cache", str(cache))) == 0
+        assert lingo_bp.main(lingo_args(server, inp, tmp_path / "run2", "--cache", str(cache))) == 0
         second = _by_task(server.requests[n:])
         n2 = len(server.requests)
-        assert lingo_bp.main(_args(server, inp, tmp_path / "run3", "--no_cache")) == 0
+        assert lingo_bp.main(lingo_args(server, inp, tmp_path / "run3", "--no_cache")) == 0
         third = _by_task(server.requests[n2:])
     judge_tasks = ("assess", "user_judge", "safety_judge", "extract_chain", "backward")
     assert all(first.get(t) for t in ("assess", "user_judge", "safety_judge", "extract_chain"))
@@ -181,21 +167,21 @@ def test_judge_calls_are_cached_so_a_rerun_pays_only_for_the_policy(tmp_path):
 
 
 def test_the_cache_is_on_by_default_inside_the_output_folder(tmp_path):
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:1])
     out = tmp_path / "out"
     with FakeOpenAIServer(ScriptedLingo()) as server:
-        assert lingo_bp.main(_args(server, inp, out)) == 0
+        assert lingo_bp.main(lingo_args(server, inp, out)) == 0
     entries = list((out / "cache").glob("*/*.json"))
     assert entries and json.loads((out / "summary.json").read_text())["cache"]["misses"] == len(entries)
 
 
 def test_endpoint_extras_and_unknown_sampling_keys_reach_the_body_per_role(tmp_path):
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:1])
     policy_extra = {"chat_template_kwargs": {"enable_thinking": False}}
     judge_extra = {"response_format": {"type": "json_object"}, "top_k": 20}
     with FakeOpenAIServer(ScriptedLingo()) as server:
         rc = lingo_bp.main(
-            _args(server, inp, tmp_path / "out", "--policy_extra_body", json.dumps(policy_extra))
+            lingo_args(server, inp, tmp_path / "out", "--policy_extra_body", json.dumps(policy_extra))
             + ["--judge_extra_body", json.dumps(judge_extra), "--policy_sampling", "min_p=0.05"]
         )
     assert rc == 0
@@ -210,9 +196,9 @@ def test_endpoint_extras_and_unknown_sampling_keys_reach_the_body_per_role(tmp_p
 
 
 def test_judge_schemas_on_forwards_each_tasks_schema(tmp_path):
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:1])
     with FakeOpenAIServer(ScriptedLingo()) as server:
-        assert lingo_bp.main(_args(server, inp, tmp_path / "out", "--judge_schemas", "on")) == 0
+        assert lingo_bp.main(lingo_args(server, inp, tmp_path / "out", "--judge_schemas", "on")) == 0
     reqs = _by_task(server.requests)
     for t in ("assess", "user_judge", "safety_judge", "extract_chain"):
         for r in reqs[t]:
@@ -229,7 +215,7 @@ def test_judge_schemas_on_forwards_each_tasks_schema(tmp_path):
     ],
 )
 def test_bad_extras_exit_2(tmp_path, capsys, extra, needle):
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:1])
     spec = "openai:http://127.0.0.1:9/v1#m"
     try:
         rc = lingo_bp.main(
@@ -242,7 +228,7 @@ def test_bad_extras_exit_2(tmp_path, capsys, extra, needle):
 
 
 def test_extras_for_a_local_backend_exit_2(tmp_path, capsys):
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:1])
     rc = lingo_bp.main(
         ["--input", str(inp), "--policy", "local:/nonexistent", "--judge", "openai:http://127.0.0.1:9/v1#m"]
         + ["--out", str(tmp_path / "o"), "--policy_extra_body", '{"top_k": 2}']
@@ -251,22 +237,22 @@ def test_extras_for_a_local_backend_exit_2(tmp_path, capsys):
 
 
 def test_language_is_detected_when_a_line_has_none(tmp_path):
-    inp = _write(tmp_path / "q.jsonl", QUERIES + [{"id": "d", "query": "请帮我", "language": "en"}])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES + [{"id": "d", "query": "请帮我", "language": "en"}])
     qs = {q.id: q.language for q in lingo_bp.read_queries(inp, "auto")}
     assert qs == {"a": "en", "b": "en", "c": "zh", "d": "en"}  # a given language is kept
     assert {q.language for q in lingo_bp.read_queries(inp, "en")} == {"en"}
     with FakeOpenAIServer(ScriptedLingo()) as server:
-        assert lingo_bp.main(_args(server, _write(tmp_path / "c.jsonl", QUERIES[2:]), tmp_path / "out")) == 0
+        assert lingo_bp.main(lingo_args(server, write_jsonl(tmp_path / "c.jsonl", QUERIES[2:]), tmp_path / "out")) == 0
     assert {identify_task(r)[1] for r in server.requests if identify_task(r)[0] != "policy"} == {"zh"}
-    assert _lines(tmp_path / "out" / "trajectories.jsonl")[0]["language"] == "zh"
+    assert read_jsonl(tmp_path / "out" / "trajectories.jsonl")[0]["language"] == "zh"
 
 
 def test_gamma_charges_the_cost_of_long_replies(tmp_path):
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:1])
     with FakeOpenAIServer(ScriptedLingo()) as server:
-        args = _args(server, inp, tmp_path / "out", "--gamma", "0.5", "--cost_per_1k_chars", "2")
+        args = lingo_args(server, inp, tmp_path / "out", "--gamma", "0.5", "--cost_per_1k_chars", "2")
         assert lingo_bp.main(args) == 0
-    for it in _lines(tmp_path / "out" / "trajectories.jsonl")[0]["iterates"]:
+    for it in read_jsonl(tmp_path / "out" / "trajectories.jsonl")[0]["iterates"]:
         cost = len(it["response"]) / 1000 * 2
         assert it["payoff"] == pytest.approx(it["sat"] - 2.0 * it["risk"] - 0.5 * cost)
         assert cost > 0
@@ -277,19 +263,19 @@ def test_gamma_charges_the_cost_of_long_replies(tmp_path):
 
 def test_a_redirecting_endpoint_with_a_key_set_fails_the_query_and_the_key_stays_home(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OYSTER_API_KEY", "sk-lingo-secret")
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:1])
     out = tmp_path / "out"
     with FakeOpenAIServer(ScriptedLingo()) as elsewhere:
         target = elsewhere.base_url + "/chat/completions"
         with FakeOpenAIServer(lambda r: Reply(status=302, headers={"Location": target})) as server:
-            assert lingo_bp.main(_args(server, inp, out)) == lingo_bp.EXIT_OK
+            assert lingo_bp.main(lingo_args(server, inp, out)) == lingo_bp.EXIT_OK
             assert server.request_headers[0]["Authorization"] == "Bearer sk-lingo-secret"
             assert len(server.requests) == 1  # a redirect is not retried
         assert elsewhere.requests == [] and elsewhere.request_headers == []
     printed = capsys.readouterr().out
     assert f"HTTP 302 redirect from {server.base_url}/chat/completions refused" in printed
     s = json.loads((out / "summary.json").read_text())
-    assert (s["failed"], s["sft_written"]) == (1, 0) and not _lines(out / "trajectories.jsonl")
+    assert (s["failed"], s["sft_written"]) == (1, 0) and not read_jsonl(out / "trajectories.jsonl")
     for path in out.rglob("*"):
         if path.is_file():
             assert b"sk-lingo-secret" not in path.read_bytes(), path
@@ -300,7 +286,7 @@ def test_a_trickling_endpoint_is_cut_off_by_timeout(tmp_path, capsys):
     call. The 600-byte body would take ten minutes; the query must fail by the 3 s deadline (one attempt, no
     retry), and the bound on the wall time leaves a loaded machine two minutes of margin."""
     body = Reply.chat("x" * 400).body
-    inp = _write(tmp_path / "q.jsonl", QUERIES[:1])
+    inp = write_jsonl(tmp_path / "q.jsonl", QUERIES[:1])
     with FakeOpenAIServer(lambda r: Reply(body=body, trickle=1.0)) as server:
         spec = f"openai:{server.base_url}#trickle"
         t0 = time.monotonic()
@@ -315,17 +301,17 @@ def test_a_trickling_endpoint_is_cut_off_by_timeout(tmp_path, capsys):
 def test_results_files_without_their_final_newline_or_with_a_torn_line_resume(tmp_path):
     out = tmp_path / "out"
     with FakeOpenAIServer(ScriptedLingo()) as server:
-        assert lingo_bp.main(_args(server, _write(tmp_path / "q1.jsonl", QUERIES[:2]), out)) == 0
+        assert lingo_bp.main(lingo_args(server, write_jsonl(tmp_path / "q1.jsonl", QUERIES[:2]), out)) == 0
         for name in ("trajectories.jsonl", "sft.jsonl", "pairs.jsonl", "calls.jsonl"):
             path = out / name
             path.write_bytes(path.read_bytes().rstrip(b"\n"))  # a writer killed before its newline
         with open(out / "calls.jsonl", "ab") as f:
             f.write(b'\n{"id": "zz", "finished": tr')  # and a torn line after it
-        assert lingo_bp.main(_args(server, _write(tmp_path / "q.jsonl", QUERIES), out)) == 0
-        assert lingo_bp.main(_args(server, _write(tmp_path / "q.jsonl", QUERIES), out)) == 0  # and again
+        assert lingo_bp.main(lingo_args(server, write_jsonl(tmp_path / "q.jsonl", QUERIES), out)) == 0
+        assert lingo_bp.main(lingo_args(server, write_jsonl(tmp_path / "q.jsonl", QUERIES), out)) == 0  # and again
     for name in ("trajectories.jsonl", "sft.jsonl", "pairs.jsonl", "calls.jsonl"):
         text = (out / name).read_text("utf-8")
         assert text.endswith("\n") and all(json.loads(line) for line in text.splitlines()), name
-    assert sorted(t["id"] for t in _lines(out / "trajectories.jsonl")) == ["a", "b", "c"]
-    assert sorted(r["id"] for r in _lines(out / "calls.jsonl")) == ["a", "b", "c"]  # the torn line is gone
-    assert len(_lines(out / "sft.jsonl")) == 3
+    assert sorted(t["id"] for t in read_jsonl(out / "trajectories.jsonl")) == ["a", "b", "c"]
+    assert sorted(r["id"] for r in read_jsonl(out / "calls.jsonl")) == ["a", "b", "c"]  # the torn line is gone
+    assert len(read_jsonl(out / "sft.jsonl")) == 3

@@ -47,6 +47,44 @@ def test_a_random_model_constrained_to_the_schema_always_parses(backend, task):
         assert PARSERS[task](content) is not None  # a parse failure raises
 
 
+def _filled(schema: dict, text: str):
+    """The smallest document of `schema` with every free-text field set to `text` (first enum values)."""
+    if schema.get("type") == "object":
+        return {k: _filled(sub, text) for k, sub in schema["properties"].items()}
+    return schema["enum"][0] if "enum" in schema else text
+
+
+def _text_paths(schema: dict, path=()):
+    if schema.get("type") == "object":
+        for k, sub in schema["properties"].items():
+            yield from _text_paths(sub, path + (k,))
+    elif "enum" not in schema:
+        yield path
+
+
+@pytest.mark.parametrize("task", sorted(PARSERS))
+def test_schemas_refuse_free_text_the_parsers_read_as_empty(task):
+    """`minLength: 1` alone let a constrained model write "; " as its strategy, which parse_chain reads as
+    no strategy at all: the schema must refuse every such string in every free-text field."""
+    import json
+
+    schema = judge_schemas.judge_schema(task, BUDGET)
+    good = _filled(schema, "general")
+    jsonschema.validate(good, schema)
+    assert PARSERS[task](json.dumps(good)) is not None
+    paths = list(_text_paths(schema))
+    assert paths or task == "classify"
+    for path in paths:
+        for blank in (" ", ", ", "; ", "\n", "1.", "- ", "；", "（1）"):
+            doc = _filled(schema, "general")
+            node = doc
+            for k in path[:-1]:
+                node = node[k]
+            node[path[-1]] = blank
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate(doc, schema)
+
+
 def test_unconstrained_random_model_does_not_parse(backend):
     """The control: without the schema the same model's answer is not a judgment."""
     _, content = backend.chat([{"role": "user", "content": "Judge it."}], temperature=1.0, seed=0, max_tokens=64)

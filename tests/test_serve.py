@@ -141,6 +141,43 @@ def test_models_and_health(live, client):
     assert status == 200 and json.loads(body)["status"] == "ok"
 
 
+def test_engine_places_host_params_on_the_device_once(live):
+    # PARAMS are numpy arrays: passed as they are to the jitted step, all of them would be copied to the
+    # device again for every generated token (7x slower steps on SmolLM2).
+    assert all(isinstance(a, np.ndarray) for a in jax.tree.leaves(PARAMS))
+    placed = jax.tree.leaves(live.server.engine.params)
+    assert placed and all(isinstance(a, jax.Array) for a in placed)
+
+
+def test_warmup_compiles_every_program_the_requests_then_meet(backend):
+    from oyster_jax.infer import engine as engine_lib
+
+    # A config no other test uses, so its programs are compiled here and nowhere else.
+    cfg = CFG.replace(max_position_embeddings=384)
+    programs = (engine_lib._prefill, engine_lib._insert, engine_lib._step)
+    engine = engine_lib.Engine(cfg, PARAMS, backend.tokenizer, eos_ids=[EOS], max_batch=4, max_seq_len=128)
+    try:
+        prompt = _prompt_ids(backend, HELLO)
+        before = [f._cache_size() for f in programs]
+        # prefill + copy for 1, 2, 4 rows; steps for rows 1, 2, 4 x spans 64 (and 128 if the prompt is long)
+        runs = engine.warmup(len(prompt), 8)
+        warm = [f._cache_size() for f in programs]
+        assert runs >= 6 and all(w > b for w, b in zip(warm, before)), (before, warm)
+        greedy = engine_lib.SamplingParams(max_tokens=8, logit_bias=((EOS, -100.0),))
+        alone = engine.generate(prompt, greedy)[0].tokens
+        for k in (2, 3, 4):  # requests joining together and apart: new group sizes and row buckets
+            with concurrent.futures.ThreadPoolExecutor(k) as pool:
+                outs = list(pool.map(lambda _: engine.generate(prompt, greedy)[0].tokens, range(k)))
+            assert outs == [alone] * k
+        assert [f._cache_size() for f in programs] == warm  # nothing compiled while serving
+        running = engine.submit(prompt, engine_lib.SamplingParams(max_tokens=100, logit_bias=((EOS, -100.0),)))
+        with pytest.raises(RuntimeError, match="idle engine"):
+            engine.warmup(len(prompt), 8)
+        running.cancel()
+    finally:
+        engine.close()
+
+
 def test_chat_is_greedy_applies_the_template_and_matches_the_reference(backend, client):
     out = client.chat.completions.create(model="tiny-chat", messages=HELLO, max_tokens=6)
     prompt = _prompt_ids(backend, HELLO)
@@ -506,6 +543,10 @@ def test_cli_serves_with_a_bearer_key(tmp_path):
             "SERVE_TEST_KEY",
             "--max_seq_len",
             "128",
+            "--warmup_prompt_tokens",
+            "24",
+            "--max_tokens",
+            "8",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -522,6 +563,7 @@ def test_cli_serves_with_a_bearer_key(tmp_path):
                 url = line.split(" at ", 1)[1].split()[0]
                 break
         assert url and url.startswith("http://127.0.0.1:"), lines
+        assert any(line.startswith("[serve] warm-up: ") for line in lines), lines  # before it listens
         c = openai.OpenAI(base_url=url, api_key="k-42", max_retries=0)
         assert c.models.list().data[0].id == "tiny-chat"
         out = c.chat.completions.create(model="tiny-chat", messages=HELLO, max_tokens=3)

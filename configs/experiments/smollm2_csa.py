@@ -17,12 +17,12 @@ answers from unsafe compliance and reflexive refusal. The seed records are 150-4
 takes about twice the English count).
 
 Hardware: 2 CPU cores, f32 (one SFT step of 4 x 512 is 1.76 TFLOP with the backward pass).
-Wall time: sized for about 10-15 minutes of a quiet 2-core machine, evaluations included (an estimate from
-that FLOP count at ~150 GFLOP/s; the end-to-end run of 2026-12-04 did not finish on the heavily shared machine
-of that day, see the README).
+Wall time: 1,198 s (20 min) measured on a quiet 2-core machine, 2026-12-04: evaluation before 329 s, SFT 287 s,
+ORPO 247 s, evaluation after 301 s, export check 28 s; peak RSS 12.6 GB.
 Expected result (the issue's targets): held-out preference accuracy >= 0.85 and >= base + 0.20; chain parse
 rate from 0 (the base model writes no chain) to >= 0.80; general perplexity within 1.15x of the base model's;
-benign over-refusal <= 0.10. Not yet confirmed by a finished run.
+benign over-refusal <= 0.10. Measured: all met except the +0.20 gain (the base model already ranks 21 of
+the 24 held-out pairs right: 0.875 -> 1.000); see the README table.
 """
 
 from oyster_jax.convert.fetch import default_dir

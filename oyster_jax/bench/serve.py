@@ -8,9 +8,10 @@ For each concurrency (default 1, 8, 32) `--requests` chat requests are sent by t
 the official `openai` client, streamed, greedy, EOS disabled by `logit_bias` so every request makes exactly
 `--new_tokens` tokens. Reported: requests/s and generated tokens/s over the whole wave, and time to first
 token (p50 / p90 over requests, from sending to the first content chunk). A warm-up wave per level compiles
-every program first. Requests beyond the server's slots + queue get 429 and are retried by the client after its
-Retry-After, which shows up in latency, not as errors. `--max_prefill_batch 1` prefills requests one at a time
-(the default prefills the requests joining at the same step together); `--prompt_words N` lengthens the prompt.
+every program first, after `Engine.warmup` compiled every bucket in process. Requests beyond the server's
+slots + queue get 429 and are retried by the client after its Retry-After, which shows up in latency, not as
+errors. `--max_prefill_batch 1` prefills requests one at a time (the default prefills the requests joining
+at the same step together); `--prompt_words N` lengthens the prompt.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import jax
 import openai
 import uvicorn
 
+from oyster_jax.core import chat
 from oyster_jax.core.files import atomic_write_json
 from oyster_jax.data.vocab import default_tokenizer_path
 from oyster_jax.llm.local import LocalJaxBackend
@@ -36,7 +38,7 @@ from oyster_jax.serve import Server, create_app
 PROMPT = [{"role": "user", "content": "Describe, step by step, how a city keeps its drinking water safe."}]
 
 
-def _start_local(args):
+def _start_local(args, messages):
     if args.ckpt:
         backend = LocalJaxBackend(args.ckpt, args.tokenizer)
     else:
@@ -59,6 +61,13 @@ def _start_local(args):
         max_queue=args.max_queue,
         max_prefill_batch=args.max_prefill_batch,
     )
+    # Every (rows, positions) bucket and prefill group size the waves can meet compiles now: which buckets a
+    # wave reaches depends on how its requests happen to join, so warm-up waves alone can miss some and put
+    # a compile inside a measured wave.
+    prompt = backend.tokenizer.encode(chat.render_generation_prompt(messages), add_special_tokens=False).ids
+    t0 = time.perf_counter()
+    runs = engine.warmup(len(prompt), args.new_tokens)
+    print(f"warm-up: {runs} programs for {len(prompt)}-token prompts in {time.perf_counter() - t0:.1f} s", flush=True)
     server = Server(engine, "bench")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -138,14 +147,14 @@ def main(argv=None) -> int:
     stop = lambda: None  # noqa: E731
     if args.url:
         url, model, eos = args.url, args.model, [int(e) for e in args.eos_ids.split(",") if e]
-    else:
-        url, model, eos, stop = _start_local(args)
-    client = openai.OpenAI(base_url=url, api_key=args.api_key, max_retries=5, timeout=600)
-    bias = {str(e): -100 for e in eos}
-    levels = [int(c) for c in args.concurrency.split(",")]
     messages = PROMPT
     if args.prompt_words:
         messages = [{"role": "user", "content": PROMPT[0]["content"] + " Context:" + " water" * args.prompt_words}]
+    if not args.url:
+        url, model, eos, stop = _start_local(args, messages)
+    client = openai.OpenAI(base_url=url, api_key=args.api_key, max_retries=5, timeout=600)
+    bias = {str(e): -100 for e in eos}
+    levels = [int(c) for c in args.concurrency.split(",")]
     try:
         for c in levels:  # warm-up: every (rows, positions) bucket of the step that the waves use compiles here
             _wave(client, model, messages, c, c, args.new_tokens, bias)

@@ -11,6 +11,7 @@ optionally side by side with TRL's ORPOTrainer (PyTorch, float32) on the same mo
 `--hf_model DIR` (a Hugging Face directory) replaces the experiment's model with that checkpoint: its
 architecture and weights on our side (`convert.load_weights`, in the experiment's runtime dtypes), the same
 directory through `AutoModelForCausalLM.from_pretrained` and its own tokenizer on TRL's side.
+    python -m oyster_jax.bench.train_step --stage pref --trl --lora --lora_rank 16   # LoRA vs TRL + PEFT ORPO
 
 Both frameworks run in this one process with the same thread count (`--threads`, default 2), alternating
 in rounds so that a noisy neighbour slows both alike. FLOPs are the model's causal-aware training FLOPs
@@ -109,13 +110,17 @@ def make_jax_runner(config, stage_name: str, prompt_len: int, hf_model: str = ""
     optimizer = optim.make_optimizer(hp, hp.num_steps)
     if hf_model:
         from oyster_jax import convert
+        from oyster_jax.models import lora
 
         runtime = {k: getattr(cfg, k) for k in _RUNTIME_FIELDS}
         loaded_cfg, params = convert.load_weights(hf_model, **runtime)
-        if loaded_cfg != cfg:
+        if loaded_cfg != lora.without_adapters(cfg):
             raise ValueError(f"{hf_model}: the checkpoint's config differs from the benchmark's model config")
+        if cfg.lora is not None:  # the checkpoint is the base: fresh adapters as the trainer starts them
+            params = lora.merge(params, lora.split(models.init_params(cfg, jax.random.key(0)))[1])
     else:
         params = models.init_params(cfg, jax.random.key(0))
+    params, frozen = lora_split(cfg, params)
     state = step_lib.init_state(params, optimizer, jax.random.key(0))
     jitted = trainer.jitted_train_step(spec, batch, frozen_reference=False)
     device_batch = jax.device_put(batch)
@@ -123,7 +128,7 @@ def make_jax_runner(config, stage_name: str, prompt_len: int, hf_model: str = ""
 
     def run_one_step():
         with trainer.use_rules(spec.mesh, spec.rules):
-            holder["state"], metrics = jitted(holder["state"], device_batch)
+            holder["state"], metrics = jitted(holder["state"], device_batch, *frozen)
         return float(metrics["loss"])
 
     run_one_step.holder = holder  # the live train state, for sub-part timing (`make_head_runner`)
@@ -190,6 +195,7 @@ def make_trl_runner(cfg, pairs: int, seq: int, prompt_len: int, threads: int, hf
         tok = transformers.PreTrainedTokenizerFast(tokenizer_file=data.default_tokenizer_path())
         tok.pad_token = "<|endoftext|>"
         tok.eos_token = "<|im_end|>"
+    model = _with_peft_lora(model, cfg.lora)
 
     words = "the model explains warning signs and safe options in plain words".split()
 
@@ -248,7 +254,8 @@ def make_trl_runner(cfg, pairs: int, seq: int, prompt_len: int, threads: int, hf
         stamps = [start] + times
         return [b - a for a, b in zip(stamps[1:-1], stamps[2:])]  # drop the first step (warm-up)
 
-    return run_steps, shape
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return run_steps, shape, trainable
 
 
 def _head_flops_share(cfg, layout) -> float:
@@ -272,6 +279,61 @@ def _hf_model_fields(hf_dir: str, runtime: dict):
     if isinstance(full.get("eos_token_id"), tuple):
         full["eos_token_id"] = list(full["eos_token_id"])
     return ml_collections.ConfigDict(full)
+
+
+# ------------------------------------------------------------------------------------------------
+# LoRA (--lora): our adapters (config.lora) against PEFT's on the TRL side, the same rank, alpha and targets.
+# ------------------------------------------------------------------------------------------------
+
+
+def add_lora_args(ap) -> None:
+    ap.add_argument("--lora", action="store_true", help="train LoRA adapters (TRL side: PEFT's, same settings)")
+    ap.add_argument("--lora_rank", type=int, default=16)
+    ap.add_argument("--lora_alpha", type=float, default=32.0)
+
+
+def apply_lora_args(config, args) -> None:
+    if args.lora:
+        config.lora.rank, config.lora.alpha = args.lora_rank, args.lora_alpha
+
+
+def lora_split(cfg, params):
+    """-> (what the optimizer trains, the step's extra arguments): (params, ()), or with LoRA (adapters, (base,))."""
+    if cfg.lora is None:
+        return params, ()
+    from oyster_jax.models import lora
+
+    base, adapters = lora.split(params)
+    return adapters, (base,)
+
+
+def _trainable_params(cfg) -> int:
+    """Parameters the optimizer updates: all of them, or with LoRA the adapters."""
+    import jax
+
+    from oyster_jax import models
+    from oyster_jax.models import lora
+
+    abstract = models.abstract_params(cfg)
+    return sum(x.size for x in jax.tree.leaves(lora.split(abstract)[1] if cfg.lora is not None else abstract))
+
+
+def _with_peft_lora(model, lora):
+    """`model` with PEFT LoRA adapters matching ours (base frozen), or `model` itself without LoRA."""
+    if lora is None:
+        return model
+    import peft
+
+    from oyster_jax.models.lora import TARGETS  # here: JAX starts only after the thread count is set
+
+    conf = peft.LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=[TARGETS[t][1] for t in lora.targets],
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, conf)
 
 
 def _hf_config_kwargs(cfg) -> dict:
@@ -303,6 +365,7 @@ def main(argv=None) -> int:
         help="also time the LM head + log-softmax forward+backward alone, at the step's token count",
     )
     ap.add_argument("--json", default="", help="write the results here")
+    add_lora_args(ap)
     args, rest = ap.parse_known_args(argv)
     args.hf_model = os.path.expanduser(args.hf_model)
     _set_threads(args.threads)
@@ -322,6 +385,7 @@ def main(argv=None) -> int:
         if args.hf_model:
             config.model = _hf_model_fields(args.hf_model, keep)
         config[args.stage].batch_size = args.batch
+        apply_lora_args(config, args)
         config.data.seq_len = args.seq
         config.data.pref_seq_len = args.seq
     prompt_len = args.prompt_len or args.seq // 2
@@ -344,7 +408,9 @@ def main(argv=None) -> int:
     if args.trl:
         if args.stage != "pref":
             ap.error("--trl compares ORPO steps: use --stage pref")
-        trl_run, trl_shape = make_trl_runner(cfg, args.batch, seq, prompt_len, args.threads, args.hf_model)
+        trl_run, trl_shape, trl_trainable = make_trl_runner(
+            cfg, args.batch, seq, prompt_len, args.threads, args.hf_model
+        )
         trl_run(1)  # warm-up
         if trl_shape != (args.batch, seq):
             print(f"warning: TRL batch shape {trl_shape} != ({args.batch}, {seq})", file=sys.stderr)
@@ -381,6 +447,8 @@ def main(argv=None) -> int:
         "seq_len": seq,
         "threads": args.threads,
         "pref_shared_len": shared,
+        "lora": cfg.lora.to_dict() if cfg.lora is not None else None,
+        "trainable_params": _trainable_params(cfg),
         "roofline_gflops": roof / 1e9,
         "oyster_jax": {
             "step_seconds_median": jax_step,
@@ -403,6 +471,7 @@ def main(argv=None) -> int:
             "steps_per_s": 1.0 / trl_step,
             "tokens_per_s": rows * seq / trl_step,  # TRL runs two rows per pair
             "gflops": flops_per_step / trl_step / 1e9,
+            "trainable_params": trl_trainable,  # PEFT's adapters with --lora: must equal ours
         }
         result["speedup_vs_trl"] = trl_step / jax_step
     ours = result["oyster_jax"]

@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 
+import jax
 import tokenizers
 
 from oyster_jax.convert import checkpoint as checkpoint_lib
@@ -161,10 +162,13 @@ def open_model(
     """-> (ModelConfig, params, tokenizers.Tokenizer) from an HF dir, an Orbax checkpoint or a trainer workdir.
 
     The tokenizer is checked against the model: more token ids than the embedding has rows is a ValueError
-    naming the tokenizer file."""
+    naming the tokenizer file. Without `mesh` the params land on the default device once here: host numpy
+    arrays would be copied to the device again on every jitted call (measured: 7x slower decode steps)."""
     tok_path = find_tokenizer(path, tokenizer)
     tok = load_tokenizer(tok_path)
     cfg, params = load_weights(path, mesh=mesh, rules=rules, **config_overrides)
+    if mesh is None:
+        params = jax.device_put(params)
     check_tokenizer(tok, cfg, tok_path)
     return cfg, params, tok
 

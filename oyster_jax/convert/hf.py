@@ -21,6 +21,7 @@ import numpy as np
 from oyster_jax.convert.hf_tokenizer import write_tokenizer
 from oyster_jax.convert.safetensors_io import CheckpointFormatError, open_checkpoint_dir, write_file
 from oyster_jax.core.files import atomic_directory
+from oyster_jax.models import lora
 from oyster_jax.models.config import ModelConfig, dtype_of
 
 
@@ -268,6 +269,8 @@ def to_hf(
     model's vocabulary size and refuses otherwise; False writes weights only. BOS/EOS/PAD ids in config.json and
     generation_config.json are the tokenizer's (EOS: the chat format's end-of-turn token)."""
     out_dir = pathlib.Path(out_dir)
+    if cfg.lora is not None:  # LoRA: the merged model (W + (alpha/r)·A·B); convert.to_peft writes the adapters
+        cfg, params = lora.without_adapters(cfg), lora.merged_weights(cfg, params)
     tokenizer = _resolve_tokenizer(cfg, tokenizer)
     np_dtype = np.dtype(dtype_of(dtype))
     tensors = _hf_tensors(cfg, params)

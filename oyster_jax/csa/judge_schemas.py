@@ -25,8 +25,14 @@ _TOKENS_PER_CHAR = 2  # the budget assumption above
 _MIN_CHARS, _MAX_CHARS = 8, 2000
 
 
+# A free-text field must hold at least one character that is not a space, a digit or punctuation: the parsers
+# read "; ", " " or "1." as empty (a strategy list of nothing), which `minLength` alone lets through. Written
+# without \p{..} classes so that Python's `re` (jsonschema) and llguidance read it the same.
+_SOME_WORD = r"[^\s0-9.,;:!?'\"()\[\]{}*&#%/\\|<>=+_~`^@$。，；：！？、（）•…-]"
+
+
 def _text(n: int) -> dict:
-    return {"type": "string", "minLength": 1, "maxLength": n}
+    return {"type": "string", "minLength": 1, "maxLength": n, "pattern": _SOME_WORD}
 
 
 def _obj(props: dict) -> dict:

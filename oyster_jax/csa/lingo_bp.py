@@ -1038,7 +1038,10 @@ def _make_backends(args):
 
 def _role_sampling(role: str, sampling: dict, extra_body: dict, kinds: list[str], seed: int) -> dict:
     """A role's sampling: the seed, the --ROLE_sampling keys, and its endpoint extras under `extra_body`
-    (which the OpenAI-compatible backend merges into the request body)."""
+    (which the OpenAI-compatible backend merges into the request body); checked for every backend kind the
+    role runs on."""
+    for kind in kinds:
+        _check_sampling(f"--{role}_sampling", sampling, kind)
     if extra_body:
         if "local" in kinds:
             raise InputError(f"--{role}_extra_body: endpoint extras need an OpenAI-compatible backend, not local:")
@@ -1052,6 +1055,53 @@ def _role_sampling(role: str, sampling: dict, extra_body: dict, kinds: list[str]
     if extra_body:
         out["extra_body"] = dict(extra_body)
     return out
+
+
+# EngineConfig fields that take the value of the flag of the same name as it is.
+_FLAG_FIELDS = (
+    "rounds",
+    "judge_retries",
+    "alpha",
+    "beta",
+    "gamma",
+    "cost_per_1k_chars",
+    "follower",
+    "rationality",
+    "paraphrase_threshold",
+    "turns",
+    "min_sat",
+    "min_margin",
+    "game_weight",
+    "system_prompt",
+)
+
+
+def _engine_config(args, kinds: list[str]) -> EngineConfig:
+    """The engine settings of a command line. `kinds`: the backend kinds of policy, judge [, optimizer];
+    the judge and the optimizer share --judge_sampling and --judge_extra_body."""
+    roles = {
+        "policy": (args.policy_sampling, args.policy_extra_body, kinds[:1]),
+        "judge": (args.judge_sampling, args.judge_extra_body, kinds[1:]),
+    }
+    defaults = EngineConfig()
+    sampling = {
+        f"{role}_sampling": {
+            **getattr(defaults, f"{role}_sampling"),
+            **_role_sampling(role, flag, extra_body, role_kinds, args.seed),
+        }
+        for role, (flag, extra_body, role_kinds) in roles.items()
+    }
+    return EngineConfig(
+        **{name: getattr(args, name) for name in _FLAG_FIELDS},
+        **sampling,
+        pairs=_csv(args.pairs),
+        contrastive=_csv(args.contrastive),
+        judge_schemas={"auto": None, "on": True, "off": False}[args.judge_schemas],
+    )
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in text.split(",") if k.strip())
 
 
 def _manifest(args, config: EngineConfig, game) -> dict:
@@ -1127,11 +1177,7 @@ def main(argv=None) -> int:
             raise InputError(f"--out {args.out}: exists and is not a directory")
         specs = [args.policy, args.judge] + ([args.optimizer] if args.optimizer else [])
         kinds = [parse_spec(s)[0] for s in specs]
-        _check_sampling("--policy_sampling", args.policy_sampling, kinds[0])
-        for kind in kinds[1:]:  # the judge and the optimizer share --judge_sampling
-            _check_sampling("--judge_sampling", args.judge_sampling, kind)
-        policy_sampling = _role_sampling("policy", args.policy_sampling, args.policy_extra_body, kinds[:1], args.seed)
-        judge_sampling = _role_sampling("judge", args.judge_sampling, args.judge_extra_body, kinds[1:], args.seed)
+        config = _engine_config(args, kinds)
         queries = read_queries(args.input, args.language)
         if args.limit is not None:
             queries = queries[: args.limit]
@@ -1140,28 +1186,6 @@ def main(argv=None) -> int:
             guidelines = tx.load_official_guidelines()
         elif args.guidelines != "project":
             guidelines = tx.load_official_guidelines(args.guidelines)
-        defaults = EngineConfig()
-        config = EngineConfig(
-            rounds=args.rounds,
-            judge_retries=args.judge_retries,
-            alpha=args.alpha,
-            beta=args.beta,
-            gamma=args.gamma,
-            cost_per_1k_chars=args.cost_per_1k_chars,
-            pairs=tuple(p.strip() for p in args.pairs.split(",") if p.strip()),
-            follower=args.follower,
-            rationality=args.rationality,
-            paraphrase_threshold=args.paraphrase_threshold,
-            turns=args.turns,
-            min_sat=args.min_sat,
-            min_margin=args.min_margin,
-            game_weight=args.game_weight,
-            contrastive=tuple(k.strip() for k in args.contrastive.split(",") if k.strip()),
-            policy_sampling={**defaults.policy_sampling, **policy_sampling},
-            judge_sampling={**defaults.judge_sampling, **judge_sampling},
-            system_prompt=args.system_prompt,
-            judge_schemas={"auto": None, "on": True, "off": False}[args.judge_schemas],
-        )
         engine_game = game_lib.load_game(args.game) if args.game else game_lib.default_game()
         manifest = manifest_lib.reconcile(args.out, _manifest(args, config, engine_game), force=args.force)
     except manifest_lib.ManifestMismatch as e:

@@ -49,6 +49,8 @@ __all__ = [
     "target_and_judge",
     "add_run_flags",
     "check_run_flags",
+    "run_judged",
+    "run_cli",
     "guideline_source",
     "answer",
     "parse_plain_verdict",
@@ -482,12 +484,68 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def check_run_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A judged run's flags (usage errors, exit 2): --target and --judge given, the HTTP flags in range."""
+    if not args.target or not args.judge:
+        parser.error("--target and --judge are required (unless --summarize_only)")
     if not args.timeout > 0:
         parser.error(f"--timeout must be > 0 seconds, got {args.timeout}")
     if args.max_retries < 0:
         parser.error(f"--max_retries must be >= 0, got {args.max_retries}")
     if args.backoff < 0:
         parser.error(f"--backoff must be >= 0, got {args.backoff}")
+
+
+def run_judged(
+    evaluate: Callable[..., dict],
+    items: list[dict],
+    args: argparse.Namespace,
+    out_dir: pathlib.Path,
+    *,
+    judge_label: str,
+    settings: dict,
+    pinned: Iterable[str],
+    guidelines: dict | None,
+    meta: dict,
+    **options,
+) -> dict:
+    """A judged CLI's run (constructive, strata_sword): `run.json` written, or checked on resume
+    (`check_run_meta`), with the target, `judge_label`, --max_tokens, --temperature, `settings` and `meta`,
+    pinned on the first four and `pinned`; then ``evaluate(items, target, judge, out_dir, ...)`` with the
+    CLI's target and judge (`target_and_judge`, the judge given `guidelines`), its target sampling,
+    --concurrency, `meta` and `options`. Returns `evaluate`'s summary."""
+    check_run_meta(
+        out_dir,
+        {
+            "target": args.target,
+            "judge": judge_label,
+            "max_tokens": args.max_tokens,
+            "temperature": args.temperature,
+            **settings,
+            **meta,
+        },
+        pinned=("target", "judge", "max_tokens", "temperature", *pinned),
+    )
+    with target_and_judge(args, guidelines=guidelines) as (target, judge):
+        sampling = {"temperature": args.temperature, "max_tokens": args.max_tokens}
+        return evaluate(
+            items, target, judge, out_dir, target_sampling=sampling, concurrency=args.concurrency, meta=meta, **options
+        )
+
+
+def run_cli(
+    summarize: Callable[[], dict], format_summary: Callable[[dict], str], out_dir: pathlib.Path, plot: str
+) -> int:
+    """A judged CLI's exit status: `summarize()` (its run, or --summarize_only), then the summary and the files
+    written (summary.json, `plot`, responses.jsonl) and 0; on bad input (EvalError, ValueError, a missing
+    file) `error: ...` on stderr and 2."""
+    try:
+        summary = summarize()
+    except (EvalError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    print(f"wrote {out_dir / 'summary.json'}, {out_dir / plot}, {out_dir / 'responses.jsonl'}")
+    return 0
 
 
 def guideline_source(choice: str, data_dir) -> tuple[dict | None, str]:

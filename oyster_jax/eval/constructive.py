@@ -43,11 +43,11 @@ from oyster_jax.eval.common import (
     add_run_flags,
     answer,
     check_run_flags,
-    check_run_meta,
     guideline_source,
     pending_items,
+    run_cli,
     run_items,
-    target_and_judge,
+    run_judged,
 )
 from oyster_jax.eval.reference import CONSTRUCTIVE_BETA2
 from oyster_jax.llm.base import BackendError
@@ -348,56 +348,44 @@ def main(argv=None) -> int:
     add_run_flags(parser)
     args = parser.parse_args(argv)
     out_dir = pathlib.Path(args.out)
-    try:
-        betas = _betas(args.betas)
-        if args.game:
-            game.load_game(args.game)  # a bad game file is refused before any item is answered
-        if args.summarize_only:
-            records = list(JsonlStore(out_dir / "responses.jsonl").load(repair=False).values())
-            if not records:
-                raise EvalError(f"{out_dir / 'responses.jsonl'}: no records")
-            for r in records:
-                for field in ("category", "risk_level"):
-                    if field not in r:
-                        raise EvalError(f"{out_dir / 'responses.jsonl'}: record {r['id']!r}: field '{field}' missing")
-            run = json.loads((out_dir / "run.json").read_text("utf-8")) if (out_dir / "run.json").is_file() else {}
-            label = args.judge or next((r["judge"] for r in records if r.get("judge")), "unknown")
-            meta = {k: run[k] for k in SUMMARY_META if k in run}
-            summary = write_outputs(out_dir, records, label, betas, meta, args.game)
-        else:
-            if not args.target or not args.judge:
-                parser.error("--target and --judge are required (unless --summarize_only)")
-            if args.judge == "keyword":
-                parser.error("--judge keyword cannot score satisfaction: the Constructive Score needs an LLM judge")
-            check_run_flags(parser, args)
-            items = load_items(args.items, args.limit)
-            guidelines, source = guideline_source(args.guidelines, args.data_dir)
-            meta = {"guidelines": source, "judge_prompt": args.judge_prompt}
-            check_run_meta(
-                out_dir,
-                {"target": args.target, "judge": args.judge, "items": str(args.items), "max_tokens": args.max_tokens,
-                 "temperature": args.temperature, **meta},
-                pinned=("target", "judge", "max_tokens", "temperature", *SUMMARY_META),
-            )  # fmt: skip
-            with target_and_judge(args, guidelines=guidelines) as (target, judge):
-                sampling = {"temperature": args.temperature, "max_tokens": args.max_tokens}
-                summary = evaluate(
-                    items,
-                    target,
-                    judge,
-                    out_dir,
-                    target_sampling=sampling,
-                    concurrency=args.concurrency,
-                    betas=betas,
-                    meta=meta,
-                    game_file=args.game,
-                )
-    except (EvalError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_summary(summary))
-    print(f"wrote {out_dir / 'summary.json'}, {out_dir / 'beta_sweep.png'}, {out_dir / 'responses.jsonl'}")
-    return 0
+    return run_cli(lambda: _summary(parser, args, out_dir), format_summary, out_dir, "beta_sweep.png")
+
+
+def _summary(parser, args, out_dir: pathlib.Path) -> dict:
+    """The summary of the command line's run (or of the records already in `out_dir`, --summarize_only)."""
+    betas = _betas(args.betas)
+    if args.game:
+        game.load_game(args.game)  # a bad game file is refused before any item is answered
+    if args.summarize_only:
+        records = list(JsonlStore(out_dir / "responses.jsonl").load(repair=False).values())
+        if not records:
+            raise EvalError(f"{out_dir / 'responses.jsonl'}: no records")
+        for r in records:
+            for field in ("category", "risk_level"):
+                if field not in r:
+                    raise EvalError(f"{out_dir / 'responses.jsonl'}: record {r['id']!r}: field '{field}' missing")
+        run = json.loads((out_dir / "run.json").read_text("utf-8")) if (out_dir / "run.json").is_file() else {}
+        label = args.judge or next((r["judge"] for r in records if r.get("judge")), "unknown")
+        meta = {k: run[k] for k in SUMMARY_META if k in run}
+        return write_outputs(out_dir, records, label, betas, meta, args.game)
+    check_run_flags(parser, args)
+    if args.judge == "keyword":
+        parser.error("--judge keyword cannot score satisfaction: the Constructive Score needs an LLM judge")
+    items = load_items(args.items, args.limit)
+    guidelines, source = guideline_source(args.guidelines, args.data_dir)
+    return run_judged(
+        evaluate,
+        items,
+        args,
+        out_dir,
+        judge_label=args.judge,
+        settings={"items": str(args.items)},
+        pinned=SUMMARY_META,
+        guidelines=guidelines,
+        meta={"guidelines": source, "judge_prompt": args.judge_prompt},
+        betas=betas,
+        game_file=args.game,
+    )
 
 
 if __name__ == "__main__":

@@ -48,11 +48,11 @@ from oyster_jax.eval.common import (
     add_run_flags,
     answer,
     check_run_flags,
-    check_run_meta,
     guideline_source,
     pending_items,
+    run_cli,
     run_items,
-    target_and_judge,
+    run_judged,
 )
 from oyster_jax.eval.reference import STRATA_SWORD_AVG_ASR
 from oyster_jax.llm.base import BackendError
@@ -425,66 +425,48 @@ def main(argv=None) -> int:
     add_run_flags(parser)
     args = parser.parse_args(argv)
     out_dir = pathlib.Path(args.out)
-    try:
-        if args.summarize_only:
-            records = read_responses(out_dir / "responses.jsonl")
-            meta = _meta_from_run(out_dir)
-            label = args.judge
-            if label is None:
-                labels = {r.get("judge") for r in records} - {None}
-                label = labels.pop() if len(labels) == 1 else meta.get("judge")
-            label = KEYWORD_LABEL if label == "keyword" else (label or "unknown")
-            summary = write_outputs(out_dir, records, label, {k: v for k, v in meta.items() if k != "judge"})
-        else:
-            if not args.target or not args.judge:
-                parser.error("--target and --judge are required (unless --summarize_only)")
-            if not args.data_dir:
-                parser.error(f"--data_dir is required when $OYSTER_DATA_DIR is not set; {strata_data.HOWTO}")
-            if args.limit is not None and args.limit < 1:
-                parser.error("--limit must be >= 1")
-            check_run_flags(parser, args)
-            languages = [
-                "cn" if v == "zh" else v
-                for v in _csv(args.languages, str, "languages", ("en", "cn", "zh"))
-            ]  # fmt: skip
-            levels = _csv(args.levels, int, "levels", LEVELS)
-            items = load_prompts(args.data_dir, languages, levels, args.limit)
-            judge_label = KEYWORD_LABEL if args.judge == "keyword" else args.judge
-            if args.judge == "keyword":
-                guidelines, source = None, "none (keyword baseline)"
-            else:
-                guidelines, source = guideline_source(args.guidelines, args.data_dir)
-            meta = {"guidelines": source, "judge_prompt": args.judge_prompt, "multi_turn": args.multi_turn}
-            check_run_meta(
-                out_dir,
-                {
-                    "target": args.target,
-                    "judge": judge_label,
-                    "max_tokens": args.max_tokens,
-                    "temperature": args.temperature,
-                    "judge_retries": args.judge_retries,
-                    **meta,
-                },
-                pinned=("target", "judge", "max_tokens", "temperature", *SUMMARY_META),
-            )
-            with target_and_judge(args, guidelines=guidelines) as (target, judge):
-                sampling = {"temperature": args.temperature, "max_tokens": args.max_tokens}
-                summary = evaluate(
-                    items,
-                    target,
-                    judge,
-                    out_dir,
-                    target_sampling=sampling,
-                    concurrency=args.concurrency,
-                    multi_turn=args.multi_turn,
-                    meta=meta,
-                )
-    except (EvalError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_summary(summary))
-    print(f"wrote {out_dir / 'summary.json'}, {out_dir / 'asr.png'}, {out_dir / 'responses.jsonl'}")
-    return 0
+    return run_cli(lambda: _summary(parser, args, out_dir), format_summary, out_dir, "asr.png")
+
+
+def _summary(parser, args, out_dir: pathlib.Path) -> dict:
+    """The summary of the command line's run (or of the records already in `out_dir`, --summarize_only)."""
+    if args.summarize_only:
+        records = read_responses(out_dir / "responses.jsonl")
+        meta = _meta_from_run(out_dir)
+        label = args.judge
+        if label is None:
+            labels = {r.get("judge") for r in records} - {None}
+            label = labels.pop() if len(labels) == 1 else meta.get("judge")
+        label = KEYWORD_LABEL if label == "keyword" else (label or "unknown")
+        return write_outputs(out_dir, records, label, {k: v for k, v in meta.items() if k != "judge"})
+    check_run_flags(parser, args)
+    if not args.data_dir:
+        parser.error(f"--data_dir is required when $OYSTER_DATA_DIR is not set; {strata_data.HOWTO}")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be >= 1")
+    languages = [
+        "cn" if v == "zh" else v
+        for v in _csv(args.languages, str, "languages", ("en", "cn", "zh"))
+    ]  # fmt: skip
+    levels = _csv(args.levels, int, "levels", LEVELS)
+    items = load_prompts(args.data_dir, languages, levels, args.limit)
+    judge_label = KEYWORD_LABEL if args.judge == "keyword" else args.judge
+    if args.judge == "keyword":
+        guidelines, source = None, "none (keyword baseline)"
+    else:
+        guidelines, source = guideline_source(args.guidelines, args.data_dir)
+    return run_judged(
+        evaluate,
+        items,
+        args,
+        out_dir,
+        judge_label=judge_label,
+        settings={"judge_retries": args.judge_retries},
+        pinned=SUMMARY_META,
+        guidelines=guidelines,
+        meta={"guidelines": source, "judge_prompt": args.judge_prompt, "multi_turn": args.multi_turn},
+        multi_turn=args.multi_turn,
+    )
 
 
 if __name__ == "__main__":

@@ -271,7 +271,9 @@ class Engine:
         decode_attention: str = "xla",
         max_prefill_batch: int | None = None,
     ):
-        self.cfg, self.params, self.tokenizer = cfg, params, tokenizer
+        # Placed once: a host (numpy) tree would be re-sent to the device on every step. Arrays that are
+        # already placed (sharded over a mesh) pass through unchanged.
+        self.cfg, self.params, self.tokenizer = cfg, jax.device_put(params), tokenizer
         self.max_prefill_batch = max(1, max_prefill_batch or max_batch)
         self.eos_ids = frozenset(int(e) for e in eos_ids)
         self.max_batch = max_batch
@@ -305,6 +307,7 @@ class Engine:
         self._slots: list[_Choice | None] = [None] * B
         self._waiting: collections.deque[Request] = collections.deque()
         self._cv = threading.Condition()
+        self._device_lock = threading.Lock()  # the loop's admit + step, or a warm-up: never both
         self._closed = False
         self.steps = 0  # counters for tests and benchmarks
         self.prefills = 0  # prefill calls (several requests joining together share one)
@@ -320,6 +323,37 @@ class Engine:
             if self._grammars is None:
                 self._grammars = Grammars(self.tokenizer, self.cfg.vocab_size, sorted(self.eos_ids))
             return self._grammars
+
+    def warmup(self, prompt_tokens: int, max_tokens: int) -> int:
+        """Compile, before serving, every program that requests of about `prompt_tokens` prompt tokens and
+        up to `max_tokens` new ones can meet: the prefill and slot copy for each group size, the step for
+        each (rows, positions) bucket. Otherwise the first request to reach a new bucket waits for its
+        compile (seconds on a real model) and every request in the batch with it. -> programs run.
+
+        Only while idle (nothing running or queued): the programs run on free slots, which every admitted
+        request overwrites."""
+        with self._cv:
+            if self._waiting or any(self._slots):
+                raise RuntimeError("warmup() needs an idle engine (call it before submitting requests)")
+        P = min(bucket_length(max(1, prompt_tokens - 1)), self.max_seq_len)
+        last = min(prompt_tokens + max_tokens, self.max_seq_len)
+        spans = sorted({min(bucket_length(n, minimum=64), self.max_seq_len) for n in range(prompt_tokens, last + 1)})
+        row_buckets = sorted({min(bucket_batch(n), self.max_batch) for n in range(1, self.max_batch + 1)})
+        prefill_rows = sorted({min(bucket_batch(n), self.max_prefill_batch) for n in range(1, self.max_batch + 1)})
+        runs = 0
+        with self._device_lock:
+            for R in prefill_rows:
+                cache = _prefill(self.cfg, self.params, jnp.zeros((R, P), jnp.int32))
+                self._state.cache = _insert(self._state.cache, cache, jnp.int32(0), jnp.int32(0))
+                runs += 1
+            for rows in row_buckets:
+                x = jax.tree.map(lambda a, rows=rows: a[:rows].copy(), self._host)
+                x.reset[:] = True  # free rows' penalty counts start from zero either way
+                for span in spans:
+                    self._state, out = _step(self.cfg, self.decode_attention, span, self.params, self._state, x)
+                    jax.block_until_ready(out)
+                    runs += 1
+        return runs
 
     def submit(self, prompt: Sequence[int], params: SamplingParams, n: int = 1, sink=None) -> Request:
         """Queue a request; `sink(TokenEvent)` is called from the engine thread for every step of every
@@ -415,10 +449,11 @@ class Engine:
                 admitted = self._take_admissible()
                 self._cv.notify_all()  # callers blocked on a full queue
             try:
-                self._admit(admitted)
-                self._drop_cancelled()
-                if any(self._slots):
-                    self._step_once()
+                with self._device_lock:
+                    self._admit(admitted)
+                    self._drop_cancelled()
+                    if any(self._slots):
+                        self._step_once()
             except Exception as e:  # noqa: BLE001  (every running row learns why; the engine keeps serving)
                 log.exception("engine step failed")
                 self._fail_all(f"{type(e).__name__}: {e}")

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from oyster_jax.models.attention import ATTENTION_IMPLS
 from oyster_jax.models.backend import MATH_IMPLS
+from oyster_jax.models.lora import LoraConfig, LoraConfigError
 
 # HF `architectures[0]` -> our architecture family. Everything else is refused with a clear error.
 HF_ARCHITECTURES = {
@@ -79,8 +80,16 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
+    # Low-rank adapters on the projections (models.lora); None: none. Left out of to_dict() when None, so the
+    # model_config.json of a model without adapters is what it always was.
+    lora: LoraConfig | None = None
 
     def __post_init__(self):
+        if isinstance(self.lora, dict):
+            try:
+                object.__setattr__(self, "lora", LoraConfig.from_dict(self.lora))
+            except (LoraConfigError, TypeError) as e:
+                raise ConfigError(str(e)) from e
         if self.arch not in _HF_NAME:
             raise ConfigError(f"arch={self.arch!r}: expected one of {sorted(_HF_NAME)}")
         if self.num_heads % self.num_kv_heads:
@@ -118,6 +127,10 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["rope_scaling"] = self.rope_scaling_dict or None
+        if self.lora is None:
+            del d["lora"]
+        else:
+            d["lora"] = self.lora.to_dict()
         if isinstance(self.eos_token_id, tuple):
             d["eos_token_id"] = list(self.eos_token_id)
         return d

@@ -50,11 +50,16 @@ def forward(cfg: ModelConfig, params, tokens, positions=None, segment_ids=None) 
     return Transformer(cfg).apply({"params": params}, tokens, positions, segment_ids)
 
 
-def hidden_states(cfg: ModelConfig, params, tokens, positions=None, segment_ids=None, branch_ids=None) -> jax.Array:
-    """Final-normed hidden states [B, T, D] in the compute dtype (for chunked losses over large vocabs)."""
+def hidden_states(
+    cfg: ModelConfig, params, tokens, positions=None, segment_ids=None, branch_ids=None, dropout_rng=None
+) -> jax.Array:
+    """Final-normed hidden states [B, T, D] in the compute dtype (for chunked losses over large vocabs).
+
+    `dropout_rng` turns on the dropout of LoRA adapters (`cfg.lora.dropout`); the base has no dropout."""
     tokens, positions, segment_ids = _inputs(tokens, positions, segment_ids)
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return Transformer(cfg).apply(
-        {"params": params}, tokens, positions, segment_ids, branch_ids, method=Transformer.hidden_states
+        {"params": params}, tokens, positions, segment_ids, branch_ids, method=Transformer.hidden_states, rngs=rngs
     )
 
 

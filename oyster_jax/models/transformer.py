@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from oyster_jax.models import backend
+from oyster_jax.models import backend, lora
 from oyster_jax.models.attention import attention
 from oyster_jax.models.config import REMAT_POLICIES, ModelConfig, dtype_of
 
@@ -113,6 +113,14 @@ class Attention(nn.Module):
             q = jnp.einsum("BTD,DNH->BTNH", x, wq.astype(dt))
             k = jnp.einsum("BTD,DKH->BTKH", x, wk.astype(dt))
             v = jnp.einsum("BTD,DKH->BTKH", x, wv.astype(dt))
+        for target, out_axes, out_dims in (
+            ("q", ("heads", "head_dim"), (N, H)),
+            ("k", ("kv_heads", "head_dim"), (K, H)),
+            ("v", ("kv_heads", "head_dim"), (K, H)),
+        ):
+            d = lora.delta(self, cfg.lora, target, x, ("embed",), out_axes, out_dims, dt)
+            if d is not None:
+                q, k, v = (q + d, k, v) if target == "q" else (q, k + d, v) if target == "k" else (q, k, v + d)
         if cfg.qkv_bias:
             zeros = nn.initializers.zeros
             q = q + _param(self, "q_bias", (N, H), ("heads", "head_dim"), zeros, pdt).astype(dt)
@@ -133,10 +141,13 @@ class Attention(nn.Module):
             )
         out = attend(q, k, v)
         out = nn.with_logical_constraint(out, (BATCH, LENGTH, ACT_HEADS, None))
+        d_o = lora.delta(self, cfg.lora, "o", out, ("heads", "head_dim"), ("embed",), (D,), dt)
         if cpu_tuned:
             out = (out.reshape(B * T, N * H) @ wo.astype(dt).reshape(N * H, D)).reshape(B, T, D)
         else:
             out = jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt))
+        if d_o is not None:
+            out = out + d_o
         if cfg.o_bias:
             out = out + _param(self, "o_bias", (D,), ("embed",), nn.initializers.zeros, pdt).astype(dt)
         return out
@@ -154,6 +165,8 @@ class MLP(nn.Module):
         w_up = _param(self, "up_proj", (D, F), ("embed", "mlp"), _normal(D), pdt)
         w_down = _param(self, "down_proj", (F, D), ("mlp", "embed"), _normal(F), pdt)
         B, T, _ = x.shape
+        if cfg.lora is not None and {"gate", "up", "down"} & set(cfg.lora.targets):  # adapters on the MLP
+            return self._with_adapters(x, w_gate, w_up, w_down, dt)
         if not backend.cpu_tuned(cfg.math_impl):
             gate = jnp.einsum("BTD,DF->BTF", x, w_gate.astype(dt))
             up = jnp.einsum("BTD,DF->BTF", x, w_up.astype(dt))
@@ -166,6 +179,21 @@ class MLP(nn.Module):
         h = jax.nn.silu(x2 @ w_gate.astype(dt)) * (x2 @ w_up.astype(dt))
         h = nn.with_logical_constraint(h, (BATCH, ACT_MLP))
         return (h @ w_down.astype(dt)).reshape(B, T, D)
+
+    def _with_adapters(self, x, w_gate, w_up, w_down, dt):
+        # The plain einsum path plus each adapter's low-rank term (models.lora.delta).
+        cfg = self.cfg
+        F = cfg.intermediate_size
+        gate = jnp.einsum("BTD,DF->BTF", x, w_gate.astype(dt))
+        up = jnp.einsum("BTD,DF->BTF", x, w_up.astype(dt))
+        for target in ("gate", "up"):
+            d = lora.delta(self, cfg.lora, target, x, ("embed",), ("mlp",), (F,), dt)
+            if d is not None:
+                gate, up = (gate + d, up) if target == "gate" else (gate, up + d)
+        h = nn.with_logical_constraint(jax.nn.silu(gate) * up, (BATCH, LENGTH, ACT_MLP))
+        out = jnp.einsum("BTF,FD->BTD", h, w_down.astype(dt))
+        d = lora.delta(self, cfg.lora, "down", h, ("mlp",), ("embed",), (cfg.hidden_size,), dt)
+        return out if d is None else out + d
 
 
 class DecoderLayer(nn.Module):
@@ -217,7 +245,7 @@ class Transformer(nn.Module):
             self.layers = nn.scan(
                 layer_cls,
                 variable_axes={"params": 0},
-                split_rngs={"params": True},
+                split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},

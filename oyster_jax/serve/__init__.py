@@ -46,6 +46,13 @@ def main(argv=None) -> int:
     parser.add_argument("--max_seq_len", type=int, help="positions per slot (default: the model's, <= 4096)")
     parser.add_argument("--max_queue", type=int, default=64, help="requests that may wait for a slot (then 429)")
     parser.add_argument("--decode_attention", default="xla", help="xla | pallas")
+    parser.add_argument(
+        "--warmup_prompt_tokens",
+        type=int,
+        default=0,
+        help="before listening, compile every program that prompts of about this many tokens and up to "
+        "--max_tokens new ones meet (0 = off: the first request to reach each batch size waits for its compile)",
+    )
     parser.add_argument("--api_key_env", help="require this environment variable's value as the bearer key")
     parser.add_argument("--request_timeout", type=float, default=600.0, help="seconds a request may wait for a token")
     parser.add_argument("--keep_alive_timeout", type=int, default=5, help="seconds an idle connection is kept")
@@ -74,6 +81,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"[serve] error: {e}", file=sys.stderr)
         return 2
+    if args.warmup_prompt_tokens > 0:
+        runs = engine.warmup(args.warmup_prompt_tokens, args.max_tokens)
+        print(f"[serve] warm-up: {runs} programs compiled", flush=True)
     server = Server(
         engine,
         args.model_name or ckpt.absolute().name,

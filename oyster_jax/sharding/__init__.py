@@ -7,7 +7,9 @@ with use_rules(mesh, rules): ...                            # activation constra
 
 from oyster_jax.sharding.mesh import (
     MESH_AXES,
+    active_spec,
     batch_sharding,
+    constrain,
     logical_to_sharding,
     make_mesh,
     parse_mesh_spec,
@@ -19,7 +21,9 @@ from oyster_jax.sharding.mesh import (
 
 __all__ = [
     "MESH_AXES",
+    "active_spec",
     "batch_sharding",
+    "constrain",
     "logical_to_sharding",
     "make_mesh",
     "parse_mesh_spec",

@@ -104,6 +104,26 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def active_spec(shape, logical: tuple) -> PartitionSpec | None:
+    """The PartitionSpec that the active `use_rules` gives logical axes `logical` of an array of `shape` (None
+    outside `use_rules`), any dim a mesh axis cannot divide replicated, as `logical_to_sharding` places
+    parameters."""
+    rules = nn.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return None
+    return logical_to_sharding(PartitionSpec(*logical), shape, mesh, rules).spec
+
+
+def constrain(x: jax.Array, logical: tuple) -> jax.Array:
+    """`x` constrained to the logical axes `logical` under the active `use_rules` (`active_spec`); a no-op
+    outside it."""
+    spec = active_spec(x.shape, logical)
+    if spec is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(jax.sharding.get_abstract_mesh(), spec))
+
+
 @contextlib.contextmanager
 def use_rules(mesh: Mesh, rules=None):
     """Activation constraints (`nn.with_logical_constraint`) resolve against `mesh` with `rules`."""

@@ -17,6 +17,8 @@ An experiment config is an `ml_collections.ConfigDict` with these fields (defaul
                      logits_chunk; pref also loss (orpo|dpo|ipo|simpo), orpo_lambda, beta, simpo_gamma,
                      label_smoothing, reference (frozen|precomputed, DPO/IPO only)
     checkpoint       every_steps, keep, async_save
+    lora             rank (0: off, full fine-tuning), alpha, dropout, targets (of q,k,v,o,gate,up,down), base_dtype
+                     ("" = model.param_dtype; "bfloat16" stores the frozen base in bf16): see docs/training.md
     log_every, peak_tflops (per device; 0: the chip's bf16 peak from train/metrics.py, measured on CPU),
     fresh, throttle_seconds, synthetic_data
     evals, eval_every_steps, eval_batch_size, eval_max_batches   held-out evaluations inside train()
@@ -37,7 +39,8 @@ import ml_collections
 from oyster_jax.configs.sharding import RECIPES
 from oyster_jax.core import chat
 from oyster_jax.models import ModelConfig
-from oyster_jax.models.config import ConfigError, load_config
+from oyster_jax.models.config import DTYPES, ConfigError, load_config
+from oyster_jax.models.lora import TARGETS, LoraConfig, LoraConfigError
 from oyster_jax.sharding import parse_mesh_spec
 from oyster_jax.train.losses import PREFERENCE_LOSSES
 
@@ -91,6 +94,18 @@ def pref_defaults(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
+def lora_defaults(**overrides) -> ml_collections.ConfigDict:
+    """LoRA (models.lora): rank 0 is off. With rank > 0 only the adapters train and are checkpointed."""
+    c = ml_collections.ConfigDict()
+    c.rank = 0
+    c.alpha = 16.0  # the adapter's output is scaled by alpha / rank (PEFT's lora_alpha)
+    c.dropout = 0.0  # on the adapter's input only
+    c.targets = ",".join(TARGETS)  # a comma-separated subset of q,k,v,o,gate,up,down
+    c.base_dtype = ""  # "" = model.param_dtype; e.g. "bfloat16" halves the frozen base's memory
+    c.update(overrides)
+    return c
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = model_fields("tiny")
@@ -125,6 +140,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft = stage_defaults()
     c.pref = pref_defaults()
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, async_save=True))
+    c.lora = lora_defaults()
     c.log_every = 1
     c.peak_tflops = 0.0  # per device; 0 = the chip's bf16 dense peak (train/metrics.py), on CPU the measured matmul
     c.fresh = False  # a workdir holding another model's checkpoints: move them aside and start over
@@ -144,6 +160,7 @@ def model_fields(name_or_path: str, **runtime) -> ml_collections.ConfigDict:
     d = load_config(name_or_path, "models").to_dict()
     full = dataclasses.asdict(ModelConfig.from_dict(d))
     full["rope_scaling"] = d.get("rope_scaling")
+    full.pop("lora", None)  # adapters are the experiment's (config.lora), not the model file's
     full.update(runtime)
     if isinstance(full.get("eos_token_id"), tuple):
         full["eos_token_id"] = list(full["eos_token_id"])
@@ -225,11 +242,30 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict[str, str]) -
 
 
 def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
+    """config.model as a ModelConfig, with config.lora's adapters (and base dtype) when lora.rank > 0."""
     d = cfg.model.to_dict()
     try:
-        return ModelConfig.from_dict(d)
+        model = ModelConfig.from_dict(d)
     except (ConfigError, TypeError) as e:
         raise ConfigError(f"config.model: {e}") from e
+    return with_lora(model, cfg.get("lora"))
+
+
+def with_lora(model: ModelConfig, lora_cfg) -> ModelConfig:
+    """`model` with the adapters of config.lora (unchanged when there is none or lora.rank is 0)."""
+    if lora_cfg is None or int(lora_cfg.get("rank", 0)) == 0:
+        return model
+    base_dtype = str(lora_cfg.get("base_dtype", "") or "")
+    if base_dtype and base_dtype not in DTYPES:
+        raise ConfigError(f"config.lora.base_dtype={base_dtype!r}: expected '' or one of {', '.join(DTYPES)}")
+    targets = lora_cfg.get("targets", ",".join(TARGETS))
+    try:
+        lora = LoraConfig(
+            rank=int(lora_cfg.rank), alpha=float(lora_cfg.alpha), dropout=float(lora_cfg.dropout), targets=targets
+        )
+    except (LoraConfigError, TypeError, ValueError) as e:
+        raise ConfigError(f"config.{e}") from e
+    return model.replace(lora=lora, **({"param_dtype": base_dtype} if base_dtype else {}))
 
 
 def stages_of(cfg) -> list[str]:

@@ -11,6 +11,10 @@ The step takes the stage's hyper-parameters as a `train.stage.Hyper` (`hp.loss_n
 
 Weights and masks are aligned with `tokens`: weight[t] says whether token t is trained on, so the
 target of position t is token t+1 with weight[t+1] (and only inside the same segment).
+With LoRA (`cfg.lora`), `state["params"]` holds only the adapters: the step differentiates with respect to them,
+the frozen base comes as the third argument (never updated, no optimizer state), and for DPO / IPO the same
+base is the reference: the forward pass with the adapters off (one more forward of the base per step, no copy).
+
 The leading axis is split into `microbatches` slices that `lax.scan` runs one after the other; every
 normaliser (total loss weight, total chosen tokens) is computed on the whole batch first, so the summed
 gradient equals that of the whole batch at once.
@@ -23,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from oyster_jax import models
+from oyster_jax.models import lora as lora_lib
 from oyster_jax.train import guard, losses
 from oyster_jax.train import stage as stage_lib
 from oyster_jax.train.head_logprobs import head_logprobs
@@ -69,10 +74,10 @@ def target_logprobs(cfg: models.ModelConfig, params, h: jax.Array, targets: jax.
     return jnp.moveaxis(out, 0, 1).reshape(B, T)
 
 
-def _forward_logprobs(cfg, params, tokens, weights, segment_ids, positions, chunk_tokens):
+def _forward_logprobs(cfg, params, tokens, weights, segment_ids, positions, chunk_tokens, dropout_rng=None):
     """[R, T] rows -> (log p(target) [R, T], target weights [R, T])."""
     targets, tw = shifted_targets(tokens, weights, segment_ids)
-    h = models.hidden_states(cfg, params, tokens, positions, segment_ids)
+    h = models.hidden_states(cfg, params, tokens, positions, segment_ids, dropout_rng=dropout_rng)
     return target_logprobs(cfg, params, h, targets, chunk_tokens), tw
 
 
@@ -88,20 +93,22 @@ def sequence_logprobs(cfg, params, tokens, mask, segment_ids, positions, chunk_t
 # ------------------------------------------------------------------------------------------------
 
 
-def sft_microbatch_loss(cfg, hp: stage_lib.Hyper, params, mb, totals, num_micro):
+def sft_microbatch_loss(cfg, hp: stage_lib.Hyper, params, mb, totals, num_micro, dropout_rng=None):
     logp, tw = _forward_logprobs(
-        cfg, params, mb["tokens"], mb["loss_weights"], mb["segment_ids"], mb["positions"], hp.logits_chunk
+        cfg, params, mb["tokens"], mb["loss_weights"], mb["segment_ids"], mb["positions"], hp.logits_chunk, dropout_rng
     )
     scale = num_micro / totals["weight"]
     loss = -jnp.sum(logp * tw) * scale
     return loss, {"loss": loss, "loss_tokens": jnp.sum(tw) * num_micro}
 
 
-def _shared_pair_logprobs(cfg, params, rows: dict, chunk_tokens: int, with_prompt: bool):
+def _shared_pair_logprobs(cfg, params, rows: dict, chunk_tokens: int, with_prompt: bool, dropout_rng=None):
     """`pair_logprobs` of shared-prompt rows [M, L] (`layouts.SharedPrompt`): one pass per pair."""
     tokens = rows["tokens"]
     targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=-1)
-    h = models.hidden_states(cfg, params, tokens, rows["positions"], rows["segment_ids"], rows["branch_ids"])
+    h = models.hidden_states(
+        cfg, params, tokens, rows["positions"], rows["segment_ids"], rows["branch_ids"], dropout_rng=dropout_rng
+    )
     logp = target_logprobs(cfg, params, h, targets, chunk_tokens)  # [M, L]
     # The rejected completion's first token, predicted from the prompt's last position.
     h_fork = jnp.take_along_axis(h, rows["fork_index"][:, None, None], axis=1)[:, 0]  # [M, D]
@@ -118,7 +125,7 @@ def _shared_pair_logprobs(cfg, params, rows: dict, chunk_tokens: int, with_promp
     return out
 
 
-def pair_logprobs(cfg, params, pairs: dict, chunk_tokens: int = 0, with_prompt: bool = False):
+def pair_logprobs(cfg, params, pairs: dict, chunk_tokens: int = 0, with_prompt: bool = False, dropout_rng=None):
     """Pairs [M, 2, T] -> (summed completion log-prob, completion target count), each [M, (chosen, rejected)].
 
     Chosen and rejected rows run through one forward pass ([2M, T]). With `with_prompt`, also the sum and
@@ -126,12 +133,12 @@ def pair_logprobs(cfg, params, pairs: dict, chunk_tokens: int = 0, with_prompt: 
     with `branch_ids`, `layouts.SharedPrompt`) give the same values from one row per pair.
     """
     if "branch_ids" in pairs:
-        return _shared_pair_logprobs(cfg, params, pairs, chunk_tokens, with_prompt)
+        return _shared_pair_logprobs(cfg, params, pairs, chunk_tokens, with_prompt, dropout_rng)
     tokens, mask, seg = (
         pairs[k].reshape((-1,) + pairs[k].shape[2:]) for k in ("tokens", "completion_mask", "segment_ids")
     )
     positions = pairs["positions"].reshape(tokens.shape)
-    logp, tw = _forward_logprobs(cfg, params, tokens, mask, seg, positions, chunk_tokens)
+    logp, tw = _forward_logprobs(cfg, params, tokens, mask, seg, positions, chunk_tokens, dropout_rng)
     out = (jnp.sum(logp * tw, axis=-1).reshape(-1, 2), jnp.sum(tw, axis=-1).reshape(-1, 2))
     if with_prompt:
         _, tw_all = shifted_targets(tokens, jnp.ones_like(mask), seg)
@@ -139,10 +146,14 @@ def pair_logprobs(cfg, params, pairs: dict, chunk_tokens: int = 0, with_prompt: 
     return out
 
 
-def pref_microbatch_loss(cfg, hp: stage_lib.Hyper, params, mb, totals, num_micro, ref_params=None):
+def pref_microbatch_loss(cfg, hp: stage_lib.Hyper, params, mb, totals, num_micro, ref_params=None, dropout_rng=None):
+    """`ref_params` are the reference model's: a frozen copy of the start, or with LoRA the base alone (the
+    reference is then the same network with the adapters off, `lora.without_adapters(cfg)`)."""
     loss_name = hp.loss_name
     nll_on_prompt = hp.orpo_nll_on_prompt
-    sums, counts, *all_tokens = pair_logprobs(cfg, params, mb, hp.logits_chunk, with_prompt=nll_on_prompt)
+    sums, counts, *all_tokens = pair_logprobs(
+        cfg, params, mb, hp.logits_chunk, with_prompt=nll_on_prompt, dropout_rng=dropout_rng
+    )
     safe_counts = jnp.maximum(counts, 1.0)
     policy = sums / safe_counts if loss_name in _MEAN_LOGPS else sums
     # An empty pair (batch padding) has no completion tokens: it must not enter the means over pairs.
@@ -159,7 +170,8 @@ def pref_microbatch_loss(cfg, hp: stage_lib.Hyper, params, mb, totals, num_micro
         if "ref_logps" in mb:
             ref = mb["ref_logps"]
         else:
-            ref_sums, _ = pair_logprobs(cfg, jax.lax.stop_gradient(ref_params), mb, hp.logits_chunk)
+            ref_cfg = lora_lib.without_adapters(cfg)
+            ref_sums, _ = pair_logprobs(ref_cfg, jax.lax.stop_gradient(ref_params), mb, hp.logits_chunk)
             ref = ref_sums / safe_counts if loss_name in _MEAN_LOGPS else ref_sums
         ref = jax.lax.stop_gradient(ref)
         if loss_name == "dpo":
@@ -208,32 +220,44 @@ def _split_micro(batch, num_micro: int):
 
 
 def make_train_step(cfg: models.ModelConfig, hp: stage_lib.Hyper, optimizer: optax.GradientTransformation):
-    """-> step(state, batch, ref_params) -> (state, metrics) for the loss `hp.loss_name`."""
-    num_micro = int(hp.microbatches)
+    """-> step(state, batch, frozen) -> (state, metrics) for the loss `hp.loss_name`.
 
-    def microbatch_loss(params, mb, totals, ref_params):
+    `frozen`: None, or the frozen copy of the start parameters (the DPO / IPO reference); with LoRA the base
+    parameters, always given (`state["params"]` are the adapters)."""
+    num_micro = int(hp.microbatches)
+    use_lora = cfg.lora is not None
+    use_dropout = use_lora and cfg.lora.dropout > 0
+
+    def microbatch_loss(trainable, mb, totals, frozen, rng):
+        params = lora_lib.merge(frozen, trainable) if use_lora else trainable
         if not hp.is_pref:
-            return sft_microbatch_loss(cfg, hp, params, mb, totals, num_micro)
-        return pref_microbatch_loss(cfg, hp, params, mb, totals, num_micro, ref_params)
+            return sft_microbatch_loss(cfg, hp, params, mb, totals, num_micro, rng)
+        return pref_microbatch_loss(cfg, hp, params, mb, totals, num_micro, frozen, rng)
 
     grad_fn = jax.value_and_grad(microbatch_loss, has_aux=True)
 
-    def step(state, batch, ref_params=None):
+    def step(state, batch, frozen=None):
         params = state["params"]
         totals = _batch_totals(hp, batch)
+        rng = None
+        if use_dropout:  # a new dropout mask every step (and microbatch), reproducible on resume
+            rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         if num_micro == 1:
-            (_, metrics), grads = grad_fn(params, batch, totals, ref_params)
+            (_, metrics), grads = grad_fn(params, batch, totals, frozen, rng)
         else:
             micro = _split_micro(batch, num_micro)
 
-            def body(acc, mb):
-                (_, m), g = grad_fn(params, mb, totals, ref_params)
+            def body(acc, xs):
+                mb, i = xs
+                mb_rng = None if rng is None else jax.random.fold_in(rng, i)
+                (_, m), g = grad_fn(params, mb, totals, frozen, mb_rng)
                 return jax.tree.map(jnp.add, acc, (g, m)), None
 
             zeros_g = jax.tree.map(jnp.zeros_like, params)
-            m_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), totals, ref_params))
+            m_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), totals, frozen, rng))
             zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape[0][1])
-            (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), micro)
+            steps = jnp.arange(num_micro, dtype=jnp.int32)
+            (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), (micro, steps))
             grads = jax.tree.map(lambda g: g / num_micro, grads)
             metrics = jax.tree.map(lambda m: m / num_micro, metrics)
         grad_norm = optax.global_norm(grads)

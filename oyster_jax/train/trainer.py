@@ -11,7 +11,12 @@ Workdir layout (one directory per stage, so a chained run resumes in whichever s
     W/<stage>/evals.jsonl         held-out evaluations (config.evals, train.evals)
     W/<stage>/tokenizer/          the tokenizer of the data, with its chat template (Hugging Face layout)
     W/<stage>/DONE.json           written when the stage has finished (a rerun skips it)
+    W/<stage>/lora.json           LoRA runs: the base model's path and fingerprint (a different base is refused)
     W/curves.png                  the curves of every stage
+
+With LoRA (config.lora.rank > 0) the train state's `params` are the adapters alone: they and their optimizer
+state are what checkpoints hold; the base is loaded (init_from, or the seed's random init) at every start and
+must match the fingerprint recorded in lora.json. `StageResult.params` is base + adapters (models.lora.merge).
 
 Each stage reads the experiment config once, into a frozen `train.stage.StageSpec`; everything below the
 loop (step, batches, reference, evaluations) takes that description.
@@ -34,6 +39,7 @@ from etils import epath
 from tqdm import tqdm
 
 from oyster_jax import distributed, models
+from oyster_jax.models import lora as lora_lib
 from oyster_jax.models import param_shardings
 from oyster_jax.sharding import batch_sharding, replicated, resolve_rules, use_rules
 from oyster_jax.train import batches as batches_lib
@@ -114,6 +120,19 @@ class _StopFlag:
 # ------------------------------------------------------------------------------------------------
 # Shardings
 # ------------------------------------------------------------------------------------------------
+
+
+def trainable_params(cfg: models.ModelConfig, mesh, rules):
+    """(abstract, shardings) of what the optimizer trains: every parameter, or with LoRA the adapters."""
+    abstract, sh = models.abstract_params(cfg), param_shardings(cfg, mesh, rules)
+    if cfg.lora is None:
+        return abstract, sh
+    return lora_lib.split(abstract)[1], lora_lib.split(sh)[1]
+
+
+def base_shardings(cfg: models.ModelConfig, mesh, rules):
+    """Shardings of the base parameters (all of them without LoRA)."""
+    return param_shardings(lora_lib.without_adapters(cfg), mesh, rules)
 
 
 def state_shardings(abstract_state, param_sh, mesh):
@@ -238,6 +257,37 @@ def _check_same_model(stage_dir: epath.Path, cfg: models.ModelConfig, fresh: boo
     log.warning("config.fresh: moved checkpoints of another model (%s) to %s", detail, aside)
 
 
+LORA_FILE = "lora.json"
+
+
+def _check_same_base(stage_dir: epath.Path, spec: StageSpec, fp: str) -> None:
+    """LoRA: refuse adapters trained on another base (W/<stage>/lora.json records the base's path and
+    fingerprint); record them when the stage starts."""
+    path = stage_dir / LORA_FILE
+    mine = {
+        "base_model": spec.init_from or f"random init, seed {spec.seed}",
+        "base_path": str(epath.Path(spec.init_from).absolute()) if spec.init_from else "",
+        "seed": spec.seed,
+        "base_fingerprint": fp,
+        "base_dtype": spec.model.param_dtype,
+        "lora": spec.model.lora.to_dict(),
+    }
+    saved = _read_json(path)
+    if _has_saved_state(stage_dir) and saved is not None and saved.get("base_fingerprint") != fp:
+        if not spec.fresh:
+            raise WorkdirMismatchError(
+                f"{stage_dir} holds adapters trained on another base model: {path} records base "
+                f"{saved.get('base_model')!r} (fingerprint {saved.get('base_fingerprint')}, "
+                f"{saved.get('base_dtype')}), this run's base is {mine['base_model']!r} (fingerprint {fp}, "
+                f"{mine['base_dtype']}). Use the same config.init_from and config.lora.base_dtype, another "
+                "--workdir, or --config.fresh=true to move the stage aside and start from scratch"
+            )
+        _move_stage_aside(stage_dir, f"adapters of another base ({saved.get('base_model')!r})")
+    if saved != mine or not path.exists():
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        workdir_lib.write_json(path, mine)
+
+
 def _read_done(stage_dir: epath.Path) -> dict | None:
     """DONE.json of a finished stage, or None. An unreadable one (torn by a crash of an older version) is
     moved aside with a warning: the stage then resumes from its newest checkpoint, which is the final step."""
@@ -286,8 +336,12 @@ def _runtime_overrides(cfg: models.ModelConfig) -> dict:
 
 
 def initial_params(spec: StageSpec, workdir: epath.Path):
-    """(ModelConfig, params placed with their shardings) that the stage starts from."""
+    """(ModelConfig, params placed with their shardings) that the stage starts from. With LoRA: the base
+    parameters only (init_from or the random init of the seed); the adapters come from `initial_adapters`."""
     cfg, mesh, rules = spec.model, spec.mesh, spec.rules
+    if cfg.lora is not None:
+        spec = dataclasses.replace(spec, model=lora_lib.without_adapters(cfg), start_from_stage="")
+        return cfg, initial_params(spec, workdir)[1]
     if spec.start_from_stage:  # chained: start from the earlier stage's final parameters
         return load_stage_params(workdir / spec.start_from_stage, cfg, mesh, rules)
     source = spec.init_from
@@ -321,8 +375,24 @@ def initial_params(spec: StageSpec, workdir: epath.Path):
     return cfg, jax.device_put(params, sh)
 
 
+def initial_adapters(spec: StageSpec, workdir: epath.Path):
+    """LoRA: the adapters a stage starts from: the earlier stage's final ones (chained), else fresh (A random,
+    B zero: the start model is the base)."""
+    cfg, mesh, rules = spec.model, spec.mesh, spec.rules
+    if spec.start_from_stage:
+        return load_stage_params(workdir / spec.start_from_stage, cfg, mesh, rules)[1]
+    _, sh = trainable_params(cfg, mesh, rules)
+    init = _cached(
+        ("init_adapters", cfg, mesh, rules),
+        lambda: jax.jit(lambda k: lora_lib.split(models.init_params(cfg, k))[1], out_shardings=sh),
+    )  # the base's initialisation is dead code here: XLA drops it
+    with use_rules(mesh, rules):
+        return init(jax.random.key(spec.seed))
+
+
 def load_stage_params(stage_dir: epath.Path, cfg: models.ModelConfig, mesh, rules):
-    """Final parameters of a finished stage, restored into the current mesh's shardings."""
+    """Final parameters of a finished stage (with LoRA: its adapters), restored into the current mesh's
+    shardings."""
     import orbax.checkpoint as ocp
 
     ckpt_dir = stage_dir / "checkpoints"
@@ -330,7 +400,7 @@ def load_stage_params(stage_dir: epath.Path, cfg: models.ModelConfig, mesh, rule
     if done is None or not isinstance(done.get("final_step"), int):
         raise TrainingError(f"{stage_dir}: the stage has not finished (no readable DONE.json); run it first")
     step = done["final_step"]
-    target = _with_sharding(models.abstract_params(cfg), param_shardings(cfg, mesh, rules))
+    target = _with_sharding(*trainable_params(cfg, mesh, rules))
     params = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "params", target)
     return cfg, params
 
@@ -353,7 +423,8 @@ def _precompute_reference(spec: StageSpec, ref_params, iterator, stage_dir, batc
     if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == json.loads(json.dumps(meta)):
         with path.open("rb") as f:
             return np.load(f, allow_pickle=False)
-    cfg, mean_logps, chunk = spec.model, hp.loss_name == "ipo", hp.logits_chunk
+    # With LoRA the reference is the base alone (`ref_params`), i.e. the model with the adapters off.
+    cfg, mean_logps, chunk = lora_lib.without_adapters(spec.model), hp.loss_name == "ipo", hp.logits_chunk
 
     @jax.jit
     def ref_fn(params, batch):
@@ -379,26 +450,31 @@ def _precompute_reference(spec: StageSpec, ref_params, iterator, stage_dir, batc
 
 
 def abstract_train_state(cfg: models.ModelConfig, optimizer, seed: int = 0) -> dict:
-    return jax.eval_shape(lambda: step_lib.init_state(models.abstract_params(cfg), optimizer, jax.random.key(seed)))
+    trainable = models.abstract_params(cfg)
+    if cfg.lora is not None:  # the optimizer sees only the adapters: no Adam moments for the base
+        trainable = lora_lib.split(trainable)[1]
+    return jax.eval_shape(lambda: step_lib.init_state(trainable, optimizer, jax.random.key(seed)))
 
 
 def jitted_train_step(spec: StageSpec, example: dict, *, frozen_reference: bool):
     """jit(step) with explicit in/out shardings and the state donated; `example` gives batch shapes
-    (arrays or ShapeDtypeStructs). Cached per process for identical stage descriptions."""
+    (arrays or ShapeDtypeStructs). Cached per process for identical stage descriptions. With LoRA the step
+    always takes the frozen base as its third argument."""
     hp, cfg, mesh, rules = spec.hparams, spec.model, spec.mesh, spec.rules
     shapes = tuple(sorted((k, tuple(np.shape(v))) for k, v in example.items()))
+    takes_frozen = frozen_reference or cfg.lora is not None
 
     def build():
         optimizer = optim.make_optimizer(hp, hp.num_steps)
-        param_sh = param_shardings(cfg, mesh, rules)
+        _, param_sh = trainable_params(cfg, mesh, rules)
         state_sh = state_shardings(abstract_train_state(cfg, optimizer, spec.seed), param_sh, mesh)
         batch_sh = _batch_shardings(mesh, example)
         step_fn = step_lib.make_train_step(cfg, hp, optimizer)
         repl = replicated(mesh)
-        if frozen_reference:
+        if takes_frozen:
             return jax.jit(
                 step_fn,
-                in_shardings=(state_sh, batch_sh, param_sh),
+                in_shardings=(state_sh, batch_sh, base_shardings(cfg, mesh, rules)),
                 out_shardings=(state_sh, repl),
                 donate_argnums=(0,),
             )
@@ -409,7 +485,7 @@ def jitted_train_step(spec: StageSpec, example: dict, *, frozen_reference: bool)
             donate_argnums=(0,),
         )
 
-    return _cached(("step", hp, cfg, spec.seed, mesh, rules, frozen_reference, shapes), build)
+    return _cached(("step", hp, cfg, spec.seed, mesh, rules, takes_frozen, shapes), build)
 
 
 def abstract_batch(spec: StageSpec) -> dict:
@@ -426,13 +502,15 @@ def aot_compile_train_step(config, stage_name: str, mesh=None):
     example = abstract_batch(spec)
     _check_divisible(hp.batch_size // hp.microbatches, spec.mesh, f"config.{stage_name}.batch_size / microbatches")
     optimizer = optim.make_optimizer(hp, hp.num_steps)
-    param_sh = param_shardings(cfg, spec.mesh, spec.rules)
+    _, param_sh = trainable_params(cfg, spec.mesh, spec.rules)
     abstract_state = abstract_train_state(cfg, optimizer, spec.seed)
     state = _with_sharding(abstract_state, state_shardings(abstract_state, param_sh, spec.mesh))
     batch = _with_sharding(example, _batch_shardings(spec.mesh, example))
-    frozen = hp.frozen_reference
-    jitted = jitted_train_step(spec, example, frozen_reference=frozen)
-    args = (state, batch) + ((_with_sharding(models.abstract_params(cfg), param_sh),) if frozen else ())
+    frozen = hp.frozen_reference or cfg.lora is not None
+    jitted = jitted_train_step(spec, example, frozen_reference=hp.frozen_reference)
+    base_cfg = lora_lib.without_adapters(cfg)
+    base = _with_sharding(models.abstract_params(base_cfg), base_shardings(cfg, spec.mesh, spec.rules))
+    args = (state, batch) + ((base,) if frozen else ())
     with use_rules(spec.mesh, spec.rules):
         return jitted.lower(*args).compile()
 
@@ -492,9 +570,17 @@ def run_stage(
     distributed.barrier(f"{name}_workdir_checked")
 
     done_path = stage_dir / "DONE.json"
+    base = None
+    if cfg.lora is not None:  # the frozen base, loaded at every start and checked against the saved runs'
+        _, base = initial_params(spec, workdir)
+        if distributed.is_main_process():
+            _check_same_base(stage_dir, spec, lora_lib.fingerprint(base))
+        distributed.barrier(f"{name}_base_checked")
+
     done = _read_done(stage_dir)
     if done is not None:
         _, params = load_stage_params(stage_dir, cfg, mesh, rules)
+        params = params if base is None else lora_lib.merge(base, params)
         log.info("%s: already finished at step %d in %s; skipping", name, done["final_step"], stage_dir)
         saved = done.get("evals", {})
         missing = [n for n in spec.evals.names if n not in saved]
@@ -534,7 +620,7 @@ def run_stage(
     # --- Model, optimizer, state shardings --------------------------------------------------------
     optimizer = optim.make_optimizer(hp, num_steps)
     schedule = optim.learning_rate_schedule(hp, num_steps)
-    param_sh = param_shardings(cfg, mesh, rules)
+    _, param_sh = trainable_params(cfg, mesh, rules)
     abstract_state = abstract_train_state(cfg, optimizer, spec.seed)
     state_sh = state_shardings(abstract_state, param_sh, mesh)
 
@@ -543,7 +629,9 @@ def run_stage(
     ckpt, restored = _restore_or_refuse(ckpt, _with_sharding(abstract_state, state_sh), spec, stage_dir)
     needs_reference = hp.frozen_reference or hp.precomputed_reference
     start_params = None
-    if restored is None or needs_reference:
+    if base is not None:  # LoRA: the reference is the base itself (adapters off), never a copy
+        start_params = base
+    elif restored is None or needs_reference:
         _, start_params = initial_params(spec, workdir)
 
     # --- Reference model (DPO / IPO) --------------------------------------------------------------------
@@ -572,10 +660,17 @@ def run_stage(
                 lambda p: step_lib.init_state(p, optimizer, jax.random.key(spec.seed)), out_shardings=state_sh
             ),
         )
+        if base is not None:
+            trainable = initial_adapters(spec, workdir)
+        else:  # the state gets its own copy: `start_params` may still serve as the frozen reference
+            trainable = jax.tree.map(jnp.copy, start_params) if needs_reference else start_params
         with use_rules(mesh, rules):
-            # The state gets its own copy: `start_params` may still serve as the frozen reference.
-            state = init(jax.tree.map(jnp.copy, start_params) if needs_reference else start_params)
+            state = init(trainable)
     start_params = None
+    frozen = base if base is not None else ref_params  # the step's third argument
+
+    def full_params(st):  # what evaluations and the caller see: base + adapters with LoRA
+        return st["params"] if base is None else lora_lib.merge(base, st["params"])
 
     # --- Update step ---------------------------------------------------------------------------------
     jitted = jitted_train_step(spec, example, frozen_reference=ref_params is not None)
@@ -614,8 +709,8 @@ def run_stage(
                 if ref_table is not None:
                     batch = dict(batch, ref_logps=ref_table[step_num])
                 device_batch = _to_device(batch, batch_sh)
-                if ref_params is not None:
-                    state, metrics = jitted(state, device_batch, ref_params)
+                if frozen is not None:
+                    state, metrics = jitted(state, device_batch, frozen)
                 else:
                     state, metrics = jitted(state, device_batch)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -649,7 +744,7 @@ def run_stage(
                     stopped = "sigterm"
                     break
                 if spec.evals.every_steps and step_num % spec.evals.every_steps == 0 and step_num < num_steps:
-                    _append_evals(stage_dir, _evaluate(spec, state["params"], step_num, eval_cache))
+                    _append_evals(stage_dir, _evaluate(spec, full_params(state), step_num, eval_cache))
                     t_prev = time.perf_counter()  # the evaluation is not part of the next step's time
         ckpt.wait()
     finally:
@@ -660,7 +755,7 @@ def run_stage(
 
     evals = {}
     if stopped == "done" and spec.evals.names:
-        evals = _evaluate(spec, state["params"], step_num, eval_cache)
+        evals = _evaluate(spec, full_params(state), step_num, eval_cache)
         _append_evals(stage_dir, evals)
     wall = time.perf_counter() - t_start
     if stopped == "done":
@@ -675,7 +770,7 @@ def run_stage(
             workdir_lib.write_json(done_path, done)
         distributed.barrier(f"{name}_done")  # the next stage reads DONE.json on every process
     compiles = jitted._cache_size() if hasattr(jitted, "_cache_size") else -1
-    return StageResult(name, state["params"], cfg, step_num, last_metrics, stopped, wall, compiles, evals)
+    return StageResult(name, full_params(state), cfg, step_num, last_metrics, stopped, wall, compiles, evals)
 
 
 def _warn_config_changes(saved: dict, now: dict, stage: str) -> None:
