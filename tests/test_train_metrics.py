@@ -84,3 +84,18 @@ def test_tokens_and_flops_count_the_rows_run_for_both_layouts(tmp_path):
             assert 0.0 < r["mfu"] <= 1.0
         counted[shared] = rows * row_len
     assert counted[48] < counted[0]  # 4 x 48 < 8 x 32: sharing runs fewer tokens for the same pairs
+
+
+def test_lora_flops_skip_the_base_weight_gradients():
+    """By hand, one layer, D=8, F=16, 2 heads x 4 (1 KV head), V=32, T=8 causal, LoRA rank 2 on q and down."""
+    from oyster_jax.models import ModelConfig
+    from oyster_jax.models.lora import LoraConfig
+
+    cfg = ModelConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
+                      num_kv_heads=1, head_dim=4, max_position_embeddings=64)  # fmt: skip
+    dense = 2 * ((2 * 8 * 8 + 2 * 8 * 4 + 3 * 8 * 16) + 32 * 8)  # q, o; k, v; gate, up, down; the head
+    attn = 4 * 2 * 4 * (8 + 1) / 2
+    assert cfg.flops_per_token(8) == pytest.approx(3 * (dense + attn))
+    lora = cfg.replace(lora=LoraConfig(rank=2, targets=("q", "down")))
+    adapters = 2 * ((8 + 8) + (16 + 8))  # rank x (fan-in + fan-out) for q and down
+    assert lora.flops_per_token(8) == pytest.approx(2 * dense + 3 * attn + 3 * 2 * adapters)

@@ -15,7 +15,8 @@ directory through `AutoModelForCausalLM.from_pretrained` and its own tokenizer o
 
 Both frameworks run in this one process with the same thread count (`--threads`, default 2), alternating
 in rounds so that a noisy neighbour slows both alike. FLOPs are the model's causal-aware training FLOPs
-(`ModelConfig.flops_per_token`, forward + backward = 3x forward) over every position the step runs, and
+(`ModelConfig.flops_per_token`, forward + backward = 3x forward; with LoRA the frozen base's matmuls 2x) over
+every position the step runs, and
 tokens/s counts those positions (under prompt sharing one row per pair; TRL's tokens/s counts its two rows); the
 roofline is the median f32 [n, n] @ [n, n] matmul rate (best of n = 512, 1024) measured in each round
 right beside that round's steps; the reported fraction is the median over rounds.

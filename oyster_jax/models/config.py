@@ -267,13 +267,26 @@ class ModelConfig:
         embed = self.vocab_size * D * (1 if self.tie_word_embeddings else 2)
         return self.num_layers * (self._layer_matmul_params() + small) + embed + D
 
+    def _layer_adapter_params(self) -> int:
+        """LoRA A and B of one layer: rank x (fan-in + fan-out) per targeted projection."""
+        if self.lora is None:
+            return 0
+        D, F, N, K, H = self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads, self.head_dim
+        fans = {"q": D + N * H, "k": D + K * H, "v": D + K * H, "o": N * H + D}
+        fans |= {"gate": D + F, "up": D + F, "down": F + D}
+        return self.lora.rank * sum(fans[t] for t in self.lora.targets)
+
     def flops_per_token(self, seq_len: int, causal: bool = True) -> float:
-        """Training FLOPs per token (forward + backward = 3x forward), attention counted causal-aware."""
+        """Training FLOPs per token, attention counted causal-aware. Full fine-tuning: forward + backward =
+        3x forward. With LoRA the frozen base's weight gradients are never computed, so its matmuls cost 2x
+        forward (forward + input gradients), attention still 3x, the adapters 3x."""
         dense = 2 * (self.num_layers * self._layer_matmul_params() + self.vocab_size * self.hidden_size)
         # QK^T and PV: 2 matmuls x 2 FLOPs x N*H per key; a causal token sees (T+1)/2 keys on average.
         keys = (seq_len + 1) / 2 if causal else seq_len
         attn = self.num_layers * 4 * self.num_heads * self.head_dim * keys
-        return 3.0 * (dense + attn)
+        if self.lora is None:
+            return 3.0 * (dense + attn)
+        return 2.0 * dense + 3.0 * (attn + 2 * self.num_layers * self._layer_adapter_params())
 
 
 def dtype_of(name: str):
