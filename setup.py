@@ -84,6 +84,8 @@ setup(
     packages=find_packages(include=["oyster_jax", "oyster_jax.*"]) + CONFIG_PACKAGES,
     package_dir={"oyster_jax.configs": "configs"},
     package_data={"oyster_jax": ["data/seed/*", "data/seed/**/*", "csa/prompts/*/*"]},
+    # rebuilt on first use (oyster_jax.data.seed.GENERATED); a copy `generate` left in the checkout stays out
+    exclude_package_data={"oyster_jax": ["data/seed/pref_train.jsonl"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

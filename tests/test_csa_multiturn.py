@@ -11,6 +11,7 @@ from oyster_jax.core.schemas import RecordError, read_records, validate_record
 from oyster_jax.csa import game as g
 from oyster_jax.csa import lingo_bp
 from oyster_jax.csa.scripted import CONSTRUCTIVE, PLACEHOLDER, REFUSAL, ScriptedLingo, identify_task
+from oyster_jax.data import seed
 from oyster_jax.llm.testing import FakeOpenAIServer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -151,9 +152,8 @@ def test_bad_flags_exit_2(tmp_path, capsys, flags, word):
 
 def test_old_files_still_load():
     """The project's own SFT and pair files, written before follow_up existed, load unchanged."""
-    seed = REPO / "oyster_jax" / "data" / "seed"
-    assert read_records(seed / "pref_train.jsonl", "pref")
-    sft_files = sorted(seed.glob("sft*.jsonl"))
+    assert read_records(seed.path("pref_train"), "pref")
+    sft_files = sorted(seed.SEED_DIR.glob("sft*.jsonl"))
     assert sft_files and all(read_records(f, "sft") for f in sft_files)
 
 

@@ -2,18 +2,20 @@
 taxonomy consistency, and byte-for-byte reproducibility from the committed generator."""
 
 import collections
+import hashlib
 import json
 
 import numpy as np
+import pytest
 
 from oyster_jax.core import schemas, taxonomy
-from oyster_jax.data import SEED_DIR, features
+from oyster_jax.data import SEED_DIR, features, seed
 from oyster_jax.data.seed import categories, generate
 from oyster_jax.data.vocab import default_vocabulary
 
 
 def _read(name, kind):
-    return schemas.read_records(SEED_DIR / f"{name}.jsonl", kind)
+    return schemas.read_records(seed.path(name), kind)
 
 
 def test_sizes_and_coverage():
@@ -84,10 +86,29 @@ def test_constructive_items_and_general_chat():
 
 def test_generator_reproduces_the_committed_files(tmp_path):
     generate.main(["--out", str(tmp_path), "--no_tokenizer"])
-    for path in SEED_DIR.glob("*.jsonl"):
-        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
-    total = sum(p.stat().st_size for p in SEED_DIR.glob("*.json*"))
-    assert total < 6e6 and (SEED_DIR / "tokenizer.json").stat().st_size < 2e6
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == sorted(
+        [p.name for p in SEED_DIR.glob("*.jsonl")] + list(seed.GENERATED)
+    )
+    for path in tmp_path.glob("*.jsonl"):
+        assert path.read_bytes() == seed.path(path.stem).read_bytes(), path.name
+    # every shipped file stays under the 2 MiB limit for tracked files; the larger ones are rebuilt on first use
+    assert all(p.stat().st_size < 2 * 2**20 for p in SEED_DIR.glob("*.json*"))
+    assert all(seed.path(name).stat().st_size >= 2 * 2**20 for name in seed.GENERATED)
+
+
+def test_a_rebuilt_seed_file_is_checked_and_cached(tmp_path, monkeypatch):
+    """A file that is not shipped is generated once into $OYSTER_CACHE with the pinned bytes; a generator whose
+    output changed is an error, and nothing is cached then."""
+    monkeypatch.setenv("OYSTER_CACHE", str(tmp_path))
+    [(name, digest)] = seed.GENERATED.items()
+    first = seed.path(name)
+    assert first.is_relative_to(tmp_path) and hashlib.sha256(first.read_bytes()).hexdigest() == digest
+    assert seed.path(name.removesuffix(".jsonl")) == first
+    monkeypatch.setenv("OYSTER_CACHE", str(tmp_path / "other"))
+    monkeypatch.setattr(generate, "render_file", lambda stem, seed=0: b"{}\n")
+    with pytest.raises(RuntimeError, match=f"{name}: the generator now writes sha256"):
+        seed.path(name)
+    assert not list((tmp_path / "other").rglob("*.jsonl"))
 
 
 def test_no_benchmark_prompt_is_in_the_seed_data(data_dir):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from oyster_jax.convert import fetch
+from oyster_jax.data import seed
 from tests import tolerances as tol
 
 pytestmark = pytest.mark.real_model
@@ -169,8 +170,7 @@ def test_exported_chat_template_round_trips(tokenizer):
 
 def _few_records(kind: str, n: int, out: pathlib.Path) -> pathlib.Path:
     """The first `n` bundled seed records of `kind` ("sft" or "pref") as a JSONL file of their own."""
-    seed = REPO / "oyster_jax" / "data" / "seed" / f"{kind}_train.jsonl"
-    lines = [line for line in seed.read_text().splitlines() if line.strip()][:n]
+    lines = [line for line in seed.path(f"{kind}_train").read_text().splitlines() if line.strip()][:n]
     out.write_text("\n".join(lines) + "\n")
     return out
 

@@ -17,6 +17,7 @@ from oyster_jax import convert, models
 from oyster_jax import main as main_lib
 from oyster_jax.convert import hf_to_orbax, orbax_to_hf
 from oyster_jax.csa import lingo_bp
+from oyster_jax.data import seed
 from oyster_jax.train import config as config_lib
 from oyster_jax.train import guard, optim, train, trainer
 from oyster_jax.train.checkpoint import Checkpointer
@@ -288,11 +289,11 @@ def test_init_from_with_wrong_shapes_exits_2_naming_the_directory(tmp_path, run_
 
 
 def _sft_record():
-    return json.loads((REPO / "oyster_jax" / "data" / "seed" / "sft_train.jsonl").read_text().splitlines()[0])
+    return json.loads(seed.path("sft_train").read_text().splitlines()[0])
 
 
 def _pref_record():
-    return json.loads((REPO / "oyster_jax" / "data" / "seed" / "pref_train.jsonl").read_text().splitlines()[0])
+    return json.loads(seed.path("pref_train").read_text().splitlines()[0])
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from oyster_jax import main as main_lib
+from oyster_jax.data import seed
 from oyster_jax.models.config import ConfigError
 from oyster_jax.train import NonFiniteLossError, WorkdirMismatchError, train
 from oyster_jax.train import config as config_lib
@@ -265,7 +266,7 @@ def test_cli_reports_bad_key_without_traceback(tmp_path):
 
 
 def test_dataset_smaller_than_one_batch_is_a_clear_error(tmp_path):
-    record = json.loads((REPO / "oyster_jax" / "data" / "seed" / "pref_train.jsonl").read_text().splitlines()[0])
+    record = json.loads(seed.path("pref_train").read_text().splitlines()[0])
     small = tmp_path / "two_pairs.jsonl"
     small.write_text("\n".join(json.dumps(dict(record, id=f"p{i}")) for i in range(2)) + "\n")
     cfg = micro_config(

@@ -27,6 +27,7 @@ import zipfile
 
 from oyster_jax.convert.gguf import gguf_to_hf_dir
 from oyster_jax.convert.safetensors_io import CheckpointFormatError
+from oyster_jax.core.files import cache_dir
 
 MARKER = "FETCHED.json"
 
@@ -54,10 +55,6 @@ MODELS = {
 
 class FetchError(RuntimeError):
     """The model could not be fetched or checked; the message says which step and what to do."""
-
-
-def cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("OYSTER_CACHE") or pathlib.Path.home() / ".cache" / "oyster_jax")
 
 
 def default_dir(name: str) -> pathlib.Path:

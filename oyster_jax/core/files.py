@@ -18,7 +18,19 @@ import pathlib
 import shutil
 import tempfile
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_output", "atomic_directory"]
+__all__ = [
+    "cache_dir",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_output",
+    "atomic_directory",
+]
+
+
+def cache_dir() -> pathlib.Path:
+    """The project's cache: ``$OYSTER_CACHE``, else ``~/.cache/oyster_jax`` (fetched models, rebuilt seed files)."""
+    return pathlib.Path(os.environ.get("OYSTER_CACHE") or pathlib.Path.home() / ".cache" / "oyster_jax")
 
 
 @contextlib.contextmanager

@@ -346,5 +346,10 @@ def write_records(path: str | os.PathLike, records, kind: str | None = None) -> 
             validate_record(r, kind, str(path), i)
     with atomic_output(path) as f:  # a failed write never leaves a half-written file in place
         for r in records:
-            f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
+            f.write(record_line(r))
     return len(records)
+
+
+def record_line(record: dict) -> str:
+    """One record as the JSONL line ``write_records`` writes (compact, UTF-8 text, newline-terminated)."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"

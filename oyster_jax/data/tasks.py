@@ -5,7 +5,7 @@ Built-in tasks (vocabulary: the bundled tiny tokenizer; chat format ChatML; chai
 | name | kind | splits | source |
 |---|---|---|---|
 | ``oyster_csa_seed_sft`` | sft | train, test | ``oyster_jax/data/seed/sft_{split}.jsonl`` |
-| ``oyster_csa_seed_pref`` | pref | train, test | ``oyster_jax/data/seed/pref_{split}.jsonl`` |
+| ``oyster_csa_seed_pref`` | pref | train, test | ``seed/pref_{split}.jsonl`` (train: built on first use) |
 | ``oyster_general_seed_sft`` | sft | train, test | benign general chat, ``seed/general_{split}.jsonl`` |
 | ``oyster_seed_general`` | sft | train, test | the same general chat (the name mixture examples use) |
 | ``oyster_constructive_seed`` | constructive | test | ``seed/constructive_items.jsonl`` (40 items) |
@@ -52,7 +52,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from oyster_jax.core import chat, schemas
-from oyster_jax.data import features, formats, strata_sword
+from oyster_jax.data import features, formats, seed, strata_sword
 from oyster_jax.data.metrics import preference_accuracy
 from oyster_jax.data.tf_setup import seqio, tf
 from oyster_jax.data.vocab import default_vocabulary
@@ -67,7 +67,7 @@ __all__ = [
     "task_options",
 ]
 
-SEED_DIR = pathlib.Path(__file__).resolve().parent / "seed"
+SEED_DIR = seed.SEED_DIR
 STRATA_SWORD_TASKS = tuple(f"strata_sword_{lang}_l{level}" for lang in ("en", "cn") for level in (1, 2, 3))
 
 # ------------------------------------------------------------------------------------------------
@@ -436,23 +436,19 @@ def _strata_reader(lang: str, level: int) -> Callable[[pathlib.Path], list[dict]
     return lambda path: strata_sword.read_file(path, lang, level)
 
 
+def _seed_files(stem: str) -> dict[str, Callable[[], pathlib.Path]]:
+    # resolved when read: a seed file that is not shipped is rebuilt then (oyster_jax.data.seed.path)
+    return {split: functools.partial(seed.path, f"{stem}_{split}") for split in ("train", "test")}
+
+
 def _register_builtins():
-    seed_splits = ("train", "test")
-    register_jsonl_task(
-        "oyster_csa_seed_sft", {s: SEED_DIR / f"sft_{s}.jsonl" for s in seed_splits}, "sft", overwrite=True
-    )
-    register_jsonl_task(
-        "oyster_csa_seed_pref", {s: SEED_DIR / f"pref_{s}.jsonl" for s in seed_splits}, "pref", overwrite=True
-    )
-    register_jsonl_task(
-        "oyster_general_seed_sft", {s: SEED_DIR / f"general_{s}.jsonl" for s in seed_splits}, "sft", overwrite=True
-    )
+    register_jsonl_task("oyster_csa_seed_sft", _seed_files("sft"), "sft", overwrite=True)
+    register_jsonl_task("oyster_csa_seed_pref", _seed_files("pref"), "pref", overwrite=True)
+    register_jsonl_task("oyster_general_seed_sft", _seed_files("general"), "sft", overwrite=True)
     # The name the mixture examples use (docs/data.md, README): the same general-chat task.
+    register_jsonl_task("oyster_seed_general", _seed_files("general"), "sft", overwrite=True)
     register_jsonl_task(
-        "oyster_seed_general", {s: SEED_DIR / f"general_{s}.jsonl" for s in seed_splits}, "sft", overwrite=True
-    )
-    register_jsonl_task(
-        "oyster_constructive_seed", {"test": SEED_DIR / "constructive_items.jsonl"}, "constructive", overwrite=True
+        "oyster_constructive_seed", {"test": seed.path("constructive_items")}, "constructive", overwrite=True
     )
     for lang in ("en", "cn"):
         for level in (1, 2, 3):

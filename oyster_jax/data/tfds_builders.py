@@ -28,12 +28,11 @@ import pathlib
 from etils import epath
 
 from oyster_jax.core import chat, schemas
-from oyster_jax.data import strata_sword
+from oyster_jax.data import seed, strata_sword
 from oyster_jax.data.tf_setup import tf, tfds
 
 py_utils = tfds.core.utils.py_utils
 
-SEED_DIR = pathlib.Path(__file__).resolve().parent / "seed"
 _TEXT = tfds.features.Text
 
 
@@ -170,7 +169,7 @@ class OysterCsaSeed(_LocalBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager
         stem = self.builder_config.name
-        return {split: self._generate_examples(SEED_DIR / f"{stem}_{split}.jsonl") for split in ("train", "test")}
+        return {split: self._generate_examples(seed.path(f"{stem}_{split}")) for split in ("train", "test")}
 
     def _generate_examples(self, path: pathlib.Path):
         kind = "pref" if self.builder_config.name == "pref" else "sft"

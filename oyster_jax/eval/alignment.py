@@ -38,7 +38,7 @@ from oyster_jax.core import chain as chain_lib
 from oyster_jax.core import chat
 from oyster_jax.core.files import atomic_write_text
 from oyster_jax.core.schemas import read_records
-from oyster_jax.data import features
+from oyster_jax.data import features, seed
 from oyster_jax.eval import perplexity, strata_sword
 from oyster_jax.eval.common import EvalError
 from oyster_jax.eval.keyword_judge import LABEL as KEYWORD_LABEL
@@ -110,13 +110,13 @@ def chain_is_complete(thinking: str) -> bool:
 # The held-out data
 # ------------------------------------------------------------------------------------------------
 def heldout_pairs(s: Settings) -> list[dict]:
-    records = read_records(data.SEED_DIR / "pref_test.jsonl", "pref")
+    records = read_records(seed.path("pref_test"), "pref")
     return stratified(records, s.pref_pairs, lambda r: (r["language"], r["risk"]["level"], r["rejected_kind"]))
 
 
 def heldout_queries(s: Settings) -> list[dict]:
     """Held-out seed queries (the SFT test split), spread over language x risk level x user type."""
-    records = read_records(data.SEED_DIR / "sft_test.jsonl", "sft")
+    records = read_records(seed.path("sft_test"), "sft")
     picked = stratified(
         records, s.gen_queries, lambda r: (r["language"], r["risk"]["level"], r["persona"]["user_type"])
     )
@@ -238,7 +238,7 @@ def measure(cfg, params, tokenizer, s: Settings, *, tokenizer_path, out_dir, dat
     for q, g, ok in zip(queries, gens, parsed):
         records.append({"set": "heldout_seed", **q, **g, "chain_complete": ok, "refusal": is_refusal(g["answer"])})
 
-    docs = perplexity.read_documents(data.SEED_DIR / "general_test.jsonl", s.chat_format)
+    docs = perplexity.read_documents(seed.path("general_test"), s.chat_format)
     token_docs = [tokenizer.encode(d, add_special_tokens=False).ids for d in docs]
     ppl = perplexity.perplexity_of_tokens(cfg, params, token_docs, s.ppl_seq_len, batch_size=8)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +13,12 @@ from oyster_jax.data import metrics as data_metrics
 from oyster_jax.train.step import pair_logprobs
 
 
+@functools.lru_cache(maxsize=16)
 def make_pair_logprobs(cfg: models.ModelConfig, logits_chunk: int = 0):
-    """-> jitted fn(params, batch [P, 2, T]) -> (mean completion log-prob [P, 2], completion tokens [P, 2])."""
+    """-> jitted fn(params, batch [P, 2, T]) -> (mean completion log-prob [P, 2], completion tokens [P, 2]).
+
+    One function per (cfg, logits_chunk), so every evaluation of the same model and batch shape (before and
+    after training, a rerun that re-measures) reuses its compilation instead of tracing a new closure."""
 
     @jax.jit
     def mean_pair_logprobs(params, batch):

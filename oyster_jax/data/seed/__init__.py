@@ -3,17 +3,53 @@
 Files: ``sft_{train,test}.jsonl`` and ``pref_{train,test}.jsonl`` (32 categories x en/zh x 3 user
 types; the test split holds only the held-out template family), ``general_{train,test}.jsonl``
 (benign chat), ``constructive_items.jsonl`` (40 benchmark-style items), ``tokenizer.json`` (4096 ids).
+
+Read them through ``path(name)``. The files in ``GENERATED`` are not shipped (each is over the 2 MiB limit
+for tracked files): the first ``path()`` call rebuilds one with the deterministic generator into
+``$OYSTER_CACHE/seed/<sha256 prefix>/`` (about a second) and checks its bytes against the pinned sha256,
+so a source checkout, an installed wheel and every later run read the same bytes.
 """
 
+import hashlib
 import pathlib
 
+from oyster_jax.core import files
+from oyster_jax.data.seed import generate
+
 SEED_DIR = pathlib.Path(__file__).resolve().parent
+
+# file -> sha256 of the bytes the generator writes for it (seed 0). A change to the generator or its
+# templates that changes a file fails loudly here; rerun `python -m oyster_jax.data.seed.generate`, review
+# the data and put the new digest it prints in this table.
+GENERATED = {
+    "pref_train.jsonl": "676f399d5ba6053fb8632525f01a3f89a616885bf7a9e7ac7fbaaa6b2b8159e1",
+}
 
 
 def path(name: str) -> pathlib.Path:
     """Path of a seed file by stem, e.g. ``path("pref_test")``; FileNotFoundError names what exists."""
-    p = SEED_DIR / (name if name.endswith((".jsonl", ".json")) else f"{name}.jsonl")
+    file = name if name.endswith((".jsonl", ".json")) else f"{name}.jsonl"
+    if file in GENERATED:
+        return _generated(file)
+    p = SEED_DIR / file
     if not p.is_file():
-        have = sorted(f.stem for f in SEED_DIR.glob("*.jsonl"))
+        have = sorted({f.stem for f in SEED_DIR.glob("*.jsonl")} | {pathlib.Path(g).stem for g in GENERATED})
         raise FileNotFoundError(f"{p}: no such seed file (have {have})")
+    return p
+
+
+def _generated(file: str) -> pathlib.Path:
+    digest = GENERATED[file]
+    p = files.cache_dir() / "seed" / digest[:16] / file
+    if p.is_file():
+        return p
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = generate.render_file(pathlib.Path(file).stem)
+    got = hashlib.sha256(data).hexdigest()
+    if got != digest:
+        raise RuntimeError(
+            f"seed file {file}: the generator now writes sha256 {got}, not the pinned {digest}; if the change "
+            "is intended, update GENERATED in oyster_jax/data/seed/__init__.py"
+        )
+    files.atomic_write_bytes(p, data)  # concurrent first uses (test workers) write the same bytes
     return p

@@ -21,6 +21,7 @@ Design (so that a tiny model can learn it and held-out accuracy measures general
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 import random
 import re
@@ -30,7 +31,7 @@ from tqdm import tqdm
 
 from oyster_jax import cli
 from oyster_jax.core import chat
-from oyster_jax.core.schemas import write_records
+from oyster_jax.core.schemas import record_line, validate_record, write_records
 from oyster_jax.data.seed import train_tokenizer
 from oyster_jax.data.seed.categories import LEVEL2, level1_name
 from oyster_jax.data.seed.content import CONTENT
@@ -699,6 +700,20 @@ KINDS_BY_FILE = {
 }
 
 
+def build_all(seed: int = 0) -> dict[str, list[dict]]:
+    """Every seed file's records by stem (the tokenizer is trained separately)."""
+    return {**build_csa(seed), **build_general(seed)}
+
+
+def render_file(stem: str, seed: int = 0) -> bytes:
+    """The exact bytes ``main`` writes for ``<stem>.jsonl`` (validated); `oyster_jax.data.seed.path` uses it to
+    rebuild the files that are not shipped."""
+    records = (build_general if stem.startswith("general_") else build_csa)(seed)[stem]
+    for i, r in enumerate(records, 1):
+        validate_record(r, KINDS_BY_FILE[stem], f"{stem}.jsonl", i)
+    return "".join(record_line(r) for r in records).encode("utf-8")
+
+
 def main(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(SEED_DIR), help="output directory (default: the package's seed dir)")
@@ -708,12 +723,14 @@ def main(argv=None):
     start = time.time()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {**build_csa(args.seed), **build_general(args.seed)}
+    files = build_all(args.seed)
     total_bytes = 0
     for name, records in files.items():
         path = out / f"{name}.jsonl"
         write_records(path, records, KINDS_BY_FILE[name])
         total_bytes += path.stat().st_size
+        # the digest oyster_jax.data.seed.GENERATED pins for the files that are rebuilt instead of shipped
+        print(f"{path.name} sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")
     summary = ", ".join(f"{name} {len(records)}" for name, records in files.items())
     print(f"seed data -> {out}: {summary} ({total_bytes / 1e6:.2f} MB)")
     if not args.no_tokenizer:
