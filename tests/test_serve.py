@@ -520,7 +520,10 @@ def test_burst_of_64_gets_only_200_or_429(live):
         results = list(pool.map(one, range(64)))
     codes = [c for c, _ in results]
     assert set(codes) <= {200, 429}, codes
-    assert codes.count(200) >= 4 + 8 - 1  # at least what the slots and the queue hold
+    # The engine moves waiting requests into free slots only between decode steps, so a burst that lands
+    # during one step (or a prefill compile) can fill the queue before any slot takes a request: what is
+    # guaranteed is the queue's worth, not slots + queue.
+    assert codes.count(200) >= live.server.engine.max_queue
     assert all(ra == "1" for c, ra in results if c == 429)
     assert live.server.engine.running == 0 and live.server.engine.waiting == 0
 
