@@ -8,6 +8,14 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# One persistent XLA compilation cache for the run, shared by both xdist workers and every subprocess they
+# start (the environment is inherited): many tests compile the same small programs again in a fresh process
+# (CLI runs, restarts, notebooks), and a hit skips XLA. A size cap turns on JAX's file lock, so one process
+# never reads an entry another is still writing. A cold cache (a fresh clone) changes only the speed.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 _SHARED_DATA = REPO.parent / "shared" / "data"
 if "OYSTER_DATA_DIR" not in os.environ and _SHARED_DATA.is_dir():
     os.environ["OYSTER_DATA_DIR"] = str(_SHARED_DATA)
