@@ -103,6 +103,27 @@ def test_adapter_made_by_peft_imports_and_matches(tmp_path, rslora):
         np.testing.assert_allclose(mine[k], theirs[k], rtol=0, atol=1e-7, err_msg=k)
 
 
+def test_all_linear_bf16_peft_adapter_on_a_tied_mqa_llama_imports_and_matches(tmp_path):
+    """PEFT's "all-linear" shorthand (every decoder projection, not the tied head) with its tensors saved in
+    bfloat16: the targets come from the tensor names, and bf16 is read exactly."""
+    import peft
+    import torch
+
+    hf_dir = save_hf_model(make_hf_model("llama3_mqa_tied"), tmp_path / "hf")
+    conf = peft.LoraConfig(r=2, lora_alpha=7, lora_dropout=0.1, target_modules="all-linear", init_lora_weights=False,
+                           task_type="CAUSAL_LM")  # fmt: skip
+    pm = peft.get_peft_model(make_hf_model("llama3_mqa_tied"), conf).eval()
+    for name, p in pm.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.to(torch.bfloat16)
+    pm.save_pretrained(tmp_path / "adapter")
+    want = hf_logits(pm.float(), TOKENS)  # the bf16 values, computed in f32 as ours are
+
+    cfg, params = convert.from_peft(hf_dir, tmp_path / "adapter")
+    assert cfg.lora.targets == ("q", "k", "v", "o", "gate", "up", "down") and cfg.lora.dropout == 0.1
+    np.testing.assert_allclose(np.asarray(models.forward(cfg, params, TOKENS)), want, rtol=0, atol=tol.HF_LOGITS_F32)
+
+
 def test_peft_adapter_with_dora_is_refused_naming_the_field(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "use_dora": True, "r": 4}))
