@@ -265,7 +265,7 @@ def test_resume_refuses_another_base_naming_it(tmp_path):
 
 def test_lora_resume_after_sigkill_is_bit_identical(tmp_path):
     common = {"stages": "sft", "sft.num_steps": "8", "throttle_seconds": "0.5", "lora.rank": "4", "lora.dropout": "0.1"}
-    env = _env(tmp_path / "xla_cache")
+    env = _env()
     reference = subprocess.run(_cli(tmp_path / "ref", **common), env=env, capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
     work = tmp_path / "killed"

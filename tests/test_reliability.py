@@ -207,7 +207,7 @@ def test_sigkill_during_a_checkpoint_save_loses_nothing(tmp_path):
     # 12 steps with a 1 s throttle: after step 3 the run has 9 s or more left, so the kill lands mid-run however
     # slowly the polling loop runs on a loaded machine.
     common = {"stages": "sft", "sft.num_steps": "12", "checkpoint.every_steps": "1", "throttle_seconds": "1.0"}
-    env = _env(tmp_path / "xla_cache")
+    env = _env()
     reference = subprocess.run(_cli(tmp_path / "ref", **common), env=env, capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
     work = tmp_path / "killed"

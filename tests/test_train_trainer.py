@@ -142,16 +142,10 @@ def _cli(workdir, *extra, **overrides):
     return args + list(extra)
 
 
-def _env(cache_dir):
-    # The runs share a persistent compilation cache: the restarted runs reuse the first run's programs.
-    return dict(
-        os.environ,
-        XLA_FLAGS="",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(REPO),
-        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    )
+def _env():
+    # The runs inherit the test run's persistent compilation cache (tests/conftest.py): the restarted runs
+    # reuse the first run's programs.
+    return dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
 
 
 def _wait_for_step(ckpt_dir: pathlib.Path, step: int, proc, timeout=120):
@@ -169,7 +163,7 @@ def test_resume_after_sigkill_and_sigterm_equals_uninterrupted(tmp_path):
     # The signals are sent once a checkpoint exists, so they land mid-run however slow the machine is, as long
     # as the run has steps left: after step 6 it still has 10 steps of at least 1 s each (the throttle).
     common = {"stages": "sft", "sft.num_steps": "16", "throttle_seconds": "1.0"}
-    env = _env(tmp_path / "xla_cache")
+    env = _env()
     reference = subprocess.run(_cli(tmp_path / "ref", **common), env=env, capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
 
@@ -257,9 +251,7 @@ def test_unknown_config_key_names_close_matches():
 
 
 def test_cli_reports_bad_key_without_traceback(tmp_path):
-    out = subprocess.run(
-        _cli(tmp_path, **{"sft.batch_sizee": "3"}), env=_env(tmp_path / "xla_cache"), capture_output=True, text=True
-    )
+    out = subprocess.run(_cli(tmp_path, **{"sft.batch_sizee": "3"}), env=_env(), capture_output=True, text=True)
     assert out.returncode == 2
     assert "unknown config key --config.sft.batch_sizee" in out.stderr and "--config.sft.batch_size" in out.stderr
     assert "Traceback" not in out.stderr
